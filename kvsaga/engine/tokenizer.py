@@ -72,6 +72,7 @@ class Tokenizer:
             iter(self.chat_templates.values()), None)
         self._byte_spelling: tuple[bool, bool, bool, frozenset[int]] | None = None
         self._byte_fallback_ids: frozenset[int] | None = None
+        self._special_ids: frozenset[int] | None = None
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -133,6 +134,14 @@ class Tokenizer:
             fallback = self._byte_spelling[1]
             self._byte_fallback_ids = frozenset(i for i in ids if i is not None and fallback)
         return self._byte_fallback_ids
+
+    def special_ids(self) -> frozenset[int]:
+        """The ids of the special added tokens: those `decode(skip_special_tokens=True)`
+        leaves out before its decoder runs (so bytes on either side of one join)."""
+        if self._special_ids is None:
+            added = self.backend.get_added_tokens_decoder()
+            self._special_ids = frozenset(i for i, tok in added.items() if tok.special)
+        return self._special_ids
 
     def chat_template_for(self, tools: Any = None) -> ChatTemplate | None:
         """The template that renders a conversation: "tool_use" when `tools` are given and

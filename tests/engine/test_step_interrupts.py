@@ -232,25 +232,16 @@ def nth_call(obj, name, n):
     setattr(obj, name, wrapped)
 
 
-class StreamTakesThenInterrupted:
-    """A detokenizer stream that takes the token, then is interrupted before its text
-    comes back (once)."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.fired = False
-
-    def step(self, backend, t):
-        chunk = self.stream.step(backend, t)
-        if not self.fired:
-            self.fired = True
-            raise KeyboardInterrupt
-        return chunk
-
-
 def in_detokenizer(engine, reqs):
-    d = reqs[1].detokenizer
-    d._stream = StreamTakesThenInterrupted(d._stream)
+    """Interrupted once the detokenizer took the token, before its text comes back."""
+    detok = reqs[1].detokenizer
+    real = detok._decode
+
+    def interrupted(ids):
+        detok._decode = real
+        raise KeyboardInterrupt
+
+    detok._decode = interrupted
 
 
 def at_detokenizer(engine, reqs):

@@ -1,0 +1,152 @@
+"""The incremental detokenizer over long runs of byte tokens: the tokens it decodes grow
+linearly with the output, and its text is still the output's decode after every token.
+
+Before the fix each token of a run that did not yet end in a whole character re-decoded
+the run (byte-level BPE, inside `DecodeStream`), and with a byte-fallback vocabulary each
+byte token after another one re-decoded the whole output (`_resync`): 301 generated tokens
+of "東京" spelled in bytes decoded 46,046 tokens, 601 decoded 182,096, 1201 decoded 724,196.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvsaga.engine.detokenizer import IncrementalDetokenizer
+from kvsaga.engine.gguf_file import GGUFFile
+from kvsaga.engine.tokenizer import Tokenizer
+
+from .helpers import write_byte_tokenizer, write_sentencepiece_gguf
+
+FFFD = "\ufffd"
+
+
+class _Counting:
+    """A tokenizer backend that counts the tokens it decodes. (`DecodeStream`, which the
+    detokenizer used before, cannot take it: it raised, and the detokenizer re-decoded the
+    whole output at every token, as it did at every byte of a byte-fallback run anyway.)"""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+        self.decoded = 0
+
+    def decode(self, ids, skip_special_tokens=True):
+        self.decoded += len(ids)
+        return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+@pytest.fixture(scope="module")
+def spm(tmp_path_factory) -> Tokenizer:
+    """A SentencePiece vocabulary with byte fallback, trained on ASCII text only: other
+    characters are byte tokens."""
+    corpus = ["We went to the fox and had sushi", "the quick brown fox jumps over the dog"]
+    path = write_sentencepiece_gguf(tmp_path_factory.mktemp("spm") / "spm.gguf", corpus)
+    return Tokenizer.from_gguf(GGUFFile(path))
+
+
+@pytest.fixture(scope="module")
+def byte_level(tmp_path_factory) -> Tokenizer:
+    """A byte-level BPE vocabulary of single bytes (with <s> and </s>)."""
+    d = tmp_path_factory.mktemp("bytes")
+    write_byte_tokenizer(d)
+    return Tokenizer.from_hf_dir(d)
+
+
+def _byte_ids(tok: Tokenizer, data: bytes) -> list[int]:
+    """The tokens of `data`, one byte each."""
+    if tok.byte_fallback_ids():
+        return [tok.token_to_id(f"<0x{b:02X}>") for b in data]
+    by_byte = {tok.token_bytes(i): i for i in range(tok.vocab_size)}
+    return [by_byte[bytes([b])] for b in data]
+
+
+def _decoded(tok: Tokenizer, prompt: list[int], gen: list[int]) -> tuple[int, str]:
+    """The tokens decoded to stream `gen` after `prompt`, and the text at the end."""
+    counted = copy.copy(tok)
+    counted.backend = _Counting(tok.backend)
+    detok = IncrementalDetokenizer(counted, prompt)
+    for t in gen:
+        detok.add(t)
+    return counted.backend.decoded, detok.text
+
+
+def _reference(tok: Tokenizer, prompt: list[int], gen: list[int]) -> str:
+    """The text of `gen` after `prompt` (`decode(gen)` where it rewrites the prompt's),
+    less the U+FFFD it ends in."""
+    pre, full = tok.decode(prompt), tok.decode(prompt + gen)
+    out = full[len(pre):] if full.startswith(pre) else tok.decode(gen)
+    return out.rstrip(FFFD)
+
+
+@pytest.mark.parametrize("which", ["spm", "byte_level"])
+@pytest.mark.parametrize("data", [
+    "東京".encode() * 200,  # whole characters
+    b"\x80" * 600,  # stray continuation bytes
+    b"\xe6" * 600,  # lead bytes, each cut short by the next
+    ("東京".encode() * 100)[:-1] + b" ok",  # one cut character makes a byte-fallback run invalid
+], ids=["whole", "stray", "leads", "cut"])
+def test_a_long_run_of_bytes_decodes_linearly(which, data, request):
+    tok = request.getfixturevalue(which)
+    prompt = tok.encode("We went to", add_special_tokens=False)
+    gen = _byte_ids(tok, data) + tok.encode(" the dog", add_special_tokens=False)
+    decoded, text = _decoded(tok, prompt, gen)
+    assert decoded <= 40 * len(gen), decoded
+    assert text == _reference(tok, prompt, gen)
+
+
+@pytest.mark.parametrize("which", ["spm", "byte_level"])
+def test_decoded_tokens_grow_linearly_with_the_run(which, request):
+    tok = request.getfixturevalue(which)
+    prompt = tok.encode("the fox", add_special_tokens=False)
+    counts = [_decoded(tok, prompt, _byte_ids(tok, "東".encode() * n))[0] for n in (100, 400)]
+    assert counts[1] <= 4.5 * counts[0], counts
+
+
+_PIECES = ["the", " dog", " fox", "é", "東", "😀", "\x1a"]
+_BYTES = [0x1A, 0x41, 0x80, 0x83, 0xBA, 0xBF, 0xC3, 0xA9, 0xE6, 0x9D, 0xB1, 0xF0, 0x9F, 0xED,
+          0xA0, 0xC0, 0xF5]
+
+
+@pytest.mark.parametrize("which", ["spm", "byte_level"])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_text_is_the_decode_after_every_token(which, data, request):
+    """Random runs of bytes (whole characters, cut ones, stray and invalid bytes), words and
+    special tokens, after a prompt that may end in a character's bytes: after every token
+    `text` is the decode of the output so far less the U+FFFD it ends in."""
+    tok = request.getfixturevalue(which)
+    specials = [tok.token_to_id(s) for s in ("<s>", "</s>")]
+    pool = st.one_of(
+        st.lists(st.sampled_from(_BYTES), min_size=1, max_size=12).map(
+            lambda b: _byte_ids(tok, bytes(b))),
+        st.sampled_from(_PIECES).map(lambda p: tok.encode(p, add_special_tokens=False)),
+        st.sampled_from(specials).map(lambda i: [i]),
+    )
+    gen = [t for part in data.draw(st.lists(pool, max_size=12)) for t in part]
+    prompt = tok.encode(data.draw(st.sampled_from(["We went to", "We went to 東", "é"])),
+                        add_special_tokens=False)
+    detok = IncrementalDetokenizer(tok, prompt)
+    for k, t in enumerate(gen, 1):
+        detok.add(t)
+        assert detok.text == _reference(tok, prompt, gen[:k]), gen[:k]
+
+
+def test_a_decoder_that_rewrites_settled_text_decodes_everything():
+    """A decoder that replaces text across tokens ("a" then "b" decode as "X") rewrites text
+    settled before the window; the detokenizer then decodes all the output at each token."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models
+
+    backend = Backend(models.WordLevel({"a": 0, "b": 1, "c": 2}, unk_token="c"))
+    backend.decoder = decoders.Sequence([decoders.Fuse(), decoders.Replace("ab", "X")])
+    tok = Tokenizer(backend)
+    detok = IncrementalDetokenizer(tok, [2])
+    texts = [(detok.add(t), detok.text) for t in (0, 2, 0, 1, 2)]
+    assert texts == [("a", "a"), ("c", "ac"), ("a", "aca"), ("", "acX"), ("c", "acXc")]
