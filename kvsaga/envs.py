@@ -38,6 +38,18 @@ def _bytes(name: str, default: int) -> Callable[[], int]:
     return read
 
 
+def _flag(name: str) -> Callable[[], bool]:
+    def read() -> bool:
+        value = os.environ.get(name, "").strip().lower()
+        if value in ("", "0", "false"):
+            return False
+        if value in ("1", "true"):
+            return True
+        raise ValueError(f"{name}={value!r}: expected 1 or true (0, false or unset: off)")
+
+    return read
+
+
 def _string(name: str) -> Callable[[], str | None]:
     def read() -> str | None:
         return os.environ.get(name) or None
@@ -76,6 +88,10 @@ _VARIABLES: dict[str, Callable[[], Any]] = {
     # kvsaga/engine/cpu_threads.py). Read when the engine loads; `kvsaga-serve --cpu-host
     # auto` sets "adaptive".
     "KVSAGA_CPU_THREADS": _choice("KVSAGA_CPU_THREADS", "fixed", ("fixed", "adaptive")),
+    # "1": an engine may take a max_model_len above the model's max_position_embeddings
+    # (with a warning; vLLM's VLLM_ALLOW_LONG_MAX_MODEL_LEN); unset: refused. Never past a
+    # sliding window (ModelConfig.check_max_model_len).
+    "KVSAGA_ALLOW_LONG_MAX_MODEL_LEN": _flag("KVSAGA_ALLOW_LONG_MAX_MODEL_LEN"),
 }
 
 # The threshold for a host whose cores other jobs share, with OpenMP workers that sleep at

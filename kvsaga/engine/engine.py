@@ -87,7 +87,10 @@ class LLMEngine(StepOutput):
     policy: eviction policy name, priced with `cost` (this model on this device, from
         `kvsaga.engine.cost`); or a ready policy instance, used as it is.
     max_num_seqs / max_num_batched_tokens: batch limits per step (positive ints).
-    max_model_len: longest context; default the model's.
+    max_model_len: longest context; default the model's. Refused (InvalidRequest, before
+        the weights load) past a mistral model's sliding window, and past its
+        max_position_embeddings unless $KVSAGA_ALLOW_LONG_MAX_MODEL_LEN is set
+        (`ModelConfig.check_max_model_len`).
     progress: progress bar while loading weights.
     host_memory_bytes: host-tier budget (pinned on CUDA machines); 0 disables offload.
     transfer_delay: test hook slowing each CPU block copy (see `TransferEngine`).
@@ -169,6 +172,7 @@ class LLMEngine(StepOutput):
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
         ckpt = open_checkpoint(default_model_path() if model is None else model)
+        ckpt.config.check_max_model_len(max_model_len)
         dev, dtype = resolve_device_dtype(device, dtype)
         self.spec = ckpt.config.kv_spec(COMPUTE_DTYPES[dtype], block_size)
         if kv_memory_bytes is None and dev.type != "cuda":

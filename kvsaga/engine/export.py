@@ -270,9 +270,10 @@ def _remove(path: Path) -> None:
 
 
 def _generation_config(config: ModelConfig, ckpt: Checkpoint) -> dict[str, Any]:
-    """The source's generation_config.json (an HF directory's: what kvsaga does not read,
-    such as repetition_penalty, too) with the token ids and the sampling defaults kvsaga
-    serves with (`config.generation`), so that engines serving the export sample alike."""
+    """The source's generation_config.json (an HF directory's: what kvsaga does not apply,
+    such as repetition_penalty, too: the model's authors meant it, and vLLM applies it) with
+    the token ids and the sampling defaults kvsaga serves with (`config.generation`), so
+    that engines serving the export take the same temperature, top_p, top_k and length."""
     source = {}
     if ckpt.gguf is None and (ckpt.path / "generation_config.json").is_file():
         try:

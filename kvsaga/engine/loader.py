@@ -125,7 +125,8 @@ def resolve_device_dtype(
 def load_checkpoint(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
                     progress: bool = True) -> LoadedModel:
     """`load_model` for a checkpoint already opened (its config read, e.g. to size the KV
-    cache first) and a device and dtype already resolved (`resolve_device_dtype`)."""
+    cache first) and a device and dtype already resolved (`resolve_device_dtype`). Warns of
+    sampling defaults in the model's generation_config.json that kvsaga does not apply."""
     if ckpt.gguf is not None:
         tokenizer = Tokenizer.from_gguf(ckpt.gguf)
     else:
@@ -133,4 +134,5 @@ def load_checkpoint(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
     model = LlamaForCausalLM(ckpt.config, dtype=dtype, device=device)
     model.load_weights(ckpt.weights(progress=progress))
     model.eval()
+    ckpt.config.generation.warn_unapplied()
     return LoadedModel(model, ckpt.config, tokenizer, ckpt.path)

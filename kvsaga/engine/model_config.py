@@ -6,13 +6,17 @@ scheduler never look at a file format again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvsaga import envs
 from kvsaga._validate import check_positive_int
 from kvsaga.config import KVSpec
-from kvsaga.errors import KVSagaError
+from kvsaga.errors import InvalidRequest, KVSagaError
+
+log = logging.getLogger("kvsaga.engine")
 
 # HF `model_type` (or GGUF `general.architecture`) -> our architecture name.
 SUPPORTED_ARCHITECTURES: dict[str, str] = {
@@ -38,43 +42,70 @@ class ModelLoadError(KVSagaError, ValueError):
     """A model directory or file cannot be loaded: missing, unsupported, or inconsistent."""
 
 
+# Sampling fields of generation_config.json that vLLM applies and kvsaga's sampler does not
+# implement, each with the value that changes nothing.
+UNAPPLIED_NEUTRAL: dict[str, float] = {
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "min_p": 0.0,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationDefaults:
     """The sampling defaults a model's authors ship in `generation_config.json`.
 
-    vLLM applies them to every request that does not set the field, and so does kvsaga
-    (`SamplingParams.with_defaults`); fields the file lacks stay None and fall back to
-    OpenAI's defaults (temperature 1, top_p 1, no top-k).
+    kvsaga applies temperature, top_p, top_k and max_new_tokens to every request that does
+    not set the field (`SamplingParams.with_defaults`), as vLLM does; fields the file lacks
+    stay None and fall back to OpenAI's defaults (temperature 1, top_p 1, no top-k). vLLM
+    also applies the file's penalties and min_p, which kvsaga's sampler does not implement:
+    they are read into `unapplied` so that loading can say so (`warn_unapplied`) rather than
+    sample differently without a word.
 
     Attributes:
         temperature / top_p / top_k: as in `SamplingParams`.
         max_tokens: the file's `max_new_tokens`.
+        unapplied: (name, value) of each `UNAPPLIED_NEUTRAL` field the file sets to another
+            value.
     """
 
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
     max_tokens: int | None = None
+    unapplied: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_generation_config(cls, gen: Mapping[str, Any] | None) -> GenerationDefaults:
-        """Read the fields kvsaga honours; values of the wrong type raise ModelLoadError."""
+        """Read the fields; values of the wrong type raise ModelLoadError."""
         if not gen:
             return cls()
         try:
+            read = {n: _opt(float, gen.get(n)) for n in UNAPPLIED_NEUTRAL}
             return cls(
                 temperature=_opt(float, gen.get("temperature")),
                 top_p=_opt(float, gen.get("top_p")),
                 top_k=_opt(int, gen.get("top_k")),
                 max_tokens=_opt(int, gen.get("max_new_tokens")),
+                unapplied=tuple((n, v) for n, v in read.items()
+                                if v is not None and v != UNAPPLIED_NEUTRAL[n]),
             )
         except (TypeError, ValueError) as e:
             raise ModelLoadError(f"invalid value in generation_config.json: {e}") from None
 
     def as_dict(self) -> dict[str, float | int]:
-        """The fields that are set."""
+        """The fields kvsaga applies that are set."""
         names = ("temperature", "top_p", "top_k", "max_tokens")
         return {n: v for n in names if (v := getattr(self, n)) is not None}
+
+    def warn_unapplied(self) -> None:
+        """Log a warning naming each sampling default of the model's that kvsaga ignores."""
+        if self.unapplied:
+            fields = ", ".join(f"{n}={v:g}" for n, v in self.unapplied)
+            log.warning("the model's generation_config.json sets %s, which kvsaga does not "
+                        "apply (it samples without penalties or min_p; vLLM applies them)",
+                        fields)
 
 
 def _opt(kind: type, value: Any) -> Any:
@@ -129,13 +160,17 @@ class ModelConfig:
         rms_norm_eps: epsilon of every RMSNorm.
         rope_theta: RoPE base.
         rope_scaling: RoPE rescaling; `RopeScaling()` when none.
-        max_position_embeddings: longest context the model supports.
+        max_position_embeddings: longest context the model supports (for mistral, capped
+            at its sliding window).
         tie_word_embeddings: the LM head reuses the embedding matrix.
         attention_bias: q/k/v projections have a bias (qwen2; llama's `attention_bias`).
         attention_out_bias: the output projection has a bias (llama's `attention_bias` only).
         bos_token_id: beginning-of-sequence token, if any.
         eos_token_ids: every token that ends generation (Llama 3 has several).
         generation: sampling defaults from generation_config.json (none for GGUF files).
+        sliding_window: mistral's attention window, if it has one. kvsaga attends to the
+            whole context, which is the same as the window only while the context fits in it,
+            so no context may be longer (`check_max_model_len`).
     """
 
     architecture: str
@@ -156,6 +191,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    sliding_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES.values():
@@ -174,6 +210,8 @@ class ModelConfig:
             "max_position_embeddings",
         ):
             check_positive_int(f"ModelConfig.{name}", getattr(self, name), ModelLoadError)
+        check_positive_int("ModelConfig.sliding_window", self.sliding_window, ModelLoadError,
+                           none_ok=True)
         if self.num_heads % self.num_kv_heads:
             raise ModelLoadError(
                 f"num_heads ({self.num_heads}) must be a multiple of "
@@ -201,6 +239,40 @@ class ModelConfig:
         """The shape of this model's KV block in `dtype` (named as `KVSpec` names it): read
         from the config alone, so that a KV budget is checked before the weights load."""
         return KVSpec(self.num_layers, self.num_kv_heads, self.head_dim, dtype, block_size)
+
+    def check_max_model_len(self, max_model_len: int | None, warn: bool = True) -> None:
+        """Refuse a context longer than this model can give right answers for, before the
+        weights load.
+
+        Past a sliding window kvsaga's full attention computes something other than the
+        model, so that is always refused. Past `max_position_embeddings` the computation is
+        exact but the model never saw such positions: refused, as vLLM refuses it, unless
+        $KVSAGA_ALLOW_LONG_MAX_MODEL_LEN is set (then a warning when `warn`).
+
+        Raises:
+            InvalidRequest: naming `max_model_len` and the limit it exceeds.
+        """
+        if max_model_len is None:
+            return
+        window = self.sliding_window
+        if window is not None and max_model_len > window:
+            raise InvalidRequest(
+                f"max_model_len={max_model_len} exceeds {self.architecture}'s sliding window of "
+                f"{window} tokens; kvsaga has no windowed attention, so past the window its "
+                f"output would not be the model's: use at most {window}")
+        limit = self.max_position_embeddings
+        if max_model_len <= limit:
+            return
+        why = (f"max_model_len={max_model_len} exceeds the model's max_position_embeddings "
+               f"(a GGUF's context_length) of {limit}")
+        if not envs.KVSAGA_ALLOW_LONG_MAX_MODEL_LEN:
+            raise InvalidRequest(
+                f"{why}; use at most {limit}, or set KVSAGA_ALLOW_LONG_MAX_MODEL_LEN=1 to "
+                "allow it (positions the model was not trained on: output of unknown quality)")
+        if warn:
+            log.warning("%s; allowed by KVSAGA_ALLOW_LONG_MAX_MODEL_LEN: positions past %d "
+                        "were not in the model's training, output of unknown quality",
+                        why, limit)
 
     @classmethod
     def from_hf_config(
@@ -234,10 +306,12 @@ class ModelConfig:
                     f"config.json: num_attention_heads must be > 0, got {num_heads}")
             head_dim = cfg.get("head_dim") or hidden // num_heads
             max_pos = int(cfg.get("max_position_embeddings", 2048))
+            window = None
             if arch == "mistral" and cfg.get("sliding_window"):
                 # Within the window, sliding-window attention is full attention: capping the
                 # context at the window keeps this exact without a windowed kernel.
-                max_pos = min(max_pos, int(cfg["sliding_window"]))
+                window = _field_int(cfg, "sliding_window")
+                max_pos = min(max_pos, window)
             if arch == "qwen2" and cfg.get("use_sliding_window"):
                 raise ModelLoadError("qwen2 with use_sliding_window=true is not supported")
             if cfg.get("mlp_bias"):
@@ -268,6 +342,7 @@ class ModelConfig:
                 bos_token_id=_first_id(cfg.get("bos_token_id")),
                 eos_token_ids=eos,
                 generation=GenerationDefaults.from_generation_config(generation_cfg),
+                sliding_window=window,
             )
         except KeyError as e:
             raise ModelLoadError(f"config.json lacks required field {e.args[0]!r}") from None
@@ -332,12 +407,6 @@ class ModelConfig:
         if vocab is None:
             tokens = meta.get("tokenizer.ggml.tokens")
             vocab = embedding_rows if embedding_rows is not None else len(tokens or ())
-        scaling = RopeScaling()
-        scaling_type = key("rope.scaling.type", "none")
-        if scaling_type == "linear":
-            scaling = RopeScaling("linear", float(key("rope.scaling.factor")))
-        elif scaling_type not in ("none", None):
-            raise ModelLoadError(f"unsupported GGUF rope scaling type {scaling_type!r}")
         return cls(
             architecture=SUPPORTED_ARCHITECTURES[arch],
             vocab_size=int(vocab),
@@ -349,7 +418,7 @@ class ModelConfig:
             head_dim=count("attention.key_length", hidden // num_heads),
             rms_norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
             rope_theta=float(key("rope.freq_base", 10000.0)),
-            rope_scaling=scaling,
+            rope_scaling=_gguf_rope_scaling(meta, arch),
             max_position_embeddings=int(key("context_length", 2048)),
             tie_word_embeddings="output.weight" not in tensor_names,
             attention_bias="blk.0.attn_q.bias" in tensor_names,
@@ -357,6 +426,29 @@ class ModelConfig:
             bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
             eos_token_ids=gguf_end_token_ids(meta),
         )
+
+
+def _gguf_rope_scaling(meta: Mapping[str, Any], arch: str) -> RopeScaling:
+    """A GGUF file's RoPE scaling, read as llama.cpp reads it: the type defaults to linear;
+    the factor is `rope.scaling.factor`, or else the older `rope.scale_linear` (files
+    converted before that key was renamed); a factor absent, 0 or 1 means none, and type
+    "none" never scales."""
+    scaling_type = meta.get(f"{arch}.rope.scaling.type") or "linear"
+    if scaling_type == "none":
+        return RopeScaling()
+    if scaling_type != "linear":
+        raise ModelLoadError(f"unsupported GGUF rope scaling type {scaling_type!r}")
+    for name in (f"{arch}.rope.scaling.factor", f"{arch}.rope.scale_linear"):
+        factor = meta.get(name)
+        if factor is not None:
+            break
+    else:
+        return RopeScaling()
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise ModelLoadError(f"GGUF metadata key {name} must be a number, got {factor!r}")
+    if factor in (0, 1):
+        return RopeScaling()
+    return RopeScaling("linear", float(factor))
 
 
 def _hf_rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling]:

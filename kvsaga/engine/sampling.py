@@ -112,8 +112,10 @@ class SamplingParams:
         """Params from explicit `fields` (None means unset), then the model's `defaults`
         (`ModelConfig.generation.as_dict()`), then the class defaults (OpenAI's).
 
-        This is the one rule the CLI, `LLM` and kvsaga-serve all follow, as vLLM does with
-        a model's generation_config.json.
+        This is the one rule the CLI, `LLM` and kvsaga-serve all follow. vLLM takes a model's
+        generation_config.json the same way for these fields, and also applies its penalties
+        and min_p, which kvsaga does not implement (loading warns of them:
+        `GenerationDefaults.warn_unapplied`).
         """
         merged = dict(defaults or {})
         merged.update((k, v) for k, v in fields.items() if v is not None)
@@ -261,7 +263,11 @@ def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -
     p = torch.tensor(top_ps, device=device)
     probs = torch.softmax(sorted_logits, dim=-1)
     # Mass strictly before each token: a token is kept while that mass is below top_p, so
-    # the most likely token always survives.
+    # the most likely token always survives. A row with top_p 1 keeps every token: its fp32
+    # prefix mass can round to 1 before a large vocabulary's tail, which would then be cut
+    # only when a batch neighbour's top-k or top-p ran this pass (a seeded draw depending on
+    # its batch).
     before = probs.cumsum(dim=-1) - probs
-    sorted_logits = sorted_logits.masked_fill(before >= p[:, None], float("-inf"))
+    cut = (before >= p[:, None]) & (p[:, None] < 1.0)
+    sorted_logits = sorted_logits.masked_fill(cut, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
       help="token budget of one forward pass (chunked prefill)")
     a("--max-model-len", type=int, default=None,
-      help="longest context in tokens (default: the model's)")
+      help="longest context in tokens (default: the model's; at most its context length, "
+      "or mistral's sliding window)")
     a("--enforce-eager", action="store_true",
       help="on CUDA, run every step eagerly instead of replaying CUDA graphs")
     a("--max-graph-tokens", type=int, default=d.max_graph_tokens,
@@ -289,11 +290,12 @@ def engine_factory(s: ServerSettings):
 def preflight(s: ServerSettings) -> None:
     """Check, before binding the port, what can be checked without loading the weights: the
     device, that the model path (or the default model's package) is there and readable as a
-    checkpoint, and that --kv-memory and --host-memory each hold one of its KV blocks (sized
-    from its config, in the dtype the engine will compute in).
+    checkpoint, that --max-model-len fits the model (`ModelConfig.check_max_model_len`), and
+    that --kv-memory and --host-memory each hold one of its KV blocks (sized from its config,
+    in the dtype the engine will compute in).
 
     Raises:
-        KVSagaError: naming the problem (the flag, for a budget).
+        KVSagaError: naming the problem (the flag, for a budget or a context length).
     """
     from kvsaga.engine.engine import DEFAULT_CPU_KV_MEMORY_BYTES
     from kvsaga.engine.llm import resolve_device
@@ -302,6 +304,10 @@ def preflight(s: ServerSettings) -> None:
 
     dev, dtype = resolve_device_dtype(resolve_device(s.device), None)
     ckpt = open_checkpoint(s.model if s.model is not None else default_model_path())
+    try:  # (the engine warns of an allowed long context as it loads)
+        ckpt.config.check_max_model_len(s.max_model_len, warn=False)
+    except InvalidRequest as e:
+        raise InvalidRequest(as_flag_message(str(e))) from None
     spec = ckpt.config.kv_spec(COMPUTE_DTYPES[dtype], s.block_size)
     # Off CUDA the engine takes a fixed budget where --kv-memory is not given (on CUDA a
     # share of the memory the weights leave, known only once they are in).

@@ -192,7 +192,7 @@ TINY_VARIANTS: dict[str, dict] = {
 
 def write_llama_gguf(
     hf_dir: Path, out: Path, qtype: str = "F32", extra: dict | None = None,
-    end_ids: dict[str, int] | None = None,
+    end_ids: dict[str, int] | None = None, metadata: dict[str, float | str] | None = None,
 ) -> Path:
     """Convert a tiny HF Llama directory to GGUF the way llama.cpp's converter does: its
     tensor names, Q/K rows permuted for interleaved RoPE, 2-D weights quantized to `qtype`.
@@ -200,7 +200,9 @@ def write_llama_gguf(
     path is what this exercises) unless `end_ids` is given: then the byte-level vocabulary
     of `write_byte_tokenizer` (filled with control tokens up to the model's vocabulary) and
     the end-of-generation ids it names ({"eot": id, "eom": id}, llama.cpp's
-    `tokenizer.ggml.<name>_token_id`) beside the EOS id."""
+    `tokenizer.ggml.<name>_token_id`) beside the EOS id. `metadata`: more keys, by full
+    name (numbers stored as float32, e.g. "llama.rope.scale_linear"), as a converter of
+    another time may have written them."""
     import gguf
     import numpy as np
     from safetensors.numpy import load_file
@@ -238,6 +240,11 @@ def write_llama_gguf(
         _add_byte_level_vocab(writer, cfg["vocab_size"])
         for name, token_id in end_ids.items():
             writer.add_uint32(f"tokenizer.ggml.{name}_token_id", token_id)
+    for key, value in (metadata or {}).items():
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        else:
+            writer.add_float32(key, value)
     rope = cfg["rope_parameters"]
     if rope.get("rope_type") == "llama3":
         # llama.cpp stores Llama 3.1 scaling as per-frequency divisors, not as metadata.

@@ -15,7 +15,7 @@ import torch
 from kvsaga.engine import loader
 from kvsaga.engine.loader import INSTALL_DEFAULT_MODEL, default_model_path, load_model
 from kvsaga.engine.model import LlamaForCausalLM
-from kvsaga.engine.model_config import ModelConfig, ModelLoadError
+from kvsaga.engine.model_config import ModelConfig, ModelLoadError, RopeScaling
 from kvsaga.engine.weights import open_checkpoint
 
 from .helpers import forward_all, write_llama_gguf
@@ -64,6 +64,24 @@ def test_gguf_f32_matches_hf_directory(tiny_model_dir, tmp_path, variant):
     )
     torch.testing.assert_close(
         forward_all(_load(gguf_path), IDS), forward_all(_load(src), IDS), atol=1e-4, rtol=0
+    )
+
+
+@pytest.mark.parametrize("keys", [
+    {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 2.0},
+    {"llama.rope.scaling.factor": 2.0},  # no type: llama.cpp's default type is linear
+    {"llama.rope.scale_linear": 2.0},  # the factor's older key, which llama.cpp still reads
+])
+def test_gguf_linear_rope_scaling_is_read_as_llama_cpp_reads_it(tiny_model_dir, tmp_path,
+                                                                 keys):
+    """A factor with no `rope.scaling.type`, or under the older key `rope.scale_linear`,
+    loaded with no scaling at all, so positions came out wrong (review s48 engine 4); each
+    form now gives the HF model's linear RoPE."""
+    src = tiny_model_dir("llama_mha_tied_linear_rope")  # linear, factor 2
+    path = write_llama_gguf(src, tmp_path / "linear.gguf", metadata=keys)
+    assert open_checkpoint(path).config.rope_scaling == RopeScaling("linear", 2.0)
+    torch.testing.assert_close(
+        forward_all(_load(path), IDS), forward_all(_load(src), IDS), atol=1e-4, rtol=0
     )
 
 
@@ -263,6 +281,7 @@ def test_mistral_sliding_window_caps_context():
         }
     )
     assert cfg.max_position_embeddings == 4096 and cfg.num_kv_heads == 2
+    assert cfg.sliding_window == 4096  # kept, so that no longer context is taken
 
 
 _HF_BASE = {"model_type": "llama", "vocab_size": 100, "hidden_size": 64,
@@ -274,6 +293,8 @@ _GGUF_BASE = {"general.architecture": "llama", "llama.embedding_length": 64,
 
 @pytest.mark.parametrize(("extra", "message"), [
     ({"num_attention_heads": 0}, "num_attention_heads must be > 0, got 0"),
+    ({"model_type": "mistral", "sliding_window": "4k"},
+     "config.json: sliding_window must be an integer, got '4k'"),
     ({"num_attention_heads": None}, "num_attention_heads must be an integer, got None"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
      r"lacks required field rope_scaling\.low_freq_factor"),
@@ -300,6 +321,31 @@ def test_gguf_config_errors_name_the_key(count, message):
                                        set(), 100)
     uniform = {**_GGUF_BASE, "llama.attention.head_count": [4, 4]}
     assert ModelConfig.from_gguf_metadata(uniform, set(), 100).num_heads == 4
+
+
+@pytest.mark.parametrize(("keys", "scaling"), [
+    ({"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 2.0}, RopeScaling()),
+    ({"llama.rope.scaling.type": "none", "llama.rope.scale_linear": 2.0}, RopeScaling()),
+    ({"llama.rope.scaling.factor": 1.0}, RopeScaling()),
+    ({"llama.rope.scale_linear": 0.0}, RopeScaling()),  # llama.cpp: 0 is no scaling
+    ({"llama.rope.scaling.factor": 4.0, "llama.rope.scale_linear": 2.0},
+     RopeScaling("linear", 4.0)),
+])
+def test_gguf_rope_scaling_none_and_neutral_factors(keys, scaling):
+    """Type "none" never scales (as in llama.cpp), whatever factor is stored; the new key
+    wins over the old one."""
+    assert ModelConfig.from_gguf_metadata({**_GGUF_BASE, **keys}, set(), 100).rope_scaling \
+        == scaling
+
+
+@pytest.mark.parametrize(("keys", "message"), [
+    ({"llama.rope.scale_linear": "4"}, r"llama\.rope\.scale_linear must be a number, got '4'"),
+    ({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0},
+     "unsupported GGUF rope scaling type 'yarn'"),
+])
+def test_gguf_rope_scaling_errors_name_the_key(keys, message):
+    with pytest.raises(ModelLoadError, match=message):
+        ModelConfig.from_gguf_metadata({**_GGUF_BASE, **keys}, set(), 100)
 
 
 def test_default_model_path_missing_package(monkeypatch):

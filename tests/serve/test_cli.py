@@ -208,6 +208,26 @@ def test_a_budget_that_holds_no_kv_block_fails_in_one_line_before_the_model_load
         f"kvsaga-serve: error: {flag} 1 holds no KV block of {block} bytes for this model\n")
 
 
+def test_a_max_model_len_past_the_models_context_fails_in_one_line_before_the_model_loads(
+        capsys, monkeypatch: pytest.MonkeyPatch):
+    """The bundled SmolLM2's GGUF says context_length 8192; a longer --max-model-len was
+    taken without a word (vLLM refuses it). Refused before the port is bound, naming the
+    flag (review s48 engine 1)."""
+    from kvsaga.serve import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("the port was bound before --max-model-len was checked")
+
+    monkeypatch.setattr(cli, "listen_sockets", refuse)
+    monkeypatch.setattr(cli, "engine_factory", refuse)
+    assert cli.main(["--max-model-len", "8193", "--device", "cpu", "--port", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "kvsaga-serve: error: --max-model-len 8193 exceeds the model's max_position_embeddings "
+        "(a GGUF's context_length) of 8192; use at most 8192, or set "
+        "KVSAGA_ALLOW_LONG_MAX_MODEL_LEN=1 to allow it (positions the model was not trained "
+        "on: output of unknown quality)\n")
+
+
 def test_a_block_over_the_default_cpu_budget_names_block_size_before_the_model_loads(
         capsys, monkeypatch: pytest.MonkeyPatch):
     """Without --kv-memory the engine takes 512 MiB off CUDA; a --block-size whose block is
