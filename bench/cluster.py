@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 from allocator import refuse_early, write_section
+from fit_seeds import CLUSTER_FIT_SEEDS
 
 from kvsaga.config import parse_bytes
 from kvsaga.routing import ROUTERS, RoutingConfig
@@ -64,7 +65,7 @@ TARGET_RR, TARGET_AFF, TARGET_IMBALANCE = 2.0, 1.64, 1.15
 # a roomy GPU per session came that close to it (the ideal run: within 1%, docs/cluster.md).
 NO_ROOM = 0.05
 DEFAULT_SPG = 64  # the main section's sessions per GPU
-FIT_SEEDS = (1, 2)  # the seeds the knobs and the thrash load are chosen on
+FIT_SEEDS = CLUSTER_FIT_SEEDS  # 1, 2: the seeds the knobs and the thrash load are chosen on
 REPORT_SEEDS = "7,11,12"  # 11 and 12: never looked at before the fit
 # The thrash load: the smallest of these loads at which one GPU with fcfs + lru keeps at most
 # THRASH_KEEP of the hit rate it has with ROOMY_KV (room for every session).

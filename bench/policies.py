@@ -15,7 +15,8 @@ Two modes, never mixed:
   (tests/bench/test_policies.py checks it); the code is bench/policies_tune.py. `--regret`
   is a diagnosis and may run the fit seeds; `--reference` is bench/policies_reference.py.
 - the default mode evaluates at other seeds (`EVAL_SEEDS`, first run once the default was
-  fixed; a fit seed is refused) on the built-in swe family and on workloads those families
+  fixed; a seed this tune or any other bench's fit read is refused, bench/fit_seeds.py, also
+  the seeds of a `--from-json` file) on the built-in swe family and on workloads those families
   never produced:
 
 - `swe-slow`: swe with every tool 3x slower and 1.5x the log-latency spread (heavier tails);
@@ -99,6 +100,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from fit_seeds import POLICY_FAMILY_SEEDS, POLICY_TRACE_SEEDS, fit_seed_error
 from policies_cli import (  # split out, re-exported: `main` calls them through this module
     REF_WRITER,
     REGRET_WRITER,
@@ -133,12 +135,13 @@ FRACTIONS = (0.3, 0.6)
 # 302 were the evaluation of 2026-11-30, 401 and 402 that of 2026-12-01's seventh session,
 # and are fit data since). --tune runs the built-in
 # families at FAMILY_SEEDS and the held-out traces at TRACE_SEEDS; the evaluation refuses
-# all of them and runs EVAL_SEEDS, first run once the default was fixed.
-FAMILY_SEEDS = (1, 101)
+# all of them (and every other fit's seeds, bench/fit_seeds.py, which holds these values)
+# and runs EVAL_SEEDS, first run once the default was fixed.
+FAMILY_SEEDS = POLICY_FAMILY_SEEDS  # 1, 101
 # 951, 952 (fresh in session 27, rerun in session 31 on the scheduler's round-34 default)
 # joined the fit set in session 32 so that graph's worst held-out cases could be diagnosed
 # (the diagnosis tools read fit seeds only) and its lever tuned on them.
-TRACE_SEEDS = (102, 103, 201, 202, 301, 302, 401, 402, 951, 952)
+TRACE_SEEDS = POLICY_TRACE_SEEDS  # 102, 103, 201, 202, 301, 302, 401, 402, 951, 952
 TUNE_SEEDS = FAMILY_SEEDS + TRACE_SEEDS
 # 501, 502 were first run on 2026-12-01 (seventh session), 601, 602 in the tenth, 701, 702
 # in the eleventh, 801, 802 in the twelfth, 901, 902 in the thirteenth, and are seen since;
@@ -543,13 +546,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune:
         from policies_tune import tune  # bench/ is on the path when run as a script
         return tune(p, args, traces, seeds, policies, fractions, command)
-    if fit := sorted(set(seeds) & set(TUNE_SEEDS)):
-        p.error(f"--seeds {','.join(map(str, fit))}: fit seeds (--tune's {TUNE_SEEDS}); "
-                "evaluate on others")
-    t = time.perf_counter()
-    if args.from_json:
+    flag = "--seeds"
+    if args.from_json:  # the seeds rendered are the file's: those are the ones checked
         saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
-        seeds = saved["seeds"]
+        seeds, flag = saved["seeds"], f"--from-json {args.from_json} (its seeds)"
+    if fit := sorted(set(seeds) & set(TUNE_SEEDS)):
+        p.error(f"{flag} {','.join(map(str, fit))}: fit seeds (--tune's {TUNE_SEEDS}); "
+                "evaluate on others")
+    if error := fit_seed_error(seeds, flag):  # another bench's fit read the same sessions
+        p.error(error)
+    t = time.perf_counter()
     title = eval_title(seeds, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     if not args.no_write:
         refuse_early(p, RESULTS, title)

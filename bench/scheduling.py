@@ -36,6 +36,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import fit_seeds
 import results_blocks
 import scheduling_bound
 import scheduling_oracle
@@ -56,7 +57,7 @@ PRESET = "a100-llama3-8b"
 # (sessions, scale) per family: small enough for a few minutes in all on 2 shared cores.
 DEFAULTS = {"swe": (24, 0.15), "web": (24, 0.15), "bfcl": (80, 0.5), "assistant": (10, 0.1)}
 GRID = ((1.0, 1.0), (1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity fraction)
-REPORT_SEED, FIT_SEEDS = 1, (101, 102, 103, 104, 105, 106)
+REPORT_SEED, FIT_SEEDS = 1, fit_seeds.SCHEDULER_FIT_SEEDS  # fit seeds: 101-106
 DEFAULT = f"{DEFAULT_SCHEDULER}+{DEFAULT_POLICY}"  # what the goals are about
 CONFIGS = (("fcfs", "lru"), ("fcfs", "graph"), ("workflow", "lru"), ("workflow", "graph"))
 if (DEFAULT_SCHEDULER, DEFAULT_POLICY) not in CONFIGS:

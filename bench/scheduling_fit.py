@@ -17,6 +17,7 @@ import json
 import math
 
 import scheduling_oracle
+from fit_seeds import fit_seed_error
 from scheduling import (
     DEFAULT,
     DEFAULTS,
@@ -465,8 +466,9 @@ def _oracle_gain(rows: list[dict], f: dict, label: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`--held-out SEEDS`: the held-out table of seeds outside the default run (fresh ones,
-    run once after the fit's choices are frozen; the fit seeds and the report seed are
-    refused), without the report seed's grid.
+    run once after the fit's choices are frozen; the fit seeds, the report seed and every
+    seed another bench's fit read, bench/fit_seeds.py, are refused), without the report
+    seed's grid.
     `--tail-guard-check [SEEDS]`: the tail guard on vs off at the mixes' points (AFS fit
     seeds only; `tail_guard_check`).
     `--policy-check AGAINST`: the fit seeds' baseline row with `--policy`, and its
@@ -564,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     if seen:  # the fit's seeds and the report seed are not held out
         ap.error(f"--held-out takes seeds outside the fit seeds "
                  f"{FIT_SEEDS[0]}-{FIT_SEEDS[-1]} and the report seed {REPORT_SEED}; got {seen}")
+    if error := fit_seed_error(seeds, "--held-out"):  # nor any other bench's fit seeds
+        ap.error(error)
     tasks = held_out_tasks(families, seeds, args.policy)
     if args.orders:
         for seed in seeds:

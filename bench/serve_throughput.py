@@ -17,7 +17,8 @@ OpenMP workers, exited threads: `server_threads`); then
 kvsaga-serve's throughput over vLLM's (issue 13's goal: >= 1.0x), judged only when no run
 had other jobs take more than `QUIET_CORES` of a core (the machine's busy CPU time less the
 server's and the client's, from /proc). `--repeat N` runs each
-server N times, interleaved, and reports the median run; `--write-results` adds the run, dated
+server N times, interleaved, and reports the median run (by output tok/s; with an even N the
+lower of the two middle runs; N >= 1); `--write-results` adds the run, dated
 and marked as this script's, at the end of bench/RESULTS.md's Throughput subsection (the runs
 recorded there before stay); `--py-spy PATH` samples kvsaga-serve
 during its batch and prints where its threads spend the time. vLLM runs from its own
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     if args.block_size % 32:
         ap.error("--block-size must be a multiple of 32 (vLLM's CPU attention)")
+    if args.repeat < 1:  # before the model loads: no run would leave a median to report
+        ap.error(f"--repeat must be >= 1, got {args.repeat}")
     try:
         BusyNeighbours(args.neighbours, args.neighbour_duty, args.neighbour_delay,
                        args.neighbour_nice)
@@ -424,8 +427,13 @@ def order_arms(order: str, policy: str) -> list[agent_replay.Arm]:
     return out
 
 
+MEDIAN_RUN = "with an even count of runs, the lower of the two middle ones"
+
+
 def _summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median run of an arm (by output tok/s), with every run's rates beside it."""
+    """The median run of an arm (by output tok/s), with every run's rates beside it: one
+    run, not an average, so its other figures are that run's; with an even count, the lower
+    of the two middle runs (`MEDIAN_RUN`), the same for every arm."""
     med = sorted(rs, key=lambda r: r["output_tok_s"])[(len(rs) - 1) // 2]
     return {**med, "all_output_tok_s": [r["output_tok_s"] for r in rs],
             "all_output_tok_per_cpu_s": [r["output_tok_per_cpu_s"] for r in rs],
@@ -473,7 +481,8 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
         f"prompts), {args.max_tokens} output tokens each (EOS ignored), greedy, fp32, KV "
         f"{args.kv_memory / 2**20:.0f} MiB, block {args.block_size}, `--max-num-seqs "
         f"{args.max_num_seqs}`, both servers with their defaults otherwise, {args.repeat} "
-        f"run(s) each, interleaved ({args.order}); the median run by output tok/s. Server "
+        f"run(s) each, interleaved ({args.order}); the median run by output tok/s"
+        + ("" if args.repeat % 2 else f" ({MEDIAN_RUN})") + ". Server "
         "CPU-s: user + system seconds of the server's process tree during the batch (read "
         "this on a shared machine: wall time there is mostly waiting for a core). Requests: "
         "those the median run completed; errors: requests failed over all runs (any: "

@@ -49,6 +49,33 @@ def kv_blocks(args, system: list[int], sessions: list[list[Any]]) -> int:
     return max(int(args.kv_fraction * peak) // args.block_size, need) + 1
 
 
+def seed_groups(text: str | None, seeds: list[int]) -> list[list[int]] | None:
+    """`--seed-groups` ('5,6;7,8'), checked against `--seeds` before any replay (review s48,
+    bench finding 3: a group naming a seed the run did not replay crashed the median after
+    every replay, losing the run): None for no groups.
+
+    Raises:
+        SystemExit: a group that is empty, holds a non-integer, or names a seed not in
+            `seeds`, naming it.
+    """
+    if not text:
+        return None
+    groups = []
+    for g in text.split(";"):
+        try:
+            group = [int(x) for x in g.split(",") if x.strip()]
+        except ValueError:
+            raise SystemExit(f"--seed-groups: {g.strip()!r} is not comma-separated "
+                             "integers") from None
+        if not group:
+            raise SystemExit(f"--seed-groups {text!r}: a group names no seed")
+        if missing := [s for s in group if s not in seeds]:
+            raise SystemExit(f"--seed-groups: seed {missing[0]} is not among --seeds "
+                             f"{','.join(map(str, seeds))}")
+        groups.append(group)
+    return groups
+
+
 def reply_tokens(args, step: Any) -> int:
     """The step's reply length: the trace's output tokens, at most `--reply-tokens` (a
     live model ending its replies at EOS; the KV budget still counts the trace's)."""

@@ -85,6 +85,7 @@ from vllm_replay_report import (  # noqa: E402, F401  (re-exported for the tests
     kv_blocks,
     reply_tokens,
     results_section,
+    seed_groups,
     session_prompts,
     table,
     tct_bound,
@@ -538,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--model-dir {model_dir}: no config.json (write one with "
                          "bench/agent_replay.py --engine vllm or tests/integrations/vllm/run.sh)")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    groups = seed_groups(args.seed_groups, seeds)  # before any replay: a bad one loses none
     if args.fit:
         import vllm_gate_fit
 
@@ -560,8 +562,6 @@ def main(argv: list[str] | None = None) -> int:
             wide = argparse.Namespace(**{**vars(args), "kv_blocks": args.unbounded_blocks})
             rows.setdefault(f"vllm@{args.unbounded_blocks}", {})[seed] = replay(
                 wide, model_dir, seed, None).figures()
-    groups = ([[int(x) for x in g.split(",") if x.strip()] for g in args.seed_groups.split(";")]
-              if args.seed_groups else None)
     lines = [*table(rows, groups), *bound_lines(args, rows)]
     if args.breakdown:
         from vllm_replay_breakdown import breakdown_lines

@@ -123,26 +123,46 @@ def arms(args: argparse.Namespace) -> list[Arm]:
     Raises:
         SystemExit: `--host-memory` with `--engine vllm` (only kvsaga-serve would get the
             host tier: the vLLM arms run without one, so the arms would differ in more than
-            the system under test).
+            the system under test); an arm named twice (`distinct`).
     """
-    names = _names
     check_host_memory(args)
     if args.replicas:
         return replica_arms(args)
     if args.engine == "kvsaga":
         if args.kvsaga_arms:
             return scheduler_arms(args.kvsaga_arms)
-        return [Arm(p, "kvsaga", p) for p in names(args.policies)]
-    for p in names(args.vllm_policies):
+        return distinct([Arm(p, "kvsaga", p) for p in _names(args.policies)], "--policies")
+    return distinct(_vllm_arms(args), "--vllm-policies or --kvsaga-policies")
+
+
+def distinct(out: list[Arm], flags: str) -> list[Arm]:
+    """`out`, refused when it names an arm twice (review s48, bench finding 8): a round
+    keeps one replay per arm name, so the later would silently replace the earlier in the
+    judged figures, while both were pooled and every comparison printed twice.
+
+    Raises:
+        SystemExit: naming the arm and the flags that list arms.
+    """
+    names = [a.name for a in out]
+    if dup := next((n for n in names if names.count(n) > 1), None):
+        raise SystemExit(f"{flags}: the arm {dup!r} is named twice (each arm runs once a "
+                         "round; --repeat runs it again)")
+    return out
+
+
+def _vllm_arms(args: argparse.Namespace) -> list[Arm]:
+    """`--engine vllm`'s arms: plain vLLM, vLLM with the connector per `--vllm-policies`,
+    kvsaga-serve per `--kvsaga-policies`."""
+    for p in _names(args.vllm_policies):
         connector_arm(p)  # a bad name fails before any server starts
-    served = [kvsaga_serve_arm(p) for p in names(args.kvsaga_policies)]
+    served = [kvsaga_serve_arm(p) for p in _names(args.kvsaga_policies)]
     plain = {a.name for a in served if not a.serve_args}
     lone = [a.name for a in served if a.serve_args and a.name.split(" ")[0] not in plain]
     if lone:
         raise SystemExit(f"--kvsaga-policies: {lone[0]!r} is compared with its plain policy "
                          f"arm; add {lone[0].split(' ')[0].split(':')[1]!r} to the list")
     return ([Arm("vllm", "vllm", None)]
-            + [Arm(f"vllm+{p}", "vllm", p) for p in names(args.vllm_policies)] + served)
+            + [Arm(f"vllm+{p}", "vllm", p) for p in _names(args.vllm_policies)] + served)
 
 
 def mode_conflict(args: argparse.Namespace) -> str | None:

@@ -4,6 +4,7 @@ model served by real kvsaga-serve subprocesses; checks the JSON the benchmark wr
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,19 @@ def test_run_order_alternates() -> None:
 def test_bad_kvsaga_arms_are_named(bad: str) -> None:
     with pytest.raises(SystemExit, match="--kvsaga-arms"):
         _load_script().scheduler_arms(bad)
+
+
+@pytest.mark.parametrize(("argv", "arm"), [
+    (["--policies", "lru,ttl,lru"], "lru"),
+    (["--engine", "vllm", "--vllm-policies", "ttl,ttl"], "vllm+ttl"),
+    (["--engine", "vllm", "--kvsaga-policies", "ttl,ttl"], "kvsaga-serve:ttl"),
+])
+def test_an_arm_named_twice_is_refused(argv: list[str], arm: str) -> None:
+    """As `--kvsaga-arms` is (review s48, bench finding 8): a round keeps one replay per
+    arm name, so the second silently replaced the first in the judged figures."""
+    m = _load_script()
+    with pytest.raises(SystemExit, match=re.escape(f"the arm {arm!r} is named twice")):
+        m.arms(m.build_parser().parse_args(argv))
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path: Path) -> None:

@@ -28,8 +28,8 @@ def _row(label: str, seed: int, ratio: float) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _no_unloaded_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sm, "tenant_unloaded", lambda name, seed: {"a": 5.0, "b": 5.0})
+def _no_solo_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sm, "tenant_solo", lambda name, seed: {"a": 5.0, "b": 5.0})
 
 
 @pytest.mark.parametrize(("ratio", "fcfs", "met", "shown"), [

@@ -92,3 +92,31 @@ def test_main_writes_no_results_when_requests_failed(monkeypatch: pytest.MonkeyP
     lost["n"] = 1  # no run loses any
     assert st.main(argv) == 0
     assert len(written) == 1 and "(goal >= 1.0x: met)" in written[0]
+
+
+@pytest.mark.parametrize("repeat", ["0", "-1"])
+def test_repeat_below_one_is_refused_before_the_model_loads(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, repeat: str) -> None:
+    """Review s48, bench finding 9: `--repeat 0` loaded the tokenizer, ran nothing, then
+    crashed in `_summary([])`."""
+    from tests.exits import usage_error
+
+    def loaded(*_a, **_k):
+        raise AssertionError("the model loaded before --repeat was checked")
+
+    monkeypatch.setattr(st.agent_replay, "vllm_model_dir", loaded)
+    with pytest.raises(SystemExit) as e:
+        st.main(["--repeat", repeat])
+    assert f"--repeat must be >= 1, got {repeat}" in usage_error(e, capsys)
+
+
+def test_an_even_repeat_says_which_middle_run_is_the_median() -> None:
+    """With two runs the "median run" is the lower one, and the table says so; with an odd
+    count it needs no note."""
+    runs = {"vllm": [_run(50.0, 0, 16), _run(60.0, 0, 16)],
+            "kvsaga-serve:graph": [_run(90.0, 0, 16), _run(80.0, 0, 16)]}
+    res = {n: st._summary(rs) for n, rs in runs.items()}
+    assert res["vllm"]["output_tok_s"] == 50.0 and res["kvsaga-serve:graph"]["output_tok_s"] == 80.0
+    even = st._table(argparse.Namespace(**{**vars(ARGS), "repeat": 2}), res, "cmd")
+    assert f"the median run by output tok/s ({st.MEDIAN_RUN})." in even
+    assert st.MEDIAN_RUN not in st._table(ARGS, res, "cmd")

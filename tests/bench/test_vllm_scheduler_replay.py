@@ -269,3 +269,25 @@ def test_a_nogate_arm_leaves_out_the_gate_keys_of_connector_extra() -> None:
                                                      "step_cost_args": {"min_steps": 3}}
     assert arm_extra(base, {"admission": True}) == {**base, "admission": True}
     assert arm_extra(base, {}) == base and "admission" not in base
+
+
+@pytest.mark.parametrize(("groups", "says"), [
+    ("5,6;7", "seed 7 is not among --seeds 5,6"),
+    ("5;;6", "a group names no seed"),
+    ("5,x", "'5,x' is not comma-separated integers"),
+])
+def test_seed_groups_are_checked_before_any_replay(tmp_path, monkeypatch, groups: str,
+                                                   says: str) -> None:
+    """A group naming a seed the run does not replay, an empty group or a non-integer is
+    refused before the first replay (review s48, bench finding 3: it crashed the median
+    after every replay, before --json or --write-results, losing the run)."""
+    mod = _load()
+    (tmp_path / "config.json").write_text("{}")
+
+    def replayed(*_a, **_k):
+        raise AssertionError("a replay ran before --seed-groups was checked")
+
+    monkeypatch.setattr(mod, "replay", replayed)
+    with pytest.raises(SystemExit, match=says):
+        mod.main(["--seeds", "5,6", "--seed-groups", groups, "--model-dir", str(tmp_path)])
+    assert mod.seed_groups("5;6", [5, 6]) == [[5], [6]] and mod.seed_groups(None, [5]) is None
