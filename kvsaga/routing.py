@@ -17,7 +17,8 @@ Routers, by name (`make_router`):
 - `kvsaga`: a new session goes to a replica with the fewest queued and running steps,
   preferring one where its shared prefix is cached, and stays there (affinity) unless
   that replica is loaded (`RoutingConfig.steal_min_waiting`, `steal_margin`, or
-  overcommitted) while another has no step waiting: then the step moves (work stealing),
+  overcommitted) while another has no step waiting and reports room for the session's
+  context: then the step moves (work stealing),
   and the session's KV moves with it when migrating is cheaper than recomputing it.
   Tenants above their fair share of the fleet's service are
   not stolen for while a tenant below its share has work waiting, so an idle replica's
@@ -65,13 +66,13 @@ class KvsagaRouter(Router):
     name = "kvsaga"
     # Seconds a replica that refused a move (`move_refused`) is not chosen as a thief
     # again: for any session when it refused the import (no room for the blocks, a failed
-    # copy), for that session when the session was busy on its source. The steals do not
-    # check the thief's free blocks, so the client's retry (`Retry-After: 1`), and every
-    # other session of the loaded home, was stolen for the same full replica again and
-    # again, each try a full KV export on the home. The simulator refuses an import short of
-    # room the same way (`ClusterSimulator._refused`), on its monotone clock. The session
-    # whose import was refused is not moved at all for as long (`_kept_home`): its retry
-    # runs at home.
+    # copy), for that session when the session was busy on its source. A steal checks the
+    # thief's reported room for the session (`_has_room`), but a report lags (a stats
+    # period) and an import can fail for another reason: without the cool-off the
+    # client's retry (`Retry-After: 1`), and every other session of the loaded home, could
+    # be stolen for the same replica again and again, each try a full KV export on the
+    # home. The simulator refuses an import short of room the same way
+    # (`ClusterSimulator._refused`), on its monotone clock.
     refused_move_s = 30.0
     _MAX_REFUSED = 4096  # refusals remembered at most (the oldest go first)
 
@@ -97,8 +98,6 @@ class KvsagaRouter(Router):
         self._refused: OrderedDict[tuple[str, str], float] = OrderedDict()
         # replica that refused an import -> when (it takes no session: `_cool`, `_thief`)
         self._cooling: dict[str, float] = {}
-        # session whose import was refused -> when (it runs at home: `_kept_home`)
-        self._import_refused: OrderedDict[str, float] = OrderedDict()
         # session -> (the replica that took it by a queue or memory steal, the one it took
         # it from), kept while the session stays there (`_steal_source`)
         self._stolen: dict[str, tuple[str, str]] = {}
@@ -122,7 +121,6 @@ class KvsagaRouter(Router):
     def _forget(self, session: str) -> None:
         super()._forget(session)
         self._stolen.pop(session, None)
-        self._import_refused.pop(session, None)
 
     def move_refused(self, session: str, source: str, replica: str,
                      import_refused: bool = False) -> None:
@@ -130,24 +128,14 @@ class KvsagaRouter(Router):
         thief for `refused_move_s`: for any session when it refused the import
         (`import_refused`: short of room, it would refuse the home's other sessions as
         well), else (the session was busy on `source`) for this session only. The
-        session's next steps run at home (or, after a busy refusal, move to another
-        replica) instead of being stolen for it again while it is still short of room.
-        After an import refusal the session itself is not moved for `refused_move_s`
-        either (`_kept_home`): else its retry could be stolen by the next replica just as
-        full and refused again, up to (replicas - 1) times, each a full KV export on the
-        home. (Named by
-        the caller: the session's home is no guide, a sibling step's refusal may have
-        changed it.)"""
+        session's next steps run at home, or move to another replica whose report shows
+        room for it (`_has_room`), instead of being stolen for this one again while it is
+        still short of room. (Named by the caller: the session's home is no guide, a
+        sibling step's refusal may have changed it.)"""
         super().move_refused(session, source, replica, import_refused)
-        if replica == source:
+        if replica == source or replica not in self.in_flight:
             return
         now = self.clock()
-        if import_refused and self.homes.get(session) == source:
-            self._import_refused.pop(session, None)
-            self._import_refused[session] = now
-            self._forget_refusals(now)
-        if replica not in self.in_flight:
-            return
         if import_refused:
             self._cooling[replica] = now
             return
@@ -168,24 +156,14 @@ class KvsagaRouter(Router):
         return (self._cool(self._cooling.get(x), now)
                 or self._cool(self._refused.get((session, x)), now))
 
-    def _kept_home(self, session: str | None) -> bool:
-        """Whether a move of `session` had its import refused and the cool-off from that
-        refusal still runs (`_cool`): the session is not moved, its steps run at home."""
-        if session is None or not self._import_refused:
-            return False
-        now = self.clock()
-        self._forget_refusals(now)
-        return self._cool(self._import_refused.get(session), now)
-
     def _forget_refusals(self, now: float) -> None:
         """Drop the cool-offs that no longer run (`_cool`): the refusals from the oldest
         (they are added in the order they run out, unless the wall clock stepped: then
-        `_refused_lately` and `_kept_home` test each on their own), and the oldest beyond
-        `_MAX_REFUSED`."""
-        for refused in (self._refused, self._import_refused):
-            while refused and (len(refused) > self._MAX_REFUSED
-                               or not self._cool(next(iter(refused.values())), now)):
-                refused.popitem(last=False)
+        `_refused_lately` tests each on its own), and the oldest beyond `_MAX_REFUSED`."""
+        refused = self._refused
+        while refused and (len(refused) > self._MAX_REFUSED
+                           or not self._cool(next(iter(refused.values())), now)):
+            refused.popitem(last=False)
         for x in [x for x, at in self._cooling.items() if not self._cool(at, now)]:
             del self._cooling[x]
 
@@ -273,8 +251,6 @@ class KvsagaRouter(Router):
         # leave a copy).
         if req.session in self.session_steps or req.session in self.moves:
             return Route(home, reason="affinity")
-        if self._kept_home(req.session):  # its import was refused lately (`move_refused`)
-            return Route(home, reason="affinity")
         target, reason = self._thief(home, req, stats)
         if target is None:
             return Route(home, reason="affinity")
@@ -303,9 +279,10 @@ class KvsagaRouter(Router):
         """The replica that steals this step from `home` and why ("steal" or "balance"),
         or (None, ""). The tenant must not be
         above its fleet share, and the thief must have no step waiting, not be too far
-        ahead of the fleet's accumulated busy time (`_lead_limit`) and not have refused
+        ahead of the fleet's accumulated busy time (`_lead_limit`), not have refused
         an import, or a move of the session, in the last `refused_move_s`
-        (`move_refused`); then, in order:
+        (`move_refused`), and, for a session (not a hint), report room for its context
+        (`_has_room`); then, in order:
         (queue) home has at least `steal_min_waiting` steps waiting and some replica is
         busy by at least `steal_margin` fewer steps; (memory) home is overcommitted and some
         replica with no more busy steps than home has room for the session below
@@ -331,6 +308,9 @@ class KvsagaRouter(Router):
             now = self.clock()
             self._forget_refusals(now)
             idle = [x for x in idle if not self._refused_lately(req.session, x, now)]
+        if idle and not req.affinity_only:  # (a hint moves no KV: no import to refuse)
+            tokens = self._tokens(home, req, stats)
+            idle = [x for x in idle if self._has_room(x, tokens, stats)]
         free = []
         if queue:
             free = [x for x in idle if self.busy(x, stats) <= busy_home - c.steal_margin]
@@ -348,6 +328,22 @@ class KvsagaRouter(Router):
             return min(behind, key=lambda x: (self.busy_time(x, stats),
                                               self._load(x, stats))), "balance"
         return None, ""
+
+    @staticmethod
+    def _has_room(x: str, tokens: int, stats) -> bool:
+        """Whether replica `x`'s report shows room for a session of `tokens` moved there:
+        its free plus evictable blocks hold them, the test the import itself makes
+        (`plan_import` refuses with OutOfBlocks short of them; a prefix cached there needs
+        fewer blocks, so this errs towards keeping the session home). Without a report, no:
+        the import could not be planned (a replica still loading its model takes no
+        steal). A report lags (under Ray Serve by up to a stats period): room it shows may
+        be gone by the import, which then refuses and cools `x` off (`move_refused`).
+        Before session 48 no steal checked the thief's free blocks: each idle replica
+        without room was stolen for in turn and refused the import, one session of the
+        loaded home after another, each a full KV export on the home."""
+        st = stats.get(x)
+        return (st is not None
+                and (st.free_blocks + st.evictable_blocks) * st.block_size >= tokens)
 
     def _held_back(self, tenant: str, stats) -> bool:
         """Fair share holds a steal back for `tenant` (`FairShare.holds_back`): it is above

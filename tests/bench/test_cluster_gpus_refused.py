@@ -2,7 +2,9 @@
 finding 1): since a refused import keeps the session home and retries its step
 (kvsaga/sim/cluster.py), a refused route leaves no `_routes` entry and `_move` returns None.
 The watcher read the entry (KeyError with `--timeline` when the home was ahead) and counted
-every refused move as a steal."""
+every refused move as a steal. (The simulator's reports are live, and a steal needs the
+thief's report to show room for the session, `KvsagaRouter._has_room`: the test makes every
+GPU look roomy, as a report taken before it filled would, so that the move is tried.)"""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 from cluster_gpus import WatchedCluster  # noqa: E402
 
-from kvsaga.routing import RoutingConfig  # noqa: E402
+from kvsaga.routing import KvsagaRouter, RoutingConfig  # noqa: E402
 from kvsaga.sim.config import SimConfig  # noqa: E402
 from kvsaga.sim.trace import Session, SharedPrefix, Step  # noqa: E402
 
@@ -41,7 +43,8 @@ def _trace(big_at: float) -> list[Session]:
 
 
 @pytest.mark.parametrize("big_at", [0.1, 0.3])
-def test_a_refused_move_is_watched_as_no_steal(big_at):
+def test_a_refused_move_is_watched_as_no_steal(big_at, monkeypatch):
+    monkeypatch.setattr(KvsagaRouter, "_has_room", staticmethod(lambda x, tokens, stats: True))
     routing = RoutingConfig(bytes_per_token=CONFIG.cost.kv_spec.bytes_per_token,
                             cost=CONFIG.cost, steal_margin=1.0, prefix_slack=100.0)
     sim = WatchedCluster(_trace(big_at), CONFIG, 2, "kvsaga", routing, last_arrival=big_at)

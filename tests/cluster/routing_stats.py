@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from kvsaga.routing import ReplicaStats
 
-IDLE = ReplicaStats(total_blocks=100, free_blocks=100)
+# (room for the 4,000-token sessions the tests steal: a thief must report room for the
+# session's context, `KvsagaRouter._has_room`)
+IDLE = ReplicaStats(total_blocks=1000, free_blocks=1000)
 
 
 def busy(queue: int, running: int = 4) -> ReplicaStats:

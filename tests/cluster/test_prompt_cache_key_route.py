@@ -19,8 +19,9 @@ from kvsaga.routing import RouteRequest, RoutingConfig, make_router  # noqa: E40
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
 from tests.cluster import ray_fakes  # noqa: E402
 
-IDLE = ReplicaStats(total_blocks=100, free_blocks=100)
-BUSY = ReplicaStats(total_blocks=100, free_blocks=10, queue_depth=3, running=4)
+# (IDLE has room for a 4,000-token session: a session's thief must report it)
+IDLE = ReplicaStats(total_blocks=1000, free_blocks=1000)
+BUSY = ReplicaStats(total_blocks=1000, free_blocks=100, queue_depth=3, running=4)
 
 
 def _call(extra: dict) -> dict:

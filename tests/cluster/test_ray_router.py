@@ -26,8 +26,10 @@ async def choose(router, call: dict, rid: str) -> str:
 
 def test_affinity_stealing_and_route_annotation():
     async def go():
-        a = StatsReplica("a", total_blocks=100, free_blocks=100)
-        b = StatsReplica("b", total_blocks=100, free_blocks=100)
+        # 200 blocks of 16 tokens: room for the session's 2,000 tokens on either (a thief
+        # must report room for the session it takes).
+        a = StatsReplica("a", total_blocks=200, free_blocks=200)
+        b = StatsReplica("b", total_blocks=200, free_blocks=200)
         router = make_router([a, b], steal_min_waiting=0, steal_margin=1)
         assert router.kv_router.replicas == ["a", "b"]
         call = {"kvsaga": 1, "session": "t/s1", "context_tokens": 2000}

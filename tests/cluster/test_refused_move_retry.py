@@ -1,11 +1,13 @@
 """A replica that refused a session moved to it is not chosen for that session again for a
 while (review of the two-phase hand-over, session 45; repro r3_refused_import_retry_loop).
 
-The queue steal does not check the thief's free blocks: a session stolen for a replica
+The queue steal did not check the thief's free blocks: a session stolen for a replica
 with no room for its KV had its import refused (503 `session_move_failed`, Retry-After 1),
 the gateway sent it home (`move_refused`), and the client's retry met the same stats and
 was stolen for the same replica again, every try a 503 and a full KV export on the home
-for as long as the load stayed.
+for as long as the load stayed. Since session 48 a steal also needs the thief's report to
+show room for the session (`KvsagaRouter._has_room`); the cool-off still covers a report
+that lags (it shows room the replica no longer has), as b's below does.
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ from tests.cluster.ray_replicas import (  # noqa: E402
 )
 from tests.cluster.ray_replicas import BookkeepingEngine as Engine  # noqa: E402
 
-# a: 3 steps waiting, 2 running, the session long enough to migrate; b: nothing queued or
-# running, its pool full of paused sessions (no room for the moved session's 5 blocks);
-# c: one step running, room to spare.
+# a: 3 steps waiting, 2 running, the session long enough to migrate (20,000 tokens as a
+# reports it); b: nothing queued or running, its pool full of paused sessions (no room for
+# the moved session), as it reports (FULL) or in a report taken before it filled (LAGGING,
+# room for 32,000 tokens); c: one step running, room to spare.
 LOADED = ReplicaStats(total_blocks=64, free_blocks=59, queue_depth=3, running=2,
                       session_tokens={SID: 20000})
 FULL = ReplicaStats(total_blocks=4, free_blocks=0)
-ROOMY = ReplicaStats(total_blocks=64, free_blocks=60, running=1)
+LAGGING = ReplicaStats(total_blocks=2048, free_blocks=2000)
+ROOMY = ReplicaStats(total_blocks=2048, free_blocks=2000, running=1)
+ROOMY_IDLE = ReplicaStats(total_blocks=2048, free_blocks=2000)
 
 
 @pytest.fixture(autouse=True)
@@ -83,8 +88,9 @@ def attempt(router, b, stats) -> tuple[str, object]:
 
 
 def test_a_refused_replica_is_not_stolen_for_again_and_the_retries_run_at_home(monkeypatch):
+    """b's report lags: it shows room b no longer has. Its refusal cools it off."""
     router, b, handle, now = fleet(monkeypatch)
-    stats = {"a": LOADED, "b": FULL}
+    stats = {"a": LOADED, "b": LAGGING}
     tries = [attempt(router, b, stats) for _ in range(6)]
     # Before the fix: [("b", 503)] * 6, and six full KV exports on a.
     assert tries == [("b", 503)] + [("a", "home")] * 5
@@ -95,51 +101,112 @@ def test_a_refused_replica_is_not_stolen_for_again_and_the_retries_run_at_home(m
     assert attempt(router, b, stats) == ("b", 503)
 
 
-def test_the_refused_session_runs_at_home_and_another_idle_replica_takes_the_others(
-        monkeypatch):
-    """After its import was refused the session is not moved for `refused_move_s`: its
-    retry runs at home. Before, it was stolen for c, the next idle replica, which may be
-    as full as b (the chain of refusals in `test_a_refused_sessions_retries_...`). The
-    home's other sessions may still move to c."""
+def test_the_refused_session_moves_to_a_replica_that_reports_room(monkeypatch):
+    """After its import was refused the session moves to c, idle with room, on its retry.
+    Between sessions 48's two fixes it ran at home on the loaded a for `refused_move_s`
+    (30 s) although c had room (review s48 refuseddiff, r1)."""
     router, b, handle, _ = fleet(monkeypatch)
-    stats = {"a": LOADED, "b": FULL, "c": ROOMY}
+    stats = {"a": LOADED, "b": LAGGING, "c": ROOMY}
     assert attempt(router, b, stats) == ("b", 503)  # b is the least loaded
     route = router.route(RouteRequest(session=SID, context_tokens=20), stats)
     router.finished(route)
-    assert (route.replica, route.moved_from) == ("a", None)  # before: ("c", "a")
-    router.homes["o"] = "a"
-    route = router.route(RouteRequest(session="o", context_tokens=20), stats)
-    assert (route.replica, route.moved_from) == ("c", "a")
+    assert (route.replica, route.moved_from) == ("c", "a")  # before: ("a", None)
+
+
+def test_no_replica_without_room_in_its_report_is_a_thief():
+    """Four idle replicas, each reporting no room for the session: none steals it, so no
+    import is refused (before session 48 each took its retry in turn and refused it, up
+    to (replicas - 1) refusals, each a full KV export on the home). A replica with no
+    report takes no steal either: its import could not be planned."""
+    router = KvsagaRouter(["a", "b", "c", "d", "e", "f"])
+    router.clock = lambda: 1000.0
+    router.homes[SID] = "a"
+    tight = ReplicaStats(total_blocks=2048, free_blocks=1000, evictable_blocks=249)
+    stats = {"a": LOADED, "b": FULL, "c": FULL, "d": FULL, "e": tight}  # f: no report
+    route = router.route(RouteRequest(session=SID, context_tokens=20), stats)
+    assert (route.replica, route.moved_from) == ("a", None)
+    router.finished(route)
+    # One evictable block more and e has room: (1000 + 250) x 16 = 20,000 tokens.
+    roomy = ReplicaStats(total_blocks=2048, free_blocks=1000, evictable_blocks=250)
+    route = router.route(RouteRequest(session=SID, context_tokens=20),
+                         stats | {"e": roomy})
+    assert (route.replica, route.moved_from) == ("e", "a")
 
 
 def test_a_refused_sessions_retries_are_not_stolen_by_the_next_full_replica():
-    """Four idle replicas, each with no room for the session (the router does not check a
-    thief's free blocks): each retry of the refused step was stolen by the next one and
-    refused again, up to (replicas - 1) refusals, each a full KV export on the home. The
-    retry runs at home now, until `refused_move_s` after the refusal; the session ending
-    forgets it."""
+    """b's report lags (it shows room), c, d and e report none: b's refusal is the only
+    one. Before session 48 each retry of the refused step was stolen by the next idle
+    replica and refused again, 4 refusals."""
     router = KvsagaRouter(["a", "b", "c", "d", "e"])
     now = [1000.0]
     router.clock = lambda: now[0]
     router.homes[SID] = "a"
-    stats = {"a": LOADED, **{x: ROOMY_IDLE for x in "bcde"}}
-    refusals = 0
+    stats = {"a": LOADED, "b": LAGGING, **{x: FULL for x in "cde"}}
+    refusals = []
     for _ in range(5):
         route = router.route(RouteRequest(session=SID, context_tokens=20), stats)
         router.finished(route, ran=route.moved_from is None)
         if route.moved_from is not None:  # every receiver refuses the import
-            refusals += 1
+            refusals.append(route.replica)
             router.move_refused(SID, route.moved_from, route.replica, import_refused=True)
         now[0] += 1.0
-    assert refusals == 1  # before: 4, one per idle replica
+    assert refusals == ["b"]
     assert router.home(SID) == "a"
-    now[0] += router.refused_move_s  # over: the session may move again
-    route = router.route(RouteRequest(session=SID, context_tokens=20), stats)
-    assert route.moved_from == "a"
-    router.move_refused(SID, "a", route.replica, import_refused=True)
-    assert SID in router._import_refused
-    router.session_ended(SID)
-    assert SID not in router._import_refused
+
+
+def test_the_homes_other_sessions_are_not_stolen_by_the_next_full_replica_either():
+    """Home a holds S1..S4; b's report lags (room), c, d and e report none. Between
+    session 48's two fixes the refused session stayed home, but each other session of a
+    was stolen by the next full replica in turn and refused: 4 refusals, each a full KV
+    export on a (review s48 refuseddiff, r2). Only b's lagging report lets one through."""
+    sessions = ["S1", "S2", "S3", "S4"]
+    loaded = ReplicaStats(total_blocks=64, free_blocks=0, queue_depth=3, running=2,
+                          session_tokens={s: 20000 for s in sessions})
+    router = KvsagaRouter(["a", "b", "c", "d", "e"])
+    now = [1000.0]
+    router.clock = lambda: now[0]
+    for s in sessions:
+        router.homes[s] = "a"
+    stats = {"a": loaded, "b": LAGGING, **{x: FULL for x in "cde"}}
+    refused = []
+    for _ in range(2):
+        for s in sessions:
+            route = router.route(RouteRequest(session=s), stats)
+            router.finished(route, ran=route.moved_from is None)
+            if route.moved_from is not None:  # every receiver refuses the import
+                refused.append((s, route.replica))
+                router.move_refused(s, route.moved_from, route.replica, import_refused=True)
+            now[0] += 1.0
+    assert refused == [("S1", "b")]  # before: S1 b, S2 c, S3 d, S4 e
+
+
+def test_a_refused_session_below_its_share_moves_and_the_others_steals_go_on():
+    """Tenant A (served least) has S on the loaded a, tenant B (above its share) B1 and B2
+    there too. After S's import to b was refused, S was kept at a for 30 s: its waiting
+    step held back every steal for B (`_held_back`), and c, idle with room, took nothing
+    from a (review s48 refuseddiff, r8). S's retry moves to c now, and B's steps follow."""
+    service = {"A": 10.0, "B": 90.0}
+    loaded = ReplicaStats(total_blocks=64, free_blocks=59, queue_depth=3, running=2,
+                          tenant_service=service,
+                          session_tokens={"S": 20000, "B1": 20000, "B2": 20000})
+    router = KvsagaRouter(["a", "b", "c"])
+    now = [1000.0]
+    router.clock = lambda: now[0]
+    router.homes.update(S="a", B1="a", B2="a")
+    first = router.route(RouteRequest(session="S", tenant="A"),
+                         {"a": loaded, "b": LAGGING, "c": ROOMY})
+    assert (first.replica, first.moved_from) == ("b", "a")
+    router.finished(first, ran=False)
+    router.move_refused("S", "a", "b", import_refused=True)
+    stats = {"a": loaded, "b": FULL, "c": ROOMY}  # (c's one running step: S's)
+    now[0] += 1.0
+    retry = router.route(RouteRequest(session="S", tenant="A"), stats)  # in flight
+    assert (retry.replica, retry.moved_from) == ("c", "a")  # before: ("a", None)
+    for b in ("B1", "B2"):
+        now[0] += 1.0
+        route = router.route(RouteRequest(session=b, tenant="B"), stats)
+        router.finished(route)
+        assert (route.replica, route.moved_from) == ("c", "a")  # before: ("a", None)
 
 
 def test_the_refusals_remembered_are_bounded(monkeypatch):
@@ -180,8 +247,6 @@ def test_a_refusal_runs_out_at_its_own_end_when_the_clock_steps_back():
     assert (route.replica, route.moved_from) == ("b", "a")
 
 
-ROOMY_IDLE = ReplicaStats(total_blocks=64, free_blocks=60)
-
 
 def test_a_cool_off_does_not_outlast_a_step_back_of_the_clock(monkeypatch):
     """A cool-off was kept until its end on the wall clock: after the clock stepped back an
@@ -217,10 +282,12 @@ def test_a_cool_off_does_not_outlast_a_step_back_of_the_clock(monkeypatch):
     assert steal_o() == ("b", "a")  # before: ("a", None) for an hour more
 
 
-def test_the_gateways_503_keeps_the_session_home_for_its_retry(monkeypatch):
+@pytest.mark.parametrize("c_room", [True, False])
+def test_the_gateways_503_sends_the_retry_where_a_report_shows_room(monkeypatch, c_room):
     """The live path: the gateway relays the receiver's 503 with the pull-refused header
-    (`import_refused`), and the retry of the step stays on its home instead of being
-    stolen for c, the next idle replica (which may be as full as b)."""
+    (`import_refused`): b cools off, and the retry of the step moves to c when c's report
+    shows room for it, else it runs at home (never to a c as full as b). Between
+    session 48's two fixes it ran at home either way."""
     body = json.dumps({"model": "m", "prompt": "hi", "session_id": "s",
                        "cache_salt": "t1"}).encode()
     key = routing_call(ServerSettings(model="x"), "POST", "/v1/completions", b"", [],
@@ -230,18 +297,19 @@ def test_the_gateways_503_keeps_the_session_home_for_its_retry(monkeypatch):
     router.homes[key] = "a"
     loaded = ReplicaStats(total_blocks=64, free_blocks=40, queue_depth=3, running=2,
                           session_tokens={key: 20000})
-    stats = {"a": loaded, "b": ROOMY_IDLE, "c": ROOMY_IDLE}
+    stats = {"a": loaded, "b": LAGGING, "c": ROOMY_IDLE if c_room else FULL}
     move = router.route(RouteRequest(session=key), stats)
     assert (move.replica, move.moved_from) == ("b", "a")
     gateway_answer(monkeypatch, router, move, 503, body, refused="a")  # b: no room
     router.finished(move, ran=False)
     retry = router.route(RouteRequest(session=key), stats)
-    assert (retry.replica, retry.moved_from) == ("a", None)  # before: ("c", "a")
+    assert (retry.replica, retry.moved_from) == (("c", "a") if c_room else ("a", None))
 
 
 def home_fleet(monkeypatch, n: int):
     """Replica a holding `n` paused sessions of tenant t1, b with 4 blocks (no room for
-    any), b's pulls delivered to a, and a router that has them all at home on a."""
+    any, but its report lags: it shows room), b's pulls delivered to a, and a router that
+    has them all at home on a."""
     ma, ra = KVCacheManager(SPEC, 256), SessionRegistry(tokenizer=None)
     sids = [f"t1/s{i}" for i in range(n)]
     for i, s in enumerate(sids):
@@ -259,7 +327,7 @@ def home_fleet(monkeypatch, n: int):
         router.homes[s] = "a"
     stats = {"a": ReplicaStats(total_blocks=256, free_blocks=216, queue_depth=3, running=2,
                                session_tokens={s: 20000 for s in sids}),
-             "b": FULL}
+             "b": LAGGING}
     return router, b, handle, sids, stats
 
 

@@ -43,7 +43,8 @@ FACTS = routing_call(SETTINGS, "POST", "/v1/completions", b"", [], BODY)
 KEY, SALT = FACTS["session"], FACTS["salt"]  # the session's key and engine id (the same)
 LOADED = ReplicaStats(total_blocks=64, free_blocks=59, queue_depth=3, running=2,
                       session_tokens={KEY: 20000})  # long: its KV moves with it
-IDLE = ReplicaStats(total_blocks=64, free_blocks=64)
+# (room for the session's 20,000 tokens: a thief must report room for the session it takes)
+IDLE = ReplicaStats(total_blocks=2048, free_blocks=2048)
 
 
 @pytest.fixture(autouse=True)
@@ -180,7 +181,8 @@ def test_a_sibling_that_took_the_session_homes_it_after_its_source_was_removed(m
     assert kv.home(KEY) == "R" and KEY not in kv.lost  # before: None, lost
     holds = ReplicaStats(total_blocks=64, free_blocks=59, running=1,
                          session_tokens={KEY: 20000})
-    route = kv.route(RouteRequest(session=KEY), {"R": holds, "T": IDLE})
+    small = ReplicaStats(total_blocks=64, free_blocks=64)  # T: idle, the session too big
+    route = kv.route(RouteRequest(session=KEY), {"R": holds, "T": small})
     assert (route.replica, route.moved_from) == ("R", None)
 
 
@@ -192,7 +194,7 @@ def test_an_import_refused_after_a_siblings_refusal_cools_the_replica_that_refus
     each a full export on S and a 503 (repro f2_refuser_from_home). The gateway names the
     replica that answered."""
     kv, (a, b) = sibling_moves("S", "R")
-    full = ReplicaStats(total_blocks=4, free_blocks=0)
+    full = IDLE  # R's report, taken before it filled, still shows room
     gateway_answer(monkeypatch, kv, a, 409, BODY, refused="S")
     kv.finished(a)
     gateway_answer(monkeypatch, kv, b, 503, BODY, refused="S")

@@ -2,13 +2,18 @@
 path refuses it (docs/cluster.md, "Moving a session"). The simulator ended the sender's copy
 before it tried the import, then recomputed the whole context on the receiver, and never
 told the router: the session was held by no GPU, counted as moved, and the receiver was
-not cooled off (review s46 simcluster, finding 1; repro refused_move.py)."""
+not cooled off (review s46 simcluster, finding 1; repro refused_move.py).
+
+The simulator's reports are live, and since session 48 a steal needs the thief's report
+to show room for the session (`KvsagaRouter._has_room`), so no simulated import is refused
+unless a report lags: the tests of the refusal path stand that in for one
+(`lagging_reports`: every replica looks roomy)."""
 
 from __future__ import annotations
 
 import pytest
 
-from kvsaga.routing import RoutingConfig
+from kvsaga.routing import KvsagaRouter, RoutingConfig
 from kvsaga.sim.cluster import _GPU, RETRY_AFTER_S, ClusterSimulator
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.trace import Session, SharedPrefix, Step
@@ -32,6 +37,15 @@ SESSIONS = [
     _session("S", 0.003, "g", [(1000, 10, 0.5), (50, 10, 0)]),
 ]
 CONFIG = SimConfig(num_gpu_blocks=320, scheduler="fcfs", policy="lru")
+
+
+@pytest.fixture
+def lagging_reports(monkeypatch):
+    """Every GPU's report shows room for any session, as a report taken before the GPU
+    filled up would (the live path's reports lag by up to a stats period): the steal is
+    tried and the import refused."""
+    monkeypatch.setattr(KvsagaRouter, "_has_room",
+                        staticmethod(lambda x, tokens, stats: True))
 
 
 class _Watched(_GPU):
@@ -62,6 +76,7 @@ def _run():
     return sim, sim.run(), holders
 
 
+@pytest.mark.usefixtures("lagging_reports")
 def test_a_refused_import_keeps_the_session_and_its_kv_on_the_sender():
     sim, res, holders = _run()
     assert sim.router.num_stolen == 1  # the steal was tried
@@ -74,6 +89,7 @@ def test_a_refused_import_keeps_the_session_and_its_kv_on_the_sender():
     assert sim.num_refused == 1
 
 
+@pytest.mark.usefixtures("lagging_reports")
 def test_the_step_comes_back_after_the_retry_and_runs_at_home():
     sim, _, _ = _run()
     (k0, home, _), (k1, ran, at) = sim.placed
@@ -82,12 +98,24 @@ def test_the_step_comes_back_after_the_retry_and_runs_at_home():
     assert at > released + 0.5 + RETRY_AFTER_S
 
 
+@pytest.mark.usefixtures("lagging_reports")
 def test_the_router_hears_of_the_refusal_and_cools_the_receiver_off():
     sim, _, _ = _run()
     cooled = sim.router._cooling
     assert list(cooled) == ["gpu0"]
     # The refusal was at the step's release, before the retry that ran at home.
     assert sim.placed[1][2] - RETRY_AFTER_S == pytest.approx(cooled["gpu0"])
+
+
+def test_a_gpu_whose_live_report_shows_no_room_is_not_stolen_for():
+    """gpu0, idle but filled by B, has no room for S: the steal is not tried, and S's step
+    runs at home on its KV without waiting out a refusal's Retry-After."""
+    sim, res, holders = _run()
+    assert sim.num_refused == 0 and sim.router.num_stolen == 0
+    assert holders == [["gpu1"]]
+    (_, home, _), (k1, ran, at) = sim.placed
+    assert (home, k1, ran) == ("gpu1", 1, "gpu1")
+    assert at < SESSIONS[-1].arrival_s + 0.5 + RETRY_AFTER_S
 
 
 def _chain(gpus: int):
@@ -120,10 +148,35 @@ def _chain(gpus: int):
 def test_a_refused_steps_retry_is_not_stolen_by_the_next_full_gpu():
     """On 6 GPUs the retry of S's refused step was stolen by the next full GPU and refused
     again, once per full GPU: 5 refusals, each a full KV export and a refused import, S
-    done 4 s later than after one (review s46 simholddiff, finding 2). The retry runs at
-    home now; the refusing GPU still cools off as a thief."""
+    done 4 s later than after one (review s46 simholddiff, finding 2). Session 48 first
+    kept the refused session home (1 refusal, S done at 1.89 s); now no full GPU is a
+    thief at all (their reports show no room): no refusal, S done at 0.88 s."""
     sim, refusals = _chain(6)
-    assert refusals == {("S", 1): ["gpu0"]}  # before: gpu0, gpu1, ..., gpu4
-    assert sim.num_refused == 1
-    assert list(sim.router._cooling) == ["gpu0"]
-    assert sim._finished["S"] < 1.0 + 2 * RETRY_AFTER_S
+    assert refusals == {}  # before: gpu0, gpu1, ..., gpu4; then gpu0
+    assert sim.num_refused == 0 and sim.router.num_stolen == 0
+    assert sim._finished["S"] < 1.0 + RETRY_AFTER_S
+
+
+def test_a_session_moves_to_the_gpu_with_room_not_the_full_one():
+    """3 GPUs: gpu0 runs a big session (full, idle of steps: it sorts first), gpu1 holds
+    one small paused session and room to spare, gpu2 is S's loaded home. S's steps move
+    to gpu1. Between session 48's two fixes gpu0 took S's step 1 and refused it, and S
+    then ran every step on the loaded gpu2 for `refused_move_s` (review s48 refuseddiff,
+    r5: S done at 6.885 s, 5.816 s now)."""
+    s_steps = [(1000, 10, 0.5)] + [(50, 10, 0.5)] * 8 + [(50, 10, 0)]
+    sessions = [_session("B0", 0.0, "big0", [(4500, 600, 0)]),
+                _session("R", 0.0001, "r", [(100, 10, 3.0), (50, 10, 0)]),
+                _session("D", 0.0005, "g", [(300, 1000, 0)]),
+                _session("S2", 0.001, "g", [(300, 1000, 0)]),
+                _session("S3", 0.002, "g", [(300, 1000, 0)]),
+                _session("S", 0.003, "g", s_steps)]
+    routing = RoutingConfig(bytes_per_token=CONFIG.cost.kv_spec.bytes_per_token,
+                            cost=CONFIG.cost, steal_margin=1.0, busy_balance=0.0,
+                            resume_weight=2.0, prefix_slack=100.0)
+    sim = ClusterSimulator(sessions, CONFIG, gpus=3, router="kvsaga", routing=routing)
+    sim.gpu_class = _Watched
+    sim.placed = []
+    sim.run()
+    assert sim.num_refused == 0  # before: 1 (gpu0)
+    where = [gpu for k, gpu, _ in sim.placed]
+    assert where == ["gpu2"] + ["gpu1"] * 9  # before: gpu2 for all 10
