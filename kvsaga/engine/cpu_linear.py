@@ -288,6 +288,11 @@ def _small(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, thr
     return out
 
 
+def _needs_graph(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd must record this call: grad enabled and an input requiring grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -303,17 +308,18 @@ def linear(
     2-D input of up to `SMALL_ROWS` rows whose rows are contiguous takes the small GEMM
     where it was checked, the bias (if any) is fp32 [N] on the CPU, and either
     one thread runs or torch's OpenMP team is joinable (else oneDNN, which has its own
-    threads), on the calling thread alone where `packed.serial`; one that requires grad
-    while grad is enabled does not. Everything else takes oneDNN where it was checked, else
-    F.linear.
+    threads), on the calling thread alone where `packed.serial`. Everything else takes
+    oneDNN where it was checked, else F.linear.
+
+    While grad is enabled and x, weight or bias requires grad, F.linear runs: neither the
+    small GEMM nor oneDNN's `_linear_pointwise` has a backward, so they would drop the graph.
     """
     if (packed is None or not x.is_cpu or x.dtype != torch.float32
-            or packed.source != _source(weight)):
+            or packed.source != _source(weight) or _needs_graph(x, weight, bias)):
         return F.linear(x, weight, bias)
     if ((packed.small or packed.rows is not None) and x.dim() == 2
             and x.shape[0] <= SMALL_ROWS and x.stride(1) == 1
             and x.shape[1] == weight.shape[1]
-            and not (x.requires_grad and torch.is_grad_enabled())
             and (bias is None or _bias_fits(bias, weight.shape[0]))):
         team = inplace.team_address()
         threads = torch.get_num_threads()

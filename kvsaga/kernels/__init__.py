@@ -150,7 +150,10 @@ def _impl(triton_module: str, device: torch.device) -> ModuleType:
     return _triton_module(triton_module, device) if use_triton(device) else reference
 
 
-def _full(validate: bool | None, device: torch.device) -> bool:
+def _full(validate: bool | None, name: str, x: object) -> bool:
+    """Whether to check values, from `validate` and the device of tensor `x` (argument
+    `name`, checked to be a tensor first so that a wrong type gets the TypeError naming it)."""
+    device = checks._tensor(name, x).device
     return device.type != "cuda" if validate is None else validate
 
 
@@ -176,7 +179,7 @@ def cache_write(
         validate: check slot values (host sync); default: on CPU only.
     """
     args = CacheWriteArgs(key, value, k_cache, v_cache, slot_mapping)
-    checks.check_cache_write(args, full=_full(validate, k_cache.device))
+    checks.check_cache_write(args, full=_full(validate, "k_cache", k_cache))
     if not use_triton(k_cache.device) and envs.KVSAGA_KERNELS != "torch" and (
             inplace.supports_write(args)):
         inplace.cache_write(args)  # auto off CUDA: the C++ row copy, held to the reference
@@ -230,7 +233,7 @@ def paged_attention(
         query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale,
         max_query_len, max_seq_len,
     )
-    checks.check_paged_attention(args, out, full=_full(validate, k_cache.device))
+    checks.check_paged_attention(args, out, full=_full(validate, "k_cache", k_cache))
     if use_triton(k_cache.device):
         fn = _triton_module("attention", k_cache.device).paged_attention
     elif envs.KVSAGA_KERNELS == "torch":
@@ -294,7 +297,7 @@ def block_copy(
             (checked only with validation: overlapping copies would race on the GPU).
         validate: check the ids (host sync); default: on CPU only.
     """
-    checks.check_block_copy(kv, src_block_ids, dst_block_ids, full=_full(validate, kv.device))
+    checks.check_block_copy(kv, src_block_ids, dst_block_ids, full=_full(validate, "kv", kv))
     _impl("blocks", kv.device).block_copy(kv, src_block_ids, dst_block_ids)
 
 
@@ -316,7 +319,7 @@ def gather_blocks(
     Returns:
         [n, *kv.shape[1:]] contiguous (`out` when given).
     """
-    checks.check_gather_blocks(kv, block_ids, out, full=_full(validate, kv.device))
+    checks.check_gather_blocks(kv, block_ids, out, full=_full(validate, "kv", kv))
     return _impl("blocks", kv.device).gather_blocks(kv, block_ids, out)
 
 
@@ -335,5 +338,5 @@ def scatter_blocks(
         block_ids: int64 [n], contiguous, distinct.
         validate: check the ids (host sync); default: on CPU only.
     """
-    checks.check_scatter_blocks(staging, kv, block_ids, full=_full(validate, kv.device))
+    checks.check_scatter_blocks(staging, kv, block_ids, full=_full(validate, "kv", kv))
     _impl("blocks", kv.device).scatter_blocks(staging, kv, block_ids)

@@ -49,6 +49,22 @@ def _last_dim_contiguous(name: str, x: torch.Tensor) -> None:
         )
 
 
+def _no_self_overlap(name: str, x: torch.Tensor) -> None:
+    """Refuse a tensor that is written to and whose elements may share memory (an
+    `expand`ed one, stride 0): the kernels would write rows or heads on top of each other.
+    Taken in order of stride, each dim of size > 1 must step past all the elements of the
+    dims inside it, which rules out any overlap."""
+    span = 1  # elements covered by the dims already taken, in strides of the next one
+    for stride, size in sorted((x.stride(i), x.shape[i]) for i in range(x.dim())
+                               if x.shape[i] > 1):
+        if stride < span:
+            raise ValueError(
+                f"{name} overlaps itself (shape {tuple(x.shape)}, strides "
+                f"{tuple(x.stride())}): each element must have its own memory"
+            )
+        span += (size - 1) * stride
+
+
 def _contiguous_vector(name: str, x: torch.Tensor) -> None:
     """A 1-D index tensor must be contiguous: the Triton kernels read entry i at
     `data_ptr + i` (they take no stride for it), so a strided view such as `meta[:, 0]` is
@@ -77,6 +93,9 @@ def _check_cache_pair(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     _tensor("k_cache", k_cache)
     _tensor("v_cache", v_cache)
     _ndim("k_cache", k_cache, 4, "[num_blocks, block_size, num_kv_heads, head_dim]")
+    if k_cache.shape[1] == 0:
+        raise ValueError(f"k_cache has block_size 0 (shape {tuple(k_cache.shape)}); "
+                         "a block holds at least one token")
     if v_cache.shape != k_cache.shape:
         raise ValueError(
             f"v_cache shape {tuple(v_cache.shape)} != k_cache shape {tuple(k_cache.shape)}"
@@ -206,6 +225,7 @@ def check_paged_attention(
             raise TypeError(f"out.dtype {out.dtype} != query.dtype {query.dtype}")
         _same_device("out", out, device, "k_cache")
         _last_dim_contiguous("out", out)
+        _no_self_overlap("out", out)
     if full:
         _check_attention_values(args)
 

@@ -84,7 +84,9 @@ def compile_one(module: str, index: int, arch: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90],
-                        help="CUDA compute capabilities to compile for, e.g. 80 90 (sm_80, sm_90)")
+                        choices=sorted(SHARED_LIMITS), metavar="ARCH",
+                        help="CUDA compute capabilities to compile for, of "
+                             f"{sorted(SHARED_LIMITS)} (default: 80 90, i.e. sm_80, sm_90)")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
                         help="kernels compiled in parallel (processes)")
     parser.add_argument("--json", help="write the report rows here")
@@ -96,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         name = importlib.import_module(module).compile_specs()[index].name
         if args.filter in name:
             jobs.extend((module, index, arch) for arch in args.arch)
+    if not jobs:  # a typo must not pass the check
+        print(f"no kernel matches --filter {args.filter!r}", file=sys.stderr)
+        return 1
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
             rows = list(pool.map(compile_one, *zip(*jobs, strict=True)))

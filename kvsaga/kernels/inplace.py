@@ -219,6 +219,8 @@ def last_sequence_tasks() -> int:
 
 def _attend(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int] | None,
             path: str, isa: str | None = None) -> int:
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {', '.join(map(repr, PATHS))}, got {path!r}")
     if isa not in (None, "avx2") or (isa and path == "generic"):
         raise ValueError(f"isa must be None or 'avx2' (with path auto or rows), got {isa!r} "
                          f"with path {path!r}")
@@ -396,7 +398,11 @@ class LayerAttention:
 
     def attend(self, qkv: torch.Tensor, layer: int) -> torch.Tensor:
         """Layer `layer`'s RoPE, cache write and attention over qkv (contiguous fp32
-        [T, width] on the CPU, as the projection returns it; ValueError otherwise)."""
+        [T, width] on the CPU, as the projection returns it) for `layer` in [0, layers);
+        ValueError otherwise, nothing written (a negative layer would index the list from
+        its end and write another layer's cache)."""
+        if not 0 <= layer < len(self.k_at):
+            raise ValueError(f"layer {layer} is out of range for {len(self.k_at)} layers")
         if (qkv.shape != (self.tokens, self.width) or not qkv.is_contiguous()
                 or qkv.dtype != torch.float32 or not qkv.is_cpu):
             raise ValueError(f"qkv must be contiguous fp32 [{self.tokens}, {self.width}] on "

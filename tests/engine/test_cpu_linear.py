@@ -90,6 +90,28 @@ def test_non_fp32_input_takes_f_linear():
 
 @needs_onednn
 @pytest.mark.parametrize("mode", ["once", "packed"])
+@pytest.mark.parametrize("needs_grad", ["x", "weight", "bias"])
+@pytest.mark.parametrize("rows", [4, 40], ids=["small GEMM rows", "oneDNN rows"])
+def test_an_input_requiring_grad_takes_f_linear(mode, needs_grad, rows):
+    """The small GEMM and oneDNN have no backward: with grad enabled and any input requiring
+    grad, `linear` is F.linear, so the graph is recorded and backward gives F.linear's
+    gradient (before, the result was detached or the gradient silently None)."""
+    g = torch.Generator().manual_seed(6)
+    w, b = torch.randn(64, 32, generator=g), torch.randn(64, generator=g)
+    packed = cpu_linear.pack(w, b, mode)
+    x = torch.randn(rows, 32, generator=g)
+    leaf = {"x": x, "weight": w, "bias": b}[needs_grad].requires_grad_()
+    F.linear(x, w, b).pow(2).sum().backward()
+    want, leaf.grad = leaf.grad, None
+    out = cpu_linear.linear(x, w, b, packed)
+    assert out.requires_grad
+    out.pow(2).sum().backward()
+    assert leaf.grad is not None
+    torch.testing.assert_close(leaf.grad, want)
+
+
+@needs_onednn
+@pytest.mark.parametrize("mode", ["once", "packed"])
 @pytest.mark.parametrize("change", ["in place", "new storage", "transposed"])
 @pytest.mark.parametrize("rows", [3, 20])
 def test_a_weight_changed_after_packing_takes_f_linear(change, mode, rows):

@@ -115,3 +115,17 @@ def test_bound_plan_declines_and_refuses_what_it_cannot_take():
         with pytest.raises(ValueError, match="qkv must be"):
             bound.attend(bad, 1)
     assert not kv.any()
+
+
+@pytest.mark.parametrize("layer", [-1, 3, 7])
+def test_bound_plan_refuses_a_layer_out_of_range(layer):
+    """A layer outside [0, layers) is refused before RoPE touches qkv or any cache is
+    written (before: -1 wrote the last layer's K/V, 3 gave a bare IndexError)."""
+    kv = torch.zeros(16, 3, 2, 8, 2, 64)
+    bound = _plan(kv, [1, 1]).bind_layers(kv, torch.ones(2, 32), torch.zeros(2, 32), 6)
+    qkv = torch.randn(2, (6 + 2 * 2) * 64)
+    before = qkv.clone()
+    with pytest.raises(ValueError, match=rf"layer {layer} is out of range for 3 layers"):
+        bound.attend(qkv, layer)
+    assert torch.equal(qkv, before)
+    assert not kv.any()

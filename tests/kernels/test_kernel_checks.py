@@ -37,6 +37,10 @@ def _slots(*values: int) -> torch.Tensor:
         (dict(slot_mapping=_slots(1)), ValueError, r"slot_mapping has 1 entries, expected 2"),
         (dict(key=torch.zeros(2, HKV, D, device="meta")), ValueError, r"key is on meta"),
         (dict(key=[[0.0]]), TypeError, r"key must be a torch.Tensor, got list"),
+        (dict(k_cache=[[0.0]]), TypeError, r"k_cache must be a torch.Tensor, got list"),
+        (dict(k_cache=torch.zeros(NB, 0, HKV, D), v_cache=torch.zeros(NB, 0, HKV, D),
+              slot_mapping=_slots(-1, -1)),
+         ValueError, r"k_cache has block_size 0 \(shape \(5, 0, 2, 64\)\)"),
     ],
 )
 def test_cache_write_rejects(kv, change, error, match):
@@ -95,6 +99,15 @@ def _attention_args(kv, **change):
         (dict(out=torch.zeros(3, 4, D, dtype=torch.float16)), TypeError, r"out.dtype"),
         (dict(out=torch.zeros(2, 4, D)), ValueError, r"out shape \(2, 4, 64\)"),
         (dict(scale="0.1"), TypeError, r"scale must be a float, got str"),
+        (dict(out=torch.zeros(3, 1, D).expand(-1, 4, -1)), ValueError,
+         r"out overlaps itself \(shape \(3, 4, 64\), strides \(64, 0, 1\)\)"),
+        (dict(out=torch.zeros(1, 4, D).expand(3, -1, -1)), ValueError,
+         r"out overlaps itself \(shape \(3, 4, 64\), strides \(0, 64, 1\)\)"),
+        (dict(out=torch.zeros(416).as_strided((3, 4, D), (2 * D, D // 2, 1))), ValueError,
+         r"out overlaps itself .*strides \(128, 32, 1\)"),  # heads half overlap
+        (dict(k_cache=[0.0]), TypeError, r"k_cache must be a torch.Tensor, got list"),
+        (dict(k_cache=torch.zeros(NB, 0, HKV, D), v_cache=torch.zeros(NB, 0, HKV, D)),
+         ValueError, r"k_cache has block_size 0 \(shape \(5, 0, 2, 64\)\)"),
     ],
 )
 def test_paged_attention_rejects(kv, change, error, match):
@@ -104,6 +117,20 @@ def test_paged_attention_rejects(kv, change, error, match):
 
 def test_paged_attention_accepts_the_baseline(kv):
     assert kernels.paged_attention(**_attention_args(kv)).shape == (3, 4, D)
+
+
+def test_out_may_be_the_query_or_a_head_strided_view(kv):
+    """Only an `out` overlapping itself is refused: the query itself (written over) and a
+    view with padded head rows are not overlaps."""
+    g = torch.Generator().manual_seed(0)
+    kv.copy_(torch.randn(kv.shape, generator=g))
+    query = torch.randn(3, 2 * HKV, D, generator=g)
+    want = kernels.paged_attention(**_attention_args(kv, query=query.clone()))
+    padded = torch.zeros(3, 2 * HKV + 1, D)[:, 1:]
+    kernels.paged_attention(**_attention_args(kv, query=query.clone(), out=padded))
+    torch.testing.assert_close(padded, want)
+    kernels.paged_attention(**_attention_args(kv, query=query, out=query))
+    torch.testing.assert_close(query, want)
 
 
 def test_validate_false_skips_value_checks_only(kv):
@@ -132,6 +159,21 @@ def _ids(*values: int) -> torch.Tensor:
 def test_block_copy_rejects(kv, src, dst, error, match):
     with pytest.raises(error, match=match):
         kernels.block_copy(kv, src, dst)
+
+
+@pytest.mark.parametrize("tier", [[[0.0]], None, "numpy"], ids=["list", "None", "ndarray"])
+def test_block_copies_name_a_tier_that_is_no_tensor(tier):
+    """The tier is checked before its device is read (which a list, None or an ndarray,
+    whose `.device` is a string, would fail on with an AttributeError)."""
+    if tier == "numpy":
+        tier = pytest.importorskip("numpy").zeros((2, 3))
+    name = type(tier).__name__
+    with pytest.raises(TypeError, match=rf"kv must be a torch.Tensor, got {name}"):
+        kernels.block_copy(tier, _ids(0), _ids(1))
+    with pytest.raises(TypeError, match=rf"kv must be a torch.Tensor, got {name}"):
+        kernels.gather_blocks(tier, _ids(0))
+    with pytest.raises(TypeError, match=rf"kv must be a torch.Tensor, got {name}"):
+        kernels.scatter_blocks(torch.zeros(1, 3), tier, _ids(0))
 
 
 def test_block_copies_need_contiguous_blocks(kv):

@@ -32,3 +32,26 @@ def test_all_configs_compile_for_sm80_and_sm90(tmp_path):
     for prefix in ("prefill[", "decode_split[", "decode_reduce[", "cache_write[", "copy_blocks["):
         assert any(k.startswith(prefix) for k in kernels), prefix
     assert all(r["ok"] and r["shared"] <= r["limit"] for r in rows)
+
+
+def _check(*argv: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "kvsaga.kernels.compile_check", *argv],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_filter_matching_nothing_fails_the_check():
+    """A typo in --filter compiled nothing and passed ("0/0 ok", exit 0)."""
+    pytest.importorskip("triton")
+    result = _check("--filter", "prefil[", "--jobs", "1")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no kernel matches --filter 'prefil['" in result.stderr
+
+
+def test_an_unknown_arch_is_refused_by_name():
+    """--arch takes the archs with a known shared-memory limit (before: each kernel failed
+    with a bare KeyError: 75)."""
+    pytest.importorskip("triton")
+    result = _check("--arch", "75", "--filter", "decode_reduce[fp32, head_dim=16]")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "invalid choice: 75 (choose from 80, 86, 89, 90)" in result.stderr

@@ -141,6 +141,20 @@ def test_extend_gemm_past_the_avx512_context_cap():
     assert not torch.equal(got["auto"][past], got["rows"][past]), "past the cap: no GEMM"
 
 
+@pytest.mark.parametrize("path", ["bogus", "Auto"])
+@pytest.mark.parametrize("count_threads", [False, True], ids=["paged_attention", "threads_used"])
+def test_an_unknown_path_is_refused_before_anything_runs(path, count_threads):
+    """A ValueError listing the paths (before: a bare KeyError), nothing written."""
+    case = make_case([9], [9], block_size=16, num_kv_heads=1, group=1, head_dim=64,
+                     dtype=torch.float32, seed=1)
+    out = case.guarded_out()
+    run = inplace.threads_used if count_threads else inplace.paged_attention
+    with pytest.raises(ValueError, match=rf"path must be one of 'auto', 'rows', 'generic', "
+                                         rf"got '{path}'"):
+        run(case.attention_args(), out, None, path=path)
+    assert (out == GUARD).all()
+
+
 def test_supports_only_fp32_cpu_with_matching_layouts():
     case = make_case([20], [1], block_size=16, num_kv_heads=2, group=2, head_dim=64,
                      dtype=torch.float32)
