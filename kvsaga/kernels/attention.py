@@ -11,10 +11,12 @@ each K/V tile; the padded heads feed `tl.dot`'s minimum M of 16) over one partit
 context, and writes an unnormalised partial output with its running max and sum; the reduce
 kernel merges a sequence's partitions. Splitting the context lets one long sequence fill the
 GPU. The launcher picks the number of splits from the batch, the SM count and the host bound
-`max_seq_len`; each row then cuts its own context into at most that many partitions of at
-least `min_partition` tokens (`_row_partition`, in both kernels). A row's partitions thus
-follow its own length, not the batch's longest: a short row beside a long one still
-spreads, and so does every row of a CUDA graph, whose bound is `max_model_len`. (With the
+`max_seq_len`; each row then cuts its own context into at most min(splits, ceil(seq_len /
+min_partition)) partitions of equal whole tiles, the last taking the rest
+(`_row_partition`, in both kernels). The count rounds up, so a partition may be shorter
+than `min_partition`: with 256 and 64-token tiles a 257-token row runs as 192 + 65 tokens,
+a 513-token one as 192 + 192 + 129. A row's partitions thus follow its own length, not
+the batch's longest: a short row beside a long one still spreads, and so does every row of a CUDA graph, whose bound is `max_model_len`. (With the
 partition fixed by the bound, a graph captured for 8,192 tokens ran a 2,048-token row in
 one or two partitions where an eager call used eight.)
 
@@ -43,8 +45,10 @@ from .spec import HEAD_DIMS, TRITON_TYPES, KernelSpec, check_head_dim
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
-# Decode partitions never get shorter than this many tokens: below it the reduce costs
-# more than the parallelism buys.
+# Decode splits per token of context: a row takes at most one split per started 256
+# tokens (ceil(seq_len / 256)), as shorter partitions cost more in the reduce than their
+# parallelism buys. Rounding up lets a row just past a multiple of 256 take one more,
+# shorter partition (257 tokens: 192 + 65); see `_row_partition`.
 _MIN_PARTITION = 256
 _PROGRAMS_PER_SM = 4  # decode split-K: programs per SM the split count aims for
 
@@ -201,7 +205,9 @@ def _attend_range(
 @triton.jit
 def _row_partition(seq_len, max_splits, min_partition, BLOCK_N: tl.constexpr):
     """A row's partition: its context over min(max_splits, cdiv(seq_len, min_partition))
-    splits, rounded up to whole tiles (at least one tile, so that an empty row divides)."""
+    splits, rounded up to whole tiles (at least one tile, so that an empty row divides).
+    The split count rounds up, so partitions may be shorter than `min_partition`; the
+    last one takes what remains."""
     splits = tl.maximum(tl.minimum(max_splits, tl.cdiv(seq_len, min_partition)), 1)
     partition = tl.cdiv(tl.cdiv(seq_len, splits), BLOCK_N) * BLOCK_N
     return tl.maximum(partition, BLOCK_N)
@@ -420,8 +426,8 @@ def decode_num_splits(
 ) -> tuple[int, int]:
     """(num_splits, partition_size) so that about `_PROGRAMS_PER_SM` programs per SM run:
     the grid's splits, and the partition of a row of `max_seq_len` tokens (a multiple of
-    `block_n`; a shorter row takes its own, `_row_partition`). At most one split per
-    `_MIN_PARTITION` tokens.
+    `block_n`; a shorter row takes its own, `_row_partition`). At most
+    ceil(max_seq_len / `_MIN_PARTITION`) splits.
     """
     if max_seq_len <= 0:
         return 1, block_n
@@ -443,8 +449,8 @@ def paged_attention(
         out: optional output, shaped and typed like the query.
         num_splits: decode only: force this many splits, each row cut into up to that many
             partitions of any length (tests use it to cover the split-K path on small
-            inputs); default: chosen from the SM count, partitions of at least
-            `_MIN_PARTITION` tokens.
+            inputs); default: chosen from the SM count, at most one split per started
+            `_MIN_PARTITION` tokens of a row (`_row_partition`).
 
     Returns:
         [num_query_tokens, num_heads, head_dim] in query's dtype.

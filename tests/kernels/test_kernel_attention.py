@@ -105,10 +105,12 @@ def test_decode_split_k(triton_device, dtype, num_splits):
 
 
 def test_decode_rows_take_their_own_partitions(triton_device, monkeypatch):
-    """Each row cuts its own context into the grid's splits (at least `_MIN_PARTITION`
-    tokens a partition, whole tiles), whatever the host bound: with `max_seq_len` 4,096 (a
-    CUDA graph's `max_model_len`) a 300-token row still spreads over 5 partitions of 64
-    tokens, where a partition fixed by the bound (4,096 / 16 = 256) gave it 2. The
+    """Each row cuts its own context into min(grid splits, ceil(seq_len / `_MIN_PARTITION`))
+    partitions of whole tiles, whatever the host bound: with `max_seq_len` 4,096 (a CUDA
+    graph's `max_model_len`) a 300-token row still spreads over 5 partitions of 64 tokens,
+    where a partition fixed by the bound (4,096 / 16 = 256) gave it 2. The count rounds up
+    (what attention.py and docs/architecture.md state): a 129-token row takes 3, the last
+    of 1 token, not 2 of at least `_MIN_PARTITION`. The
     partials each split writes are read from the split kernel's launch; the answer is the
     reference's."""
     attention = kernels._triton_module("attention", torch.device(triton_device))
