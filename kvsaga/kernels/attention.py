@@ -16,9 +16,10 @@ min_partition)) partitions of equal whole tiles, the last taking the rest
 (`_row_partition`, in both kernels). The count rounds up, so a partition may be shorter
 than `min_partition`: with 256 and 64-token tiles a 257-token row runs as 192 + 65 tokens,
 a 513-token one as 192 + 192 + 129. A row's partitions thus follow its own length, not
-the batch's longest: a short row beside a long one still spreads, and so does every row of a CUDA graph, whose bound is `max_model_len`. (With the
-partition fixed by the bound, a graph captured for 8,192 tokens ran a 2,048-token row in
-one or two partitions where an eager call used eight.)
+the batch's longest: a short row beside a long one still spreads, and so does every row
+of a CUDA graph, whose bound is `max_model_len`. (With the partition fixed by the bound, a
+graph captured for 8,192 tokens ran a 2,048-token row in one or two partitions where an
+eager call used eight.)
 
 Prefill/extend: grid (batch, query heads, query tiles of `BLOCK_M`). A query tile first runs
 over the keys that every row of it sees (the cached prefix and the new tokens before the
@@ -41,7 +42,7 @@ import triton
 import triton.language as tl
 
 from .args import PagedAttentionArgs
-from .spec import HEAD_DIMS, TRITON_TYPES, KernelSpec, check_head_dim
+from .spec import HEAD_DIMS, TRITON_TYPES, KernelSpec, check_head_dim, jit_variant
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
@@ -535,8 +536,34 @@ _STRIDES = (
 )
 
 
+# The launches a common model makes (block_size 16, head counts and table widths multiples
+# of 16, tables and lengths whole tensors) hint these args too; `_jit_variants` adds them.
+_ALIGNED = ("block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "block_size",
+            "stride_bt")
+
+
+def _jit_variants(prefill: KernelSpec, split: KernelSpec, reduce: KernelSpec
+                  ) -> list[KernelSpec]:
+    """The variants the JIT compiles for common launches of one configuration (spec.py):
+    GQA or MHA (group_size 1), and decode with a split grid or with one split (a large
+    batch, or a short context: max_splits 1)."""
+    decode = (*_ALIGNED, "num_heads", "min_partition")
+    merge = ("seq_lens_ptr", "query_start_loc_ptr", "num_heads", "min_partition")
+    return [
+        jit_variant(prefill, "aligned", divisible=_ALIGNED),
+        jit_variant(prefill, "aligned, mha", divisible=_ALIGNED, ones=("group_size",)),
+        jit_variant(split, "aligned", divisible=decode),
+        jit_variant(split, "aligned, one split", divisible=decode, ones=("max_splits",)),
+        jit_variant(split, "aligned, mha, one split", divisible=decode,
+                    ones=("group_size", "max_splits")),
+        jit_variant(reduce, "aligned", divisible=merge),
+        jit_variant(reduce, "aligned, one split", divisible=merge, ones=("max_splits",)),
+    ]
+
+
 def compile_specs() -> list[KernelSpec]:
-    """Every configuration `paged_attention` can launch on a GPU (see kvsaga/kernels/spec.py)."""
+    """Every configuration `paged_attention` can launch on a GPU, and for head_dim 128 in
+    fp16 and bf16 the variants common launches compile (see kvsaga/kernels/spec.py)."""
     specs = []
     indices = {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_loc_ptr": "*i32"}
     for dtype in DTYPES:
@@ -587,4 +614,6 @@ def compile_specs() -> list[KernelSpec]:
                     divisible_by_16=("out_ptr", *parts, "stride_ot", "stride_oh"),
                 )
             )
+            if head_dim == 128 and dtype != torch.float32:  # the serving dtypes
+                specs += _jit_variants(*specs[-3:])
     return specs

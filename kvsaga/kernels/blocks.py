@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .spec import TRITON_TYPES, KernelSpec
+from .spec import TRITON_TYPES, KernelSpec, jit_variant
 
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _MAX_CHUNK_PROGRAMS = 1024
@@ -25,7 +25,7 @@ _MAX_CHUNK_PROGRAMS = 1024
 def copy_config(element_size: int) -> tuple[int, int, int]:
     """(CHUNK, num_warps, num_stages): 16 KiB per chunk; the launcher and the compile check
     use it. One stage: the same PTX as Triton's default of 3 (sm_80, sm_90), and the check
-    compiles what is launched."""
+    compiles the warps and stages that are launched."""
     return 16384 // element_size, 8, 1
 
 
@@ -96,7 +96,8 @@ def scatter_blocks(staging: torch.Tensor, kv: torch.Tensor, block_ids: torch.Ten
 
 
 def compile_specs() -> list[KernelSpec]:
-    """Every configuration the block copies can launch (see kvsaga/kernels/spec.py)."""
+    """Every configuration the block copies can launch, and each one's variant for blocks
+    of a multiple of 16 elements, a tier's usual case (see kvsaga/kernels/spec.py)."""
     specs = []
     for size, bits in _BITS.items():
         chunk, num_warps, num_stages = copy_config(size)
@@ -116,4 +117,6 @@ def compile_specs() -> list[KernelSpec]:
                 divisible_by_16=("src_ptr", "dst_ptr", "src_ids_ptr", "dst_ids_ptr"),
             )
         )
+        specs.append(jit_variant(specs[-1], "aligned",
+                                 divisible=("src_stride", "dst_stride", "block_numel")))
     return specs

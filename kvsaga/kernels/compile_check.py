@@ -3,10 +3,12 @@
     python -m kvsaga.kernels.compile_check [--arch 80 90] [--jobs 2] [--json PATH]
 
 Compiles each `KernelSpec` that the kernel modules list in `compile_specs()` (the same
-configurations their launchers choose) with `triton.compile`, without a GPU, and checks
+configurations their launchers choose, and the variants the JIT compiles for common
+launches; spec.py says which) with `triton.compile`, without a GPU, and checks
 that its shared memory fits the target (sm_80 / A100: 163 KiB, sm_90 / H100: 227 KiB).
 Triton's interpreter accepts code that the compiler rejects (tl.dot under 16, break in
-loops, ...); this is what catches it. Exits 1 when anything fails.
+loops, ...); this is what catches it. Exits 1 when anything fails or `--filter` matches
+no kernel.
 
 Runs in its own process: it removes TRITON_INTERPRET before importing Triton.
 """

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .args import CacheWriteArgs
-from .spec import HEAD_DIMS, TRITON_TYPES, KernelSpec, check_head_dim
+from .spec import HEAD_DIMS, TRITON_TYPES, KernelSpec, check_head_dim, jit_variant
 
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32}
 
@@ -21,7 +21,7 @@ _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32}
 def write_config(head_dim: int) -> tuple[int, int, int]:
     """(BLOCK_H, num_warps, num_stages) for a head_dim; the launcher and the compile check
     use it. One stage: the same PTX as Triton's default of 3 (sm_80, sm_90), and the check
-    compiles what is launched."""
+    compiles the warps and stages that are launched."""
     return max(1, 1024 // head_dim), 4 if head_dim >= 64 else 2, 1
 
 
@@ -88,7 +88,8 @@ def cache_write(args: CacheWriteArgs) -> None:
 
 
 def compile_specs() -> list[KernelSpec]:
-    """Every configuration `cache_write` can launch (see kvsaga/kernels/spec.py)."""
+    """Every configuration `cache_write` can launch, and for head_dim 128 the variant of a
+    block size that is a multiple of 16 (see kvsaga/kernels/spec.py)."""
     specs = []
     for bits in (torch.int16, torch.int32):
         ptr = "*" + TRITON_TYPES[bits]
@@ -112,4 +113,6 @@ def compile_specs() -> list[KernelSpec]:
                     ),
                 )
             )
+            if head_dim == 128:
+                specs.append(jit_variant(specs[-1], "aligned", divisible=("block_size",)))
     return specs

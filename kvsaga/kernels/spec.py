@@ -3,11 +3,20 @@
 Each Triton kernel module lists, in `compile_specs()`, every configuration its launcher can
 choose, built from the same config functions the launcher calls, so the two cannot drift.
 `kvsaga.kernels.compile_check` compiles them for sm_80 and sm_90. No Triton import here.
+
+Triton's JIT compiles one variant of a configuration per pattern of argument values: an int
+argument equal to 1 is passed as a constexpr, and ints and pointers that are multiples of
+16 get a divisibility hint. A configuration's base spec is its least specialised variant
+(hints only where the launcher guarantees them). Beside it a module lists, for head_dim
+128 (attention: in fp16 and bf16), the variants common launches compile (`jit_variant`:
+block size 16, head counts, table widths and index tensors aligned to 16, one split, one
+query head per KV head). Any other variant a launch specialises into is compiled the first
+time it runs, not by the check.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -51,9 +60,11 @@ class KernelSpec:
     num_warps: int
     num_stages: int
     floats: tuple[str, ...] = ()
-    # Args the launcher always passes as multiples of 16 (pointers from torch allocations,
-    # strides of rows of >= 16 elements); the JIT specialises on that, so the check does too.
+    # Args taken as multiples of 16 (the JIT hints those, so the check does too): in a base
+    # spec those the launcher always passes so (pointers from torch allocations, strides of
+    # rows of >= 16 elements), in a `jit_variant` also those of the launches it stands for.
     divisible_by_16: tuple[str, ...] = field(default_factory=tuple)
+    variant: str = ""  # "" for the base spec, else what `jit_variant` specialised
 
     def signature(self) -> dict[str, str]:
         sig = {}
@@ -65,3 +76,15 @@ class KernelSpec:
             else:
                 sig[name] = "fp32" if name in self.floats else "i32"
         return sig
+
+
+def jit_variant(spec: KernelSpec, variant: str, *, divisible: tuple[str, ...] = (),
+                ones: tuple[str, ...] = ()) -> KernelSpec:
+    """`spec` as the JIT compiles it for launches whose int args `ones` equal 1 (passed as
+    constexprs) and whose args `divisible` are multiples of 16 (hinted), named `variant`.
+    Why: the base spec alone leaves the variant that real launches run uncompiled."""
+    return replace(
+        spec, name=f"{spec.name[:-1]}; {variant}]", variant=variant,
+        constexprs={**spec.constexprs, **dict.fromkeys(ones, 1)},
+        divisible_by_16=(*spec.divisible_by_16, *divisible),
+    )

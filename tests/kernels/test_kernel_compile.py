@@ -1,7 +1,7 @@
 """Every kernel configuration the launchers can choose compiles for sm_80 and sm_90.
 
 Runs `python -m kvsaga.kernels.compile_check` in its own process, without the interpreter
-(the checker drops TRITON_INTERPRET before importing Triton). No GPU needed; about a minute
+(the checker drops TRITON_INTERPRET before importing Triton). No GPU needed; a few minutes
 on two cores when Triton's cache is cold.
 """
 
