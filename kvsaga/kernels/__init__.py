@@ -222,7 +222,8 @@ def paged_attention(
         max_query_len: host-side upper bound of the query lengths; read from the device
             (a sync) when None. Must not be too small: on CUDA nothing checks it.
         max_seq_len: host-side upper bound of seq_lens; like max_query_len.
-        out: optional output, shaped and typed like query.
+        out: optional output, shaped and typed like query, last dim contiguous, no two
+            elements sharing memory (an `expand`ed view is refused); it may be query itself.
         validate: check lengths and block ids (host sync); default: on CPU only.
 
     Returns:
