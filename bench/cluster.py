@@ -36,7 +36,6 @@ import argparse
 import math
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,7 @@ from kvsaga.sim.cluster import CLUSTER_COLUMNS, format_rows, simulate_cluster
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.simulator import simulate
 from kvsaga.sim.workloads import WORKLOADS, generate
+from kvsaga.workers import worker_pool
 
 SECTION = "## Cluster routing (simulated)"
 WRITER = "bench/cluster.py"  # its marked block of each section it writes
@@ -290,7 +290,7 @@ def fit(args, kv: int, loads: dict[str, float]) -> None:
              for s in _ints(args.seed)]
     jobs = [(f, g, args.sessions_per_gpu, args.scale, s, loads[f], kv,
              ("kvsaga", "workflow", "lru"), c) for c in combos for f, s, g in cases]
-    with ProcessPoolExecutor(args.workers) as pool:
+    with worker_pool(args.workers) as pool:
         rows = list(pool.map(run_one, jobs))
     scored = []
     for c in combos:
@@ -501,7 +501,7 @@ def main() -> None:
               if args.routers is not None else ""))
     if not args.no_write and not args.fit:  # a block it may not write over: refused now
         refuse_early(section_title(args), args.results, WRITER)
-    with ProcessPoolExecutor(args.workers) as pool:
+    with worker_pool(args.workers) as pool:
         loads, load_lines, no_thrash = family_loads(args, pool)
         if args.fit:
             fit(args, kv, loads)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from kvsaga.workers import worker_pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -32,7 +33,7 @@ def fit(args, kv: int, loads: dict[str, float]) -> None:
              for s in cluster._ints(args.seed)]
     jobs = [(f, g, args.sessions_per_gpu, args.scale, s, loads[f], kv,
              ("kvsaga", "workflow", "lru"), c) for c in GRID for f, s, g in cases]
-    with ProcessPoolExecutor(args.workers) as pool:
+    with worker_pool(args.workers) as pool:
         rows = list(pool.map(cluster.run_one, jobs))
     print(f"fit on (family, seed, GPUs) {cases}, loads {loads}, {args.sessions_per_gpu} "
           "sessions per GPU (geometric mean of mean TCT, worst load_imbalance):")

@@ -97,7 +97,6 @@ import math
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from fit_seeds import POLICY_FAMILY_SEEDS, POLICY_TRACE_SEEDS, fit_seed_error
@@ -119,6 +118,7 @@ from kvsaga.sim.compare import peak_prompt_working_set
 from kvsaga.sim.hindsight import best_offline, record
 from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.workloads import WORKLOADS, mixed, perturb
+from kvsaga.workers import worker_pool
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Eviction policies (held-out, simulated)"
@@ -303,7 +303,7 @@ def run(traces: list[str], fractions: list[float], policies: list[str], seeds: l
     skipped = skipped_traces(traces, seeds[0])
     tasks = [(t, s, f, p) for t in traces if t not in skipped for s in seeds
              for f in fractions for p in policies]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with worker_pool(workers) as pool:
         rows = list(pool.map(_run, tasks))
     return rows, skipped
 

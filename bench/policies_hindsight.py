@@ -37,7 +37,6 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 from policies import (  # bench/ is on the path when run as a script
     BASELINES,
@@ -50,6 +49,7 @@ from policies import (  # bench/ is on the path when run as a script
 
 from kvsaga.sim.hindsight import OFFLINE, best_offline, record
 from kvsaga.sim.simulator import SimConfig
+from kvsaga.workers import worker_pool
 
 SAVED = HERE / "plots" / "policies_tune_smooth.json"
 GRAPH = "graph[median_returns=1]"  # the saved rows' name for graph at its defaults
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python bench/policies_hindsight.py",
                         *(argv if argv is not None else sys.argv[1:])])
     t = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+    with worker_pool(args.workers) as pool:
         rows = list(pool.map(run_case, cases))
     text = report(rows, command, time.perf_counter() - t)
     print(text)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 from kvsaga.sim.exhaustive import TINY, exhaustive_optimum, random_tiny_trace, random_wait_trace
 from kvsaga.sim.hindsight import best_offline, record
 from kvsaga.sim.simulator import SimConfig, Simulator
+from kvsaga.workers import worker_pool
 
 REF_SECTION = "## Offline references against the exact optimum (tiny traces, simulated)"
 REF_POLICIES = ("lru", "saga", "ttl", "graph", "adaptive", "belady", "oracle-ttl", "hindsight")
@@ -194,7 +194,7 @@ def reference(workers: int, command: str) -> str:
     t = time.perf_counter()
     tasks = [(s, sched, shape) for shape, (_, seeds, _) in SHAPES.items()
              for sched in ("fcfs", "workflow") for s in seeds]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with worker_pool(workers) as pool:
         cases = list(pool.map(_reference_case, tasks))
     rows = [r for rs, _ in cases for r in rs]
     wall = time.perf_counter() - t

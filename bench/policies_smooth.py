@@ -29,13 +29,13 @@ the goal, and smoothed.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ProcessPoolExecutor
 from statistics import mean
 
 import policies as P  # bench/ is on the path when run as a script
 from policies_verdict import ranking, wins
 
 from kvsaga.policy import DEFAULT_POLICY
+from kvsaga.workers import worker_pool
 
 SMOOTH_OFFSETS = (-0.02, -0.01, 0.0, 0.01, 0.02)
 
@@ -72,7 +72,7 @@ def run_smooth(rows: list[dict], policies: list[str], workers: int
     """The extra sizes' rows, and the seconds they took."""
     t = time.perf_counter()
     todo = tasks(rows, policies)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with worker_pool(workers) as pool:
         extra = list(pool.map(P._run, todo))
     return extra, time.perf_counter() - t
 

@@ -33,7 +33,6 @@ import json
 import math
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import fit_seeds
@@ -48,6 +47,7 @@ from kvsaga.sim.compare import add_tenant_slowdowns, peak_prompt_working_set
 from kvsaga.sim.metrics import unloaded_tct
 from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.workloads import WORKLOADS, perturb
+from kvsaga.workers import worker_pool
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Scheduling (simulated)"
@@ -267,7 +267,7 @@ def _run(task: tuple) -> dict:
 
 
 def run(tasks: list[tuple], workers: int) -> list[dict]:
-    with ProcessPoolExecutor(workers) as ex:
+    with worker_pool(workers) as ex:
         return list(ex.map(_run, tasks))
 
 

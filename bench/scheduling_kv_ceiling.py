@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 from scheduling import PRESET, capacity, trace
 from scheduling_bound import mean_tct_bound
@@ -35,6 +34,7 @@ from scheduling_fit import geo
 from scheduling_overflow import point_params, point_parser, point_seeds
 
 from kvsaga.sim.simulator import SimConfig, Simulator
+from kvsaga.workers import worker_pool
 
 UNBOUNDED = 100  # x the point's capacity: no trace of the grid comes near filling it
 
@@ -87,7 +87,7 @@ def table(family: str, load: float, frac: float, seeds: list[int], params: dict 
     arm's."""
     arms = _arms(params, policy)
     tasks = [((family, load, frac, sd, sessions), a) for sd in seeds for a in arms]
-    with ProcessPoolExecutor(workers) as ex:
+    with worker_pool(workers) as ex:
         got = dict(ex.map(_one, tasks))
     lines = ["| seed | fcfs+lru mean / p95 s | workflow mean / p95 s | gain | p95 gain | solo "
              "s | gain bound | unbounded KV mean s | KV ceiling | share reached | workflow "

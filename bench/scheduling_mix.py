@@ -375,10 +375,10 @@ def fit_share(workers: int) -> tuple[int, int]:
     """Fit Agent Fair Share of compute on both mixes at `FIT_SEEDS` and their capacities:
     prints every point and each arm's summary, and returns `pick_default`'s pick
     (share_step_tokens, share_lag_tokens)."""
-    from concurrent.futures import ProcessPoolExecutor
+    from kvsaga.workers import worker_pool
     points = [(name, seed, frac) for name in MIXES for seed in FIT_SEEDS
               for frac in MIX_FRACS[name]]
-    with ProcessPoolExecutor(workers) as ex:
+    with worker_pool(workers) as ex:
         res = list(ex.map(_fit_point, points))
     off = (0, 0)
     for (name, seed, frac), (by, _) in zip(points, res, strict=True):

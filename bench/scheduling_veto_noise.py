@@ -86,7 +86,6 @@ import math
 import random
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import policies_check as pc
@@ -97,6 +96,7 @@ from scheduling_veto_split import json_object
 from kvsaga.sim.compare import add_tenant_slowdowns
 from kvsaga.sim.cost import StepCostModel
 from kvsaga.sim.simulator import SimConfig, Simulator
+from kvsaga.workers import worker_pool
 
 JITTER_S = 5e-4  # arrivals move later by U[0, JITTER_S)
 STEP_EPS = 1e-4  # "slow" / "fast": step times x (1 +/- STEP_EPS)
@@ -158,7 +158,7 @@ def run_case(task: tuple) -> dict:
 def run_rows(seeds: list[int], config: str, null: str | None, workers: int) -> list[dict]:
     tasks = [(name, seed, frac, config, null) for seed in seeds for name in MIXES
              for frac in MIX_FRACS[name]]
-    with ProcessPoolExecutor(workers) as ex:
+    with worker_pool(workers) as ex:
         return list(ex.map(run_case, tasks))
 
 

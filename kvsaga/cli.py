@@ -165,6 +165,9 @@ def _raw(args: argparse.Namespace, llm) -> bool:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     check_unicode("the prompt", args.prompt, InvalidRequest)  # before the model loads
+    if args.raw and not args.prompt:  # (the chat template gives an empty one a turn)
+        raise InvalidRequest("the prompt is empty: --raw completes the text as is, so give "
+                             "some")
     llm = load_llm(args)
     params = llm.default_params(**_sampling_fields(args))
     printer = _Printer(args.stats)
@@ -330,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     if level is not None:
         setup_logging(level)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone by then is also a quiet 141
+        return status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader left (`| head`): not a failure

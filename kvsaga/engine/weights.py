@@ -81,6 +81,9 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         ModelLoadError: nothing loadable at `path`, an unsupported architecture, or a
             malformed config.
     """
+    if not str(path).strip():  # Path("") is ".": an unset $MODEL loaded whatever was there
+        raise ModelLoadError(f"the model path is empty ({str(path)!r}); pass a GGUF file or "
+                             "an HF directory")
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"model path does not exist: {p}")

@@ -24,8 +24,9 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from multiprocessing import get_context  # noqa: E402
+
+from kvsaga.workers import worker_pool  # noqa: E402
 
 MODULES = ("kvsaga.kernels.attention", "kvsaga.kernels.kv_write", "kvsaga.kernels.blocks")
 # Shared memory per block, opt-in maximum, by compute capability.
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no kernel matches --filter {args.filter!r}", file=sys.stderr)
         return 1
     if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        with worker_pool(args.jobs, mp_context=get_context("spawn")) as pool:
             rows = list(pool.map(compile_one, *zip(*jobs, strict=True)))
     else:
         rows = [compile_one(*job) for job in jobs]

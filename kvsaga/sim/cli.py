@@ -15,7 +15,6 @@ instead (`cmd_cluster`, `kvsaga.sim.cluster`): one row per router, scheduler and
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from kvsaga.logs import StderrHandler
 from kvsaga.policy import DEFAULT_POLICY, POLICIES
 from kvsaga.routing import ROUTERS
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
+from kvsaga.sim.cli_outputs import check_outputs, plot_format, save, write_json
 from kvsaga.sim.cluster import MAX_GPUS, format_rows, simulate_cluster
 from kvsaga.sim.cluster_tenants import add_cluster_tenant_slowdowns
 from kvsaga.sim.compare import (
@@ -65,6 +65,12 @@ COLUMNS = (
     ("reld GB", "bytes_reloaded", "{:.2f}"),
 )
 # Below the table, so "x belady" is not read as distance from the best possible run.
+# --host-memory's cap in blocks: the simulator's host tier keeps Python lists of every block
+# (about 1.3 GB and 9 s per simulation at 4M blocks, in each worker). 8 TiB of 2 MiB blocks.
+MAX_HOST_BLOCKS = 2**22
+# --kv-memory's cap in blocks: the C++ core's limit (the Python core's per-block lists would
+# not fit in memory long before it).
+MAX_GPU_BLOCKS = 2**30
 BELADY_FOOTER = ("belady: a reference, not a lower bound (greedy on the trace's next uses; "
                  "a policy can recompute less)")
 
@@ -91,7 +97,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"workload family: {', '.join(sorted(WORKLOADS))} (default: swe)")
     p.add_argument("--sessions", type=_positive(int), default=200,
                    help="sessions to generate (default: 200)")
-    p.add_argument("--seed", type=int, default=1, help="trace seed (default: 1)")
+    p.add_argument("--seed", type=_seed, default=1, help="trace seed, an integer >= 0 "
+                   "(default: 1)")
     p.add_argument("--scale", type=_positive(float), default=1.0,
                    help="multiply token counts and tool times (e.g. 0.1 for a quick run; "
                    "default: 1)")
@@ -120,7 +127,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="GPU KV capacity, e.g. 20G or 512M (default: the preset's free memory)")
     p.add_argument("--host-memory", type=_size, default=None,
                    help="host-tier capacity, e.g. 64G (default: none; every victim is "
-                   "discarded)")
+                   f"discarded); at most {MAX_HOST_BLOCKS:,} blocks (8T with the llama3-8b "
+                   "presets' 2 MiB blocks): the simulator keeps per-block lists")
     p.add_argument("--kv-gib", type=_positive(float), default=None,
                    help="deprecated: use --kv-memory (--kv-gib N is --kv-memory NG)")
     p.add_argument("--host-gib", type=float, default=None,
@@ -140,7 +148,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "simulation, on --gpus GPUs (1 unless given)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--plot", default=None,
-                   help="sweep KV capacity and plot recomputation against it (PNG)")
+                   help="sweep KV capacity and plot recomputation against it (the "
+                   "format by the suffix: .png, .svg, .pdf, ...; PNG without one)")
     p.add_argument("--jobs", type=_positive(int), default=None,
                    help="simulations run at once, in worker processes (default: one per "
                    "CPU core; results do not depend on it); the --gpus/--router cluster run "
@@ -211,6 +220,17 @@ def _trace_line(path: str, sid: str) -> int | None:
     return None
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a trace seed, an integer >= 0 (as `generate` takes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def _size(text: str) -> int:
     """An argparse type: a memory size such as 20G (see `kvsaga.config.parse_bytes`)."""
     try:
@@ -220,11 +240,14 @@ def _size(text: str) -> int:
 
 
 def _resolve_memory_flags(args) -> None:
-    """Fold the deprecated --kv-gib / --host-gib into --kv-memory / --host-memory (bytes).
+    """Fold the deprecated --kv-gib / --host-gib into --kv-memory / --host-memory (bytes),
+    keeping the flag given in `args.memory_flags` for the messages about its size.
 
     Raises:
-        ValueError: a deprecated flag together with its replacement, or a negative size.
+        ValueError: a deprecated flag together with its replacement, or a size that is
+            negative, under one byte or past any number of bytes.
     """
+    args.memory_flags = {"kv_memory": "--kv-memory", "host_memory": "--host-memory"}
     for old, new in (("kv_gib", "kv_memory"), ("host_gib", "host_memory")):
         value = getattr(args, old)
         if value is None:
@@ -234,17 +257,28 @@ def _resolve_memory_flags(args) -> None:
             raise ValueError(f"{flag} is deprecated; give only {repl}")
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{flag} must be a number >= 0, got {value!r}")
+        if not math.isfinite(value * GIB):
+            raise ValueError(f"{flag} {value:g} is too large to be a number of bytes")
+        if value > 0 and int(value * GIB) == 0:
+            raise ValueError(f"{flag} {value:g} is less than one byte")
         print(f"kvsaga sim: {flag} is deprecated and will be removed; use {repl} {value:g}G",
               file=sys.stderr)
         setattr(args, new, int(value * GIB))
         setattr(args, old, None)
+        args.memory_flags[new] = flag
 
 
 def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
-    """The run's SimConfig. Raises ValueError for a --host-memory that holds no block (a
-    run labelled with a host tier that has none would say nothing about one)."""
+    """The run's SimConfig. Raises ValueError, naming the flag the user gave, for a
+    --kv-memory of no bytes or past `MAX_GPU_BLOCKS`, and for a --host-memory that holds no
+    block (a run labelled with a host tier that has none would say nothing about one) or
+    more than `MAX_HOST_BLOCKS`."""
+    flags = getattr(args, "memory_flags", {"kv_memory": "--kv-memory",
+                                           "host_memory": "--host-memory"})
     if kv_memory_bytes is not None and kv_memory_bytes <= 0:
-        raise ValueError(f"--kv-memory must be > 0, got {kv_memory_bytes:,} B")
+        raise ValueError(f"{flags['kv_memory']} must be > 0, got {kv_memory_bytes:,} B")
+    if kv_memory_bytes is not None:
+        _check_cap(flags["kv_memory"], kv_memory_bytes, MAX_GPU_BLOCKS, args.preset)
     config = SimConfig(
         preset=args.preset,
         kv_memory_bytes=kv_memory_bytes,
@@ -256,9 +290,21 @@ def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
         return config
     cost = config.cost  # checked here to name the flag (SimConfig names its field)
     if cost.num_blocks(args.host_memory) == 0:
-        raise ValueError(f"--host-memory {args.host_memory:,} B holds no host block "
+        raise ValueError(f"{flags['host_memory']} {args.host_memory:,} B holds no host block "
                          f"({cost.block_bytes:,} B each with preset {cost.name})")
+    _check_cap(flags["host_memory"], args.host_memory, MAX_HOST_BLOCKS, args.preset)
     return replace(config, host_memory_bytes=args.host_memory)
+
+
+def _check_cap(flag: str, size: float, most: int, preset: str) -> None:
+    """ValueError naming `flag` when `size` bytes are more than `most` blocks of `preset`
+    (an unknown preset is left to SimConfig's message)."""
+    cost = PRESETS.get(preset)
+    if cost is None or cost.num_blocks(size) <= most:
+        return
+    raise ValueError(f"{flag} {size:,.0f} B is {cost.num_blocks(size):,} blocks of "
+                     f"{cost.block_bytes:,} B (preset {cost.name}): more than the simulator's "
+                     f"{most:,} ({most * cost.block_bytes / 2**40:g}T)")
 
 
 def comma_names(flag: str, value: str, what: str) -> list[str]:
@@ -306,7 +352,7 @@ def format_table(rows: list[dict]) -> str:
 def cmd_sim(args) -> int:
     """Run `kvsaga sim`; returns the exit status (2 on bad arguments or input)."""
     try:  # before any simulation: a bad output path must not cost the whole run
-        _check_outputs(args)
+        check_outputs(args)
     except ValueError as e:
         print(f"kvsaga sim: error: {e}", file=sys.stderr)
         return 2
@@ -342,10 +388,11 @@ def cmd_sim(args) -> int:
         sweep: list[dict] = []
         if args.plot is not None:
             sweep = _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs)
+        _write_files(args, sessions, base, schedulers, rows, sweep)
     except (ValueError, OSError, TraceError) as e:
         print(f"kvsaga sim: error: {e}", file=sys.stderr)
         return 2
-    cost = base.cost
+    cost = base.cost  # printed after the files: a reader that leaves early loses no file
     print(f"{len(sessions)} sessions, preset {cost.name}, {base.blocks()} GPU blocks "
           f"({base.blocks() * cost.block_bytes / GIB:.1f} GiB), "
           f"host {base.host_blocks()} blocks")
@@ -354,19 +401,27 @@ def cmd_sim(args) -> int:
     note = idle_lead_note(sessions, rows) if args.trace is not None else None
     if note is not None:
         print(f"kvsaga sim: note: {note}", file=sys.stderr)
+    for path in (args.json, args.plot):
+        if path is not None:
+            print(f"wrote {path}")
+    return 0
+
+
+def _write_files(args, sessions: list[Session], base: SimConfig, schedulers: list[str],
+                 rows: list[dict], sweep: list[dict]) -> None:
+    """Write --json and --plot (ValueError naming the flag when one cannot be written)."""
     if args.json is not None:
         out = {"config": run_config(args, sessions, base, schedulers), "results": rows}
         if sweep:
             out["sweep"] = sweep
-        write_json(args.json, out)
-        print(f"wrote {args.json}")
+        save("--json", args.json, lambda path: write_json(path, out))
     if args.plot is not None:
         from kvsaga.sim.plot import plot_sweep
 
         name = args.trace or f"{args.workload} x{len(sessions)}"
-        plot_sweep(sweep, args.plot, title=f"{name} on {cost.name}")
-        print(f"wrote {args.plot}")
-    return 0
+        title = f"{name} on {base.cost.name}"
+        save("--plot", args.plot, lambda path: plot_sweep(sweep, path, title=title,
+                                                          fmt=plot_format(path)))
 
 
 def run_config(args, sessions: list[Session], base: SimConfig, schedulers: list[str]) -> dict:
@@ -385,52 +440,6 @@ def run_config(args, sessions: list[Session], base: SimConfig, schedulers: list[
             "num_host_blocks": base.host_blocks(), "hints": args.hints,
             "resume_hints": base.resume_hints, "schedulers": schedulers,
             "slo_factor": args.slo_factor}
-
-
-def _check_outputs(args) -> None:
-    """ValueError naming the flag: --gpus over `MAX_GPUS`, --json or --plot names a file
-    that cannot be written, --plot with --gpus/--router (the cluster run does not sweep) or
-    without matplotlib."""
-    if args.gpus > MAX_GPUS:
-        raise ValueError(f"--gpus {args.gpus:,} is more than {MAX_GPUS:,} (every GPU costs "
-                         "the routers per-GPU state, reached by a step or not; see --help)")
-    if args.plot is not None and (args.gpus > 1 or args.router is not None):
-        raise ValueError("--plot sweeps one GPU's KV capacity; it does not apply with --gpus "
-                         "or --router")
-    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
-        raise ValueError("--plot needs matplotlib: pip install 'kvsaga[sim]'")
-    for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        if path is None:
-            continue
-        folder = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            raise ValueError(f"{flag} {path!r} is a directory; name a file")
-        if not os.path.isdir(folder):
-            raise ValueError(f"{flag} {path!r}: directory {folder!r} does not exist")
-        if not os.access(folder, os.W_OK):
-            raise ValueError(f"{flag} {path!r}: directory {folder!r} is not writable")
-
-
-def write_json(path: str, out: dict) -> None:
-    """Write `--json`'s file as strict JSON: a non-finite figure (a `belady_ratio` of NaN,
-    where Belady recomputed nothing and the row did) as null. `json.dump`'s default wrote a
-    bare `NaN`, which is no JSON: jq and `JSON.parse` refuse the whole file."""
-    data = finite_or_null(out)  # before the file opens: a value it refuses leaves none half
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, allow_nan=False)
-
-
-def finite_or_null(value):
-    """`value` with every non-finite number, nested in dicts and lists, made None, and other
-    numbers not int (numpy scalars) made float (what `json.dump(default=float)` did)."""
-    if isinstance(value, dict):
-        return {k: finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_null(v) for v in value]
-    if value is None or isinstance(value, (str, int)):  # bool is an int
-        return value
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _log_lines_to_stderr() -> None:
@@ -518,6 +527,13 @@ def cmd_cluster(args) -> int:
                     rows.append(row)
                     if not args.quiet:
                         print(f"  {router} {scheduler} {policy}: done", file=sys.stderr)
+        if args.json is not None:  # before stdout: a reader that leaves early loses no file
+            out = {"gpus": args.gpus, "sessions": len(sessions),
+                   "config": cluster_config(args, sessions, base,
+                                            {"schedulers": schedulers, "routers": routers,
+                                             "policies": policies}),
+                   "results": rows}
+            save("--json", args.json, lambda path: write_json(path, out))
     except (ValueError, OSError, TraceError) as e:
         print(f"kvsaga sim: error: {e}", file=sys.stderr)
         return 2
@@ -528,6 +544,15 @@ def cmd_cluster(args) -> int:
     if note is not None:
         print(f"kvsaga sim: note: {note}", file=sys.stderr)
     if args.json is not None:
-        write_json(args.json, {"gpus": args.gpus, "sessions": len(sessions), "results": rows})
         print(f"wrote {args.json}")
     return 0
+
+
+def cluster_config(args, sessions: list[Session], base: SimConfig, names: dict) -> dict:
+    """The cluster JSON's `config`: `run_config`'s fields (num_gpu_blocks per GPU; no
+    slo_factor, which the cluster run does not use), its gpus, and `names`: the schedulers,
+    routers and policies run (an offline reference --policy named is not)."""
+    config = run_config(args, sessions, base, names["schedulers"])
+    del config["slo_factor"]
+    config.update(gpus=args.gpus, routers=names["routers"], policies=names["policies"])
+    return config

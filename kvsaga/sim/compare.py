@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 
 from tqdm.auto import tqdm
 
@@ -22,6 +22,7 @@ from kvsaga.policy import POLICIES
 from kvsaga.sim.metrics import SimResult, tenant_key
 from kvsaga.sim.simulator import SimConfig, blocks_needed, simulate
 from kvsaga.sim.trace import Session
+from kvsaga.workers import worker_pool
 
 # One line per finished simulation (the CLI shows them when stderr is not a terminal,
 # where progress bars would flood a log).
@@ -182,6 +183,7 @@ def run_many(sessions: Sequence[Session], configs: Sequence[SimConfig], jobs: in
         sessions: the trace.
         configs: one simulation each.
         jobs: worker processes (1: run here, one after another, with a bar per simulation).
+            Ctrl-C stops them all at once (`kvsaga.workers.worker_pool`).
         progress: progress bars.
         labels: each simulation's name in the log line it gets when done (default: the
             config's policy).
@@ -198,7 +200,7 @@ def run_many(sessions: Sequence[Session], configs: Sequence[SimConfig], jobs: in
             out[i], dt = _simulate(sessions, cfg, progress)
             _log_done(names[i], cfg, len(sessions), dt)
         return out
-    with ProcessPoolExecutor(max_workers=min(jobs, len(configs))) as pool, tqdm(
+    with worker_pool(min(jobs, len(configs))) as pool, tqdm(
             total=len(configs), disable=not progress, unit="sim",
             desc=f"{len(configs)} simulations, {jobs} jobs") as bar:
         futures = {pool.submit(_simulate, sessions, cfg): i for i, cfg in enumerate(configs)}

@@ -8,16 +8,20 @@ from pathlib import Path
 
 
 def plot_sweep(rows: Sequence[dict], path: str | Path, title: str, x_key: str = "kv_gib",
-               x_label: str = "GPU KV capacity (GiB)", dpi: int = 80) -> None:
-    """Write a PNG of `recomputed_tokens` against `x_key`, one line per `policy`.
+               x_label: str = "GPU KV capacity (GiB)", dpi: int = 80,
+               fmt: str | None = None) -> None:
+    """Write an image (a PNG by default) of `recomputed_tokens` against `x_key`, one line
+    per `policy`.
 
     Args:
         rows: sweep rows, each with `policy`, `recomputed_tokens` and `x_key`.
-        path: the PNG to write.
+        path: the file to write.
         title: the plot's title.
         x_key: the row field on the x axis.
         x_label: its label.
         dpi: resolution; the default keeps the file small (tens of KB).
+        fmt: the image format (None: by `path`'s suffix, PNG without one, when matplotlib
+            adds ".png" to the name).
     """
     import matplotlib
 
@@ -40,6 +44,6 @@ def plot_sweep(rows: Sequence[dict], path: str | Path, title: str, x_key: str = 
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
+        fig.savefig(path, dpi=dpi, format=fmt)
     finally:
         plt.close(fig)

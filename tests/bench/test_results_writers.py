@@ -78,7 +78,7 @@ def test_cluster_refuses_before_simulating_when_its_block_was_edited(tmp_path, m
     def pool(*a, **k):
         raise AssertionError("simulated before refusing")
 
-    monkeypatch.setattr(cluster, "ProcessPoolExecutor", pool)
+    monkeypatch.setattr(cluster, "worker_pool", pool)
     monkeypatch.setattr(sys, "argv", ["cluster.py", "--results", str(path)])
     with pytest.raises(SystemExit, match="edited since it was written"):
         cluster.main()

@@ -13,6 +13,7 @@ import numpy as np
 
 import kvsaga.sim.cli as cli
 from kvsaga.cli import main
+from kvsaga.sim.cli_outputs import finite_or_null
 from kvsaga.sim.cost import PRESETS
 from kvsaga.sim.trace import Session, SharedPrefix, Step, write_trace
 
@@ -66,8 +67,8 @@ def test_cluster_json_writes_non_finite_figures_as_null(tmp_path, monkeypatch):
 def test_finite_or_null_keeps_what_json_reads():
     data = {"a": [1, 2.5, math.inf, (None, "x", True)], "b": np.float32("nan"),
             "c": np.int64(3), "d": {"e": np.float64(0.5)}}
-    assert cli.finite_or_null(data) == {"a": [1, 2.5, None, [None, "x", True]], "b": None,
-                                        "c": 3.0, "d": {"e": 0.5}}
+    assert finite_or_null(data) == {"a": [1, 2.5, None, [None, "x", True]], "b": None,
+                                    "c": 3.0, "d": {"e": 0.5}}
 
 
 def test_a_session_one_token_into_a_block_fits_the_blocks_before(tmp_path, capsys):

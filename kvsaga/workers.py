@@ -1,0 +1,46 @@
+"""Worker processes that stop with the command: `worker_pool`, a `ProcessPoolExecutor` for
+runs a user may interrupt (`kvsaga sim --jobs`, the benchmarks).
+
+A terminal's Ctrl-C sends SIGINT to the whole process group. A plain pool's workers caught
+it as their running task's result and took the next queued task, and the pool's exit waited
+for every queued task before the parent could stop; a second Ctrl-C broke that wait before
+the workers got their stop, and the interpreter's exit then joined idle workers for good.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+
+
+def _ignore_sigint() -> None:
+    """A worker's initializer: the parent alone decides what Ctrl-C stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def worker_pool(max_workers: int | None = None, mp_context=None) -> Iterator[ProcessPoolExecutor]:
+    """A `ProcessPoolExecutor` whose workers ignore SIGINT. When the `with` body raises
+    (KeyboardInterrupt included), the queued tasks are cancelled and the workers ended
+    before the exception goes on, so the command stops at once and leaves no process."""
+    pool = ProcessPoolExecutor(max_workers, mp_context=mp_context, initializer=_ignore_sigint)
+    try:
+        yield pool
+    except BaseException:
+        stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel `pool`'s queued tasks and terminate and reap its workers (a running task's
+    result is lost). The executor has no public way to end its workers before Python 3.14,
+    so they are read from its process table before `shutdown` drops it."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.join()
