@@ -23,7 +23,10 @@ own sections, `section_title`).
 The `kvsaga` router's defaults (`RoutingConfig`) were fitted with `--fit` on seeds 1 and 2
 (the four families at 2x with 16 sessions per GPU; not refitted at the thrash loads); the
 report runs other seeds: 7 (which informed the form of the balance steal, docs/cluster.md),
-and 11 and 12, which no fit or design choice looked at.
+and 11 and 12, which no fit or design choice looked at. The report refuses every seed a fit
+read in any bench (bench/fit_seeds.py: the router fit's 1 and 2 among them), unless
+`--fit-seeds` makes the run a diagnosis on such seeds, which its output says (not written
+into bench/RESULTS.md, whose section says the seeds are held out).
 
     python bench/cluster.py                               # 8 GPUs, four families, 3 seeds
     python bench/cluster.py --fit --seed 1,2
@@ -40,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 from allocator import refuse_early, write_section
-from fit_seeds import CLUSTER_FIT_SEEDS
+from fit_seeds import CLUSTER_FIT_SEEDS, diagnosis_header, fit_seed_error
 
 from kvsaga.config import parse_bytes
 from kvsaga.routing import ROUTERS, RoutingConfig
@@ -52,6 +55,7 @@ from kvsaga.workers import worker_pool
 
 SECTION = "## Cluster routing (simulated)"
 WRITER = "bench/cluster.py"  # its marked block of each section it writes
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 FAMILIES = ("swe", "web", "bfcl", "assistant")
 # (router, scheduler, policy): the two baselines first, then kvsaga's.
 RUNS = (("round-robin", "fcfs", "lru"), ("affinity", "fcfs", "lru"),
@@ -444,7 +448,7 @@ def _cell(text: str, fmt: str):
     return float(text) if fmt != "{}" else text
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpus", default="8", help="comma-separated GPU counts")
@@ -456,7 +460,13 @@ def main() -> None:
     p.add_argument("--load", default="thrash",
                    help="arrivals per GPU, x the family's default rate, or 'thrash': each "
                         "family's thrash load (measured on the fit seeds)")
-    p.add_argument("--seed", default=REPORT_SEEDS, help="comma-separated trace seeds")
+    p.add_argument("--seed", default=REPORT_SEEDS, help="comma-separated trace seeds (the "
+                   "report refuses a seed any fit read, bench/fit_seeds.py, without "
+                   "--fit-seeds)")
+    p.add_argument("--fit-seeds", action="store_true",
+                   help="the report as a diagnosis on seeds a fit read (those of "
+                        "bench/fit_seeds.py only): said so in the output; with --no-write or "
+                        "a --results file other than bench/RESULTS.md")
     p.add_argument("--kv-memory", default="3G", help="KV capacity of each GPU")
     p.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
     p.add_argument("--fit", action="store_true", help="rank RoutingConfig knobs (no write)")
@@ -476,9 +486,9 @@ def main() -> None:
                    help="add the ideal reference (one GPU per session: slow for fleets)")
     p.add_argument("--no-write", action="store_true",
                    help="print the tables only; leave --results as it is")
-    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md",
+    p.add_argument("--results", type=Path, default=RESULTS,
                    help="the file whose section is written (after each finished case)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     kv = parse_bytes(args.kv_memory)
     if args.load != "thrash":
         try:
@@ -492,10 +502,14 @@ def main() -> None:
         p.error("--routers needs --baselines (the rows of the routers not simulated)")
     if args.fit and set(_ints(args.seed)) - set(FIT_SEEDS):
         p.error(f"--fit runs on the fit seeds {FIT_SEEDS} only")
+    if args.fit and args.fit_seeds:
+        p.error("--fit-seeds applies to the report only (--fit runs on the fit seeds)")
+    if not args.fit:
+        check_report_seeds(p, args)
     cmd = (f"python bench/cluster.py --gpus {args.gpus} --family {args.family} "
            f"--sessions-per-gpu {args.sessions_per_gpu} --scale {args.scale} --load "
            f"{args.load} --seed {args.seed} --kv-memory {args.kv_memory} --runs {args.runs}"
-           + (" --ideal" if args.ideal else "")
+           + (" --ideal" if args.ideal else "") + (" --fit-seeds" if args.fit_seeds else "")
            + (f" --routers {','.join(sorted(args.routers)) or 'none'} --baselines "
               f"{args.baselines}"
               if args.routers is not None else ""))
@@ -520,6 +534,25 @@ def main() -> None:
         print(f"wrote {section_title(args)} to {args.results}")
 
 
+def check_report_seeds(p: argparse.ArgumentParser, args) -> None:
+    """The report's seeds are held out (its section says the router was not fitted on them):
+    a seed any fit read is refused, naming the fit; `--fit-seeds` takes such seeds only, as
+    a diagnosis whose output says so, and not into bench/RESULTS.md, where it would replace
+    the held-out section."""
+    seeds = _ints(args.seed)
+    if not args.fit_seeds:
+        if error := fit_seed_error(seeds, "--seed"):
+            p.error(f"{error}; a diagnosis on them: --fit-seeds")
+        return
+    if not args.no_write and args.results.resolve() == RESULTS:
+        p.error(f"--fit-seeds: a diagnosis is not written into {RESULTS} (its section is the "
+                "held-out report): add --no-write or --results FILE")
+    try:
+        print(diagnosis_header(seeds, "--seed"))
+    except ValueError as e:
+        p.error(str(e))
+
+
 def section_body(args, cmd: str, load_lines: list[str], results: list, lines: list[str],
                  pending: list[tuple], no_thrash: frozenset[str] = frozenset()) -> str:
     """The RESULTS section: the command, how the loads were chosen, the summary table and
@@ -539,8 +572,11 @@ def section_body(args, cmd: str, load_lines: list[str], results: list, lines: li
     return "\n".join([
         f"`{cmd}`. Preset a100-llama3-8b. Each GPU: the real manager, policy and "
         "scheduler; the router: kvsaga.routing (docs/cluster.md), its defaults fitted with "
-        f"`--fit` on seeds {', '.join(map(str, FIT_SEEDS))} (the four families), not on the "
-        "seeds reported here (11 and 12 were not looked at before the fit). Mean TCT ratios "
+        f"`--fit` on seeds {', '.join(map(str, FIT_SEEDS))} (the four families), "
+        + ("**on fit seeds, not held out** (`--fit-seeds`: a diagnosis; bench/fit_seeds.py "
+           "names the fits that read them). " if args.fit_seeds else
+           "not on the seeds reported here (11 and 12 were not looked at before the fit). ")
+        + "Mean TCT ratios "
         "are baseline / kvsaga + workflow + lru; the floor (`floor_tct`) is a lower bound "
         "on any router's mean TCT computed from the cost model without simulating.", "",
         *([how, "", *[f"- {x}" for x in load_lines], ""] if how else []),

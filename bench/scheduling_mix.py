@@ -18,14 +18,16 @@ smallest):
   or policy fit read (seed 2, also `MIX_SEED`, is a seed of the cluster router fit and the
   vLLM gate fit, bench/fit_seeds.py: neither fits what this mix judges).
 
-`--report --seeds` (fresh seeds) refuses every seed of bench/fit_seeds.py.
+`--report --seeds` (fresh seeds) refuses every seed of bench/fit_seeds.py; with
+`--fit-seeds` (a diagnosis: RESULTS records such runs on the AFS fit seeds) it takes only
+those seeds and prints "fit seeds, not held out" first.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from fit_seeds import AFS_FIT_SEEDS, fit_seed_error
+from fit_seeds import AFS_FIT_SEEDS, diagnosis_header, fit_seed_error
 from scheduling import DEFAULT, PRESET, _label, trace
 
 from kvsaga.sim.metrics import tenant_key
@@ -424,7 +426,8 @@ def floors(seeds: list[int], workers: int, params: dict | None = None) -> None:
 def report(workers: int, seeds: list[int] | None = None) -> None:
     """Run only the mixes' rows of bench/scheduling.py (`mix_tasks`) and print their goals
     lines and per-tenant table (RESULTS' AFS and noisy-neighbour bullets come from here).
-    `seeds`: run both mixes on these seeds instead (fresh seeds, once)."""
+    `seeds`: run both mixes on these seeds instead (fresh seeds, once; or fit seeds in a
+    diagnosis, `--fit-seeds`)."""
     from scheduling import CONFIGS, run
     mix_seeds = seeds or [MIX_SEED]
     noisy_seeds = tuple(seeds) if seeds else NOISY_SEEDS
@@ -479,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     """The command line: the AFS fit (`fit_share`), `--floors`, or `--report`. Every flag
     that only one mode reads is refused without it, so nothing is silently ignored (before
     session 48 `--seeds` without `--report` ran the fit), and `--report --seeds` refuses a
-    seed any fit read (bench/fit_seeds.py: the AFS fit seeds and every other bench's)."""
+    seed any fit read (bench/fit_seeds.py: the AFS fit seeds and every other bench's)
+    unless `--fit-seeds` says the run is a diagnosis on them."""
     import argparse
     import json
     ap = argparse.ArgumentParser(description="fit Agent Fair Share of compute (see fit_share)"
@@ -493,7 +497,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", action="store_true", help="run and print the mixes' rows")
     ap.add_argument("--seeds", metavar="SEEDS", help="with --report: comma-separated seeds "
                     "for both mixes instead of MIX_SEED and NOISY_SEEDS (held out: a seed "
-                    "any fit read, bench/fit_seeds.py, is refused)")
+                    "any fit read, bench/fit_seeds.py, is refused without --fit-seeds)")
+    ap.add_argument("--fit-seeds", action="store_true",
+                    help="with --report --seeds: a diagnosis on seeds a fit read (those "
+                    "of bench/fit_seeds.py only), printed as fit seeds, not held out")
     ap.add_argument("--defaults", type=json.loads, default=None,
                     help="with --report: the workflow scheduler's defaults set to these "
                     "parameters (JSON) for the run, as the fit's veto judges a candidate")
@@ -506,9 +513,17 @@ def main(argv: list[str] | None = None) -> int:
         if given is not None and not mode:
             ap.error(f"{flag} applies to {'--floors' if flag == '--params' else '--report'} "
                      "only")
+    if args.fit_seeds and args.seeds is None:
+        ap.error("--fit-seeds applies to --report --seeds only (the default seeds are "
+                 "the report's)")
     seeds = _seeds(ap, "--seeds", args.seeds) if args.seeds is not None else None
-    if seeds and (error := fit_seed_error(seeds, "--report --seeds")):
-        ap.error(error)
+    if args.fit_seeds:
+        try:
+            print(diagnosis_header(seeds, "--report --seeds"))
+        except ValueError as e:
+            ap.error(str(e))
+    elif seeds and (error := fit_seed_error(seeds, "--report --seeds")):
+        ap.error(f"{error}; a diagnosis on them: --fit-seeds")
     if args.defaults is not None:
         try:
             set_workflow_defaults(args.defaults)

@@ -102,7 +102,7 @@ def test_one_gpu_thrashes_with_less_memory_on_a_real_trace():
 def test_a_section_written_before_the_end_names_the_cases_not_finished():
     """A fleet run writes its section after each case: a stopped run keeps what finished,
     and the section says which cases it lacks (the last write has no such line)."""
-    args = SimpleNamespace(sessions_per_gpu=64)
+    args = SimpleNamespace(sessions_per_gpu=64, fit_seeds=False)
     row = {"scheduler": "fcfs", "policy": "lru", "load_imbalance": 1.0}
     rows = [{**row, "router": "round-robin", "tct_mean_s": 30.0},
             {**row, "router": "affinity", "tct_mean_s": 20.0},
@@ -126,7 +126,7 @@ def test_a_family_no_load_thrashes_is_outside_the_goals_not_a_miss(monkeypatch):
                         lambda job: 0.8 if job[0] == "bfcl" or job[5] == cluster.ROOMY_KV
                         else 0.1)
     args = SimpleNamespace(family="bfcl,swe", load="thrash", sessions_per_gpu=16,
-                           scale=0.1, kv_memory="1G")
+                           scale=0.1, kv_memory="1G", fit_seeds=False)
     loads, lines, no_thrash = cluster.family_loads(args, _Serial())
     assert no_thrash == frozenset({"bfcl"})
     assert loads == {"bfcl": cluster.LOAD_GRID[-1], "swe": cluster.LOAD_GRID[0]}
