@@ -88,9 +88,11 @@ _VARIABLES: dict[str, Callable[[], Any]] = {
     # kvsaga/engine/cpu_threads.py). Read when the engine loads; `kvsaga-serve --cpu-host
     # auto` sets "adaptive".
     "KVSAGA_CPU_THREADS": _choice("KVSAGA_CPU_THREADS", "fixed", ("fixed", "adaptive")),
-    # "1": an engine may take a max_model_len above the model's max_position_embeddings
-    # (with a warning; vLLM's VLLM_ALLOW_LONG_MAX_MODEL_LEN); unset: refused. Never past a
-    # sliding window (ModelConfig.check_max_model_len).
+    # "1": an engine may take a max_model_len above the model's context
+    # (ModelConfig.max_context_len), with a warning (vLLM's VLLM_ALLOW_LONG_MAX_MODEL_LEN);
+    # unset: refused. Never past a sliding window (ModelConfig.check_max_model_len). Read
+    # past the model's context; kvsaga-serve reads it at start, to refuse a bad value
+    # whatever --max-model-len is.
     "KVSAGA_ALLOW_LONG_MAX_MODEL_LEN": _flag("KVSAGA_ALLOW_LONG_MAX_MODEL_LEN"),
 }
 

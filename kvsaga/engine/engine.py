@@ -89,7 +89,8 @@ class LLMEngine(StepOutput):
     max_num_seqs / max_num_batched_tokens: batch limits per step (positive ints).
     max_model_len: longest context; default the model's. Refused (InvalidRequest, before
         the weights load) past a mistral model's sliding window, and past its
-        max_position_embeddings unless $KVSAGA_ALLOW_LONG_MAX_MODEL_LEN is set
+        max_position_embeddings (times the factor of linear RoPE scaling:
+        `ModelConfig.max_context_len`) unless $KVSAGA_ALLOW_LONG_MAX_MODEL_LEN is set
         (`ModelConfig.check_max_model_len`).
     progress: progress bar while loading weights.
     host_memory_bytes: host-tier budget (pinned on CUDA machines); 0 disables offload.
@@ -194,7 +195,7 @@ class LLMEngine(StepOutput):
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
         self.max_model_len = min(
-            max_model_len or cfg.max_position_embeddings, num_blocks * block_size
+            max_model_len or cfg.max_context_len, num_blocks * block_size
         )
         self.clock = clock
         num_host_blocks = pool.num_host_blocks(self.spec)

@@ -240,13 +240,32 @@ class ModelConfig:
         from the config alone, so that a KV budget is checked before the weights load."""
         return KVSpec(self.num_layers, self.num_kv_heads, self.head_dim, dtype, block_size)
 
+    @property
+    def max_context_len(self) -> int:
+        """The longest context the model was trained for, and the default max_model_len:
+        `max_position_embeddings`, times the factor for linear RoPE scaling, whose
+        `max_position_embeddings` is the length before the positions were scaled (as vLLM
+        reads it; llama3 scaling's is the scaled length already)."""
+        if self.rope_scaling.rope_type == "linear":
+            return int(self.max_position_embeddings * self.rope_scaling.factor)
+        return self.max_position_embeddings
+
+    def _context_source(self) -> str:
+        """`max_context_len` and where it comes from, for messages."""
+        if self.rope_scaling.rope_type == "linear":
+            return (f"context of {self.max_context_len} (max_position_embeddings, a GGUF's "
+                    f"context_length, of {self.max_position_embeddings} times its linear "
+                    f"RoPE factor {self.rope_scaling.factor:g})")
+        return ("max_position_embeddings (a GGUF's context_length) of "
+                f"{self.max_position_embeddings}")
+
     def check_max_model_len(self, max_model_len: int | None, warn: bool = True) -> None:
         """Refuse a context longer than this model can give right answers for, before the
         weights load.
 
         Past a sliding window kvsaga's full attention computes something other than the
-        model, so that is always refused. Past `max_position_embeddings` the computation is
-        exact but the model never saw such positions: refused, as vLLM refuses it, unless
+        model, so that is always refused. Past `max_context_len` the computation is exact
+        but the model never saw such positions: refused, as vLLM refuses it, unless
         $KVSAGA_ALLOW_LONG_MAX_MODEL_LEN is set (then a warning when `warn`).
 
         Raises:
@@ -260,11 +279,10 @@ class ModelConfig:
                 f"max_model_len={max_model_len} exceeds {self.architecture}'s sliding window of "
                 f"{window} tokens; kvsaga has no windowed attention, so past the window its "
                 f"output would not be the model's: use at most {window}")
-        limit = self.max_position_embeddings
+        limit = self.max_context_len
         if max_model_len <= limit:
             return
-        why = (f"max_model_len={max_model_len} exceeds the model's max_position_embeddings "
-               f"(a GGUF's context_length) of {limit}")
+        why = f"max_model_len={max_model_len} exceeds the model's {self._context_source()}"
         if not envs.KVSAGA_ALLOW_LONG_MAX_MODEL_LEN:
             raise InvalidRequest(
                 f"{why}; use at most {limit}, or set KVSAGA_ALLOW_LONG_MAX_MODEL_LEN=1 to "

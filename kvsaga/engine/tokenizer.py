@@ -73,6 +73,8 @@ class Tokenizer:
         self._byte_spelling: tuple[bool, bool, bool, frozenset[int]] | None = None
         self._byte_fallback_ids: frozenset[int] | None = None
         self._special_ids: frozenset[int] | None = None
+        self._whole_pieces: dict[int, str] | None = None
+        self._byte_runs_fuse: bool | None = None
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -134,6 +136,40 @@ class Tokenizer:
             fallback = self._byte_spelling[1]
             self._byte_fallback_ids = frozenset(i for i in ids if i is not None and fallback)
         return self._byte_fallback_ids
+
+    def byte_runs_fuse(self) -> bool:
+        """Whether a valid run of byte-fallback tokens decodes to its bytes' UTF-8 characters
+        (the first may lose a space to Strip): only Fuse and Strip follow ByteFallback in
+        the decoder, none that rewrites characters (e.g. Metaspace after it turns the bytes
+        of U+2581 into a space). The detokenizer decodes a run only then at its first
+        character (`_Run`), else at each."""
+        if self._byte_runs_fuse is None:
+            types = [step.get("type") for step in _decoder_steps(self.backend)]
+            after = types[types.index("ByteFallback") + 1:] if "ByteFallback" in types else []
+            self._byte_runs_fuse = set(after) <= {"Fuse", "Strip"}
+        return self._byte_runs_fuse
+
+    def whole_pieces(self) -> dict[int, str]:
+        """id -> text of the tokens whose bytes are whole UTF-8 characters (not U+FFFD),
+        where the decoder is ByteLevel alone (else none): it joins the tokens' bytes and
+        decodes them, so after text that ends in a whole character such a token adds its
+        own text, whatever came before (the detokenizer's fast path). Added tokens are left
+        out. Built once, in one pass over the vocabulary."""
+        if self._whole_pieces is None:
+            pieces: dict[int, str] = {}
+            steps = _decoder_steps(self.backend)
+            if [step.get("type") for step in steps] == ["ByteLevel"]:
+                added = self.backend.get_added_tokens_decoder()
+                for piece, i in self.backend.get_vocab(with_added_tokens=False).items():
+                    spelled = piece.translate(_LATIN1_OF)  # (bytes as the chars they code)
+                    try:
+                        text = spelled.encode("latin-1").decode("utf-8")
+                    except UnicodeError:  # not bytes spelled, or not whole characters
+                        continue
+                    if i not in added and text and "\ufffd" not in text:
+                        pieces[i] = text
+            self._whole_pieces = pieces
+        return self._whole_pieces
 
     def special_ids(self) -> frozenset[int]:
         """The ids of the special added tokens: those `decode(skip_special_tokens=True)`
@@ -289,13 +325,25 @@ def _byte_unicode_map() -> dict[str, int]:
 
 
 _BYTE_OF = _byte_unicode_map()
+# Byte-level spelling -> the Latin-1 character of each byte; a Latin-1 character that is no
+# spelling -> one that Latin-1 cannot encode (so it is not read as a byte).
+_LATIN1_OF = str.maketrans({**{chr(c): "\u0100" for c in range(256) if chr(c) not in _BYTE_OF},
+                            **{ch: chr(b) for ch, b in _BYTE_OF.items()}})
+
+
+def _decoder_steps(backend: Backend) -> list[dict[str, Any]]:
+    """The steps of a backend's decoder, in order (one for a decoder that is no Sequence,
+    none for no decoder)."""
+    if not backend.decoder:
+        return []
+    state = json.loads(backend.decoder.__getstate__())
+    return state.get("decoders", [state]) if state.get("type") == "Sequence" else [state]
 
 
 def _byte_spelling(backend: Backend) -> tuple[bool, bool, bool, frozenset[int]]:
     """(byte-level, <0xNN> byte fallback, U+2581 spaces, added token ids) of a backend,
     from the decoder its tokenizer.json (or GGUF assembly) configured."""
-    state = json.loads(backend.decoder.__getstate__()) if backend.decoder else {}
-    steps = state.get("decoders", [state]) if state.get("type") == "Sequence" else [state]
+    steps = _decoder_steps(backend)
     kinds = {step.get("type") for step in steps}
     metaspace = "Metaspace" in kinds or any(
         step.get("type") == "Replace" and step.get("pattern", {}).get("String") == "\u2581"

@@ -433,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     if chosen:
         log.debug("--cpu-host %s set %s", args.cpu_host,
                   " ".join(f"{k}={v}" for k, v in chosen.items()))
-    try:  # read by the engine thread once the model has loaded: refuse a bad one now
+    try:  # read once the model has loaded, or only past the model's context: refuse a
+        # bad one now, whatever --max-model-len is
         envs.KVSAGA_CPU_THREADS  # noqa: B018
+        envs.KVSAGA_ALLOW_LONG_MAX_MODEL_LEN  # noqa: B018
     except ValueError as e:
         print(f"kvsaga-serve: error: {e}", file=sys.stderr)
         return 2

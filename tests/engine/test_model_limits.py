@@ -96,6 +96,24 @@ def test_an_allowed_long_context_loads_with_a_warning(tiny_model_dir, monkeypatc
     assert _engine(src, max_model_len=256).max_model_len == 256
 
 
+def test_a_linear_rope_models_context_is_its_positions_times_the_factor(tiny_model_dir,
+                                                                       monkeypatch):
+    """Linear RoPE scaling divides positions by its factor, and HF's max_position_embeddings
+    is the length before that: vLLM allows (and defaults to) the positions times the
+    factor. kvsaga refused max_model_len=512 for 256 positions scaled by 2."""
+    monkeypatch.delenv("KVSAGA_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
+    src = tiny_model_dir("llama_mha_tied_linear_rope")  # 256 positions, linear, factor 2
+    assert _engine(src, max_model_len=512).max_model_len == 512
+    assert _engine(src).max_model_len == 512
+    config = open_checkpoint(src).config
+    assert (config.max_position_embeddings, config.max_context_len) == (256, 512)
+    with pytest.raises(InvalidRequest, match=(
+            r"^max_model_len=513 exceeds the model's context of 512 \(max_position_embeddings, "
+            r"a GGUF's context_length, of 256 times its linear RoPE factor 2\); use at most "
+            r"512, or set KVSAGA_ALLOW_LONG_MAX_MODEL_LEN=1")):
+        config.check_max_model_len(513)
+
+
 def test_sampling_defaults_kvsaga_does_not_apply_are_named_at_load(tiny_model_dir, tmp_path,
                                                                    caplog):
     """Qwen2.5-Instruct ships repetition_penalty 1.05; vLLM applies it (and presence and

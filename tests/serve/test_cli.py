@@ -484,3 +484,23 @@ def test_a_bad_cpu_threads_variable_exits_2_before_the_model_loads(
     err = capsys.readouterr().err
     assert "kvsaga-serve: error: KVSAGA_CPU_THREADS='sometimes': expected one of fixed, " \
            "adaptive" in err
+
+
+@pytest.mark.parametrize("max_model_len", [None, "100000"])
+def test_a_bad_allow_long_max_model_len_variable_exits_2_before_the_model_loads(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], max_model_len):
+    """The flag was read only past the model's context: a typo went unnoticed with a short
+    --max-model-len, and past it kvsaga-serve failed with rc 1 and a generic error."""
+    from kvsaga.serve import cli
+
+    def preflight(settings):
+        raise AssertionError("the model load was reached")
+
+    monkeypatch.setattr(cli, "preflight", preflight)
+    monkeypatch.setenv("KVSAGA_ALLOW_LONG_MAX_MODEL_LEN", "yes")
+    flags = ["--max-model-len", max_model_len] if max_model_len else []
+    assert cli.main(["--port", "0", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kvsaga-serve: error: KVSAGA_ALLOW_LONG_MAX_MODEL_LEN='yes': "
+                          "expected 1 or true"), err
+    assert len(err.strip().splitlines()) == 1, err
