@@ -67,8 +67,9 @@ class KvsagaRouter(Router):
     # Seconds a replica that refused a move (`move_refused`) is not chosen as a thief
     # again: for any session when it refused the import (no room for the blocks, a failed
     # copy), for that session when the session was busy on its source. A steal checks the
-    # thief's reported room for the session (`_has_room`), but a report lags (a stats
-    # period) and an import can fail for another reason: without the cool-off the
+    # thief's reported room for the session (`_room_for`), but a report lags (a stats
+    # period and more: other routers' moves and sessions grown there show only in the
+    # next one) and an import can fail for another reason: without the cool-off the
     # client's retry (`Retry-After: 1`), and every other session of the loaded home, could
     # be stolen for the same replica again and again, each try a full KV export on the
     # home. The simulator refuses an import short of room the same way
@@ -101,6 +102,8 @@ class KvsagaRouter(Router):
         # session -> (the replica that took it by a queue or memory steal, the one it took
         # it from), kept while the session stays there (`_steal_source`)
         self._stolen: dict[str, tuple[str, str]] = {}
+        # session -> when a step of it last finished having run (`finished`, `_tokens`)
+        self._step_done: dict[str, float] = {}
 
     def add_replica(self, replica: str) -> None:
         new = isinstance(replica, str) and replica not in self.in_flight
@@ -121,6 +124,14 @@ class KvsagaRouter(Router):
     def _forget(self, session: str) -> None:
         super()._forget(session)
         self._stolen.pop(session, None)
+        self._step_done.pop(session, None)
+
+    def finished(self, route: Route, ran: bool = True) -> None:
+        """`Router.finished`, and when a step of a session this router holds ran: a report
+        of its home taken before then does not count what the step added (`_tokens`)."""
+        super().finished(route, ran)
+        if ran and route.session in self.homes:
+            self._step_done[route.session] = self.clock()
 
     def move_refused(self, session: str, source: str, replica: str,
                      import_refused: bool = False) -> None:
@@ -256,10 +267,11 @@ class KvsagaRouter(Router):
             return Route(home, reason="affinity")
         if req.affinity_only:  # no session to move: the hint's home changes, nothing else
             return Route(target, reason=reason)
-        migrate = self.config.should_migrate(self._tokens(home, req, stats))
+        tokens = self._tokens(home, req, stats)
+        migrate = self.config.should_migrate(tokens)
         self.num_stolen += 1
         self.num_migrated += migrate
-        return Route(target, moved_from=home, migrate=migrate, reason=reason)
+        return Route(target, moved_from=home, migrate=migrate, reason=reason, tokens=tokens)
 
     def _reported_home(self, session: str, stats) -> str | None:
         """A replica whose report lists `session` (`session_tokens`), for a session this
@@ -282,7 +294,7 @@ class KvsagaRouter(Router):
         ahead of the fleet's accumulated busy time (`_lead_limit`), not have refused
         an import, or a move of the session, in the last `refused_move_s`
         (`move_refused`), and, for a session (not a hint), report room for its context
-        (`_has_room`); then, in order:
+        beside the moves sent to it since (`_room_for`); then, in order:
         (queue) home has at least `steal_min_waiting` steps waiting and some replica is
         busy by at least `steal_margin` fewer steps; (memory) home is overcommitted and some
         replica with no more busy steps than home has room for the session below
@@ -298,7 +310,7 @@ class KvsagaRouter(Router):
                  and busy_home >= c.steal_margin)
         memory = self._overcommitted(home, stats)
         ahead = self._ahead(home, stats)
-        if not (queue or memory or ahead) or self._held_back(req.tenant, stats):
+        if not (queue or memory or ahead):
             return None, ""
         idle = [x for x in self.ready(stats) if x != home and self.waiting(x, stats) == 0]
         lead = self._lead_limit(stats)
@@ -308,9 +320,11 @@ class KvsagaRouter(Router):
             now = self.clock()
             self._forget_refusals(now)
             idle = [x for x in idle if not self._refused_lately(req.session, x, now)]
+        if self._held_back(req.tenant, idle, stats):
+            return None, ""
         if idle and not req.affinity_only:  # (a hint moves no KV: no import to refuse)
             tokens = self._tokens(home, req, stats)
-            idle = [x for x in idle if self._has_room(x, tokens, stats)]
+            idle = [x for x in idle if self._room_for(x, tokens, stats)]
         free = []
         if queue:
             free = [x for x in idle if self.busy(x, stats) <= busy_home - c.steal_margin]
@@ -333,26 +347,58 @@ class KvsagaRouter(Router):
     def _has_room(x: str, tokens: int, stats) -> bool:
         """Whether replica `x`'s report shows room for a session of `tokens` moved there:
         its free plus evictable blocks hold them, the test the import itself makes
-        (`plan_import` refuses with OutOfBlocks short of them; a prefix cached there needs
-        fewer blocks, so this errs towards keeping the session home). Without a report, no:
-        the import could not be planned (a replica still loading its model takes no
-        steal). A report lags (under Ray Serve by up to a stats period): room it shows may
-        be gone by the import, which then refuses and cools `x` off (`move_refused`).
-        Before session 48 no steal checked the thief's free blocks: each idle replica
-        without room was stolen for in turn and refused the import, one session of the
-        loaded home after another, each a full KV export on the home."""
+        (`plan_import` refuses with OutOfBlocks short of them; only for a prefix cached
+        there, which needs fewer blocks, does this err towards keeping the session home).
+        Without a report, no: the import could not be planned (a replica still loading
+        its model takes no steal). A report lags (under Ray Serve about a stats period
+        plus the step the engine is running): room it shows may be gone by the import
+        (other routers' moves, sessions grown there), which then refuses and cools `x`
+        off (`move_refused`). Before session 48 no steal checked the thief's free
+        blocks: each idle replica without room was stolen for in turn and refused the
+        import, one session of the loaded home after another, each a full KV export on
+        the home."""
         st = stats.get(x)
         return (st is not None
                 and (st.free_blocks + st.evictable_blocks) * st.block_size >= tokens)
 
-    def _held_back(self, tenant: str, stats) -> bool:
+    def _room_for(self, x: str, tokens: int, stats) -> bool:
+        """Whether `x`'s report shows room (`_has_room`) for `tokens` beside the sessions
+        this router moved to `x` after the report was taken and has not seen arrive
+        (`moves`, `Route.tokens`): two steals between two reports would otherwise both
+        count the same room, and the second import be refused (review s48 roomdiff 2)."""
+        st = stats.get(x)
+        if st is not None and st.taken_at is not None:  # (an unstamped report is live)
+            tokens += sum(m.tokens for m in self.moves.values()
+                          if m.replica == x and m.sent_at > st.taken_at)
+        return self._has_room(x, tokens, stats)
+
+    def _held_back(self, tenant: str, idle: list[str], stats) -> bool:
         """Fair share holds a steal back for `tenant` (`FairShare.holds_back`): it is above
-        `steal_max_share` while another tenant below its fair share has work waiting, as
-        this router sees it: a step it sent there, not finished, on a replica with steps
-        waiting."""
+        `steal_max_share` while another tenant below its fair share has work waiting that
+        one of `idle` could take (`_could_go`), as this router sees it: a step it sent
+        there, not finished, on a replica with steps waiting. Work that no idle replica
+        has room for held back every steal for the tenants above their share, the idle
+        replicas taking nothing for as long as it waited (review s48 roomdiff 1)."""
         waiting = (t for t, where in self.tenant_steps.items()
-                   if any(self.waiting(x, stats) > 0 for x in where if x in self.in_flight))
+                   if t != tenant and any(self.waiting(x, stats) > 0
+                                          and self._could_go(t, x, n, idle, stats)
+                                          for x, n in where.items() if x in self.in_flight))
         return self.fair.holds_back(tenant, waiting, self.config.steal_max_share)
+
+    def _could_go(self, tenant: str, x: str, steps: int, idle: list[str], stats) -> bool:
+        """Whether one of `tenant`'s `steps` unfinished steps on replica `x` could go to one
+        of `idle`: a one-shot step (the tenant's next one is placed afresh, no KV to
+        import), or a session's that one of them shows room for (`_room_for`) at its size
+        in `x`'s report (not listed there: it could)."""
+        st = stats.get(x)
+        for s, where in self.session_steps.items():
+            if x not in where or self._session_tenant.get(s) != tenant:
+                continue
+            steps -= where[x]
+            tokens = st.session_tokens.get(s) if st is not None else None
+            if not is_int(tokens) or any(self._room_for(y, tokens, stats) for y in idle):
+                return True
+        return steps > 0
 
     def _steal_source(self, session: str | None, home: str, lead: float | None,
                       stats) -> str | None:
@@ -396,10 +442,20 @@ class KvsagaRouter(Router):
         return self.busy(home, stats) > 0 or (st is not None and st.paused > 1)
 
     def _tokens(self, home: str, req: RouteRequest, stats) -> int:
-        """The session's context as its home reports it, else the caller's guess."""
+        """The session's context as its home reports it, else the caller's guess; the
+        larger of the two when the report was taken before a step of the session last
+        finished (`finished`): an agent session grows by a whole step (prompt and
+        output) between two of its steps, and sized from the older report the move's
+        import, which carries the current context, was refused where the room test had
+        passed (review s48 roomdiff 2)."""
         st = stats.get(home)
         tokens = st.session_tokens.get(req.session) if st is not None else None
-        return tokens if is_int(tokens) and tokens >= 0 else req.context_tokens
+        if not (is_int(tokens) and tokens >= 0):
+            return req.context_tokens
+        done = self._step_done.get(req.session)
+        if st.taken_at is not None and done is not None and st.taken_at < done:
+            return max(tokens, req.context_tokens)
+        return tokens
 
     def _fits(self, x: str, tokens: int, stats, limit: float | None = None) -> bool:
         """Whether `tokens` more keep replica `x` at or below `limit` (default

@@ -64,6 +64,8 @@ class Route:
         sent_at: set by `Router.route`: when the router sent the step (`Router.clock`).
         session: set by `Router.route`: the session of the step (None: one-shot).
         tenant: set by `Router.route`: the tenant of the step.
+        tokens: set by `KvsagaRouter` on a move: the session's context as the move read it,
+            which the new home's room test counts until the move is confirmed.
     """
 
     replica: str
@@ -73,6 +75,7 @@ class Route:
     sent_at: float = field(default=math.nan, compare=False, repr=False)
     session: str | None = field(default=None, compare=False, repr=False)
     tenant: str = field(default="", compare=False, repr=False)
+    tokens: int = field(default=0, compare=False, repr=False)
 
 
 def session_key(body: Mapping, headers: Mapping[str, str] | None = None) -> str | None:

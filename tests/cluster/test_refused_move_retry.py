@@ -116,8 +116,9 @@ def test_the_refused_session_moves_to_a_replica_that_reports_room(monkeypatch):
 def test_no_replica_without_room_in_its_report_is_a_thief():
     """Four idle replicas, each reporting no room for the session: none steals it, so no
     import is refused (before session 48 each took its retry in turn and refused it, up
-    to (replicas - 1) refusals, each a full KV export on the home). A replica with no
-    report takes no steal either: its import could not be planned."""
+    to (replicas - 1) refusals, each a full KV export on the home). f, which has not
+    reported, is left out by `Router.ready` (others have reported); the room test's own
+    "no report, no room" is tested by the next test."""
     router = KvsagaRouter(["a", "b", "c", "d", "e", "f"])
     router.clock = lambda: 1000.0
     router.homes[SID] = "a"
@@ -131,6 +132,21 @@ def test_no_replica_without_room_in_its_report_is_a_thief():
     route = router.route(RouteRequest(session=SID, context_tokens=20),
                          stats | {"e": roomy})
     assert (route.replica, route.moved_from) == ("e", "a")
+
+
+def test_a_fleet_that_nobody_has_reported_for_yet_steals_nothing():
+    """No replica has reported (a fresh fleet under Ray Serve, its models loading): every
+    one is ready (`Router.ready`) and the room test alone keeps a, loaded with the steps
+    this router sent it, from having them stolen for replicas whose imports could not be
+    planned (review s48 roomdiff 4: treating no report as room passed every test)."""
+    router = KvsagaRouter(["a", "b", "c"])
+    router.clock = lambda: 1000.0
+    routes = []
+    for i in range(6):
+        router.homes[f"S{i}"] = "a"
+        route = router.route(RouteRequest(session=f"S{i}", context_tokens=20), {})
+        routes.append((route.replica, route.moved_from))
+    assert routes == [("a", None)] * 6  # no report read as room: ("b", "a") from the 4th
 
 
 def test_a_refused_sessions_retries_are_not_stolen_by_the_next_full_replica():
