@@ -245,10 +245,15 @@ class ModelConfig:
         """The longest context the model was trained for, and the default max_model_len:
         `max_position_embeddings`, times the factor for linear RoPE scaling, whose
         `max_position_embeddings` is the length before the positions were scaled (as vLLM
-        reads it; llama3 scaling's is the scaled length already)."""
+        reads it; llama3 scaling's is the scaled length already). Never past a sliding
+        window: kvsaga attends to the whole context, which is the model's attention only
+        within the window (`check_max_model_len`), and the factor scales positions, not it."""
+        limit = self.max_position_embeddings
         if self.rope_scaling.rope_type == "linear":
-            return int(self.max_position_embeddings * self.rope_scaling.factor)
-        return self.max_position_embeddings
+            limit = int(limit * self.rope_scaling.factor)
+        if self.sliding_window is not None:
+            limit = min(limit, self.sliding_window)
+        return limit
 
     def _context_source(self) -> str:
         """`max_context_len` and where it comes from, for messages."""

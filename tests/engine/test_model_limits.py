@@ -69,6 +69,17 @@ def test_within_the_window_the_engine_loads_with_the_window_as_its_context(windo
     assert _engine(windowed, max_model_len=16).max_model_len == 16
 
 
+def test_a_windowed_linear_rope_model_defaults_to_its_window(windowed, tmp_path):
+    """max_position_embeddings is capped at the window; the linear factor then scaled the
+    capped value, so the default max_model_len became window x factor (64 here) with no
+    check, and tokens past the window were computed with full attention."""
+    rope = {"rope_theta": 10000.0, "rope_type": "linear", "factor": 4.0}
+    src = _edit(windowed, tmp_path, "m", rope_parameters=rope)
+    config = open_checkpoint(src).config
+    assert (config.max_position_embeddings, config.max_context_len) == (16, 16)
+    assert _engine(src).max_model_len == 16
+
+
 def test_a_context_past_max_position_embeddings_is_refused_unless_allowed(
         tiny_model_dir, monkeypatch, no_load):
     """vLLM refuses max_model_len above the model's max_position_embeddings unless
