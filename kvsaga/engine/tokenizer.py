@@ -139,14 +139,18 @@ class Tokenizer:
 
     def byte_runs_fuse(self) -> bool:
         """Whether a valid run of byte-fallback tokens decodes to its bytes' UTF-8 characters
-        (the first may lose a space to Strip): only Fuse and Strip follow ByteFallback in
-        the decoder, none that rewrites characters (e.g. Metaspace after it turns the bytes
-        of U+2581 into a space). The detokenizer decodes a run only then at its first
-        character (`_Run`), else at each."""
+        (the first may lose a space to Strip): only Fuse and Strip from the left follow
+        ByteFallback in the decoder, none that rewrites characters (e.g. Metaspace after it
+        turns the bytes of U+2581 into a space; Strip from the right drops a run's last
+        space). The detokenizer decodes a run only then at its first character (`_Run`),
+        else at each."""
         if self._byte_runs_fuse is None:
-            types = [step.get("type") for step in _decoder_steps(self.backend)]
-            after = types[types.index("ByteFallback") + 1:] if "ByteFallback" in types else []
-            self._byte_runs_fuse = set(after) <= {"Fuse", "Strip"}
+            steps = _decoder_steps(self.backend)
+            types = [step.get("type") for step in steps]
+            after = steps[types.index("ByteFallback") + 1:] if "ByteFallback" in types else []
+            self._byte_runs_fuse = all(
+                step.get("type") == "Fuse" or (step.get("type") == "Strip" and not step.get("stop"))
+                for step in after)
         return self._byte_runs_fuse
 
     def whole_pieces(self) -> dict[int, str]:

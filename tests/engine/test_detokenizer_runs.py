@@ -227,6 +227,27 @@ def test_a_decoder_that_rewrites_characters_after_byte_fallback_decodes_each(spm
     assert detok.text == " the( "
 
 
+def test_a_decoder_that_strips_from_the_right_after_byte_fallback_decodes_each(spm):
+    """Strip(right=1) after Fuse drops the text's last space, which a run's last character
+    can be: any Strip counted as harmless, so the run's bytes showed it ("東 ")."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders
+
+    backend = Backend.from_str(spm.backend.to_str())
+    backend.decoder = decoders.Sequence([
+        decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+        decoders.Strip(content=" ", left=0, right=1)])
+    tok = Tokenizer(backend)
+    prompt = tok.encode("We went to", add_special_tokens=False)
+    gen = _byte_ids(tok, "東 ".encode())
+    detok = IncrementalDetokenizer(tok, prompt)
+    for k, t in enumerate(gen, 1):
+        detok.add(t)
+        assert detok.text == _reference(tok, prompt, gen[:k])
+    assert detok.text == "東"
+    assert not tok.byte_runs_fuse()
+
+
 def test_bytes_that_join_the_prompts_invalid_run_stay_invalid(spm):
     """The prompt ends in a stray continuation byte then the bytes of "東": decode shows the
     whole run as U+FFFD, and bytes generated after it join it. The left context started
