@@ -185,6 +185,7 @@ class LLMEngine(StepOutput):
             raise InvalidRequest(str(e)) from None
         loaded = load_checkpoint(ckpt, dev, dtype, progress)
         self.model, self.config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
+        self.tokenizer.whole_pieces()  # (built here, not on the engine thread at a request)
         self.model_path = loaded.path
         self.device = self.model.device
         self.dtype = self.model.embed_tokens.dtype
