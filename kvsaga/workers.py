@@ -10,21 +10,29 @@ the workers got their stop, and the interpreter's exit then joined idle workers 
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 
 def _ignore_sigint() -> None:
-    """A worker's initializer: the parent alone decides what Ctrl-C stops."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """A worker's initializer: the parent alone decides what Ctrl-C stops. A handler that
+    does nothing, not SIG_IGN: an ignored signal stays ignored across exec, so a program the
+    task starts (ptxas under Triton's compile) outlived Ctrl-C; a handler resets there."""
+    signal.signal(signal.SIGINT, _do_nothing)
+
+
+def _do_nothing(signum, frame) -> None:
+    """SIGINT's handler in a worker."""
 
 
 @contextmanager
 def worker_pool(max_workers: int | None = None, mp_context=None) -> Iterator[ProcessPoolExecutor]:
-    """A `ProcessPoolExecutor` whose workers ignore SIGINT. When the `with` body raises
-    (KeyboardInterrupt included), the queued tasks are cancelled and the workers ended
-    before the exception goes on, so the command stops at once and leaves no process."""
+    """A `ProcessPoolExecutor` whose workers ignore SIGINT (programs they start do not).
+    When the `with` body raises (KeyboardInterrupt included), the queued tasks are cancelled
+    and the workers ended before the exception goes on, so the command stops at once and
+    leaves no process."""
     pool = ProcessPoolExecutor(max_workers, mp_context=mp_context, initializer=_ignore_sigint)
     try:
         yield pool
@@ -37,10 +45,21 @@ def worker_pool(max_workers: int | None = None, mp_context=None) -> Iterator[Pro
 def stop_workers(pool: ProcessPoolExecutor) -> None:
     """Cancel `pool`'s queued tasks and terminate and reap its workers (a running task's
     result is lost). The executor has no public way to end its workers before Python 3.14,
-    so they are read from its process table before `shutdown` drops it."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
-        proc.terminate()
-    for proc in processes:
-        proc.join()
+    so they are read from its process table before `shutdown` drops it.
+
+    SIGINT is ignored meanwhile (on the main thread, where Python handles it): a second
+    Ctrl-C raised right after `join` reaped a worker, before its exit status was stored,
+    left the executor's manager thread polling that worker for good and the exit hung. The
+    joins are bounded, as every worker got SIGTERM."""
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if on_main else None
+    try:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            proc.join()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

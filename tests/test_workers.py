@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from kvsaga.workers import worker_pool
+from kvsaga.workers import stop_workers, worker_pool
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
 
@@ -21,8 +24,10 @@ def _children() -> set[int]:
 
 
 def _sigint_disposition() -> bool:
-    """Whether this process ignores SIGINT (run in a worker)."""
-    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    """Whether SIGINT leaves this process running (run in a worker): handled, not the
+    default KeyboardInterrupt, and not SIG_IGN (which programs it starts would inherit)."""
+    handler = signal.getsignal(signal.SIGINT)
+    return callable(handler) and handler is not signal.default_int_handler
 
 
 def test_a_raising_body_cancels_the_queue_and_ends_the_workers():
@@ -39,3 +44,71 @@ def test_a_body_that_returns_waits_for_its_tasks():
     with worker_pool(2) as pool:
         future = pool.submit(os.getpid)
     assert future.result() != os.getpid()
+
+
+def test_a_second_ctrl_c_while_reaping_the_workers_is_ignored():
+    """A SIGINT during `join` (as a second Ctrl-C right after a worker was reaped) raised out
+    of the reaping, and the executor's manager thread then polled that worker for good."""
+    before = _children()
+    with worker_pool(2) as pool:
+        assert pool.submit(os.getpid).result() != os.getpid()  # the workers are up
+        before_handler = signal.getsignal(signal.SIGINT)
+        for proc in pool._processes.values():
+            real_join = proc.join
+            proc.join = lambda real_join=real_join: (os.kill(os.getpid(), signal.SIGINT),
+                                                     real_join())
+        try:
+            stop_workers(pool)
+        except KeyboardInterrupt:
+            pytest.fail("the second Ctrl-C broke out of stop_workers")
+    assert _children() == before  # every worker reaped
+    assert signal.getsignal(signal.SIGINT) is before_handler  # restored
+
+
+_STARTS_SLEEP = textwrap.dedent("""
+    import subprocess, sys
+    from kvsaga.workers import worker_pool
+    def task(i):
+        proc = subprocess.Popen(["sleep", "60"])
+        print(proc.pid, flush=True)
+        proc.wait()
+    if __name__ == "__main__":
+        try:
+            with worker_pool(2) as pool:
+                list(pool.map(task, range(2)))
+        except KeyboardInterrupt:
+            sys.exit(130)
+""")
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_ctrl_c_reaches_the_programs_a_task_started():
+    """Ctrl-C goes to the process group; a `sleep` a task runs ends with it, not left
+    running after the command (it inherited the worker's SIG_IGN)."""
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-c", _STARTS_SLEEP], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            env=dict(os.environ, PYTHONPATH=root))
+    sleeps: list[int] = []
+    try:
+        sleeps += [int(proc.stdout.readline()) for _ in range(2)]
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        deadline = time.monotonic() + 30
+        while any(map(_running, sleeps)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_running, sleeps)), "a program a task started outlived Ctrl-C"
+    finally:
+        for pid in sleeps:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close()

@@ -270,9 +270,9 @@ def _resolve_memory_flags(args) -> None:
 
 def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
     """The run's SimConfig. Raises ValueError, naming the flag the user gave, for a
-    --kv-memory of no bytes or past `MAX_GPU_BLOCKS`, and for a --host-memory that holds no
-    block (a run labelled with a host tier that has none would say nothing about one) or
-    more than `MAX_HOST_BLOCKS`."""
+    --kv-memory that holds no block or more than `MAX_GPU_BLOCKS`, and for a --host-memory
+    that holds no block (a run labelled with a host tier that has none would say nothing
+    about one) or more than `MAX_HOST_BLOCKS`."""
     flags = getattr(args, "memory_flags", {"kv_memory": "--kv-memory",
                                            "host_memory": "--host-memory"})
     if kv_memory_bytes is not None and kv_memory_bytes <= 0:
@@ -286,9 +286,12 @@ def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
         resume_hints=not args.no_resume_hints,
         slo_factor=args.slo_factor,
     )
+    cost = config.cost  # checked here to name the flag (SimConfig names its field)
+    if kv_memory_bytes is not None and cost.num_blocks(kv_memory_bytes) == 0:
+        raise ValueError(f"{flags['kv_memory']} {kv_memory_bytes:,} B holds no KV block "
+                         f"({cost.block_bytes:,} B each with preset {cost.name})")
     if not args.host_memory:
         return config
-    cost = config.cost  # checked here to name the flag (SimConfig names its field)
     if cost.num_blocks(args.host_memory) == 0:
         raise ValueError(f"{flags['host_memory']} {args.host_memory:,} B holds no host block "
                          f"({cost.block_bytes:,} B each with preset {cost.name})")

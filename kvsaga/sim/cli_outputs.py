@@ -7,6 +7,8 @@ import importlib.util
 import json
 import math
 import os
+import secrets
+import shutil
 import stat
 from collections.abc import Callable
 
@@ -45,14 +47,23 @@ def plot_format(path: str) -> str:
     if suffix not in known:
         raise ValueError(f"--plot {path!r}: matplotlib writes no {suffix!r} file; name one "
                          f"of {', '.join(sorted(known))} (or no suffix for PNG)")
+    if suffix == "pgf":  # matplotlib looks for the TeX program only when it saves
+        import matplotlib
+
+        tex = matplotlib.rcParams["pgf.texsystem"]
+        if shutil.which(tex) is None:
+            raise ValueError(f"--plot {path!r}: matplotlib writes PGF through {tex}, which "
+                             "is not installed; install it or name another format")
     return suffix
 
 
 def _check_writable(flag: str, path: str) -> None:
-    """Open `path` for writing as the run's end will (following a symlink, through every
-    folder of the path as written), removing the file again if the probe made it: a path
-    that looked fine by its folder (a dangling symlink, `nosuchdir/../x.json`) failed only
-    after the whole run."""
+    """Check that `path` can be written as the run's end will (following a symlink, through
+    every folder of the path as written): a path that looked fine by its folder (a dangling
+    symlink, `nosuchdir/../x.json`) failed only after the whole run. An existing file is
+    opened without truncating; a missing one is probed by a temporary file made in the
+    folder the write will use, never under `path` itself: removing a probe made there
+    deleted the file another run wrote there meanwhile."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path!r} is a directory; name a file")
@@ -65,19 +76,24 @@ def _check_writable(flag: str, path: str) -> None:
             elif not os.access(path, os.W_OK):  # a pipe or device: not opened (would block)
                 raise PermissionError(13, "Permission denied")
             return
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
-        os.unlink(os.path.realpath(path))  # the file made, not a symlink that led to it
+        target = os.path.realpath(path) if os.path.islink(path) else path
+        # joined as written, not by `tempfile.mkstemp`, which normalises `nosuchdir/..` away
+        probe = os.path.join(os.path.dirname(target), f".kvsaga-probe-{secrets.token_hex(8)}")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
     except OSError as e:
         raise ValueError(f"{flag} {path!r}: {e.strerror or e}") from None
 
 
 def save(flag: str, path: str, write: Callable[[str], None]) -> None:
-    """`write(path)`, an OSError (a folder removed or a disk filled during the run) raised as
-    a ValueError naming `flag`."""
+    """`write(path)`, an error of the writer (a folder removed or a disk filled during the
+    run, a matplotlib writer that fails) raised as a ValueError naming `flag`."""
     try:
         write(path)
     except OSError as e:
         raise ValueError(f"{flag} {path!r}: {e.strerror or e}") from None
+    except Exception as e:  # any writer's failure (matplotlib's too) is the flag's error
+        raise ValueError(f"{flag} {path!r}: {type(e).__name__}: {e}") from None
 
 
 def write_json(path: str, out: dict) -> None:

@@ -56,7 +56,7 @@ def test_replays_a_trace_file(tmp_path, capsys):
     (["--policy", "graph+host"], "needs a host tier size (--host-memory)"),
     (["--workload", "chess"], "unknown workload 'chess'"),
     (["--preset", "tpu"], "unknown preset 'tpu'"),
-    (["--kv-memory", "1M"], "0 blocks of KV capacity (kv_memory_bytes 1,048,576 B at"),
+    (["--kv-memory", "1M"], "--kv-memory 1,048,576 B holds no KV block (2,097,152 B each"),
     (["--kv-gib", "1"], "--kv-gib is deprecated; give only --kv-memory"),
     (["--trace", "/nonexistent/t.jsonl"], "No such file"),
     (["--trace", "/dev/null"], "trace '/dev/null' holds no sessions"),
