@@ -35,71 +35,17 @@ bf16 arithmetic and bf16 `tl.dot` on raw bits.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from .args import PagedAttentionArgs
+from .attention_config import _MIN_PARTITION, _PROGRAMS_PER_SM, decode_config, prefill_config
 from .spec import HEAD_DIMS, TRITON_TYPES, KernelSpec, check_head_dim, jit_variant
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
-# Decode splits per token of context: a row takes at most one split per started 256
-# tokens (ceil(seq_len / 256)), as shorter partitions cost more in the reduce than their
-# parallelism buys. Rounding up lets a row just past a multiple of 256 take one more,
-# shorter partition (257 tokens: 192 + 65); see `_row_partition`.
-_MIN_PARTITION = 256
-_PROGRAMS_PER_SM = 4  # decode split-K: programs per SM the split count aims for
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    """Constexprs and launch options of the decode kernels."""
-
-    BLOCK_H: int  # query heads per program (>= 16 for tl.dot)
-    BLOCK_N: int  # tokens per K/V tile
-    num_warps: int
-    num_stages: int
-    reduce_num_warps: int
-    reduce_num_stages: int
-
-
-@dataclass(frozen=True)
-class PrefillConfig:
-    """Constexprs and launch options of the prefill/extend kernel."""
-
-    BLOCK_M: int  # query tokens per program
-    BLOCK_N: int  # tokens per K/V tile
-    num_warps: int
-    num_stages: int
-
-
-def decode_config(head_dim: int, dtype: torch.dtype) -> DecodeConfig:
-    """The decode kernels' configuration; the launcher and the compile check both use it."""
-    big = head_dim * dtype.itemsize  # bytes of one K row
-    block_n = 64 if big <= 256 else 32
-    return DecodeConfig(
-        BLOCK_H=16,
-        BLOCK_N=block_n,
-        num_warps=4,
-        num_stages=2 if big <= 512 else 1,
-        reduce_num_warps=1 if head_dim <= 64 else 4,
-        reduce_num_stages=1,  # the same PTX as Triton's default of 3 (sm_80, sm_90)
-    )
-
-
-def prefill_config(head_dim: int, dtype: torch.dtype) -> PrefillConfig:
-    """The prefill/extend kernel's configuration; the launcher and the compile check use it."""
-    row = head_dim * dtype.itemsize
-    if row <= 128:
-        return PrefillConfig(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
-    if row <= 256:
-        return PrefillConfig(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
-    if row <= 512:
-        return PrefillConfig(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
-    return PrefillConfig(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
 
 
 @triton.jit
