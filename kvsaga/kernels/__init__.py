@@ -9,7 +9,8 @@ and `paged_attention` hand their implementation one bundle of inputs, `args.py`)
   `scaled_dot_product_attention` per sequence for the other rows (several times faster than
   the reference), and cache writes, which run the C++ row copy where it was built; with
   `KVSAGA_KERNELS=triton`, the Triton kernel under Triton's interpreter (slow; that is how
-  the tests run them on CPU), except in a process where the kernels are compiled for the GPU
+  the tests run them on CPU), except in a process where the kernels (or Triton's own
+  helpers, Triton having been imported without TRITON_INTERPRET=1) are compiled for the GPU
   or CUDA is available (the interpreter is process-wide): there CPU tensors keep the CPU
   path (`use_triton`);
 - `KVSAGA_KERNELS=torch`: the torch reference everywhere.
@@ -82,8 +83,13 @@ def _interpreted(module: ModuleType) -> bool:
 
 
 def _compiled_for_gpu() -> list[str]:
-    """The Triton kernel modules already imported compiled for the GPU."""
-    loaded = ((m, sys.modules.get(f"{__name__}.{m}")) for m in _TRITON_MODULES)
+    """The Triton kernel modules already imported compiled for the GPU, and triton.language
+    where Triton was imported without TRITON_INTERPRET=1 (by the caller, another library or
+    a test): its @triton.jit helpers (`tl.cdiv`, `tl.max`) were then compiled, and an
+    interpreted kernel calling them fails ("Cannot call @triton.jit'd outside of the scope
+    of a kernel")."""
+    loaded = [(m, sys.modules.get(f"{__name__}.{m}")) for m in _TRITON_MODULES]
+    loaded.append(("triton.language", sys.modules.get("triton.language.standard")))
     return [m for m, module in loaded if module is not None and not _interpreted(module)]
 
 
@@ -94,8 +100,9 @@ def _cpu_interprets() -> bool:
     compiled for the GPU cannot take CPU tensors, and one imported interpreted would run
     CUDA calls interpreted too. So CPU tensors take the CPU path (logged once) where a
     kernel module is already compiled, or where CUDA is available and TRITON_INTERPRET=1 was
-    not set before the first call (this process may serve CUDA tensors; set it yourself to
-    interpret everything). Else (no CUDA) the dispatcher sets it (`_triton_module`).
+    not set before the first call (this process may serve CUDA tensors; set it yourself,
+    before Triton is first imported, to interpret everything). Else (no CUDA) the dispatcher
+    sets it (`_triton_module`).
     """
     global _cpu_path_logged
     compiled = _compiled_for_gpu()
@@ -111,8 +118,8 @@ def _cpu_interprets() -> bool:
     if not _cpu_path_logged:
         _cpu_path_logged = True
         log.warning("KVSAGA_KERNELS=triton: CPU tensors run the CPU kernels (reference/C++), "
-                    "not Triton's interpreter: %s. Set TRITON_INTERPRET=1 before the first "
-                    "call to interpret every kernel.", why)
+                    "not Triton's interpreter: %s. Set TRITON_INTERPRET=1 before Triton is "
+                    "first imported to interpret every kernel.", why)
     return False
 
 
@@ -131,7 +138,8 @@ def _triton_module(name: str, device: torch.device) -> ModuleType:
         if loaded:
             raise RuntimeError(
                 f"KVSAGA_KERNELS=triton on CPU needs Triton's interpreter, but {loaded} were "
-                "already compiled for the GPU; set TRITON_INTERPRET=1 before the first call"
+                "already compiled for the GPU; set TRITON_INTERPRET=1 before Triton is first "
+                "imported"
             )
         # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when the kernel
         # module is first imported below.

@@ -136,6 +136,45 @@ def test_cpu_tensors_take_the_cpu_path_once_kernels_are_compiled():
     assert "compiled for the GPU" in result.stderr
 
 
+TRITON_FIRST_THEN_CPU = """
+    import logging
+    import triton  # by the caller or another library, before TRITON_INTERPRET=1 is set
+    import torch
+    import kvsaga.kernels as K
+    from kvsaga.kernels import reference as R
+    from kvsaga.kernels.args import PagedAttentionArgs
+
+    logging.basicConfig(level=logging.WARNING)
+    assert not K.use_triton(torch.device("cpu"))
+    torch.manual_seed(0)
+    kv = torch.randn(6, 16, 1, 16)
+    args = (torch.randn(2, 2, 16), kv, kv, torch.tensor([[3, 5], [1, 0]], dtype=torch.int32),
+            torch.tensor([20, 7], dtype=torch.int32), torch.tensor([0, 1, 2], dtype=torch.int32),
+            0.25)
+    out = K.paged_attention(*args, max_query_len=1)  # decode: its kernel calls tl.cdiv
+    torch.testing.assert_close(out, R.paged_attention(PagedAttentionArgs(*args)))
+    try:
+        K._triton_module("attention", torch.device("cpu"))
+    except RuntimeError as e:
+        assert "triton.language" in str(e) and "before Triton is first imported" in str(e), e
+    else:
+        raise AssertionError("interpreted kernels would call Triton's compiled helpers")
+    print("ok")
+"""
+
+
+def test_cpu_tensors_take_the_cpu_path_where_triton_was_imported_first():
+    """Triton imported without TRITON_INTERPRET compiles its own @triton.jit helpers
+    (`tl.cdiv`), which interpreted kernels cannot call: before, the dispatcher still set
+    TRITON_INTERPRET=1 and the decode kernel failed in the interpreter ("Cannot call
+    @triton.jit'd outside of the scope of a kernel"); now CPU tensors take the CPU path."""
+    result = _run(TRITON_FIRST_THEN_CPU)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("ok")
+    assert result.stderr.count("CPU tensors run the CPU kernels") == 1, result.stderr
+    assert "['triton.language'] are compiled for the GPU" in result.stderr, result.stderr
+
+
 CPU_THEN_CUDA = """
     import os
     import torch
