@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 
-def _ignore_sigint() -> None:
+def _leave_sigint_to_parent() -> None:
     """A worker's initializer: the parent alone decides what Ctrl-C stops. A handler that
     does nothing, not SIG_IGN: an ignored signal stays ignored across exec, so a program the
     task starts (ptxas under Triton's compile) outlived Ctrl-C; a handler resets there."""
@@ -29,11 +29,13 @@ def _do_nothing(signum, frame) -> None:
 
 @contextmanager
 def worker_pool(max_workers: int | None = None, mp_context=None) -> Iterator[ProcessPoolExecutor]:
-    """A `ProcessPoolExecutor` whose workers ignore SIGINT (programs they start do not).
+    """A `ProcessPoolExecutor` whose workers leave Ctrl-C to the parent (a handler that does
+    nothing; programs they start get SIGINT's default).
     When the `with` body raises (KeyboardInterrupt included), the queued tasks are cancelled
     and the workers ended before the exception goes on, so the command stops at once and
     leaves no process."""
-    pool = ProcessPoolExecutor(max_workers, mp_context=mp_context, initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(max_workers, mp_context=mp_context,
+                               initializer=_leave_sigint_to_parent)
     try:
         yield pool
     except BaseException:
