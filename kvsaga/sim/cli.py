@@ -6,10 +6,11 @@
         [--jobs N]
 
 Prints one row per scheduler and policy; `belady` is added as the reference when not asked
-for (with `belady-host` / `belady+host` for rows of another host tier: each ratio's reference
-is a row). `--plot` also sweeps the KV capacity (0.5x to 2x of --kv-memory) and draws recomputation
-against it. `--gpus N` / `--router a,b` serve the trace on simulated GPUs behind routers
-instead (`cmd_cluster`, `kvsaga.sim.cluster`): one row per router, scheduler and policy.
+for (with `belady-host` for rows denied the --host-memory tier by a `-host` suffix: each
+ratio's reference is a row). `--plot` also sweeps the KV capacity (0.5x to 2x of
+--kv-memory) and draws recomputation against it. `--gpus N` / `--router a,b` serve the trace
+on simulated GPUs behind routers instead (`cmd_cluster`, `kvsaga.sim.cluster`): one row per
+router, scheduler and policy.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from kvsaga.sim.cluster import MAX_GPUS, format_rows, simulate_cluster
 from kvsaga.sim.cluster_tenants import add_cluster_tenant_slowdowns
 from kvsaga.sim.compare import (
     compare,
+    config_for,
     parse_policy,
     tenant_share_misfit,
     with_belady_references,
@@ -111,7 +113,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     default_policies = list(dict.fromkeys(("lru", "saga", "ttl", "graph", DEFAULT_POLICY,
                                            "belady")))
     p.add_argument("--policy", default=",".join(default_policies),
-                   help="comma-separated policies; suffix +host for a host-tier run "
+                   help="comma-separated policies; with --host-memory every one gets the "
+                   "host tier and a -host suffix denies a row it (+host, which needs "
+                   "--host-memory, is the same as no suffix) "
                    f"(default: {','.join(default_policies)})")
     p.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
                    help=f"comma-separated schedulers, run side by side: "
@@ -261,11 +265,19 @@ def _resolve_memory_flags(args) -> None:
             raise ValueError(f"{flag} {value:g} is too large to be a number of bytes")
         if value > 0 and int(value * GIB) == 0:
             raise ValueError(f"{flag} {value:g} is less than one byte")
-        print(f"kvsaga sim: {flag} is deprecated and will be removed; use {repl} {value:g}G",
-              file=sys.stderr)
-        setattr(args, new, int(value * GIB))
+        size = int(value * GIB)
+        print(f"kvsaga sim: {flag} is deprecated and will be removed; use {repl} "
+              f"{_size_text(value, size)}", file=sys.stderr)
+        setattr(args, new, size)
         setattr(args, old, None)
         args.memory_flags[new] = flag
+
+
+def _size_text(gib: float, size: int) -> str:
+    """What to give --kv-memory / --host-memory for a deprecated `--kv-gib gib` run with
+    `size` bytes: `NG` for a whole number of GiB, else the bytes themselves (`{gib:g}G`
+    was rounded to 6 digits, or in an exponent form `parse_bytes` refuses)."""
+    return f"{int(gib)}G" if gib.is_integer() else str(size)
 
 
 def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
@@ -308,6 +320,25 @@ def _check_cap(flag: str, size: float, most: int, preset: str) -> None:
     raise ValueError(f"{flag} {size:,.0f} B is {cost.num_blocks(size):,} blocks of "
                      f"{cost.block_bytes:,} B (preset {cost.name}): more than the simulator's "
                      f"{most:,} ({most * cost.block_bytes / 2**40:g}T)")
+
+
+def check_distinct_runs(specs: list[str], base: SimConfig,
+                        host_memory_bytes: int | None) -> None:
+    """ValueError naming two --policy specs that are one run: the same policy with the same
+    host tier, as `lru` and `lru+host` are with --host-memory (every row gets its tier) and
+    `lru` and `lru-host` without it. They would print the same row twice under two labels,
+    which reads as a comparison with and without a host tier (`config_for`'s errors, such as
+    a +host spec without --host-memory, come first)."""
+    seen: dict[tuple[str, int], str] = {}
+    for spec in specs:
+        key = (parse_policy(spec)[0], config_for(spec, base, host_memory_bytes).host_blocks())
+        if key in seen:
+            why = ("--host-memory gives every row its host tier; suffix -host to deny a row "
+                   "it" if host_memory_bytes else "no row has a host tier without "
+                   "--host-memory")
+            raise ValueError(f"--policy names {seen[key]!r} and {spec!r}, the same run "
+                             f"({key[1]:,} host blocks each): {why}")
+        seen[key] = spec
 
 
 def comma_names(flag: str, value: str, what: str) -> list[str]:
@@ -377,6 +408,7 @@ def cmd_sim(args) -> int:
             WORKLOADS[args.workload]  # unknown family: lists the known ones
         _resolve_memory_flags(args)
         base = _base_config(args, args.kv_memory)
+        check_distinct_runs(specs, base, args.host_memory or None)
         # the reference every ratio is to, for each host setting, as a row of its own
         specs = with_belady_references(specs, base, args.host_memory or None)
         sessions = _load(args)
