@@ -51,6 +51,7 @@ from kvsaga.manager_types import (
     _common_prefix_len,
 )
 from kvsaga.policy import EvictionPolicy, make_policy
+from kvsaga.policy.base import check_unbound
 from kvsaga.prefix import root_hash
 from kvsaga.session import Session, SessionState
 
@@ -68,7 +69,8 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
     Args:
         spec: shape of a KV block.
         num_gpu_blocks: blocks in the GPU tier.
-        policy: eviction policy name ("lru", ...) or instance.
+        policy: eviction policy name ("lru", ...) or instance; an instance serves one
+            manager (InvalidRequest for one already bound to another: `check_unbound`).
         clock: time source used when a method's `now` is None. Decisions read time only
             through `now`, so a simulator can drive it.
         max_model_len: longest context in tokens, or None for no limit.
@@ -89,6 +91,8 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         max_model_len = check_positive_int("max_model_len", max_model_len, InvalidRequest, True)
         check_positive_int("num_gpu_blocks", num_gpu_blocks, InvalidRequest)  # (the pool's
         # own check would name its `num_blocks`, not this argument)
+        if not isinstance(policy, str):
+            check_unbound(policy)
         self.spec = spec
         self.block_size = spec.block_size
         self.core = get_core(core)

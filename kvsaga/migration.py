@@ -180,12 +180,18 @@ def plan_import(
         InvalidRequest: layout or salt mismatch, the session id already exists here, or the
             export's hashes do not match its tokens.
         OutOfBlocks: not enough free plus evictable blocks; nothing changed.
+        Whatever the policy's `step_finished` raises as the import pauses: the import is
+        taken back first (the session ended: absent here, so that a retry can import it).
     """
     opened = _open_import(manager, export, salt, now)
     if opened is None:
         return 0, []
-    _, first, blocks = opened
-    _pause_import(manager, export, now)
+    cached, first, blocks = opened
+    try:
+        _pause_import(manager, export, now)
+    except BaseException:  # finish_step left the step open: a running session no one owns
+        _take_back(manager, export.session_id, cached, now)
+        raise
     return first, blocks
 
 
@@ -231,6 +237,16 @@ def _open_import(
             raise
     first = start.num_cached_tokens // export.block_size
     return start.num_cached_tokens, first, manager.block_table(sid)[first:]
+
+
+def _take_back(manager, sid: str, cached: int, now: float | None) -> None:
+    """End a running import's session as if it had never been opened: the slots it
+    allocated past its `cached` tokens are freed and unindexed first (nothing was written
+    into them; `import_session` takes a failed write back the same way)."""
+    try:
+        manager.discard_writes({sid: cached})
+    finally:
+        manager.end_session(sid, now=now)
 
 
 def _pause_import(manager, export: SessionExport, now: float | None) -> None:
@@ -298,9 +314,10 @@ def import_session(
     thread. Returns the tokens whose K/V the import provides (the next step hits them).
 
     All or nothing: if a host-tier copy (`LLMEngine.settle_transfers`) or the write of the
-    K/V fails, the import is taken back before the error propagates (its slots unindexed
-    and freed, the session ended: absent here), and the failed copy plans are dropped as
-    `LLMEngine.step` drops them, so no block stays indexed over bytes never written.
+    K/V fails, or the policy's `step_finished` raises as the import pauses, the import is
+    taken back before the error propagates (its slots unindexed and freed, the session
+    ended: absent here), and the failed copy plans are dropped as `LLMEngine.step` drops
+    them, so no block stays indexed over bytes never written.
     What the import's evictions moved out of the GPU tier stays moved (or lost with a
     failed offload: recomputed when needed).
     """
@@ -339,6 +356,7 @@ def import_session(
             kernels.scatter_blocks(
                 staging, kv, torch.tensor(blocks, dtype=torch.int64, device=kv.device)
             )
+        _pause_import(mgr, export, now)  # (a policy hook raising leaves the step open)
     except BaseException:
         try:
             if not taken_back:
@@ -346,5 +364,4 @@ def import_session(
         finally:
             mgr.end_session(sid, now=now)
         raise
-    _pause_import(mgr, export, now)
     return export.num_tokens

@@ -530,3 +530,36 @@ def test_an_eviction_whose_action_hook_raises_changes_neither_tier(core):
     assert len(m.allocate_slots("s", 8)) == 8
     assert len(m.take_transfers().offloads) == 2
     m.check_integrity()
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("shared", [True, False], ids=["all-hits", "allocated"])
+def test_an_import_whose_pause_hook_raises_is_taken_back(core, shared):
+    # Review s49: `plan_import` paused the imported session outside its take-back, so a
+    # raising `step_finished` left it RUNNING on its blocks, owned by no request, and the
+    # retry was refused ("already exists"). Now the import is taken back first: the session
+    # is absent, and the blocks it allocated are freed and unindexed (nothing was written).
+    from dataclasses import replace
+
+    source, _ = make(core)
+    paused(source, "a", list(range(12)))  # 3 full blocks
+    export = replace(source.export_session("a").export, session_id="b")
+    m, policy = (source, source.policy) if shared else make(core)
+
+    def blocks_and_sessions():  # (the import's query stays counted in the stats)
+        st = m.stats()
+        return (st.num_free_blocks, st.num_used_blocks, st.num_evictable_blocks,
+                sorted(m.index.items()), sorted(m.sessions))
+
+    before = blocks_and_sessions()
+    policy.fail = "step_finished"
+    with pytest.raises(RuntimeError, match="step_finished failed"):
+        m.import_session(export)
+    m.check_integrity()
+    assert "b" not in m.sessions  # before the fix: RUNNING, its 3 blocks referenced
+    assert blocks_and_sessions() == before
+    policy.fail = None
+    first, blocks = m.import_session(export)  # before the fix: "already exists"
+    assert (first, len(blocks)) == ((3, 0) if shared else (0, 3))
+    assert m.sessions["b"].state is SessionState.PAUSED
+    m.check_integrity()

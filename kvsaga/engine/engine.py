@@ -49,6 +49,7 @@ from kvsaga.errors import InvalidRequest
 from kvsaga.manager import CacheStats, KVCacheManager
 from kvsaga.offload import TransferEngine
 from kvsaga.policy import DEFAULT_POLICY, POLICIES, EvictionPolicy, make_policy
+from kvsaga.policy.base import check_unbound
 from kvsaga.prefix import root_hash
 from kvsaga.scheduler import DEFAULT_SCHEDULER, check_param_names
 from kvsaga.session import (
@@ -85,7 +86,8 @@ class LLMEngine(StepOutput):
     kv_memory_bytes: GPU-tier budget; default 512 MiB on CPU, 90% of free memory on CUDA.
     block_size: tokens per KV block.
     policy: eviction policy name, priced with `cost` (this model on this device, from
-        `kvsaga.engine.cost`); or a ready policy instance, used as it is.
+        `kvsaga.engine.cost`); or a ready policy instance, used as it is (one no other
+        manager, engine or simulator was given: InvalidRequest before the weights load).
     max_num_seqs / max_num_batched_tokens: batch limits per step (positive ints).
     max_model_len: longest context; default the model's. Refused (InvalidRequest, before
         the weights load) past a mistral model's sliding window, and past its
@@ -160,6 +162,8 @@ class LLMEngine(StepOutput):
         if not isinstance(policy, (str, EvictionPolicy)):
             raise InvalidRequest(f"policy must be a policy name or an EvictionPolicy, got "
                                  f"{policy!r}")
+        if isinstance(policy, EvictionPolicy):
+            check_unbound(policy)  # (the manager's own check comes after the weights load)
         if scheduler_params is not None and not isinstance(scheduler_params, Mapping):
             raise InvalidRequest(f"scheduler_params must be a dict or None, got "
                                  f"{scheduler_params!r}")

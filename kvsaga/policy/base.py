@@ -18,6 +18,7 @@ import enum
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from kvsaga.errors import InvalidRequest
 from kvsaga.session import PauseHint
 
 if TYPE_CHECKING:
@@ -68,6 +69,20 @@ class BlockView(Protocol):
         ...
 
 
+def check_unbound(policy: EvictionPolicy) -> None:
+    """InvalidRequest for a policy instance already bound to a view (a `KVCacheManager`):
+    binding it again would re-point it at the second manager while the first one's pool
+    still reports to it, so two pools' block ids would mix in one order and the first
+    manager's next eviction would fail inside a policy hook, its books half changed."""
+    view = getattr(policy, "view", None)
+    if view is not None:
+        name = getattr(policy, "name", type(policy).__name__)
+        raise InvalidRequest(
+            f"policy {name!r} is already bound to a {type(view).__name__}; a policy instance "
+            f"serves one manager (one LLMEngine, one Simulator) for its life: give each its "
+            f"own instance")
+
+
 class EvictionPolicy:
     """Base class: every hook but the three block-order methods defaults to a no-op."""
 
@@ -78,7 +93,7 @@ class EvictionPolicy:
 
     def bind(self, view: BlockView) -> None:
         """Called once by the manager that owns this policy (its `BlockView`), before any
-        other call."""
+        other call (`check_unbound` refuses a second manager)."""
         self.view = view
 
     # -- block order (pool observer) --------------------------------------------------------

@@ -79,7 +79,8 @@ class Simulator(DecodeRuns, StepExecutor):
         sessions: the trace; ids must be unique.
         config: capacity, preset, policy and scheduler limits.
         policy: an already built policy instance, used instead of `config.policy` (for
-            policies that need the trace, such as an offline oracle).
+            policies that need the trace, such as an offline oracle); one no other
+            simulator or manager was given (InvalidRequest otherwise).
         synthesizer: makes the sessions' token ids (default: `TokenSynthesizer()`; give one
             with a model's vocabulary to replay the same ids through an engine).
         reference: run every batch step through `Scheduler.schedule`, without the decode
@@ -503,7 +504,7 @@ def simulate(sessions: Sequence[Session], config: SimConfig | None = None, *,
     Args:
         sessions: the trace.
         config: capacity, preset, policy and scheduler limits (defaults: `SimConfig()`).
-        policy: a built policy instance to use instead of `config.policy`.
+        policy: a built policy instance to use instead of `config.policy` (one per run).
         progress: show a progress bar.
 
     Returns:

@@ -192,6 +192,34 @@ def test_an_import_after_a_failed_one_succeeds(model_dir, reference, exported):
     assert got.token_ids == reference["s2_out"]
 
 
+def test_an_import_whose_pause_hook_raises_is_taken_back(model_dir, reference, exported,
+                                                         monkeypatch):
+    """Review s49: the pause after the write (`finish_step`, whose policy hook raised) ran
+    outside the take-back: s stayed RUNNING on its blocks, owned by no request, and the
+    retry was refused ("already exists"). Now the import is taken back as a failed write
+    is, and the retry imports it."""
+    b = make(model_dir, gpu_blocks=16)
+    policy = b.manager.policy
+    step_finished = policy.step_finished
+
+    def boom(session, now, hint):
+        if session.session_id == "s":
+            raise RuntimeError("simulated policy failure")
+        step_finished(session, now, hint)
+
+    with monkeypatch.context() as m:
+        m.setattr(policy, "step_finished", boom)
+        with pytest.raises(RuntimeError, match="simulated policy failure"):
+            import_session(b, exported)
+    assert "s" not in b.manager.sessions
+    settled(b)
+    assert import_session(b, exported) == 48
+    got = run(b, "s", reference["s2"])
+    assert got.num_cached_tokens >= 48
+    assert got.token_ids == reference["s2_out"]
+    settled(b)
+
+
 def hinted(model_dir, hook: CopyHook, fail: bool = False) -> tuple[LLMEngine, list]:
     """An engine whose GPU tier holds paused t and s, and s's true K/V; then t's resume hint
     evicts s's last block, whose offload runs in the plan the hint starts (which fails at
