@@ -26,6 +26,11 @@ setting of `replay.report.TITLE_SETTINGS` that is not the default, a new one at 
 (bench/results_blocks.py) replaces the one its last run wrote there and nothing else, and a
 run refuses before it starts if the text between those markers was edited by hand.
 
+Seeds: a run that writes results (`--write-results`, `--json`) refuses a `--seed` any fit
+read (bench/fit_seeds.py; under --engine vllm the vLLM gate's seen seeds too), the default
+0 among them, unless `--fit-seeds` makes it a diagnosis, which its output, JSON and section
+say ("fit seeds, not held out"); a run that writes nothing prints that line and goes on.
+
 vLLM as the peer (`--engine vllm`). The same sessions are replayed against plain vLLM (prefix
 caching on), vLLM with the kvsaga retention connector (`--vllm-policies`, enabled by
 `--kv-transfer-config` only), and kvsaga-serve (`--kvsaga-policies`): the same HF model
@@ -105,6 +110,7 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fit_seeds import diagnosis_header, fit_seed_error  # noqa: E402
 from replay.arms import (  # noqa: E402
     REPLICA_ROUTERS,  # noqa: E402
     REPLICAS_TITLE,
@@ -157,7 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--workload", default="swe", help="a kvsaga.sim workload (swe, web, bfcl, assistant)")
     a("--sessions", type=int, default=6, help="agent sessions replayed per policy")
     a("--steps", type=int, default=8, help="most steps replayed per session (the rest cut)")
-    a("--seed", type=int, default=0, help="the generator's seed")
+    a("--seed", type=int, default=0,
+      help="the generator's seed (held out: a seed any fit read, bench/fit_seeds.py, the "
+           "default 0 among them, is refused where the run writes results, --write-results "
+           "or --json, without --fit-seeds)")
+    a("--fit-seeds", action="store_true",
+      help="a diagnosis on a seed a fit read (those of bench/fit_seeds.py only), labelled "
+           "fit seeds, not held out, in the output, the JSON and the RESULTS section")
     a("--token-scale", type=float, default=0.02, help="multiplies every token count")
     a("--time-scale", type=float, default=20.0, help="multiplies every tool latency")
     a("--max-tool-s", type=float, default=10.0, help="cap on one (shortened) tool pause")
@@ -308,8 +320,42 @@ def results_parent(args: argparse.Namespace) -> str | None:
 def results_title(args: argparse.Namespace) -> str:
     """The RESULTS.md section a run's `--write-results` writes its block in (`replay.report.
     results_title`), naming under --engine vllm the settings that differ from this parser's
-    defaults."""
-    return _title(args, vars(build_parser().parse_args([])))
+    defaults (the block size as vLLM runs it: `vllm_block_size`)."""
+    defaults = vars(build_parser().parse_args([]))
+    if args.engine == "vllm":
+        args = argparse.Namespace(**{**vars(args),
+                                     "block_size": vllm_block_size(args.block_size)})
+        defaults["block_size"] = vllm_block_size(defaults["block_size"])
+    return _title(args, defaults)
+
+
+def vllm_block_size(block_size: int) -> int:
+    """The block size an --engine vllm run uses for both engines: `block_size` where vLLM's
+    CPU attention takes it (a multiple of 32 tokens), else 32."""
+    return block_size if block_size % 32 == 0 else 32
+
+
+def check_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The line that says `--seed` is not held out (None: it is), printed here; exits with
+    the reason where the run would write results (`--write-results`, `--json`) on a seed a
+    fit read (bench/fit_seeds.py; with --engine vllm the vLLM gate's seen seeds too) without
+    `--fit-seeds`, or where `--fit-seeds` names a seed no fit read (it would be used up
+    unreported). Before, nothing checked: a run on fit seed 0 wrote a section that read as
+    a held-out reading (review s49, gate finding 1)."""
+    gate_seen = args.engine == "vllm"
+    if args.fit_seeds:
+        try:
+            note = diagnosis_header([args.seed], "--seed", gate_seen)
+        except ValueError as e:
+            parser.error(str(e))
+    elif err := fit_seed_error([args.seed], "--seed", gate_seen=gate_seen):
+        if args.write_results or args.json is not None:
+            parser.error(f"{err}; a diagnosis on it: --fit-seeds")
+        note = diagnosis_header([args.seed], "--seed", gate_seen) + " (nothing written)"
+    else:
+        return None
+    print(note, flush=True)
+    return note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,17 +367,19 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
     if args.replicas is not None and args.replicas < 1:
         raise SystemExit(f"--replicas must be >= 1, got {args.replicas}")
+    seed_note = check_seed(parser, args)  # before the model and tokenizer load
     check_host_memory(args)  # before the model is exported for vLLM
+    title = results_title(args)  # (names --model as given, not the exported directory)
     if args.engine == "vllm":
         # Both engines serve the same HF directory; vLLM's CPU attention takes blocks of a
         # multiple of 32 tokens, and kvsaga-serve gets the same block size and budget.
         args.model = vllm_model_dir(args.model)
-        if args.block_size % 32:
+        if args.block_size != vllm_block_size(args.block_size):
             print(f"note: --block-size {args.block_size} -> 32 (vLLM's CPU attention)",
                   file=sys.stderr)
-            args.block_size = 32
+            args.block_size = vllm_block_size(args.block_size)
     if args.write_results:  # a block it may not write over: refused before the run
-        refuse_early(RESULTS, results_title(args), WRITER, results_parent(args))
+        refuse_early(RESULTS, title, WRITER, results_parent(args))
     systems = with_scheduler_params(select_arms(arms(args), args.only_arms,
                                                 args.write_results),
                                     args.kvsaga_scheduler_params, args.write_results)
@@ -370,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         f"KV budget {kv_bytes:,} B = {kv_blocks} blocks of {args.block_size} tokens = "
         f"{kv_bytes / ws_bytes:.0%} of the {ws['peak_context_tokens']:,}-token working set; "
         f"--max-num-seqs {args.max_num_seqs}."]
+    if args.fit_seeds:  # the section says first that its seed is no held-out reading
+        info.insert(0, seed_note[0].upper() + seed_note[1:] + ".")
     if args.replicas:
         info.append(f"Each of the {args.replicas} replicas has this KV budget; "
                     f"--replica-policy {args.replica_policy}.")
@@ -422,13 +472,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not writing bench/RESULTS.md: {refusal}", file=sys.stderr)
     elif args.write_results:
         body = results_body(command.strip(), host, load_end, info, summary, lines, args.repeat)
-        write_section(RESULTS, results_title(args), body, WRITER, results_parent(args))
+        write_section(RESULTS, title, body, WRITER, results_parent(args))
         print("wrote bench/RESULTS.md")
     if args.json:
         out = {
             "command": command.strip(),
             "machine": {**host, "loadavg_at_end": load_end},
             "config": vars(args),
+            "fit_seeds_note": seed_note,  # None: the seed is held out
             "workload": {"sessions": len(sessions), "steps": num_steps,
                          "steps_per_session": [len(s.steps) for s in sessions],
                          "tool_pauses_s": [[st.tool_s for st in s.steps[:-1]]

@@ -15,9 +15,15 @@ The held-out and fresh entry points that refuse these seeds: `bench/scheduling_f
 seen, so it does not refuse those: `seen_ok`). `scheduling_mix.py --report` and
 `cluster.py` take `--fit-seeds` for a diagnosis on registry seeds: the output then says
 "fit seeds, not held out". The fits themselves, and the diagnoses that read fit seeds only,
-keep their own checks. The live replays (agent_replay.py, vllm_scheduler_replay.py) have no
-held-out mode: their default seed 0 is a fit seed, and a reading on them is called fresh by
-hand only; `fits_reading` says which fit read a seed.
+keep their own checks. The replays of the vLLM connector's workload (`bench/agent_replay.py`,
+`bench/vllm_scheduler_replay.py`'s report) refuse these seeds, the vLLM gate's seen seeds
+too (`gate_seen`), when they write results (`--write-results`, `--json`), unless
+`--fit-seeds` labels the run "fit seeds, not held out"; their default seed 0 is a fit seed,
+so a quick look that writes nothing runs on it with that note printed.
+
+`VLLM_GATE_SEEN` counts only where the run measures the vLLM connector's gate (`gate_seen`):
+its seeds were read to choose the gate's rules, which no simulated bench runs, and the
+cluster report's own seeds 7, 11 and 12 are among them.
 
 The values are the fits' own (nothing here was refitted); the modules that fit on them take
 their constants from here, the vLLM gate fit's from bench/vllm_gate_fit.py (a stdlib-only
@@ -51,6 +57,22 @@ POLICY_SEEN_SEEDS = (501, 502, 601, 602, 701, 702, 801, 802, 901, 902, 911, 912,
                      931, 932, 941, 942, 961, 962, 971, 972, 981, 982)
 POLICY_SEEN = ("the default eviction policy's keep over the tune's pick, session 34 "
                "(bench/policies_seen.py)", POLICY_SEEN_SEEDS)
+# The seeds the vLLM connector's gate rules were chosen after reading (the gate's parameters
+# were fitted on VLLM_GATE_FIT_SEEDS only; these are the seeds its report had shown first):
+# - 5-14: `idle_admit_s` 5 "was chosen after seeds 5-14 had been seen" (bench/RESULTS.md,
+#   "Agent replay (`python bench/agent_replay.py --engine vllm ...`)"; docs/integrations.md,
+#   the gate's measured figures);
+# - 60-72: "60-65 are seen seeds for" the unhinted-pause expiry (`pause_quantile`'s rule,
+#   docs/integrations.md), and "seeds 60-72 are seen seeds for" `expire_long_hints`
+#   (bench/RESULTS.md, "Advance hints that held long pauses, a bound with memory, fresh seeds
+#   73-75, ...");
+# - 30: the fresh seed whose run found the ride-along stall, fixed since, so "not a report
+#   seed for the fixed connector" (docs/integrations_benchmarks.md, end; bench/RESULTS.md,
+#   "Agent replay on fresh seeds after room admission").
+VLLM_GATE_SEEN_SEEDS = (*range(5, 15), 30, *range(60, 73))
+VLLM_GATE_SEEN = ("the vLLM gate's rules chosen after reading them (idle_admit_s: 5-14; "
+                  "pause expiry and expire_long_hints: 60-72; the ride-along fix: 30)",
+                  VLLM_GATE_SEEN_SEEDS)
 
 FITS: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("the workflow scheduler's fit (bench/scheduling_fit.py)", SCHEDULER_FIT_SEEDS),
@@ -65,19 +87,23 @@ FITS: tuple[tuple[str, tuple[int, ...]], ...] = (
 ALL_FIT_SEEDS = frozenset(s for _, seeds in FITS for s in seeds)
 
 
-def fits_reading(seed: int, seen_ok: bool = False) -> list[str]:
-    """The fits that read `seed` (empty: none did); `seen_ok` leaves out `POLICY_SEEN`."""
-    return [name for name, seeds in FITS if seed in seeds
+def fits_reading(seed: int, seen_ok: bool = False, gate_seen: bool = False) -> list[str]:
+    """The fits that read `seed` (empty: none did); `seen_ok` leaves out `POLICY_SEEN`,
+    `gate_seen` adds `VLLM_GATE_SEEN`."""
+    fits = (*FITS, VLLM_GATE_SEEN) if gate_seen else FITS
+    return [name for name, seeds in fits if seed in seeds
             and not (seen_ok and (name, seeds) == POLICY_SEEN)]
 
 
-def fit_seed_error(seeds: Iterable[int], flag: str, seen_ok: bool = False) -> str | None:
+def fit_seed_error(seeds: Iterable[int], flag: str, seen_ok: bool = False,
+                   gate_seen: bool = False) -> str | None:
     """The error for a held-out or fresh run given `seeds` (named `flag` in it): each seed a
     fit read, with the fits that read it; None when no fit read any of them. `seen_ok`:
     the policies evaluation's, which runs `POLICY_SEEN_SEEDS` as its own seen seeds (its
     default `EVAL_SEEDS` are among them) and labels them so; every other entry point
-    refuses them."""
-    read = {s: fits_reading(s, seen_ok) for s in dict.fromkeys(seeds)}
+    refuses them. `gate_seen`: the run measures the vLLM connector's gate, so
+    `VLLM_GATE_SEEN` is refused too."""
+    read = {s: fits_reading(s, seen_ok, gate_seen) for s in dict.fromkeys(seeds)}
     read = {s: names for s, names in read.items() if names}
     if not read:
         return None
@@ -86,20 +112,21 @@ def fit_seed_error(seeds: Iterable[int], flag: str, seen_ok: bool = False) -> st
             + " (bench/fit_seeds.py lists every fit's seeds; pick others)")
 
 
-def diagnosis_header(seeds: Iterable[int], flag: str) -> str:
+def diagnosis_header(seeds: Iterable[int], flag: str, gate_seen: bool = False) -> str:
     """The first line of a diagnosis run on registry seeds (`--fit-seeds`), which says they
     are fit seeds, not held out, and which fit read each: the project's diagnoses read fit
     seeds (bench/RESULTS.md records `scheduling_mix.py --report` on AFS fit seeds), and the
-    output must not pass for a held-out reading.
+    output must not pass for a held-out reading. `gate_seen`: as `fit_seed_error`'s.
 
     Raises:
         ValueError: a seed no fit read: run as a diagnosis it would be used up unreported
             (a fresh seed runs without `--fit-seeds`).
     """
     seeds = list(dict.fromkeys(seeds))
-    if fresh := [s for s in seeds if not fits_reading(s)]:
+    if fresh := [s for s in seeds if not fits_reading(s, gate_seen=gate_seen)]:
         raise ValueError(f"{flag} with --fit-seeds: seed(s) no fit read: "
                          f"{', '.join(map(str, fresh))} (--fit-seeds is for diagnoses on the "
                          "seeds of bench/fit_seeds.py; run a held-out seed without it)")
     return ("fit seeds, not held out (a diagnosis): "
-            + "; ".join(f"{s} by {' and '.join(fits_reading(s))}" for s in seeds))
+            + "; ".join(f"{s} by {' and '.join(fits_reading(s, gate_seen=gate_seen))}"
+                        for s in seeds))

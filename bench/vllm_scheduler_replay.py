@@ -43,11 +43,17 @@ therefore re-executes itself under `PYTHONHASHSEED=0` unless it already has that
 (`pin_hash_seed`), and every replay numbers its requests from r0 (the ids' hashes decide that
 order too, so an arm's row must not depend on the arms run before it in the same process).
 The arms without a host tier gave the same figures under seeds 1 and 2.
+
+Seeds: the report, where it writes results (`--write-results`, `--json`), refuses a seed any
+fit read (bench/fit_seeds.py, the vLLM gate's seen seeds included), the default 0 among
+them, unless `--fit-seeds` makes it a diagnosis, which its output, JSON and section say
+("fit seeds, not held out"); `--fit` runs on the gate's fit seeds only (bench/vllm_gate_fit.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import json
 import os
@@ -75,6 +81,7 @@ OFFLOAD_HASH_SEED = "0"
 DEFAULT_MODEL_DIR = Path.home() / ".cache/kvsaga/SmolLM2-135M-Instruct.Q4_1-hf"
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # the replay package (last: bench/kernels.py is no package)
+from fit_seeds import diagnosis_header, fit_seed_error, fits_reading  # noqa: E402
 from vllm_offload_sim import DEFAULT_OFFLOAD_TOKEN_S  # noqa: E402
 from vllm_replay_report import (  # noqa: E402, F401  (re-exported for the tests and --fit)
     ALL_HITS_ARM,
@@ -396,7 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--workload", default="swe", help="a kvsaga.sim workload (swe, web, bfcl, assistant)")
     a("--sessions", type=int, default=6, help="agent sessions replayed per seed")
     a("--steps", type=int, default=8, help="most steps replayed per session (the rest cut)")
-    a("--seeds", default="0", help="comma-separated generator seeds")
+    a("--seeds", default="0",
+      help="comma-separated generator seeds (held out: a seed any fit read, bench/"
+           "fit_seeds.py, the vLLM gate's seen seeds and the default 0 among them, is refused "
+           "where the run writes results, --write-results or --json, without --fit-seeds)")
+    a("--fit-seeds", action="store_true",
+      help="a diagnosis on seeds a fit read (those of bench/fit_seeds.py only), labelled fit "
+           "seeds, not held out, in the output, the JSON and the RESULTS section; not with "
+           "--fit (which runs on the gate's fit seeds only)")
     a("--seed-groups", default=None,
       help="seed groups reported apart, e.g. '5,6,7,8,9;10,11,12,13,14' (default: one)")
     a("--unbounded-blocks", type=int, default=0,
@@ -473,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--label", default="",
       help="words added to the RESULTS section's title (sections of other workloads kept apart)")
     a("--write-results", action="store_true",
-      help="write this run's block of bench/RESULTS.md (its section: one per step cost)")
+      help="write this run's block of bench/RESULTS.md (its section: one per step cost, "
+           "reply cap, label and every other setting not at its default)")
     a("--trace", action="store_true", help="print every request's first scheduling")
     a("--breakdown", action="store_true",
       help="also print per seed where each arm's task time goes: tool pauses + queue waits "
@@ -543,11 +558,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.fit:
         import vllm_gate_fit
 
+        if args.fit_seeds:
+            raise SystemExit("--fit-seeds applies to the report only (--fit runs on the "
+                             "gate's fit seeds, and only on them)")
         return vllm_gate_fit.run(args, argv, model_dir, seeds, replay, _agent_replay(),
-                                 results_section)
+                                 functools.partial(results_section, defaults=defaults()))
+    seed_note = check_seeds(args, seeds)
     if args.write_results:  # a block it may not write over: refused before the replays
         ar = _agent_replay()
-        ar.refuse_early(ar.RESULTS, arms_section(args, argv)[0], WRITER, ar.VLLM_SECTION)
+        ar.refuse_early(ar.RESULTS, arms_section(args, argv, defaults())[0], WRITER,
+                        ar.VLLM_SECTION)
     arms = [None] + [p.strip() for p in args.policies.split(",") if p.strip()]
     rows: dict[str, dict[int, dict[str, Any]]] = {}
     for seed in seeds:
@@ -570,13 +590,44 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if args.write_results:
         ar = _agent_replay()
-        title, body = arms_section(args, argv)
-        ar.write_section(ar.RESULTS, title, "\n".join([body, "", *lines]), WRITER,
+        title, body = arms_section(args, argv, defaults())
+        head = [seed_note[0].upper() + seed_note[1:] + ".", ""] if args.fit_seeds else []
+        ar.write_section(ar.RESULTS, title, "\n".join([*head, body, "", *lines]), WRITER,
                          ar.VLLM_SECTION)
         print("wrote bench/RESULTS.md")
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": vars(args), "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps(
+            {"config": vars(args), "fit_seeds_note": seed_note, "rows": rows}, indent=1))
     return 0
+
+
+def defaults() -> dict[str, Any]:
+    """This parser's defaults: a section's title names each setting that differs from its
+    own (`results_section`)."""
+    return vars(build_parser().parse_args([]))
+
+
+def check_seeds(args: argparse.Namespace, seeds: list[int]) -> str | None:
+    """The line that says the report's seeds are not held out (None: they are), printed
+    here; exits with the reason where the run would write results (`--write-results`,
+    `--json`) on a seed a fit read (bench/fit_seeds.py, the vLLM gate's seen seeds
+    included) without `--fit-seeds`, or where `--fit-seeds` names a seed no fit read (it
+    would be used up unreported). Before, only `--fit` checked its seeds, and a report on
+    fit seed 0 read as a held-out one (review s49, gate finding 1)."""
+    if args.fit_seeds:
+        try:
+            note = diagnosis_header(seeds, "--seeds", gate_seen=True)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+    elif err := fit_seed_error(seeds, "--seeds", gate_seen=True):
+        if args.write_results or args.json is not None:
+            raise SystemExit(f"{err}; a diagnosis on them: --fit-seeds")
+        note = diagnosis_header([s for s in seeds if fits_reading(s, gate_seen=True)],
+                                "--seeds", gate_seen=True) + " (nothing written)"
+    else:
+        return None
+    print(note, flush=True)
+    return note
 
 
 if __name__ == "__main__":

@@ -158,7 +158,8 @@ def round_conditions(machine: dict[str, float], server: dict[str, float], wall_s
                      spinners_cpu_s: float = 0.0) -> dict[str, float]:
     """One round's conditions from the deltas over its replay (`wall_s` long): the share
     of the machine's CPU time that was idle, stolen, taken by `--idle-spinners`
-    (`spinners_cpu_s`) and busy elsewhere (other jobs and this client), halts a second, and
+    (`spinners_cpu_s`) and busy elsewhere (other jobs, this client, and any server process
+    that exited during the round: `tree_delta` loses it), halts a second, and
     the server's CPU seconds, run-queue seconds and context switches."""
     out: dict[str, float] = {}
     total = sum(machine.get(k, 0.0) for k in STAT_FIELDS)

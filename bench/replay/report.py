@@ -216,19 +216,29 @@ def host_text(host: dict[str, Any]) -> str:
 
 
 def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One arm's figures over its repeats: the median of every number (errors and failed
-    sessions summed), and
-    each number's [min, max] under "range"."""
+    """One arm's figures over its repeats: the median of every number over the rounds that
+    have it (errors and failed sessions summed), each number's [min, max] under "range",
+    and under "rounds_with" how many rounds had each number some round lacked.
+
+    A connector counter a round never logged (`connector_...`: its per-reason releases
+    appear once one happens) is 0 in that round. Any other figure a round lacks (a /metrics
+    scrape without the prefix-cache counters, `replica_changes` None where no step named
+    its replica) is left out of the median, not read as 0: before review s49 every missing
+    number was 0 (900, absent, 950 gave "900 (0-950)"), and None after a number lost the
+    whole run with a TypeError."""
     out: dict[str, Any] = dict(runs[0])
     ranges: dict[str, list[float]] = {}
-    # A counter a round never logged (the connector's per-reason releases appear once one
-    # happens) is 0 in that round.
-    keys = {k: v for r in reversed(runs) for k, v in r.items()}
-    for key, value in keys.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        values = [r.get(key, 0) for r in runs if not math.isnan(r.get(key, 0))]
-        if key in ("errors", "failed_sessions"):  # over the rounds: summed
+    rounds_with: dict[str, int] = {}
+    keys = {k: v for r in reversed(runs) for k, v in r.items() if _is_number(v)}
+    for key in keys:
+        summed = key in ("errors", "failed_sessions")  # over the rounds: summed
+        counted = [r.get(key, 0) if summed or key.startswith("connector_") else r.get(key)
+                   for r in runs]
+        counted = [v for v in counted if _is_number(v)]
+        if len(counted) < len(runs):
+            rounds_with[key] = len(counted)
+        values = [v for v in counted if not math.isnan(v)]
+        if summed:
             out[key] = sum(values)
         elif values:
             out[key] = statistics.median(values)
@@ -236,7 +246,13 @@ def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["error_examples"] = sorted({e for r in runs for e in r["error_examples"]})[:3]
     out["runs"] = len(runs)
     out["range"] = ranges
+    out["rounds_with"] = rounds_with
     return out
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool (a figure a median is taken of)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def paired(rounds: list[dict[str, dict[str, Any]]], base: str, arm: str, key: str
@@ -344,12 +360,18 @@ def moves_line(arm: str, runs: list[dict[str, Any]]) -> str:
 
 
 def _cell(s: dict[str, Any], key: str, fmt: str) -> str:
-    """A median with its range over the repeats, when there was more than one."""
+    """A median with its range over the repeats, when there was more than one, and how many
+    rounds had the figure when some lacked it ("n/a": none had it)."""
+    if not _is_number(s.get(key)):
+        return "n/a"
     text = format(s[key], fmt)
+    notes = []
     lo_hi = s.get("range", {}).get(key)
     if s.get("runs", 1) > 1 and lo_hi and lo_hi[0] != lo_hi[1]:
-        text += f" ({format(lo_hi[0], fmt)}-{format(lo_hi[1], fmt)})"
-    return text
+        notes.append(f"{format(lo_hi[0], fmt)}-{format(lo_hi[1], fmt)}")
+    if key in s.get("rounds_with", {}):
+        notes.append(f"{s['rounds_with'][key]} of {s['runs']} rounds")
+    return text + (f" ({', '.join(notes)})" if notes else "")
 
 
 TABLE_HEAD = ("system", "prefill tok (first-attempt misses)", "computed prompt tok",
@@ -404,9 +426,12 @@ def markdown_table(summary: dict[str, dict[str, Any]]) -> list[str]:
     return ["| " + " | ".join(r) + " |" for r in (head, tuple(aligns), *table_rows(summary))]
 
 
-# What else sets an --engine vllm run apart, named in its title where it is not the default.
+# What else sets an --engine vllm run apart, named in its title where it is not the default
+# (the model and block size since review s49: a run on another model or with 64-token blocks
+# replaced the default run's block; `--fit-seeds`: the title says it is no held-out reading).
 TITLE_SETTINGS = ("steps", "kv_memory", "vllm_policies", "kvsaga_policies", "hint",
-                  "max_tool_s", "arrival_gap", "max_num_seqs", "idle_spinners")
+                  "max_tool_s", "arrival_gap", "max_num_seqs", "idle_spinners", "model",
+                  "block_size", "fit_seeds")
 
 
 def _settings_text(args: argparse.Namespace, defaults: dict[str, Any]) -> str:

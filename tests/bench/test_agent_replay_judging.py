@@ -101,11 +101,12 @@ def test_write_results_is_refused_when_an_arm_failed(tmp_path: Path,
                        failed=arm.name == "graph")
 
     monkeypatch.setattr(m, "replay", fake_replay)
-    rc = m.main(["--policies", "lru,graph", "--write-results"])
+    argv = ["--policies", "lru,graph", "--write-results", "--fit-seeds"]  # (seed 0: a fit's)
+    rc = m.main(argv)
     assert rc == 1
     assert results.read_text() == "# R\n"
     monkeypatch.setattr(m, "replay", lambda *a: _result([5.0, 5.0]))
-    assert m.main(["--policies", "lru,graph", "--write-results"]) == 0
+    assert m.main(argv) == 0
     assert "## Agent replay: policies on live kvsaga-serve" in results.read_text()
 
 

@@ -150,7 +150,8 @@ def test_agent_replay_keeps_the_hand_written_text_of_its_section(ar, tmp_path):
 
 
 def test_agent_replay_refuses_before_its_run_when_its_block_was_edited(ar, monkeypatch):
-    args = ar.build_parser().parse_args(["--write-results"])
+    argv = ["--write-results", "--fit-seeds"]  # (the default seed 0 is a fit seed)
+    args = ar.build_parser().parse_args(argv)
     title = ar.results_title(args)
     ar.RESULTS.write_text(_doc(title), encoding="utf-8")
     ar.write_section(ar.RESULTS, title, "SECOND RUN", ar.WRITER)
@@ -158,7 +159,7 @@ def test_agent_replay_refuses_before_its_run_when_its_block_was_edited(ar, monke
     monkeypatch.setattr(ar, "machine", _never)
     monkeypatch.setattr(ar, "_load_tokenizer", _never)
     with pytest.raises(SystemExit, match="edited since it was written"):
-        ar.main(["--write-results"])
+        ar.main(argv)
 
 
 class _Figures:
@@ -189,14 +190,16 @@ def test_vllm_scheduler_replay_keeps_the_hand_written_text_and_refuses_early(
     """The arms' sections and `--fit`'s alike: the run's block replaced and nothing else,
     and a block edited by hand refused before any replay."""
     argv = ["--model-dir", str(tmp_path), "--seeds", "0", "--write-results"]
-    argv += ["--fit", "--fit-grid", "20:16"] if fit else ["--policies", "ttl"]
+    argv += (["--fit", "--fit-grid", "20:16"] if fit
+             else ["--policies", "ttl", "--fit-seeds"])  # (seed 0 is a fit seed)
     args = vsr.build_parser().parse_args(argv)
     if fit:
         writer = "bench/vllm_scheduler_replay.py --fit"
-        title = vsr.results_section(args, argv, "The gate's admission-order fit", writer, "")[0]
+        title = vsr.results_section(args, argv, "The gate's admission-order fit", writer, "",
+                                    vsr.defaults())[0]
     else:
         writer = "bench/vllm_scheduler_replay.py"
-        title = vsr.arms_section(args, argv)[0]
+        title = vsr.arms_section(args, argv, vsr.defaults())[0]
     assert title.endswith(f"(written by {writer})")
     ar.RESULTS.write_text(_doc(title, PEER), encoding="utf-8")
     assert vsr.main(argv) == 0 and vsr.main(argv) == 0

@@ -186,20 +186,54 @@ def test_results_sections_name_the_reply_cap_in_the_arms_and_the_fits_title() ->
     """Two runs that differ only in --reply-tokens write two sections, the fit's too."""
     mod = _load()
     fit = "The gate's admission-order fit", "bench/vllm_scheduler_replay.py --fit", "."
-    plain, _ = mod.results_section(_section_args(mod, "--label", "x"), [], *fit)
+    plain, _ = mod.results_section(_section_args(mod, "--label", "x"), [], *fit,
+                                   mod.defaults())
     # the title before --reply-tokens was in it: earlier sections are replaced on a rerun
     assert plain == ("### The gate's admission-order fit on a simulated clock: 0.025 s per "
                      "step + 0.00065 s per token, x (written by bench/vllm_scheduler_replay.py "
                      "--fit)")
     argv = ["--reply-tokens", "8", "--label", "x"]
-    capped, body = mod.results_section(_section_args(mod, *argv), argv, *fit)
+    capped, body = mod.results_section(_section_args(mod, *argv), argv, *fit, mod.defaults())
     assert capped != plain and "per token, replies <= 8 tokens, x (written" in capped
     assert body.startswith("`VENV/bin/python bench/vllm_scheduler_replay.py --reply-tokens 8")
     assert "replies at most 8 tokens, 32-token blocks" in body and body.endswith("hints median.")
     arms, _ = mod.results_section(_section_args(mod, *argv), argv, "vLLM's scheduler",
-                                  "bench/vllm_scheduler_replay.py", ".")
+                                  "bench/vllm_scheduler_replay.py", ".", mod.defaults())
     assert arms.startswith("### vLLM's scheduler on a simulated clock: 0.025 s")
     assert "replies <= 8 tokens, x (written by bench/vllm_scheduler_replay.py)" in arms
+
+
+def test_results_sections_name_every_setting_that_is_not_the_default() -> None:
+    """Review s49 gate finding 4: runs on other seeds, hints, sessions, KV shares and arms
+    had one title (step cost, reply cap and label alone), so the later silently replaced
+    the earlier's block. Each such setting is named now; a default run's title, and the
+    settings that change no figure of the table (--json, --breakdown, --seed-groups), keep
+    the title it had."""
+    mod = _load()
+    cost = ["--step-s", "0.025", "--token-s", "0.00065"]
+
+    def title(*argv: str) -> str:
+        args = mod.build_parser().parse_args([*cost, *argv])
+        return mod.arms_section(args, list(argv), mod.defaults())[0]
+
+    a = title("--seeds", "81,82,83", "--hint", "median", "--sessions", "10",
+              "--kv-fraction", "0.15", "--policies", "ttl")
+    b = title("--seeds", "84,85,86", "--hint", "session", "--sessions", "6",
+              "--kv-fraction", "0.5", "--policies", "ttl+nogate")
+    assert a != b
+    assert a == ("### vLLM's scheduler on a simulated clock: 0.025 s per step + 0.00065 s "
+                 "per token, --sessions 10, --seeds 81,82,83, --kv-fraction 0.15, --policies "
+                 "ttl (written by bench/vllm_scheduler_replay.py)")
+    assert ", --seeds 84,85,86, --hint session, --policies ttl+nogate (written" in b
+    plain = title()
+    assert plain == ("### vLLM's scheduler on a simulated clock: 0.025 s per step + 0.00065 s "
+                     "per token (written by bench/vllm_scheduler_replay.py)")
+    assert title("--json", "x.json", "--breakdown", "--seed-groups", "0") == plain
+    titles = {plain} | {title(*extra) for extra in (
+        ["--token-scale", "0.1"], ["--time-scale", "2"], ["--kv-blocks", "31"],
+        ["--all-hits"], ["--connector-extra", '{"best_effort_steps": 0}'],
+        ["--block-size", "64"], ["--model-dir", "/other"])}
+    assert len(titles) == 8
 
 
 def test_fit_writes_its_section_under_the_shared_title(tmp_path, monkeypatch) -> None:
@@ -228,7 +262,8 @@ def test_fit_writes_its_section_under_the_shared_title(tmp_path, monkeypatch) ->
     ((title, body),) = written
     assert title == mod.results_section(mod.build_parser().parse_args(argv), argv,
                                         "The gate's admission-order fit",
-                                        "bench/vllm_scheduler_replay.py --fit", "")[0]
+                                        "bench/vllm_scheduler_replay.py --fit", "",
+                                        mod.defaults())[0]
     assert "replies <= 8 tokens" in title and "| **predicted 20 / 16** | 2.00x |" in body
 
 

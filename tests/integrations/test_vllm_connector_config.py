@@ -207,7 +207,7 @@ def test_the_connector_policy_is_the_named_one_or_the_default():
 def test_a_gate_key_with_admission_off_is_refused_naming_it(key):
     """They act only through the gate, which admission off never builds: accepted, they were
     ignored, and gate_args not even checked."""
-    value = {"gate_args": {"horizon_steps": -5}, "keep_demoted": True,
+    value = {"gate_args": {"horizon_steps": 5}, "keep_demoted": True,
              "best_effort_steps": 5}[key]
     with pytest.raises(ValueError, match=rf"kvsaga connector: {key} act\(s\) only through "
                                          rf"the admission gate, and admission is off"):
@@ -230,3 +230,32 @@ def test_step_cost_args_are_taken_with_admission_off():
 def test_every_gate_key_given_with_admission_off_is_named():
     with pytest.raises(ValueError, match="gate_args, keep_demoted act"):
         check_connector_extra({"admission": False, "keep_demoted": False, "gate_args": {}})
+
+
+@pytest.mark.parametrize(("key", "args", "says"), [
+    ("gate_args", {"horizon_steps": "4"},
+     "gate_args: gate parameter horizon_steps must be a finite number >= 0, got '4'"),
+    ("gate_args", {"admission_order": "lifo"},
+     "gate_args: gate parameter admission_order must be one of fifo, predicted, got 'lifo'"),
+    ("gate_args", {"room_admit": 1}, "gate_args: gate parameter room_admit must be true or "
+     "false, got 1"),
+    ("step_cost_args", {"alpha": 2}, "step_cost_args: step cost alpha must be in (0, 1]"),
+    ("scheduler_args", {"aging_s": 0}, "scheduler_args aging_s must be a finite number > 0"),
+    ("scheduler_args", {"work": "bogus"}, "scheduler_args work must be one of tokens, steps"),
+    ("scheduler_args", {"gate_arrivals": 1}, "scheduler_args gate_arrivals must be true or "
+     "false, got 1"),
+])
+def test_a_gate_or_scheduler_value_is_refused_before_vllm_loads_anything(key, args, says):
+    """Review s49 gate finding 3: these passed `kv_transfer_config()` and the connector's
+    start and failed only where vLLM's Scheduler built the gate (`bind_gpu_block_pool`) or
+    KVSagaScheduler, after the model and KV cache had loaded. Now both refuse them first,
+    naming the key and the setting; a valid value passes."""
+    with pytest.raises(ValueError) as e:
+        kv_transfer_config("ttl", **{key: args})
+    assert str(e.value).startswith("kvsaga connector: ") and says in str(e.value)
+    with pytest.raises(ValueError, match="kvsaga connector: "):
+        check_connector_extra({"policy": "ttl", key: args})
+    ok = {"gate_args": {"horizon_steps": 4, "admission_order": "fifo", "room_admit": False},
+          "step_cost_args": {"alpha": 0.5},
+          "scheduler_args": {"aging_s": 5, "work": "tokens", "gate_arrivals": False}}[key]
+    assert check_connector_extra({"policy": "ttl", key: ok})[key] == ok

@@ -517,11 +517,31 @@ def test_a_step_reported_arrived_is_counted_and_never_demoted_while_it_waits(arr
     g.started("b0")
     assert g.admit("a", "w", 6 * BS, 0, now=0.1)
     _run_step(g, "a0", "a", 6 * BS, now=1.0)
-    g.arrived("x", 4 * BS)  # not admitted: nothing to count
+    g.arrived("x", 4 * BS, 1.5)  # not admitted: nothing to count
     assert "x" not in g.sessions
     if arrived:
-        g.arrived("a", 8 * BS)
+        g.arrived("a", 8 * BS, 1.5)
         assert g.sessions["a"].paused_at is None and g.sessions["a"].context == 8 * BS
     assert g.finished("b0", "b", 15 * BS, 2.0, 10.0, False) == (["b"] if arrived else ["a"])
     if arrived:
         assert g.expire(1e6) == [] and "a" in g.sessions  # not paused: nothing to expire
+
+
+
+def test_a_step_reported_arrived_ends_its_pause_then_not_at_vllms_first_question():
+    """Review s49 gate finding 6: `arrived` said the step's pause was over, but the pause
+    log timed it to vLLM's first question (`admit`), so a 1 s tool pause whose step then
+    waited 7 s unasked in vLLM's queue was learned as an 8 s pause, and the workflow's
+    expiry limit (`pause_quantile`) grew by the queue wait. A step aborted after it arrived
+    is not learned again at its resend."""
+    g = SessionGate(100, BS, pause_min_observed=1, idle_admit_s=1e9)
+    assert g.admit("a", "w", 4 * BS, 0, 0.0)
+    _run_step(g, "a0", "a", 5 * BS, now=1.0)  # its pause starts at 1.0
+    g.arrived("a", 6 * BS, 2.0)  # KVSagaScheduler: the next step reached vLLM at 2.0
+    assert g.admit("a", "w", 6 * BS, 0, 9.0)  # vLLM first asks about it at 9.0
+    assert list(g.pauses.observed["w"]) == [1.0] and g.pause_limit("w") == 1.0
+    _run_step(g, "a1", "a", 7 * BS, now=10.0)
+    g.arrived("a", 8 * BS, 10.5)
+    g.finished("a2", "a", 8 * BS, 11.0, None, False)  # aborted before vLLM allocated it
+    assert g.admit("a", "w", 8 * BS, 0, 14.0)  # resent: its pause was learned at arrival
+    assert list(g.pauses.observed["w"]) == [1.0, 0.5]

@@ -9,7 +9,9 @@ them before any JSON is written and vLLM before it starts: a string or a list wh
 arguments belong failed inside `dict()` with an error naming no key, `reserve_blocks` 2.7 or
 true was read as 2 or 1, and null failed in `int()`. So are the keys inside the `ARGS_KEYS`
 objects: an unknown `gate_args` key reached `SessionGate(**gate_args)` only when vLLM bound
-its blocks, and failed there with a bare TypeError. `policy_args` names no parameter that
+its blocks, and failed there with a bare TypeError; and so are the values inside
+`gate_args`, `step_cost_args` and `scheduler_args`, by building what reads them once
+(`check_arg_values`). `policy_args` names no parameter that
 takes a Python object (`OBJECT_PARAMS`: no JSON value is one; a number or an object given
 for one passed, and failed inside vLLM's scheduler, killing its engine core), and its numbers
 and flags must be numbers and flags (a string failed at vLLM's start with a TypeError naming
@@ -28,6 +30,11 @@ from typing import Any
 
 from kvsaga._validate import is_int, is_number
 from kvsaga.integrations.vllm.gate import SessionGate
+from kvsaga.integrations.vllm.session_ranker import (
+    SCHEDULER_FLAGS,
+    SessionRanker,
+    scheduler_settings,
+)
 from kvsaga.integrations.vllm.step_cost import StepCost
 from kvsaga.policy import DEFAULT_POLICY, POLICIES, EvictionPolicy, make_policy
 
@@ -47,10 +54,8 @@ CONNECTOR_KEYS = (
 # The keys holding keyword arguments (a JSON object each).
 ARGS_KEYS = ("policy_args", "gate_args", "step_cost_args", "scheduler_args")
 # What `KVSagaScheduler` reads from `scheduler_args`: its two flags and `SessionRanker`'s
-# arguments. Listed, not read from SessionRanker's signature: its module imports vLLM (the
-# vLLM tests check the two agree).
-SCHEDULER_ARGS = ("admitted_first", "gate_arrivals", "aging_s", "prior_steps",
-                  "prior_growth_tokens", "work")
+# arguments (session_ranker.py: plain Python, apart from the scheduler, which imports vLLM).
+SCHEDULER_ARGS = (*SCHEDULER_FLAGS, *inspect.signature(SessionRanker).parameters)
 # The policies' parameters that take Python objects (a CostModel, an ExecutionGraph, a
 # FutureOracle), which no JSON value is: the policy builds its own cost model and graph when
 # none is given, and the policies that need an oracle are refused (`check_online`).
@@ -66,7 +71,8 @@ def check_connector_extra(extra: object) -> dict[str, Any]:
     connector does not read (with the closest valid key, and the list of valid keys), a
     value of the wrong type (`check_values`, `check_policy_args`), an offline policy
     (`check_online`), a keyword argument that what it is for does not take (`args_taken`),
-    or a key of the gate with admission off."""
+    a key of the gate with admission off, or a gate, step-cost or scheduler setting out of
+    its range (`check_arg_values`)."""
     if extra is None:
         return {}
     if not isinstance(extra, Mapping):
@@ -88,7 +94,34 @@ def check_connector_extra(extra: object) -> dict[str, Any]:
                              f"the admission gate, and admission is off (false): leave "
                              f"{'it' if len(gate_only) == 1 else 'them'} out or turn "
                              f"admission on")
+    check_arg_values(extra)
     return dict(extra)
+
+
+# How the `ARGS_KEYS` entries besides policy_args are read (the policy's values are checked
+# by `make_connector_policy`): the connector's gate (its capacity and block size are vLLM's,
+# any valid pair here), its step-cost fit, and KVSagaScheduler's settings.
+ARGS_READERS = {
+    "gate_args": lambda args: SessionGate(1, 1, **args),
+    "step_cost_args": lambda args: StepCost(**args),
+    "scheduler_args": scheduler_settings,
+}
+
+
+def check_arg_values(extra: Mapping[str, Any]) -> None:
+    """ValueError naming the key and the setting when a value inside `gate_args`,
+    `step_cost_args` or `scheduler_args` is refused by what reads it: each is built once
+    here, a throwaway (plain Python, cheap). Before, the gate's and the scheduler's values
+    were checked only where vLLM's Scheduler built them (the connector's
+    `bind_gpu_block_pool`, KVSagaScheduler), after the model and KV cache had loaded:
+    minutes on a GPU (review s49, gate finding 3)."""
+    for key, read in ARGS_READERS.items():
+        if key in extra:
+            try:
+                read(extra[key])
+            except (ValueError, TypeError) as e:
+                why = str(e) if str(e).startswith(key) else f"{key}: {e}"
+                raise ValueError(f"kvsaga connector: {why}") from None
 
 
 def check_keys(what: str, given: Mapping[str, Any], valid: Sequence[str]) -> None:
@@ -135,8 +168,8 @@ def _params(cls: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
 def check_values(extra: Mapping[str, Any]) -> None:
     """ValueError naming the key when `reserve_blocks` is not an int >= 0 (a bool is not one)
     or an `ARGS_KEYS` value is not a JSON object (a mapping). The values inside are checked
-    where they are used (the policy, `SessionGate`, `StepCost`, `KVSagaScheduler`), and
-    `reserve_blocks` against vLLM's blocks when the connector binds them."""
+    by `check_policy_args` and the policy, and by `check_arg_values`; `reserve_blocks`
+    against vLLM's blocks when the connector binds them."""
     if "reserve_blocks" in extra:
         v = extra["reserve_blocks"]
         if not (is_int(v) and v >= 0):

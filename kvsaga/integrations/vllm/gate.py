@@ -430,17 +430,21 @@ class SessionGate(GateWaits):
                 out.append(sid)
         return out
 
-    def arrived(self, sid: str, num_tokens: int) -> None:
+    def arrived(self, sid: str, num_tokens: int, now: float) -> None:
         """An admitted session's next step (`num_tokens` of prompt) reached vLLM's queue
-        (`KVSagaScheduler` reports it on arrival; without it the gate learns of the step at
-        vLLM's first question about it, `admit`). Its pause is over: it is counted with
-        that prompt, and no longer demotable (`_fits`, the shrink, `expire`), while the
-        step waits behind others in vLLM's queue. Why: a step that waits there unasked
-        (vLLM stops asking at the first request it cannot allocate) looked paused, and the
-        shrink at another session's finish demoted it and released the blocks the step
-        was about to hit (bench/RESULTS.md, "KVSagaScheduler and the gate")."""
+        `now` (`KVSagaScheduler` reports it on arrival; without it the gate learns of the
+        step at vLLM's first question about it, `admit`). Its pause is over: it is counted
+        with that prompt, no longer demotable (`_fits`, the shrink, `expire`) while the
+        step waits behind others in vLLM's queue, and its pause is learned as ending now.
+        Why: a step that waits there unasked (vLLM stops asking at the first request it
+        cannot allocate) looked paused, and the shrink at another session's finish demoted
+        it and released the blocks the step was about to hit (bench/RESULTS.md,
+        "KVSagaScheduler and the gate"); and its wait in the queue was learned as part of
+        the tool pause, lengthening the workflow's expiry limit (review s49, gate
+        finding 6)."""
         s = self.sessions.get(sid)
         if s is not None and s.paused_at is not None:
+            self.pauses.back(sid, s.workflow, now)
             _resume(s, num_tokens)
 
     # -- what the connector reports -------------------------------------------------------------

@@ -2,6 +2,12 @@
 session's pause may run before it expires (`SessionGate.expire` demotes it then, and the
 connector releases its blocks to vLLM's LRU).
 
+A pause runs from a step's finish to the session's next step: to its arrival in vLLM's queue
+where `KVSagaScheduler` reports it (`gate_arrivals`, `SessionGate.arrived`), else to vLLM's
+first question about it (`SessionGate.admit`). Without that scheduler a step's wait in
+vLLM's queue before the question (vLLM stops asking at the first request it cannot
+allocate) is learned as part of its pause: nothing tells the connector of the step sooner.
+
 - A pause the client gave no expected length for (`expected_s` None: a client that sends
   only its session id, not the tool its model will call) is judged by the pauses the gate
   has seen of that workflow: once `pause_min_observed` of them have ended in a next step,

@@ -21,7 +21,9 @@ class RetentionStats:
     deferrals: int = 0  # admission probes the gate answered "not yet" (admission on)
     yielded: int = 0  # of them, to waiting sessions ranked ahead (gate admission_order)
     demotions: int = 0  # admitted sessions the gate demoted
-    expired: int = 0  # of them, unhinted pauses past the workflow's observed quantile
+    # of them, pauses past the workflow's observed quantile: unhinted ones, and those hinted
+    # longer than it (`expire_long_hints`, on by default)
+    expired: int = 0
     best_effort: int = 0  # deferred steps run unretained because their prefill was cheap
     ride_failed: int = 0  # steps told to ride along and probed again before vLLM allocated them
     abandoned: int = 0  # sessions ended after a pause longer than `session_idle_s`

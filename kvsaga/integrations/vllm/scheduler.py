@@ -40,7 +40,8 @@ default:
 - `gate_arrivals`: the gate learns that an admitted session's step arrived when vLLM
   receives it (`SessionGate.arrived`), not at vLLM's first question about it. A step
   waiting unasked behind others looked paused, and the gate's shrink at another session's
-  finish demoted it, releasing the blocks it was about to hit.
+  finish demoted it, releasing the blocks it was about to hit. Its pause ends there too,
+  so the gate's expiry limit learns the tool's pause, not the pause and the queue wait.
 
 On bench/vllm_scheduler_replay.py's calibrated workload (fit seeds 0-4, advance hints)
 vLLM + connector + this scheduler without them lost fit seed 0 to the connector alone
@@ -66,7 +67,6 @@ Defaults from bench/vllm_scheduler_replay.py's ttl+sched fit on fit seeds 0-4
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,88 +75,19 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
-from kvsaga._validate import check_one_of
 from kvsaga.integrations.vllm.connector import KVSagaConnector
 from kvsaga.integrations.vllm.connector_config import SCHEDULER_ARGS, check_keys
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import step_info
-from kvsaga.policy.bounded import TRACKED_WORKFLOWS, touch
-from kvsaga.scheduler.admission_order import SessionLengths, order_key, predicted_cost
+from kvsaga.integrations.vllm.session_ranker import (  # noqa: F401  (WORK_KINDS: re-exported)
+    WORK_KINDS,
+    SessionRanker,
+    scheduler_settings,
+)
 
-WORK_KINDS = ("tokens", "steps")
 # Priority (milliseconds of arrival) an admitted session's step is moved ahead by
 # (`admitted_first`): more than any rank spans (about 31,700 years of arrivals).
 ADMITTED_AHEAD = 10**15
-
-
-class SessionRanker:
-    """Each session's steps begun and context growth, the lengths of the sessions that said
-    they ended, and the priority of a session's next request (see the module docstring).
-    Plain Python: the scheduler below feeds it."""
-
-    TRACKED = 8192  # live sessions remembered (one that never says it ended is dropped)
-
-    def __init__(self, aging_s: float = 60.0, prior_steps: float = 16.0,
-                 prior_growth_tokens: float = 64.0, work: str = "steps") -> None:
-        for name, v, low in (("aging_s", aging_s, 0.0), ("prior_steps", prior_steps, 1.0),
-                             ("prior_growth_tokens", prior_growth_tokens, 0.0)):
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and low <= v < math.inf and (name != "aging_s" or v > 0)):
-                raise ValueError(f"scheduler_args {name} must be a finite number "
-                                 f"{'> 0' if name == 'aging_s' else f'>= {low:g}'}, got {v!r}")
-        check_one_of("scheduler_args work", work, WORK_KINDS)
-        self.aging_s = float(aging_s)
-        self.prior_steps = float(prior_steps)
-        self.work = work
-        self.lengths = SessionLengths()
-        self.growth: dict[str, float] = {}  # workflow -> mean prompt growth a step
-        self.seen: dict[str, int] = {}  # workflow -> growths observed
-        self.prior_growth = float(prior_growth_tokens)
-        self.live: dict[str, tuple[int, int]] = {}  # session -> (steps begun, last prompt)
-
-    def priority(self, sid: str, workflow: str, prompt_tokens: int, last_step: bool,
-                 now: float) -> int:
-        """The priority of session `sid`'s step arriving `now` with `prompt_tokens` (no state
-        changes: `record` the step once vLLM accepted it)."""
-        done, last_prompt = self.live.get(sid, (0, 0))
-        growth = self._growth(workflow, done, prompt_tokens, last_prompt)
-        left = 1.0 if last_step else self.lengths.remaining(workflow, done, self.prior_steps)
-        work = (left if self.work == "steps"
-                else predicted_cost(left, prompt_tokens, growth))
-        return self.rank(work, now)
-
-    def _growth(self, workflow: str, done: int, prompt_tokens: int, last_prompt: int) -> float:
-        """The workflow's mean prompt growth a step, with this step's counted when it follows
-        one of the session's (the context grew by the reply and this message since)."""
-        growth = self.growth.get(workflow, self.prior_growth)
-        if not done:
-            return growth
-        n = self.seen.get(workflow, 0) + 1
-        return growth + (max(prompt_tokens - last_prompt, 0) - growth) / n
-
-    def rank(self, work: float, now: float) -> int:
-        """The priority of `work` (predicted steps or token-steps) arriving `now`."""
-        return round(1000 * self.aging_s * order_key(work, now, self.aging_s))
-
-    def record(self, sid: str, workflow: str, prompt_tokens: int, last_step: bool) -> None:
-        """Session `sid`'s step was accepted: count it and its context's growth (its
-        session's length is learned when `last_step`)."""
-        done, last_prompt = self.live.pop(sid, (0, 0))
-        if done:
-            growth = self._growth(workflow, done, prompt_tokens, last_prompt)
-            n = self.seen.get(workflow, 0) + 1
-            # Bounded: the TRACKED_WORKFLOWS most recently updated workflows keep their
-            # growth (kvsaga/policy/bounded.py); a forgotten one starts again from the
-            # prior, as a new one does.
-            touch(self.growth, workflow, lambda: growth, TRACKED_WORKFLOWS,
-                  lambda wf, _: self.seen.pop(wf, None))
-            self.growth[workflow], self.seen[workflow] = growth, n
-        if last_step:
-            self.lengths.observe(workflow, done + 1)
-        else:
-            self.live[sid] = (done + 1, prompt_tokens)
-            if len(self.live) > self.TRACKED:
-                del self.live[next(iter(self.live))]
 
 
 class KVSagaScheduler(Scheduler):
@@ -177,13 +108,8 @@ class KVSagaScheduler(Scheduler):
         # (kvsaga's part was checked when its connector read it; the top-level one was not
         # when no kvsaga connector reads it: an unknown key failed in SessionRanker(**args))
         check_keys("scheduler_args", args, SCHEDULER_ARGS)
-        self.admitted_first = args.pop("admitted_first", True)
-        self.gate_arrivals = args.pop("gate_arrivals", True)
-        for name, v in (("admitted_first", self.admitted_first),
-                        ("gate_arrivals", self.gate_arrivals)):
-            if not isinstance(v, bool):
-                raise ValueError(f"scheduler_args {name} must be true or false, got {v!r}")
-        self.ranker = SessionRanker(**args)
+        flags, self.ranker = scheduler_settings(args)
+        self.admitted_first, self.gate_arrivals = flags["admitted_first"], flags["gate_arrivals"]
         # Seconds arrivals are ranked by; a replay on a simulated clock replaces it.
         self.clock: Callable[[], float] = time.monotonic
         # session -> ids of its requests accepted and maybe unfinished (`_same_step`)
@@ -251,5 +177,5 @@ class KVSagaScheduler(Scheduler):
             kvsaga = self._kvsaga()
             if kvsaga is not None:  # a step queued: its session is not abandoned
                 kvsaga.session_active(info.session_id, kvsaga.clock())
-        if admitted and self.gate_arrivals:
-            gate.arrived(info.session_id, request.num_prompt_tokens)
+        if admitted and self.gate_arrivals:  # (on the gate's clock: the connector's)
+            gate.arrived(info.session_id, request.num_prompt_tokens, self._kvsaga().clock())

@@ -285,8 +285,9 @@ def test_the_ranker_learns_prompt_growth_only_when_a_step_is_recorded():
 
 
 def test_the_scheduler_args_the_config_check_knows_are_those_it_reads():
-    """connector_config lists SCHEDULER_ARGS by hand (SessionRanker's module imports vLLM):
-    a setting added to SessionRanker and not there would be refused as unknown."""
+    """connector_config checks scheduler_args against session_ranker.py's SessionRanker (no
+    vLLM import there): it must be the one KVSagaScheduler builds, or a setting added to
+    the scheduler's ranker would be refused as unknown."""
     import inspect
 
     from kvsaga.integrations.vllm.connector_config import SCHEDULER_ARGS
