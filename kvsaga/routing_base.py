@@ -65,7 +65,8 @@ class Route:
         session: set by `Router.route`: the session of the step (None: one-shot).
         tenant: set by `Router.route`: the tenant of the step.
         tokens: set by `KvsagaRouter` on a move: the session's context as the move read it,
-            which the new home's room test counts until the move is confirmed.
+            which the new home's room test counts until the new home's report shows it
+            (`KvsagaRouter._arriving`).
     """
 
     replica: str

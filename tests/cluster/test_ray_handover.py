@@ -488,3 +488,34 @@ def test_an_old_senders_busy_is_a_409_that_sends_the_session_back(monkeypatch):
     assert err is not None and err.status == 409 and err.code == "session_busy"
     assert err.headers[deployment.PULL_REFUSED_HEADER] == "a"
     assert "a step of it is in flight" in err.message and b._sessions.get(SID) is None
+
+
+def test_an_export_for_another_replica_does_not_wait_for_the_model_load(monkeypatch):
+    """A pull from a dead replica reaches another, maybe its replacement still loading its
+    model: the export answers "misrouted" at once, as `handover_alive` and
+    `finish_handover` do (review s49 ray 2). Before, it awaited the load first and the
+    importer's step waited up to 60 s (`_PULL_TIMEOUT_S`) to recompute all the same. An
+    export for this replica still waits for the load."""
+    loading = stub_replica("a-new", Engine(KVCacheManager(SPEC, 64)),
+                           SessionRegistry(tokenizer=None))
+
+    async def exports():
+        load = asyncio.Event()
+
+        async def never_loaded() -> None:
+            await load.wait()
+
+        loading._start = never_loaded
+        foreign = asyncio.create_task(loading.export_session(
+            {"pin": "a-dead", "engine_sid": SID, "migrate": True, "importer": "b"}))
+        own = asyncio.create_task(loading.export_session(
+            {"pin": "a-new", "engine_sid": SID, "migrate": True, "importer": "b"}))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        answered = {"foreign": foreign.done(), "own": own.done()}
+        load.set()  # (the model loads: the export for this replica goes on)
+        return answered, await asyncio.gather(foreign, own)
+
+    answered, (foreign, own) = asyncio.run(exports())
+    assert answered == {"foreign": True, "own": False}  # before: foreign False
+    assert foreign == "misrouted" and own == "unknown"

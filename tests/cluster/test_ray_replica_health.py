@@ -115,6 +115,22 @@ def test_a_bad_stuck_step_limit_is_refused_before_anything_is_built():
     deployment.build_application(settings, 2, stuck_step_s=math.inf)  # never
 
 
+def test_build_application_checks_its_threads_and_stats_period_up_front():
+    """A bad `torch_threads` failed later inside every replica actor (torch's
+    set_num_threads, naming neither), or, 0, was taken for torch's default; a bad
+    `stats_period_s` was refused by Ray's config under its own field name (review s49
+    ray 5)."""
+    settings = ServerSettings(model="x")
+    for bad in (0, -2, 2.5, "2", True):
+        with pytest.raises(ValueError, match="torch_threads must be a positive int or None"):
+            deployment.build_application(settings, 2, torch_threads=bad)
+    for bad in (0, -1, math.nan, math.inf, "0.5", True):
+        with pytest.raises(ValueError, match="stats_period_s must be a finite number > 0"):
+            deployment.build_application(settings, 2, stats_period_s=bad)
+    deployment.build_application(settings, 2, torch_threads=None, stats_period_s=0.2)
+    deployment.build_application(settings, 2, torch_threads=1, stats_period_s=2)
+
+
 def test_router_skips_a_replica_that_has_not_reported():
     """A replica reporting nothing ({}: loading, or its load failed) looked idle and drew
     every new session; it gets one only when no replica has reported."""

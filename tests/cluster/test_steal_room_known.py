@@ -5,6 +5,10 @@ work could go anywhere before that work holds the other tenants' steals back."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from kvsaga.routing import KvsagaRouter, ReplicaStats, RouteRequest
 
 
@@ -31,12 +35,134 @@ def test_two_steals_between_two_reports_do_not_count_the_same_room():
     second = router.route(RouteRequest(session="S2"), {"a": a, "c": c})
     assert (second.replica, second.moved_from) == ("a", None)  # before: ("c", "a")
     router.finished(second)
-    # c's next report, taken after the move, counts S1 itself (whether or not it lists
-    # it yet): the room it shows is the room there is.
+    # c's next report, taken after the move, lists S1: it counts S1 itself (c's other
+    # step has finished since and freed its blocks): the room it shows is the room there is.
     now[0] += 0.5
-    c_after = ReplicaStats(total_blocks=2048, free_blocks=1250, running=1, taken_at=now[0])
+    c_after = ReplicaStats(total_blocks=2048, free_blocks=1250, running=1, taken_at=now[0],
+                           session_tokens={"S1": 12000})
     third = router.route(RouteRequest(session="S2"), {"a": a, "c": c_after})
     assert (third.replica, third.moved_from) == ("c", "a")
+
+
+def steal_s1_then_route_s2(now, confirm=True):
+    """S1 (12,000 tokens) is stolen from the loaded a for c (room for 20,000), and, when
+    `confirm`, c accepts the step (Ray Serve's `on_request_routed` confirms the move)
+    before S2 (12,000 too) is routed 0.05 s later on the same reports. Returns the router,
+    the two routes and a's report."""
+    router = router_at(["a", "c"], now)
+    a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
+                     session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
+    c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=999.9)
+    router.homes.update(S1="a", S2="a")
+    first = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
+    assert (first.replica, first.moved_from) == ("c", "a")
+    if confirm:
+        router.confirm_move("S1", "c")
+        assert "S1" not in router.moves
+    now[0] += 0.05
+    second = router.route(RouteRequest(session="S2"), {"a": a, "c": c})
+    return router, first, second, a
+
+
+def test_a_move_confirmed_before_its_import_still_counts_in_the_thiefs_room():
+    """Under Ray Serve the move is confirmed when c accepts the step, before c pulls and
+    imports S1 and before c reports again (review s49 ray 1). Before, the confirmed move
+    left the room test, S2 was stolen for c as well, and its import was refused (c short
+    of 8,000 tokens' room)."""
+    now = [1000.0]
+    _, _, second, _ = steal_s1_then_route_s2(now)
+    assert (second.replica, second.moved_from) == ("a", None)  # before: ("c", "a")
+
+
+def test_through_ray_a_step_accepted_by_the_thief_still_counts_in_its_room():
+    """The same through Ray Serve's routing loop: c accepts each step it is sent
+    (`on_request_routed`, strict `max_ongoing_requests`) before the next is routed."""
+    pytest.importorskip("ray.serve")
+    from tests.cluster.ray_fakes import StatsReplica, make_router, pending
+
+    async def go():
+        a = StatsReplica("a", queue_len=0, total_blocks=4096, free_blocks=100,
+                         queue_depth=3, running=2, taken_at=999.9,
+                         session_tokens={"S1": 12000, "S2": 12000})
+        c = StatsReplica("c", queue_len=0, total_blocks=2048, free_blocks=1250, running=2,
+                         taken_at=999.9)
+        router = make_router([a, c])
+        now = [1000.0]
+        router.kv_router.clock = lambda: now[0]
+        router.kv_router.homes.update(S1="a", S2="a")
+        routes = []
+        for s in ("S1", "S2"):
+            call = {"kvsaga": 1, "session": s, "tenant": ""}
+            pr = pending(call, s)
+            chosen = await router._choose_replica_for_request(pr)
+            router.on_request_routed(pr, chosen.replica_id, None)
+            routes.append((call["route"]["replica"], call["route"]["moved_from"]))
+            now[0] += 0.05
+        return routes
+
+    assert asyncio.run(go()) == [("c", "a"), ("a", None)]  # before: [.., ("c", "a")]
+
+
+def test_a_report_taken_after_the_move_counts_it_once_it_lists_it_or_the_step_ran():
+    """A report of c taken after S1's move that neither lists S1 nor was taken after S1's
+    step finished there may have been taken before the import: S1 still counts (before,
+    any report taken after the move dropped it). One taken after that step finished
+    counts S1 itself, listed or not: the room it shows is the room there is."""
+    now = [1000.0]
+    router, first, second, a = steal_s1_then_route_s2(now)
+    router.finished(second)
+    now[0] += 0.1
+    c_before_import = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2,
+                                   taken_at=now[0])
+    now[0] += 0.05
+    route = router.route(RouteRequest(session="S2"), {"a": a, "c": c_before_import})
+    assert (route.replica, route.moved_from) == ("a", None)  # before: ("c", "a")
+    router.finished(route)
+    now[0] += 0.1
+    router.finished(first)  # S1's step ran on c
+    now[0] += 0.5
+    c_after = ReplicaStats(total_blocks=2048, free_blocks=1250, running=1, taken_at=now[0])
+    route = router.route(RouteRequest(session="S2"), {"a": a, "c": c_after})
+    assert (route.replica, route.moved_from) == ("c", "a")
+
+
+def test_a_moves_tokens_leave_the_thiefs_room_when_it_cannot_arrive():
+    """S1's tokens stop counting against c once they cannot come: the move is refused,
+    S1 is routed to another replica, it ends, or c is removed (and added back). Kept,
+    S2 stays home (the test above)."""
+    def s2_after(undo):
+        now = [1000.0]
+        router, first, second, a = steal_s1_then_route_s2(now)
+        assert second.replica == "a"
+        router.finished(second)
+        undo(router, first)
+        now[0] += 0.05
+        c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=999.9)
+        route = router.route(RouteRequest(session="S2"), {"a": a, "c": c})
+        return route.replica, route.moved_from
+
+    def refused(router, first):
+        router.finished(first, ran=False)
+        router.move_refused("S1", "a", "c", import_refused=False)
+
+    def routed_away(router, first):
+        router.finished(first)
+        router.add_replica("b")
+        router.homes["S1"] = "b"  # (as if S1 had moved on to b)
+        router.finished(router.route(RouteRequest(session="S1", stay=True), {}))
+
+    def ended(router, first):
+        router.finished(first)
+        router.session_ended("S1")
+
+    def removed(router, first):
+        router.remove_replica("c")
+        router.add_replica("c")
+
+    assert s2_after(refused) == ("c", "a")
+    assert s2_after(ended) == ("c", "a")
+    assert s2_after(removed) == ("c", "a")
+    assert s2_after(routed_away) == ("c", "a")
 
 
 def test_steals_sent_before_a_refusal_comes_back_are_not_sent_past_the_room():

@@ -51,6 +51,24 @@ def test_tenants_without_a_live_session_are_forgotten_after_the_idle_limit(monke
     assert set(r._last_live) == {"stays"}
 
 
+def test_a_tenant_that_gained_nothing_here_is_forgotten_too(monkeypatch):
+    """A tenant whose only session here was imported (`_import` records its size as seen)
+    and left before it grew has no service here: it was never forgotten from `_last_live`
+    (review s49 ray 3)."""
+    clock = [1000.0]
+    monkeypatch.setattr(deployment, "time", NS(monotonic=lambda: clock[0], time=_time.time))
+    mgr = KVCacheManager(SPEC, 256)
+    r, engine = replica(mgr, idle_s=60.0)
+    step(mgr, "moved/s")
+    r._seen_tokens["moved/s"] = 8  # (what `_import` records for an imported session)
+    assert r._routing_stats(engine)["tenant_service"] == {}
+    assert set(r._last_live) == {"moved"}
+    mgr.end_session("moved/s")  # it moves on (or ends) before it grows here
+    clock[0] += 61
+    r._routing_stats(engine)
+    assert r._last_live == {}  # before: {"moved": 1000.0}, for good
+
+
 def test_idle_tenants_beyond_the_cap_go_longest_idle_first(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(deployment, "time", NS(monotonic=lambda: clock[0], time=_time.time))

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from kvsaga._validate import is_int, is_number
+from kvsaga._validate import check_number, check_positive_int, is_int, is_number
 from kvsaga.integrations.ray.gateway import (
     ENGINE_DEPLOYMENT,
     PULL_REFUSED_HEADER,  # noqa: F401  (re-exported: callers name deployment's)
@@ -304,17 +304,19 @@ class EngineReplica(SessionHandover):
         starts afresh), and beyond `_MAX_IDLE_TENANTS` tenants without a live session,
         the longest idle first. A tenant is a client-chosen `cache_salt`: kept for good,
         each new one grew every report, and the router sums every report's map at every
-        decision (`FairShare.observe`)."""
+        decision (`FairShare.observe`). Idle tenants are looked for in both maps: a tenant
+        whose sessions here were all imported and left before they grew has no service
+        here, and its `_last_live` entry was kept for good (review s49 ray 3)."""
         for t in live:
             self._last_live[t] = now
-        idle = [t for t in self._service if t not in live]
+        idle = [t for t in self._service.keys() | self._last_live.keys() if t not in live]
         limit = self.settings.session_idle_s
         gone = [t for t in idle if now - self._last_live.get(t, now) > limit]
         if len(idle) - len(gone) > _MAX_IDLE_TENANTS:
             kept = sorted(set(idle) - set(gone), key=lambda t: self._last_live.get(t, now))
             gone += kept[:len(kept) - _MAX_IDLE_TENANTS]
         for t in gone:
-            del self._service[t]
+            self._service.pop(t, None)
             self._last_live.pop(t, None)
 
     def _routing_stats(self, engine) -> dict:
@@ -391,8 +393,9 @@ def build_application(
             routes with when this is None.
         ray_actor_options: per replica (e.g. `{"num_gpus": 1}` on a GPU cluster).
         factory: loads an engine (tests pass a tiny model's); default from `settings`.
-        stats_period_s: how often the router reads each replica's routing stats.
-        torch_threads: torch threads per replica (None: torch's default).
+        stats_period_s: how often the router reads each replica's routing stats, in
+            seconds (> 0).
+        torch_threads: torch threads per replica, an int >= 1 (None: torch's default).
         stuck_step_s: a replica whose engine has been inside one step for longer fails Ray
             Serve's health check, and Serve replaces it (inf: never).
     """
@@ -401,6 +404,11 @@ def build_application(
     if not (is_number(stuck_step_s) and stuck_step_s > 0):  # nan fails too
         raise ValueError(f"stuck_step_s must be a number > 0 (inf: never), got "
                          f"{stuck_step_s!r}")
+    # Here, naming the argument: later, a bad one failed inside every replica actor
+    # (torch's set_num_threads) or in Ray's config (its own field name), and a 0 was taken
+    # for torch's default.
+    check_positive_int("torch_threads", torch_threads, none_ok=True)
+    check_number("stats_period_s", stats_period_s, lambda x: x > 0, "> 0")
     if router not in REPLICA_ROUTERS:
         raise ValueError(f"unknown router {router!r}; choose one of {sorted(REPLICA_ROUTERS)}")
     router_kwargs = {**(settings.routing_config or {}), **(router_kwargs or {})}

@@ -376,10 +376,16 @@ class SessionHandover:
         or "misrouted" (the call reached another replica). An importer that names itself
         not (`importer`; one before session 47, during a rolling update) is answered the
         string "busy" instead of `Busy`, the only busy answer it knows: any other it took
-        for a gone sender, and ran the step on its own copy while one was in flight here."""
-        await self._start()
-        sessions, sid = self._sessions, call.get("engine_sid")
-        if call.get("pin") != self.replica_id or sessions is None:
+        for a gone sender, and ran the step on its own copy while one was in flight here.
+        A call for another replica is answered before the model load (`_start`): a pull
+        from a dead replica reaches any other, maybe its replacement still loading, and
+        its importer's step waited for that load (up to `_PULL_TIMEOUT_S`) to learn what
+        "misrouted" tells it at once (review s49 ray 2)."""
+        sid, sessions = call.get("engine_sid"), None
+        if call.get("pin") == self.replica_id:
+            await self._start()
+            sessions = self._sessions
+        if sessions is None:
             log.warning("kvsaga: export of %s reached %s, not %s", sid, self.replica_id,
                         call.get("pin"))
             return "misrouted"
