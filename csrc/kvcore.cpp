@@ -13,9 +13,10 @@
 // evicting an active one, an id out of range) raises here and changes nothing.
 //
 // One concept a file, all headers of this one translation unit: kvcore_common.h (errors, id
-// lists), block_queue.h, block_pool.h, prefix_index.h (hasher and index), manager_core.h,
-// marks.h (a policy's per-block marks written in one call), shadow_loops.h (adaptive's shadow
-// pools' loops); this file binds them. queue.h, key_table.h and sha256.h are their building blocks.
+// lists), block_queue.h, block_pool.h, prefix_index.h (hasher and index), manager_core.h (the
+// manager's step loops) over manager_evict.h (its eviction loops), marks.h (a policy's
+// per-block marks written in one call), shadow_loops.h (adaptive's shadow pools' loops); this
+// file binds them. queue.h, key_table.h and sha256.h are their building blocks.
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
