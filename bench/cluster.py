@@ -20,6 +20,12 @@ family allows; `--ideal` adds a reference row with one roomy GPU per session. Wr
 "## Cluster routing (simulated)" section of bench/RESULTS.md (other fleets and loads: their
 own sections, `section_title`).
 
+`--report-period S` has the GPUs report their load to the router every S seconds of
+simulated time (`kvsaga.sim.cluster_reports`: a report lags, as a Ray Serve replica's does,
+and a steal may be refused) instead of live at each decision; its rows go to sections of
+their own, named for the period, and each case says how many imports were refused. The
+default stays live, the reports every recorded section was run with (docs/cluster.md).
+
 The `kvsaga` router's defaults (`RoutingConfig`) were fitted with `--fit` on seeds 1 and 2
 (the four families at 2x with 16 sessions per GPU; not refitted at the thrash loads); the
 report runs other seeds: 7 (which informed the form of the balance steal, docs/cluster.md),
@@ -31,23 +37,25 @@ into bench/RESULTS.md, whose section says the seeds are held out).
     python bench/cluster.py                               # 8 GPUs, four families, 3 seeds
     python bench/cluster.py --fit --seed 1,2
     python bench/cluster.py --gpus 64 --family swe --sessions-per-gpu 16
+    python bench/cluster.py --report-period 0.5                 # lagging reports
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 from allocator import refuse_early, write_section
+from cluster_baselines import baseline_rows, same_experiment
 from fit_seeds import CLUSTER_FIT_SEEDS, diagnosis_header, fit_seed_error
 
 from kvsaga.config import parse_bytes
 from kvsaga.routing import ROUTERS, RoutingConfig
-from kvsaga.sim.cluster import CLUSTER_COLUMNS, format_rows, simulate_cluster
+from kvsaga.sim.cluster import format_rows, simulate_cluster
+from kvsaga.sim.cluster_reports import check_report_period
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.simulator import simulate
 from kvsaga.sim.workloads import WORKLOADS, generate
@@ -135,8 +143,8 @@ def routing_for(config: SimConfig, knobs: dict | None) -> RoutingConfig | None:
 
 def run_one(job: tuple) -> dict:
     """One simulation; `run` is (router, scheduler, policy) or "ideal"; `knobs` override
-    RoutingConfig fields."""
-    family, gpus, spg, scale, seed, load, kv, run, knobs = job
+    RoutingConfig fields; `period`: the GPUs' report period (None: live reports)."""
+    family, gpus, spg, scale, seed, load, kv, run, knobs, period = job
     sessions = trace(family, gpus, spg, scale, seed, load)
     t = time.perf_counter()
     if run == "ideal":
@@ -144,14 +152,16 @@ def run_one(job: tuple) -> dict:
         # sessions between GPUs that each serve one (944 moves on swe, seed 7).
         config = SimConfig(kv_memory_bytes=parse_bytes(IDEAL_KV), policy="lru")
         row = simulate_cluster(sessions, config, gpus=len(sessions), router="kvsaga",
-                               routing=routing_for(config, {"busy_balance": 0.0})).row()
+                               routing=routing_for(config, {"busy_balance": 0.0}),
+                               report_period_s=period).row()
         row["router"] = "ideal"
         row["gpus"] = len(sessions)
     else:
         router, scheduler, policy = run
         config = SimConfig(kv_memory_bytes=kv, policy=policy, scheduler=scheduler)
         row = simulate_cluster(sessions, config, gpus=gpus, router=router,
-                               routing=routing_for(config, knobs)).row()
+                               routing=routing_for(config, knobs),
+                               report_period_s=period).row()
     row.update(family=family, seed=seed, load=load, knobs=knobs,
                wall_s=time.perf_counter() - t)
     return row
@@ -293,7 +303,8 @@ def fit(args, kv: int, loads: dict[str, float]) -> None:
     cases = [(f, s, g) for g in _ints(args.gpus) for f in args.family.split(",")
              for s in _ints(args.seed)]
     jobs = [(f, g, args.sessions_per_gpu, args.scale, s, loads[f], kv,
-             ("kvsaga", "workflow", "lru"), c) for c in combos for f, s, g in cases]
+             ("kvsaga", "workflow", "lru"), c, args.report_period)
+            for c in combos for f, s, g in cases]
     with worker_pool(args.workers) as pool:
         rows = list(pool.map(run_one, jobs))
     scored = []
@@ -310,14 +321,30 @@ def fit(args, kv: int, loads: dict[str, float]) -> None:
         print(f"  {s[0]:8.2f} s  {s[1]:.3f}  {s[2]}{'  <- picked' if s is pick else ''}")
 
 
+def refusal_lines(rows: list[dict], args) -> list[str]:
+    """With lagging reports, the imports refused per simulated run (a steal the thief's
+    report showed room for, which its live pool did not have); none with live reports,
+    where a room test the import refuses does not happen in practice. Kept out of the
+    table (`ClusterResult`: `--baselines` reads the tables back by their columns)."""
+    if args.report_period is None:
+        return []
+    counts = [f"{r['router']} + {r['scheduler']} + {r['policy']} {r['num_refused']} "
+              f"({r['refused_gb']:.2f} GB)" for r in rows if "num_refused" in r]
+    return [f"- imports refused (reports every {args.report_period:g} s): "
+            + (", ".join(counts) or "none simulated (every row reused)") + "."]
+
+
 def section_title(args) -> str:
     """The RESULTS heading a run writes: the default fleet at the thrash loads has the main
     section; another fleet size has its own, and so has each fleet at another load
-    (sessions per GPU or a fixed arrival rate)."""
+    (sessions per GPU or a fixed arrival rate) and each report period (lagging reports:
+    their rows never replace the live reports' ones)."""
     parts = [] if args.gpus == "8" else [f"{args.gpus} GPUs"]
     if args.sessions_per_gpu != DEFAULT_SPG or args.load != "thrash":
         at = "the thrash load" if args.load == "thrash" else f"{float(args.load):g}x"
         parts.append(f"{args.sessions_per_gpu} sessions per GPU at {at}")
+    if args.report_period is not None:
+        parts.append(f"reports every {args.report_period:g} s")
     return f"{SECTION[:-1]}, {', '.join(parts)})" if parts else SECTION
 
 
@@ -359,7 +386,8 @@ def report(args, kv: int, loads: dict[str, float], pool,
     def start(case, run):
         if simulated(run):
             return pool.submit(run_one, (case[1], case[0], args.sessions_per_gpu, args.scale,
-                                         case[2], loads[case[1]], kv, run, None))
+                                         case[2], loads[case[1]], kv, run, None,
+                                         args.report_period))
         old = {(r["router"], r["scheduler"], r["policy"]): r for r in reused.get(case, [])}
         if run not in old:
             raise ValueError(f"--baselines {args.baselines} has no {' + '.join(run)} row "
@@ -382,70 +410,14 @@ def report(args, kv: int, loads: dict[str, float], pool,
                  "of simulation" + (f"; the {', '.join(kept)} rows reused from "
                                     f"{args.baselines.name}, whose run of the case took "
                                     f"{there:.0f} s" if kept else "") + ")",
-                 "", "```", format_rows(rows), "```", "", *verdicts(rows, floor_s), ""]
+                 "", "```", format_rows(rows), "```", "", *refusal_lines(rows, args),
+                 *verdicts(rows, floor_s), ""]
         print("\n".join(block), flush=True)
         lines += block
         results.append((gpus, family, seed, load, rows, floor_s))
         if done is not None:
             done(results, lines, list(futures)[len(results):])
     return results, lines
-
-
-def same_experiment(args, case: tuple[int, str, int], load: float, row: dict) -> None:
-    """Refuse a reused row whose case heading names another load, scale or KV memory than
-    this run's: the section title and (GPUs, family, seed) alone do not tell them apart."""
-    ours = {"load": f"{load:g}x", "scale": f"{args.scale:g}", "KV": args.kv_memory}
-    theirs = {"load": f"{row['load']:g}x", "scale": f"{row['scale']:g}", "KV": row["kv"]}
-    if parse_bytes(row["kv"]) == parse_bytes(args.kv_memory):
-        theirs["KV"] = ours["KV"]  # the same capacity spelled another way
-    wrong = [f"{k} {theirs[k]} (this run: {ours[k]})" for k in ours if ours[k] != theirs[k]]
-    if wrong:
-        raise ValueError(f"--baselines {args.baselines}: the {case[0]} GPUs, {case[1]}, seed "
-                         f"{case[2]} rows were run at another {', '.join(wrong)}")
-
-
-def baseline_rows(path: Path, title: str) -> dict[tuple[int, str, int], list[dict]]:
-    """The rows of the tables a previous run wrote into section `title` of `path`, by
-    (GPUs, family, seed), each with the load, scale and KV memory its case heading names
-    (`same_experiment` checks them): `--routers` reuses them for the routers it does not
-    simulate (the round-robin and affinity rows do not depend on the kvsaga router's code).
-    The figures are as printed (mean TCT to 0.1 s), so a ratio over them can differ from the
-    first run's in its last digit."""
-    text = path.read_text(encoding="utf-8")
-    section = re.search(rf"^{re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
-    if section is None:
-        raise ValueError(f"{path} has no section {title!r}")
-    found = {}
-    for gpus, family, seed, head, table in re.findall(
-            r"^### (\d+) GPUs: \d+ (\S+) sessions \(seed (\d+)([^\n]*)\n\n```\n(.*?)\n```",
-            section.group(1), re.S | re.M):
-        took = re.search(r"took (\d+) s\)$", head) or re.search(r"\((\d+) s of simulation", head)
-        setup = re.match(r", load ([^,]+)x, scale ([^)]+)\), (\S+) KV per GPU", head)
-        if setup is None:
-            raise ValueError(f"{path}: the heading of {family} seed {seed} does not name its "
-                             f"load, scale and KV memory: {head!r}")
-        rows = []
-        for line in table.splitlines()[1:]:
-            cells = line.split()
-            if len(cells) != len(CLUSTER_COLUMNS):
-                raise ValueError(f"{path}: a row of {family} seed {seed} has {len(cells)} "
-                                 f"cells, not {len(CLUSTER_COLUMNS)}: {line!r}")
-            row = {key: _cell(cell, fmt) for (_, key, fmt), cell in zip(CLUSTER_COLUMNS, cells,
-                                                                       strict=True)}
-            row.update(family=family, seed=int(seed), wall_s=0.0, reused=True,
-                       load=float(setup.group(1)), scale=float(setup.group(2)),
-                       kv=setup.group(3),
-                       case_wall_s=float(took.group(1)) if took else 0.0)
-            rows.append(row)
-        found[(int(gpus), family, int(seed))] = rows
-    return found
-
-
-def _cell(text: str, fmt: str):
-    """One printed table cell back as a number (`CLUSTER_COLUMNS` formats) or text."""
-    if fmt == "{:,}" or (fmt == "{}" and text.isdigit()):
-        return int(text.replace(",", ""))
-    return float(text) if fmt != "{}" else text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -488,7 +460,16 @@ def main(argv: list[str] | None = None) -> None:
                    help="print the tables only; leave --results as it is")
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="the file whose section is written (after each finished case)")
+    p.add_argument("--report-period", type=float, default=None, metavar="SECONDS",
+                   help="the GPUs report their load to the router every this many seconds "
+                        "of simulated time, as a Ray Serve replica's report lags (0.5 s "
+                        "there), instead of live at every decision; its rows go to a section "
+                        "named for it, with the imports refused (default, or 0: live)")
     args = p.parse_args(argv)
+    try:
+        args.report_period = check_report_period(args.report_period, "--report-period")
+    except ValueError as e:
+        p.error(str(e))
     kv = parse_bytes(args.kv_memory)
     if args.load != "thrash":
         try:
@@ -510,6 +491,7 @@ def main(argv: list[str] | None = None) -> None:
            f"--sessions-per-gpu {args.sessions_per_gpu} --scale {args.scale} --load "
            f"{args.load} --seed {args.seed} --kv-memory {args.kv_memory} --runs {args.runs}"
            + (" --ideal" if args.ideal else "") + (" --fit-seeds" if args.fit_seeds else "")
+           + (f" --report-period {args.report_period:g}" if args.report_period else "")
            + (f" --routers {','.join(sorted(args.routers)) or 'none'} --baselines "
               f"{args.baselines}"
               if args.routers is not None else ""))
@@ -578,7 +560,11 @@ def section_body(args, cmd: str, load_lines: list[str], results: list, lines: li
            "not on the seeds reported here (11 and 12 were not looked at before the fit). ")
         + "Mean TCT ratios "
         "are baseline / kvsaga + workflow + lru; the floor (`floor_tct`) is a lower bound "
-        "on any router's mean TCT computed from the cost model without simulating.", "",
+        "on any router's mean TCT computed from the cost model without simulating."
+        + (f" The GPUs report their load to the router every {args.report_period:g} s of "
+           "simulated time, each at its own phase (`--report-period`: lagging reports, as "
+           "a Ray Serve replica's; the sections without a period read live reports)."
+           if args.report_period else ""), "",
         *([how, "", *[f"- {x}" for x in load_lines], ""] if how else []),
         *unfinished, *summary(results, no_thrash), "", *goal_text(results, no_thrash),
         *calm_note(no_thrash), *lines])

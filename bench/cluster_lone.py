@@ -32,7 +32,8 @@ def fit(args, kv: int, loads: dict[str, float]) -> None:
     cases = [(f, s, g) for g in cluster._ints(args.gpus) for f in args.family.split(",")
              for s in cluster._ints(args.seed)]
     jobs = [(f, g, args.sessions_per_gpu, args.scale, s, loads[f], kv,
-             ("kvsaga", "workflow", "lru"), c) for c in GRID for f, s, g in cases]
+             ("kvsaga", "workflow", "lru"), c, args.report_period)
+            for c in GRID for f, s, g in cases]
     with worker_pool(args.workers) as pool:
         rows = list(pool.map(cluster.run_one, jobs))
     print(f"fit on (family, seed, GPUs) {cases}, loads {loads}, {args.sessions_per_gpu} "

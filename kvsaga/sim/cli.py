@@ -21,15 +21,14 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 
-from kvsaga.config import parse_bytes
 from kvsaga.logs import StderrHandler
 from kvsaga.policy import DEFAULT_POLICY, POLICIES
 from kvsaga.routing import ROUTERS
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 from kvsaga.sim.cli_outputs import check_outputs, plot_format, save, write_json
+from kvsaga.sim.cli_types import positive_type, report_period_type, seed_type, size_type
 from kvsaga.sim.cluster import MAX_GPUS, format_rows, simulate_cluster
 from kvsaga.sim.cluster_tenants import add_cluster_tenant_slowdowns
 from kvsaga.sim.compare import (
@@ -77,19 +76,6 @@ BELADY_FOOTER = ("belady: a reference, not a lower bound (greedy on the trace's 
                  "a policy can recompute less)")
 
 
-def _positive(kind: type) -> Callable[[str], float]:
-    """An argparse type: `kind(text)`, finite and > 0."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return value
-    return parse
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `sim` command to `kvsaga`'s subparsers."""
     p = subparsers.add_parser(
@@ -97,14 +83,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", default="swe",
                    help=f"workload family: {', '.join(sorted(WORKLOADS))} (default: swe)")
-    p.add_argument("--sessions", type=_positive(int), default=200,
+    p.add_argument("--sessions", type=positive_type(int), default=200,
                    help="sessions to generate (default: 200)")
-    p.add_argument("--seed", type=_seed, default=1, help="trace seed, an integer >= 0 "
+    p.add_argument("--seed", type=seed_type, default=1, help="trace seed, an integer >= 0 "
                    "(default: 1)")
-    p.add_argument("--scale", type=_positive(float), default=1.0,
+    p.add_argument("--scale", type=positive_type(float), default=1.0,
                    help="multiply token counts and tool times (e.g. 0.1 for a quick run; "
                    "default: 1)")
-    p.add_argument("--arrival-rate", type=_positive(float), default=None,
+    p.add_argument("--arrival-rate", type=positive_type(float), default=None,
                    help="sessions per second (default: the family's)")
     p.add_argument("--trace", default=None,
                    help="replay this JSON Lines trace instead (--workload, --sessions, "
@@ -120,20 +106,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
                    help=f"comma-separated schedulers, run side by side: "
                    f"{', '.join(sorted(SCHEDULERS))} (default: {DEFAULT_SCHEDULER})")
-    p.add_argument("--slo-factor", type=_positive(float), default=DEFAULT_SLO_FACTOR,
+    p.add_argument("--slo-factor", type=positive_type(float), default=DEFAULT_SLO_FACTOR,
                    help="a task meets its SLO when its TCT <= this x its unloaded TCT "
                    "(default: 3; the --gpus/--router cluster run reports no SLO and ignores "
                    "it, saying so)")
     p.add_argument("--preset", default="a100-llama3-8b",
                    help=f"GPU and model: {', '.join(sorted(PRESETS))} (default: "
                    "a100-llama3-8b)")
-    p.add_argument("--kv-memory", type=_size, default=None,
+    p.add_argument("--kv-memory", type=size_type, default=None,
                    help="GPU KV capacity, e.g. 20G or 512M (default: the preset's free memory)")
-    p.add_argument("--host-memory", type=_size, default=None,
+    p.add_argument("--host-memory", type=size_type, default=None,
                    help="host-tier capacity, e.g. 64G (default: none; every victim is "
                    f"discarded); at most {MAX_HOST_BLOCKS:,} blocks (8T with the llama3-8b "
                    "presets' 2 MiB blocks): the simulator keeps per-block lists")
-    p.add_argument("--kv-gib", type=_positive(float), default=None,
+    p.add_argument("--kv-gib", type=positive_type(float), default=None,
                    help="deprecated: use --kv-memory (--kv-gib N is --kv-memory NG)")
     p.add_argument("--host-gib", type=float, default=None,
                    help="deprecated: use --host-memory (--host-gib N is --host-memory NG)")
@@ -141,7 +127,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="what the engine tells the policy at each pause (default: tool)")
     p.add_argument("--no-resume-hints", action="store_true",
                    help="do not call resume_hint when a tool returns")
-    p.add_argument("--gpus", type=_positive(int), default=1,
+    p.add_argument("--gpus", type=positive_type(int), default=1,
                    help="simulate this many GPUs behind a router (see --router; default: 1); "
                    f"at most {MAX_GPUS:,}: a GPU no step reaches holds no simulator state, "
                    "but every GPU costs the routers per-GPU state and the kvsaga router "
@@ -150,11 +136,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated routers run side by side: round-robin, affinity, "
                    "kvsaga (default with --gpus > 1: all three); giving it runs the cluster "
                    "simulation, on --gpus GPUs (1 unless given)")
+    p.add_argument("--report-period", type=report_period_type, default=None, metavar="SECONDS",
+                   help="the cluster run's GPUs report their load to the router every this "
+                   "many seconds of simulated time, each at its own phase, as a serving "
+                   "replica's report lags (Ray Serve: 0.5 s): the router decides on reports "
+                   "up to that old and a steal may be refused; the rows then count the "
+                   "refused imports. Default (or 0): live reports, as every recorded "
+                   "cluster figure")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--plot", default=None,
                    help="sweep KV capacity and plot recomputation against it (the "
                    "format by the suffix: .png, .svg, .pdf, ...; PNG without one)")
-    p.add_argument("--jobs", type=_positive(int), default=None,
+    p.add_argument("--jobs", type=positive_type(int), default=None,
                    help="simulations run at once, in worker processes (default: one per "
                    "CPU core; results do not depend on it); the --gpus/--router cluster run "
                    "runs one at a time and ignores it, saying so")
@@ -222,25 +215,6 @@ def _trace_line(path: str, sid: str) -> int | None:
             if text.strip() and json.loads(text).get("id") == sid:
                 return lineno
     return None
-
-
-def _seed(text: str) -> int:
-    """An argparse type: a trace seed, an integer >= 0 (as `generate` takes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def _size(text: str) -> int:
-    """An argparse type: a memory size such as 20G (see `kvsaga.config.parse_bytes`)."""
-    try:
-        return parse_bytes(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _resolve_memory_flags(args) -> None:
@@ -399,6 +373,9 @@ def cmd_sim(args) -> int:
             print(f"kvsaga sim: {' and '.join(ignored)} do not apply to the cluster run "
                   "(--gpus/--router): ignored", file=sys.stderr)
         return cmd_cluster(args)
+    if args.report_period is not None:
+        print("kvsaga sim: --report-period applies to the cluster run (--gpus/--router) "
+              "only: ignored", file=sys.stderr)
     try:
         specs = comma_names("--policy", args.policy, "policy")
         for spec in specs:
@@ -555,10 +532,11 @@ def cmd_cluster(args) -> int:
                 base = _base_config(args, args.kv_memory)
                 config = replace(base, policy=policy, scheduler=scheduler)
                 for router in routers:
-                    row = simulate_cluster(sessions, config, gpus=args.gpus,
-                                           router=router).row()
+                    row = simulate_cluster(sessions, config, gpus=args.gpus, router=router,
+                                           report_period_s=args.report_period).row()
                     if row["tenants"] is not None and misfit is None:
-                        add_cluster_tenant_slowdowns(row, sessions, config, args.gpus, router)
+                        add_cluster_tenant_slowdowns(row, sessions, config, args.gpus, router,
+                                                     args.report_period)
                     rows.append(row)
                     if not args.quiet:
                         print(f"  {router} {scheduler} {policy}: done", file=sys.stderr)
@@ -575,6 +553,10 @@ def cmd_cluster(args) -> int:
     print(f"{len(sessions)} sessions on {args.gpus} GPUs ({config.cost.name}, "
           f"{config.blocks()} blocks each)")
     print(format_rows(rows))
+    if args.report_period:
+        print(f"reports every {args.report_period:g} s; imports refused: " + ", ".join(
+            f"{r['router']} {r['scheduler']} {r['policy']} {r['num_refused']} "
+            f"({r['refused_gb']:.2f} GB)" for r in rows))
     note = idle_lead_note(sessions, rows) if args.trace is not None else None
     if note is not None:
         print(f"kvsaga sim: note: {note}", file=sys.stderr)
@@ -589,5 +571,6 @@ def cluster_config(args, sessions: list[Session], base: SimConfig, names: dict) 
     routers and policies run (an offline reference --policy named is not)."""
     config = run_config(args, sessions, base, names["schedulers"])
     del config["slo_factor"]
-    config.update(gpus=args.gpus, routers=names["routers"], policies=names["policies"])
+    config.update(gpus=args.gpus, routers=names["routers"], policies=names["policies"],
+                  report_period_s=args.report_period or None)
     return config

@@ -1,16 +1,18 @@
 """Several simulated GPUs behind one router: the cluster counterpart of `Simulator`.
 
 Each GPU is a `Simulator` (the real manager, policy and scheduler, timed by the cost
-model), built when a step first reaches it (`_Fleet`: a GPU no step reaches holds nothing,
+model), built when a step first reaches it (`Fleet`: a GPU no step reaches holds nothing,
 and `--gpus 100000` holds only the GPUs a trace uses); the router is `kvsaga.routing`'s,
 the code `kvsaga-serve --replicas` routes with.
 Every step of every session is routed when it is released (its arrival, or its tool's
 return), from the GPUs' live state (`ReplicaStats`: free and evictable blocks, queue,
-running and paused sessions). A step the router moves off a session's previous GPU either
-migrates the session's KV (`kvsaga.migration`: export from that GPU's manager, import into
-the new one; the step arrives after `RoutingConfig.migrate_s`) or leaves it to be recomputed;
-the previous GPU ends its copy either way, and its scheduler forgets the session
-(`Scheduler.forget_session`): it holds no admission room there any more.
+running and paused sessions), or with `report_period_s` from reports that lag as a
+serving replica's do (`kvsaga.sim.cluster_reports`). A step the router moves off a
+session's previous GPU either migrates the session's KV (`kvsaga.migration`: export from
+that GPU's manager, import into the new one; the step arrives after
+`RoutingConfig.migrate_s`) or leaves it to be recomputed; the previous GPU ends its copy
+either way, and its scheduler forgets the session (`Scheduler.forget_session`): it holds no
+admission room there any more.
 
 Time: the GPUs share one clock. The loop always acts on the earliest thing pending: the next
 release in the cluster, or the GPU whose next batch step (or idle wake-up) comes first, so
@@ -22,16 +24,19 @@ single-GPU `Simulator`'s results.
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 
 from kvsaga.errors import KVSagaError
 from kvsaga.migration import plan_export, plan_import
 from kvsaga.policy import POLICIES
+from kvsaga.replica_stats import DEFAULT_RESUME_HORIZON_S, count_predicted_resumes
 from kvsaga.routing import ReplicaStats, Route, RouteRequest, RoutingConfig, make_router
+from kvsaga.sim.cluster_fleet import ByName, Fleet, LiveStats
+from kvsaga.sim.cluster_reports import LaggingReports, check_report_period
 from kvsaga.sim.cluster_result import (  # noqa: F401  (re-exported: bench/cluster.py, kvsaga sim)
     CLUSTER_COLUMNS,
     ClusterResult,
@@ -44,7 +49,7 @@ from kvsaga.sim.simulator import Simulator
 from kvsaga.sim.trace import Session
 from kvsaga.stats import percentile
 
-# The most GPUs a cluster simulation takes. A GPU no step reaches is never built (`_Fleet`),
+# The most GPUs a cluster simulation takes. A GPU no step reaches is never built (`Fleet`),
 # but each still costs the routers per-replica state (the affinity router's hash ring holds
 # 64 points per GPU) and the kvsaga router reads every GPU's stats at each routing decision:
 # memory and time grow with the count whatever the trace (a 4-session trace on 100,000 GPUs:
@@ -65,7 +70,12 @@ class _GPU(Simulator):
         # here (`_serve`).
         self.tenant_service: dict[str, float] = {}
         self._served: dict[str, int] = {}
-        self._stats: ReplicaStats | None = None  # routing stats, until this GPU changes
+        # Its live stats (`live_stats`) until it changes, and the time they were counted at.
+        self._stats: ReplicaStats | None = None
+        self._stats_at = -math.inf
+        # What it reports with lagging reports (`ClusterSimulator.report_period_s`), set by
+        # `Fleet` when it builds the GPU; None: live reports.
+        self.reports: LaggingReports | None = None
         # Its steps wait (the last schedule admitted none, nothing reached its scheduler
         # since) and its idle jump was cut short at another GPU's next action (`_idle`).
         self._held = False
@@ -179,6 +189,7 @@ class _GPU(Simulator):
 
     def advance_one(self) -> None:
         """One iteration of `Simulator.run`'s loop (a held GPU goes on with its idle jump)."""
+        self.before_change(self.now)
         self.changed()
         self._release_due_events()
         if self._held or (not self.scheduler.running and not self._admissible()):
@@ -187,110 +198,52 @@ class _GPU(Simulator):
             self.step()
 
     def routing_stats(self) -> ReplicaStats:
-        """What a replica reports to the router (recomputed only after this GPU acted)."""
+        """What this GPU reports to the router now: its live stats, or with lagging reports
+        its state at its last report tick (`kvsaga.sim.cluster_reports`)."""
+        if self.reports is None:
+            return self.live_stats()
+        return self.reports.read(self.cluster.now, self._report_at)
+
+    def before_change(self, t: float) -> None:
+        """This GPU's state is about to change at `t`: a lagging report keeps the state
+        at a tick passed since the last change (`LaggingReports.before_change`)."""
+        if self.reports is not None:
+            self.reports.before_change(t, self.cluster.now, self._report_at)
+
+    def live_stats(self) -> ReplicaStats:
+        """This GPU's state now, as a replica reports it (rebuilt only after it acted).
+        Its paused sessions' predicted resumes are counted at the routing's time, not at
+        this GPU's clock, which an idle GPU leaves at its last action (the later of the
+        two: a GPU's batch may have run past the routing); recounted alone when the
+        count depends on the time (a hint's `expected_s`, a policy's graph). Before
+        session 49 they were counted at the GPU's clock, unlike a Ray replica's report
+        (review s49 simcluster, finding 1)."""
+        t = max(self.now, self.cluster.now)
         if self._stats is None:
             self._stats = ReplicaStats.from_manager(
-                self.manager, queue_depth=self.scheduler.num_waiting, now=self.now,
+                self.manager, queue_depth=self.scheduler.num_waiting, now=t,
                 tenant_service=self.tenant_service, busy_s=self._busy)
+            self._stats_at = t
+        elif t != self._stats_at and self._resumes_timed():
+            resumes = count_predicted_resumes(self.manager, t, DEFAULT_RESUME_HORIZON_S)
+            self._stats = replace(self._stats, predicted_resumes=resumes)
+            self._stats_at = t
         return self._stats
 
+    def _resumes_timed(self) -> bool:
+        """Whether `count_predicted_resumes` reads the time here: a session's hint
+        carries `expected_s` (`hints="oracle"`), or the policy predicts with a graph."""
+        return self.config.hints == "oracle" or getattr(self.manager.policy, "graph",
+                                                          None) is not None
 
-class _LiveStats(Mapping):
-    """GPU name -> its routing stats, built when the router first reads them (round-robin
-    and affinity read none; a GPU's stats are rebuilt after each of its actions). A GPU not
-    built yet reports a fresh GPU's stats, without being built."""
-
-    __slots__ = ("_fleet",)
-
-    def __init__(self, fleet: _Fleet) -> None:
-        self._fleet = fleet
-
-    def __getitem__(self, name: str) -> ReplicaStats:
-        gpu = self._fleet.built(name)
-        return self._fleet.fresh_stats() if gpu is None else gpu.routing_stats()
-
-    def __iter__(self):
-        return iter(self._fleet.names)
-
-    def __len__(self) -> int:
-        return len(self._fleet)
-
-
-class _Fleet(Sequence):
-    """The cluster's GPUs, each built when first used: routed a step, or indexed. A GPU no
-    step has reached holds nothing (its manager, policy and scheduler as built, its clock
-    at 0), so it is not built: the router reads a fresh GPU's stats for it, the loop's next
-    time for it is never (inf), and the result counts its busy time, clock and tokens as 0
-    -- what the GPU would report. Memory then grows with the GPUs the trace's steps reach,
-    not with `gpus` (each built GPU holds a manager with per-block lists: ~1.7 MB at the
-    default preset's 25,650 blocks). Indexing or iterating builds the GPUs it reaches.
-
-    `active`: the built GPUs in index order (the loop's times follow it, so ties go to the
-    lowest index, as when every GPU was built up front)."""
-
-    def __init__(self, cluster: ClusterSimulator, count: int) -> None:
-        self._cluster = cluster
-        self.names = [f"gpu{i}" for i in range(count)]
-        self._position = {name: i for i, name in enumerate(self.names)}
-        self._built: dict[int, _GPU] = {}
-        self.active: list[_GPU] = []
-        self._fresh: ReplicaStats | None = None
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"GPU index {i} out of range for {n} GPUs")
-        i %= n
-        gpu = self._built.get(i)
-        return gpu if gpu is not None else self._build(i)
-
-    def built(self, name: str) -> _GPU | None:
-        """The GPU named `name` if it was built, else None (KeyError: no such GPU)."""
-        return self._built.get(self._position[name])
-
-    def by_name(self, name: str) -> _GPU:
-        """The GPU named `name`, built if it was not."""
-        return self[self._position[name]]
-
-    def fresh_stats(self) -> ReplicaStats:
-        """What a GPU no step has reached reports (from one such GPU, built once and never
-        run: each unbuilt GPU would report exactly this)."""
-        if self._fresh is None:
-            c = self._cluster
-            self._fresh = c.gpu_class(c, "fresh", c.config).routing_stats()
-        return self._fresh
-
-    def _build(self, i: int) -> _GPU:
-        c = self._cluster
-        gpu = c.gpu_class(c, self.names[i], c.config)
-        self._built[i] = gpu
-        pos = bisect.bisect(self.active, i, key=lambda g: self._position[g.name])
-        self.active.insert(pos, gpu)
-        c._built(gpu, pos)
-        return gpu
-
-
-class _ByName(Mapping):
-    """GPU name -> GPU (`ClusterSimulator.by_name`), building a GPU when it is read."""
-
-    __slots__ = ("_fleet",)
-
-    def __init__(self, fleet: _Fleet) -> None:
-        self._fleet = fleet
-
-    def __getitem__(self, name: str) -> _GPU:
-        return self._fleet.by_name(name)
-
-    def __iter__(self):
-        return iter(self._fleet.names)
-
-    def __len__(self) -> int:
-        return len(self._fleet)
+    def _report_at(self, stamp: float) -> ReplicaStats:
+        """This GPU's state now as a report taken at `stamp`: stamped, its predicted
+        resumes counted then, and its sessions' tokens copied (the live view would show
+        their later growth)."""
+        st = ReplicaStats.from_manager(
+            self.manager, queue_depth=self.scheduler.num_waiting, now=stamp,
+            tenant_service=self.tenant_service, busy_s=self._busy)
+        return replace(st, session_tokens=dict(st.session_tokens), taken_at=stamp)
 
 
 class ClusterSimulator:
@@ -304,13 +257,19 @@ class ClusterSimulator:
         router: a `kvsaga.routing.ROUTERS` name.
         routing: the `kvsaga` router's knobs (default: migration priced with the preset:
             its bytes per token and cost model, over `link_bandwidth`).
+        report_period_s: seconds between a GPU's load reports to the router: each read
+            returns the GPU's state at its last report tick, stamped with it, as a serving
+            replica's report lags (`kvsaga.sim.cluster_reports`); None or 0 (the default):
+            live reports, the state at each read.
     """
 
     gpu_class = _GPU
 
     def __init__(self, sessions: Sequence[Session], config: SimConfig | None = None,
                  gpus: int = 2, router: str = "kvsaga",
-                 routing: RoutingConfig | None = None) -> None:
+                 routing: RoutingConfig | None = None,
+                 report_period_s: float | None = None) -> None:
+        self.report_period_s = check_report_period(report_period_s)
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise ValueError(f"gpus must be an int >= 1, got {gpus!r}")
         if gpus > MAX_GPUS:
@@ -332,12 +291,12 @@ class ClusterSimulator:
             routing = RoutingConfig(bytes_per_token=cost.kv_spec.bytes_per_token, cost=cost)
         self.routing = routing
         self.dirty: set[_GPU] = set()
-        # The loop's next time of each built GPU (`_Fleet.active` order) and its position
+        # The loop's next time of each built GPU (`Fleet.active` order) and its position
         # there, from `run` on.
         self._times: list[float] | None = None
         self._index: dict[_GPU, int] = {}
-        self.gpus = _Fleet(self, gpus)  # built as steps reach them (see _Fleet)
-        self.by_name = _ByName(self.gpus)
+        self.gpus = Fleet(self, gpus)  # built as steps reach them (see Fleet)
+        self.by_name = ByName(self.gpus)
         kwargs = {"config": routing} if router == "kvsaga" else {}
         # The router runs on the simulation's clock (`now`), not the wall clock its
         # `clock` defaults to: a slow machine must not change whom it routes where. It
@@ -358,6 +317,7 @@ class ClusterSimulator:
         self.num_moved = 0
         self.num_migrated = 0
         self.num_refused = 0  # moves refused by the receiver (`_refused`)
+        self.refused_bytes = 0  # the KV those moves exported
         self._ran = False
 
     def _clock(self) -> float:
@@ -392,10 +352,13 @@ class ClusterSimulator:
 
     def _route(self, t: float, session: Session, k: int) -> None:
         self._tick(t)
-        stats = _LiveStats(self.gpus)
+        stats = LiveStats(self.gpus)
+        # The context before step k: step k-1's prompt and its output (until session 49
+        # the output was left out, which a stamped report's `_tokens` would have taken as
+        # the session's size: review s49 simcluster, finding 2); a new session has none.
         req = RouteRequest(session=session.id, tenant=tenant_key(session.tenant),
                            prefix_key=session_prefix_key(session),
-                           context_tokens=session.prompt_length(k - 1) if k else 0)
+                           context_tokens=session.input_offsets[k] if k else 0)
         route = self.router.route(req, stats)
         gpu = self.by_name[route.replica]
         delay = 0.0
@@ -414,12 +377,23 @@ class ClusterSimulator:
         stays on its sender with its KV, the router hears of the refusal (the move is
         void, the sender is its home again, and the receiver takes no session for
         `KvsagaRouter.refused_move_s`), and the client retries the step after the 503's
-        `Retry-After`: it is released again then, and routed anew."""
+        `Retry-After`: it is released again then, and routed anew. The sender exported the
+        session's KV and the receiver pulled it before refusing the import, so the step
+        comes back that transfer later too (before session 49 a refusal cost the
+        `Retry-After` alone; it is counted in `refused_bytes`). The export is planned again
+        here: `_move` changed nothing, and refusals are rare."""
+        export = plan_export(self.by_name[route.moved_from].manager, session.id).export
         self.num_refused += 1
+        self.refused_bytes += export.num_blocks * self.config.cost.block_bytes
         self.router.finished(route, ran=False)
         self.router.move_refused(session.id, route.moved_from, route.replica,
                                  import_refused=True)
-        self.released(t + RETRY_AFTER_S, session, k)
+        self.released(t + self._transfer_s(export) + RETRY_AFTER_S, session, k)
+
+    def _transfer_s(self, export) -> float:
+        """Seconds to send an export's KV between two GPUs (`RoutingConfig.migrate_s`;
+        none for an export without blocks)."""
+        return self.routing.migrate_s(export.num_tokens) if export.num_blocks else 0.0
 
     def _move(self, session: Session, old: _GPU, new: _GPU, migrate: bool) -> float | None:
         """Move a paused session's state from `old` to `new`; returns the step's delay, or
@@ -428,6 +402,8 @@ class ClusterSimulator:
         leaves `old`, and `plan_import` is all or nothing)."""
         sid = session.id
         mgr = old.manager
+        for gpu in (old, new):
+            gpu.before_change(self.now)
         export = None
         if migrate and sid in mgr.sessions:
             export = plan_export(mgr, sid).export
@@ -455,7 +431,7 @@ class ClusterSimulator:
             if export.num_blocks:
                 self.migrated_bytes += export.num_blocks * self.config.cost.block_bytes
                 self.num_migrated += 1
-                delay = self.routing.migrate_s(export.num_tokens)
+                delay = self._transfer_s(export)
         mgr.end_session(sid, now=old.now)
         # The old GPU's scheduler must learn it too: else the session stays admitted there,
         # holding working-set room, until a demotion long after.
@@ -529,6 +505,9 @@ class ClusterSimulator:
             makespan_s=span,
             tasks_per_hour=len(tct) * 3600.0 / span if span > 0 else math.nan,
             tenants=tenant_tct_means(self.sessions, tct),
+            report_period_s=self.report_period_s,
+            num_refused=self.num_refused,
+            refused_gb=self.refused_bytes / 1e9,
         )
 
 
@@ -542,6 +521,7 @@ def session_prefix_key(session: Session) -> str:
 
 def simulate_cluster(sessions: Sequence[Session], config: SimConfig | None = None, *,
                      gpus: int = 2, router: str = "kvsaga",
-                     routing: RoutingConfig | None = None) -> ClusterResult:
+                     routing: RoutingConfig | None = None,
+                     report_period_s: float | None = None) -> ClusterResult:
     """Serve a trace on `gpus` simulated GPUs behind `router` and measure it."""
-    return ClusterSimulator(sessions, config, gpus, router, routing).run()
+    return ClusterSimulator(sessions, config, gpus, router, routing, report_period_s).run()

@@ -29,6 +29,13 @@ class ClusterResult:
             `tct_mean_s`; else None). `kvsaga sim --gpus` adds each tenant's `tct_alone_s`
             and `slowdown`, and `afs_max_slowdown_ratio`, to its rows (both:
             `kvsaga.sim.cluster_tenants`).
+        report_period_s: seconds between the GPUs' load reports to the router, or None:
+            live reports (`ClusterSimulator`).
+        num_refused / refused_gb: steps whose move the receiving GPU refused (no room
+            for the KV import: possible only when reports lag), and the KV they exported
+            for nothing, in GB. Not among `CLUSTER_COLUMNS`: bench/cluster.py reads the
+            tables bench/RESULTS.md holds back by those columns (`--baselines`), and
+            they predate these fields; it prints them beside a lagged run's table.
         Not measured on a cluster: the KV shares (`kv_utilization` ...) and
         `slo_attainment` of `SimResult` (`kvsaga sim --gpus` says so).
     """
@@ -49,6 +56,9 @@ class ClusterResult:
     makespan_s: float
     tasks_per_hour: float
     tenants: dict[str, dict[str, float]] | None = None
+    report_period_s: float | None = None
+    num_refused: int = 0
+    refused_gb: float = 0.0
 
     def row(self) -> dict:
         """A JSON-ready dict (`tenants` a copy: slowdowns are added to the row's)."""

@@ -32,11 +32,12 @@ def tenant_tct_means(sessions: Sequence[Session],
 
 
 def add_cluster_tenant_slowdowns(row: dict, sessions: Sequence[Session], config: SimConfig,
-                                 gpus: int, router: str) -> None:
+                                 gpus: int, router: str,
+                                 report_period_s: float | None = None) -> None:
     """`add_tenant_slowdowns` for a cluster row with several tenants: each tenant's mean TCT
     over its mean TCT when its sessions alone run on 1/k of the cluster (k tenants: the
-    same `gpus` GPUs, each `tenant_share(config, k)`, behind the same router; on one GPU,
-    the single-GPU row's measure).
+    same `gpus` GPUs, each `tenant_share(config, k)`, behind the same router, with the
+    same reports; on one GPU, the single-GPU row's measure).
 
     Raises:
         ValueError: a tenant's longest session does not fit 1/k of a GPU's KV blocks
@@ -45,4 +46,4 @@ def add_cluster_tenant_slowdowns(row: dict, sessions: Sequence[Session], config:
     from kvsaga.sim.cluster import simulate_cluster  # it imports this module at load
 
     add_tenant_slowdowns(row, sessions, config, alone=lambda own, share: simulate_cluster(
-        own, share, gpus=gpus, router=router).tct_mean_s)
+        own, share, gpus=gpus, router=router, report_period_s=report_period_s).tct_mean_s)

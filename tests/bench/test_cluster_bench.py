@@ -56,8 +56,44 @@ def test_verdicts_name_the_targets_the_floor_puts_out_of_reach():
     ("8", 16, "thrash", "## Cluster routing (simulated, 16 sessions per GPU at the thrash load)"),
 ])
 def test_each_fleet_and_load_writes_its_own_section(gpus, spg, load, title):
-    args = SimpleNamespace(gpus=gpus, sessions_per_gpu=spg, load=load)
+    args = SimpleNamespace(report_period=None, gpus=gpus, sessions_per_gpu=spg, load=load)
     assert cluster.section_title(args) == title
+
+
+@pytest.mark.parametrize(("gpus", "spg", "period", "title"), [
+    ("8", 64, 0.5, "## Cluster routing (simulated, reports every 0.5 s)"),
+    ("64", 16, 2.0, "## Cluster routing (simulated, 64 GPUs, 16 sessions per GPU at the "
+                    "thrash load, reports every 2 s)"),
+])
+def test_lagging_reports_write_a_section_of_their_own(gpus, spg, period, title):
+    """--report-period's rows never replace the live reports' section of the fleet."""
+    args = SimpleNamespace(report_period=period, gpus=gpus, sessions_per_gpu=spg,
+                           load="thrash")
+    assert cluster.section_title(args) == title
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    ("-0.5", "--report-period must be a finite number of seconds >= 0"),
+    ("nan", "--report-period must be a finite number of seconds >= 0"),
+    ("inf", "--report-period must be a finite number of seconds >= 0"),
+    ("soon", "argument --report-period: invalid float value: 'soon'"),
+])
+def test_a_bad_report_period_exits_2_naming_the_flag(value, said, capsys):
+    with pytest.raises(SystemExit) as e:
+        cluster.main(["--report-period", value, "--no-write"])
+    assert e.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_lagged_run_passes_its_period_and_counts_the_refusals():
+    job = ("web", 2, 2, 0.1, 7, 1.0, 2 * 2**30, ("kvsaga", "workflow", "lru"), None, 0.5)
+    row = cluster.run_one(job)
+    assert (row["report_period_s"], row["num_refused"]) == (0.5, 0)
+    args = SimpleNamespace(report_period=0.5)
+    reused = {k: v for k, v in row.items() if k not in ("num_refused", "refused_gb")}
+    assert cluster.refusal_lines([row, reused], args) == [
+        "- imports refused (reports every 0.5 s): kvsaga + workflow + lru 0 (0.00 GB)."]
+    assert cluster.refusal_lines([row], SimpleNamespace(report_period=None)) == []
 
 
 class _Serial:
@@ -102,7 +138,7 @@ def test_one_gpu_thrashes_with_less_memory_on_a_real_trace():
 def test_a_section_written_before_the_end_names_the_cases_not_finished():
     """A fleet run writes its section after each case: a stopped run keeps what finished,
     and the section says which cases it lacks (the last write has no such line)."""
-    args = SimpleNamespace(sessions_per_gpu=64, fit_seeds=False)
+    args = SimpleNamespace(report_period=None, sessions_per_gpu=64, fit_seeds=False)
     row = {"scheduler": "fcfs", "policy": "lru", "load_imbalance": 1.0}
     rows = [{**row, "router": "round-robin", "tct_mean_s": 30.0},
             {**row, "router": "affinity", "tct_mean_s": 20.0},
@@ -126,7 +162,7 @@ def test_a_family_no_load_thrashes_is_outside_the_goals_not_a_miss(monkeypatch):
                         lambda job: 0.8 if job[0] == "bfcl" or job[5] == cluster.ROOMY_KV
                         else 0.1)
     args = SimpleNamespace(family="bfcl,swe", load="thrash", sessions_per_gpu=16,
-                           scale=0.1, kv_memory="1G", fit_seeds=False)
+                           scale=0.1, kv_memory="1G", fit_seeds=False, report_period=None)
     loads, lines, no_thrash = cluster.family_loads(args, _Serial())
     assert no_thrash == frozenset({"bfcl"})
     assert loads == {"bfcl": cluster.LOAD_GRID[-1], "swe": cluster.LOAD_GRID[0]}
@@ -179,7 +215,7 @@ def test_baseline_rows_read_back_what_a_section_printed(tmp_path):
     """--routers reuses a previous run's rows from its tables: each printed cell comes back
     as the value it printed (commas and all), by (GPUs, family, seed)."""
     rows = _goal_rows(473.2, 424.2, 306.3, 1.182)
-    args = SimpleNamespace(gpus="64", sessions_per_gpu=16, load="thrash")
+    args = SimpleNamespace(report_period=None, gpus="64", sessions_per_gpu=16, load="thrash")
     title = cluster.section_title(args)
     table = cluster.format_rows(rows)
     path = tmp_path / "RESULTS.md"
@@ -211,7 +247,8 @@ def test_routers_simulates_only_the_named_router_and_reuses_the_baselines(tmp_pa
                                                                           monkeypatch):
     args = SimpleNamespace(gpus="64", family="assistant", seed="7", sessions_per_gpu=16,
                            scale=0.2, load="thrash", kv_memory="3G", runs="goal", ideal=False,
-                           routers={"kvsaga"}, baselines=tmp_path / "RESULTS.md")
+                           routers={"kvsaga"}, baselines=tmp_path / "RESULTS.md",
+                           report_period=None)
     old = _goal_rows(473.2, 424.2, 306.3, 1.182)
     args.baselines.write_text(
         f"{cluster.section_title(args)}\n\n### 64 GPUs: 1024 assistant sessions (seed 7, "
@@ -261,7 +298,8 @@ def test_baselines_of_another_scale_load_or_kv_are_refused(tmp_path, monkeypatch
     error naming what differs; the same KV spelled otherwise ("3GiB") is the same run."""
     args = SimpleNamespace(gpus="64", family="assistant", seed="7", sessions_per_gpu=16,
                            scale=0.2, load="thrash", kv_memory="3G", runs="goal", ideal=False,
-                           routers={"kvsaga"}, baselines=tmp_path / "RESULTS.md")
+                           routers={"kvsaga"}, baselines=tmp_path / "RESULTS.md",
+                           report_period=None)
     old = _goal_rows(473.2, 424.2, 306.3, 1.182)
     monkeypatch.setattr(cluster, "run_one", lambda job: {**old[2], "wall_s": 5.0})
     monkeypatch.setattr(cluster, "floor_tct", lambda sessions, cost: 250.0)

@@ -4,10 +4,11 @@ before it tried the import, then recomputed the whole context on the receiver, a
 told the router: the session was held by no GPU, counted as moved, and the receiver was
 not cooled off (review s46 simcluster, finding 1; repro refused_move.py).
 
-The simulator's reports are live, and since session 48 a steal needs the thief's report
-to show room for the session (`KvsagaRouter._has_room`), so no simulated import is refused
-unless a report lags: the tests of the refusal path stand that in for one
-(`lagging_reports`: every replica looks roomy)."""
+The simulator's reports are live by default, and since session 48 a steal needs the
+thief's report to show room for the session (`KvsagaRouter._has_room`), so no simulated
+import is refused unless a report lags: the tests of the refusal path stand that in for one
+(`lagging_reports`: every replica looks roomy). Since session 49 `report_period_s` makes
+the reports lag (test_sim_cluster_report_period.py reaches a refusal without the patch)."""
 
 from __future__ import annotations
 
@@ -100,11 +101,16 @@ def test_the_step_comes_back_after_the_retry_and_runs_at_home():
 
 @pytest.mark.usefixtures("lagging_reports")
 def test_the_router_hears_of_the_refusal_and_cools_the_receiver_off():
-    sim, _, _ = _run()
+    """The refusal was at the step's release; the retry ran at home after the refused
+    export's transfer (the serving path's sender exports the KV and the receiver pulls
+    it before refusing the import: S's 63 full blocks) and the `Retry-After`. Before
+    session 49 the retry came after the `Retry-After` alone."""
+    sim, res, _ = _run()
     cooled = sim.router._cooling
     assert list(cooled) == ["gpu0"]
-    # The refusal was at the step's release, before the retry that ran at home.
-    assert sim.placed[1][2] - RETRY_AFTER_S == pytest.approx(cooled["gpu0"])
+    transfer = sim.routing.migrate_s(63 * CONFIG.cost.kv_spec.block_size)
+    assert sim.placed[1][2] - RETRY_AFTER_S - transfer == pytest.approx(cooled["gpu0"])
+    assert res.refused_gb == pytest.approx(63 * CONFIG.cost.block_bytes / 1e9)
 
 
 def test_a_gpu_whose_live_report_shows_no_room_is_not_stolen_for():
