@@ -348,6 +348,15 @@ def section_title(args) -> str:
     return f"{SECTION[:-1]}, {', '.join(parts)})" if parts else SECTION
 
 
+def baseline_title(args) -> str:
+    """The section `--baselines` rows are read from: the run's own, but with lagging reports
+    the live one, since only the kvsaga router reads the reports (round-robin's and
+    affinity's rows are the same either way; `main` makes such a run simulate kvsaga)."""
+    if args.report_period is None:
+        return section_title(args)
+    return section_title(argparse.Namespace(**{**vars(args), "report_period": None}))
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in str(text).split(",") if x.strip()]
 
@@ -378,7 +387,7 @@ def report(args, kv: int, loads: dict[str, float], pool,
     runs = [*(RUNS if args.runs == "all" else GOAL_RUNS), *(["ideal"] if args.ideal else [])]
     cases = [(g, f, s) for g in _ints(args.gpus) for f in args.family.split(",")
              for s in _ints(args.seed)]
-    reused = baseline_rows(args.baselines, section_title(args)) if args.baselines else {}
+    reused = baseline_rows(args.baselines, baseline_title(args)) if args.baselines else {}
 
     def simulated(run) -> bool:
         return args.routers is None or run == "ideal" or run[0] in args.routers
@@ -481,6 +490,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{', '.join(ROUTERS)}")
     if args.routers is not None and args.baselines is None and not args.fit:
         p.error("--routers needs --baselines (the rows of the routers not simulated)")
+    if args.routers is not None and args.report_period and "kvsaga" not in args.routers:
+        p.error("--report-period with --routers must simulate kvsaga (its rows depend on the "
+                "period; the other routers' come from --baselines' live section)")
     if args.fit and set(_ints(args.seed)) - set(FIT_SEEDS):
         p.error(f"--fit runs on the fit seeds {FIT_SEEDS} only")
     if args.fit and args.fit_seeds:

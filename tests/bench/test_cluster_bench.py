@@ -316,3 +316,36 @@ def test_baselines_of_another_scale_load_or_kv_are_refused(tmp_path, monkeypatch
     write("load 4x, scale 0.2), 3GiB KV")
     results, _ = cluster.report(args, 3 * 2**30, {"assistant": 4.0}, _Now())
     assert [r["tct_mean_s"] for r in results[0][4]] == [473.2, 424.2, 306.3]
+
+
+def test_a_lagged_run_reuses_the_live_sections_baselines(tmp_path, monkeypatch, capsys):
+    """Round-robin and affinity read no reports, so a `--report-period` run that simulates
+    kvsaga takes their rows from the live section (its own section has none yet); one that
+    would reuse kvsaga's live rows is refused, as those depend on the period."""
+    args = SimpleNamespace(gpus="64", family="assistant", seed="7", sessions_per_gpu=16,
+                           scale=0.2, load="thrash", kv_memory="3G", runs="goal", ideal=False,
+                           routers={"kvsaga"}, baselines=tmp_path / "RESULTS.md",
+                           report_period=0.5)
+    old = _goal_rows(473.2, 424.2, 306.3, 1.182)
+    live = cluster.section_title(SimpleNamespace(**{**vars(args), "report_period": None}))
+    args.baselines.write_text(
+        f"{live}\n\n### 64 GPUs: 1024 assistant sessions (seed 7, load 4x, scale 0.2), 3G KV "
+        f"per GPU (574 s of simulation)\n\n```\n{cluster.format_rows(old)}\n```\n")
+    ran = []
+
+    def run_one(job):
+        ran.append((job[7], job[9]))
+        return {**old[2], "tct_mean_s": 310.0, "wall_s": 5.0, "num_refused": 0,
+                "refused_gb": 0.0, "report_period_s": 0.5}
+
+    monkeypatch.setattr(cluster, "run_one", run_one)
+    monkeypatch.setattr(cluster, "floor_tct", lambda sessions, cost: 250.0)
+    monkeypatch.setattr(cluster, "trace", lambda *a: [None] * 1024)
+    results, _ = cluster.report(args, 3 * 2**30, {"assistant": 4.0}, _Now())
+    assert ran == [(("kvsaga", "workflow", "lru"), 0.5)]
+    assert [r["tct_mean_s"] for r in results[0][4]] == [473.2, 424.2, 310.0]
+    with pytest.raises(SystemExit) as e:
+        cluster.main(["--report-period", "0.5", "--routers", "affinity", "--baselines",
+                      str(args.baselines), "--no-write"])
+    assert e.value.code == 2
+    assert "--report-period with --routers must simulate kvsaga" in capsys.readouterr().err
