@@ -104,13 +104,17 @@ class KvsagaRouter(Router):
         self._stolen: dict[str, tuple[str, str]] = {}
         # session -> when a step of it last finished having run (`finished`, `_tokens`)
         self._step_done: dict[str, float] = {}
-        # Sessions moved by a steal, by the replica they moved to: session -> (the move,
-        # when a step of it sent along or after the move was seen to finish there, None
-        # before), until a report of that replica shows them (`_arriving`), the move is
-        # refused, the session is forgotten or routed elsewhere, or the replica removed;
-        # `_arrival_of`: session -> that replica.
+        # Sessions moved by a steal, by the replica they moved to: session -> (the move's
+        # route, when that step was seen to finish there having run, None before), until a
+        # report of that replica shows them (`_arriving`), the move is refused, its steps
+        # all failed to reach the replica, the session is forgotten or routed elsewhere, or
+        # the replica removed; `_arrival_of`: session -> that replica.
         self._arrivals: dict[str, dict[str, tuple[Route, float | None]]] = {}
         self._arrival_of: dict[str, str] = {}
+        # session -> (replica, move's route) dropped by `move_refused`, restored by
+        # `move_taken` (a sibling step of the move took the session), until the session is
+        # routed again or forgotten; at most `_MAX_VOIDED` (the oldest go first).
+        self._refused_arrivals: OrderedDict[str, tuple[str, Route]] = OrderedDict()
 
     def add_replica(self, replica: str) -> None:
         new = isinstance(replica, str) and replica not in self.in_flight
@@ -135,15 +139,20 @@ class KvsagaRouter(Router):
         self._stolen.pop(session, None)
         self._step_done.pop(session, None)
         self._drop_arrival(session)
+        self._refused_arrivals.pop(session, None)
 
     def finished(self, route: Route, ran: bool = True) -> None:
         """`Router.finished`, and when a step of a session this router holds ran: a report
-        of its home taken before then does not count what the step added (`_tokens`), and
-        one of the replica it moved to taken after then counts the move (`_arriving`)."""
+        of its home taken before then does not count what the step added (`_tokens`), and,
+        when it was the step that moved the session, one of the replica it moved to taken
+        after then counts the move (`_arrived`). A moving step that did not reach its
+        replica takes the move's tokens off that replica's room (`_unarrived`)."""
         super().finished(route, ran)
         if ran and route.session in self.homes:
             now = self._step_done[route.session] = self.clock()
             self._arrived(route, now)
+        elif not ran:
+            self._unarrived(route)
 
     def move_refused(self, session: str, source: str, replica: str,
                      import_refused: bool = False) -> None:
@@ -156,7 +165,12 @@ class KvsagaRouter(Router):
         still short of room. (Named by the caller: the session's home is no guide, a
         sibling step's refusal may have changed it.)"""
         super().move_refused(session, source, replica, import_refused)
-        if self._arrival_of.get(session) == replica:  # its tokens never come
+        if self._arrival_of.get(session) == replica:  # its tokens never come, unless
+            saved = self._refused_arrivals  # a sibling step takes it (`move_taken`)
+            saved.pop(session, None)
+            saved[session] = (replica, self._arrivals[replica][session][0])
+            while len(saved) > self._MAX_VOIDED:
+                saved.popitem(last=False)
             self._drop_arrival(session)
         if replica == source or replica not in self.in_flight:
             return
@@ -167,6 +181,18 @@ class KvsagaRouter(Router):
         self._refused.pop((session, replica), None)
         self._refused[(session, replica)] = now
         self._forget_refusals(now)
+
+    def move_taken(self, session: str, replica: str, source: str) -> None:
+        """`Router.move_taken`, and the move's tokens, which `move_refused` took off
+        `replica`'s room, count there again (`_arriving`): the session lives there now,
+        and until a report of `replica` shows it a second steal counted the same room
+        again (review s49 routingdiff 3). A finish of the move's own step seen before
+        then was the refused one's, or came before the import: it is not counted."""
+        acts = (self._voided.get(session) == (replica, source) and replica in self.in_flight)
+        saved = self._refused_arrivals.pop(session, None) if acts else None
+        super().move_taken(session, replica, source)
+        if saved is not None and saved[0] == replica:
+            self._add_arrival(session, replica, saved[1])
 
     def _cool(self, refused_at: float | None, now: float) -> bool:
         """Whether a cool-off from a refusal at `refused_at` (None: none) still runs at
@@ -255,22 +281,51 @@ class KvsagaRouter(Router):
         s = route.session
         if s is None:
             return
-        if route.tokens and route.moved_from is not None:
+        self._refused_arrivals.pop(s, None)  # routed again: a late `move_taken` is void
+        if self._arrival_of.get(s, route.replica) != route.replica:
             self._drop_arrival(s)
-            self._arrivals.setdefault(route.replica, {})[s] = (route, None)
-            self._arrival_of[s] = route.replica
-        elif self._arrival_of.get(s, route.replica) != route.replica:
-            self._drop_arrival(s)
+        # A step sent along a move already counted there (a sibling of the moving step,
+        # routed before the move was confirmed) leaves the move's own step in place: only
+        # that one's finish says the session arrived (`_arrived`).
+        if route.tokens and route.moved_from is not None and s not in self._arrival_of:
+            self._add_arrival(s, route.replica, route)
+
+    def _add_arrival(self, session: str, replica: str, move: Route) -> None:
+        """Count `move`'s tokens in `replica`'s room until its report shows the session
+        (`_arriving`); not yet arrived."""
+        self._drop_arrival(session)
+        self._arrivals.setdefault(replica, {})[session] = (move, None)
+        self._arrival_of[session] = replica
 
     def _arrived(self, route: Route, done: float) -> None:
-        """A step of `route.session` that ran on `route.replica` finished at `done`: when
-        it was sent along or after the session's move there, the session's KV is there (the
-        replica pulls a moved session before it runs the step): a report of that replica
-        taken after `done` counts it (`_arriving`)."""
+        """A step that ran on `route.replica` finished at `done`: when it is the step that
+        moved its session there (the entry's own route), the session's KV is there (the
+        replica pulled the session before it ran the step): a report of that replica taken
+        after `done` counts it (`_arriving`). Any other step of the session proves nothing:
+        one sent there while the pull was still running (a concurrent step routed home once
+        the move was confirmed, or a sibling along it) is answered 409 `session_busy` at once,
+        before the import, and counted as done it let a report taken during the import drop
+        the move (review s49 routingdiff 1)."""
         moved = self._arrivals.get(route.replica)
         entry = moved.get(route.session) if moved else None
-        if entry is not None and route.sent_at >= entry[0].sent_at:
+        if entry is not None and route is entry[0]:
             moved[route.session] = (entry[0], done)
+
+    def _unarrived(self, route: Route) -> None:
+        """A step that pulled its session to `route.replica` finished without reaching
+        it (its try was cancelled, or failed before a replica took it): when no other
+        step of the session is in flight there and no moving step has been seen to arrive,
+        the session's tokens are not coming: they leave that replica's room. Kept, they
+        counted there until the session was forgotten (`session_idle_s`: 30 min) (review
+        s49 routingdiff 2). A later step sent along the still unconfirmed move carries its
+        tokens (`Router.route`) and counts them there again."""
+        s = route.session
+        moved = self._arrivals.get(route.replica)
+        entry = moved.get(s) if moved and route.moved_from is not None else None
+        if (entry is not None and entry[1] is None
+                and entry[0].moved_from == route.moved_from
+                and not self.session_steps.get(s, {}).get(route.replica)):
+            self._drop_arrival(s)
 
     def _drop_arrival(self, session: str) -> None:
         """Stop counting `session`'s move in its thief's room (`_arriving`)."""
@@ -424,7 +479,11 @@ class KvsagaRouter(Router):
         """The tokens (`Route.tokens`) of the sessions stolen for `x` that its report `st`
         does not show yet; the moves it shows are no longer counted. A report shows a move
         when it lists the session and was taken at or after the move, or was taken after
-        a step of the session was seen to finish on `x` (`_arrived`). The move's
+        the moving step was seen to finish on `x` having run (`_arrived`). Both compare
+        `x`'s stamp with this router's clock: no rule free of the clocks is sound (a report
+        newer on `x`'s clock than any seen when the step finished may still have been
+        taken during the import, a listing alone may be an earlier stay's), so skew moves
+        the drop (docs/cluster.md, "Limits (known)"). The move's
         confirmation (`confirm_move`) is no sign: Ray Serve confirms a move when `x`
         accepts the step, before `x` pulls and imports the session, and a second steal
         between two reports then counted the same room again (review s49 ray 1); nor is a

@@ -66,7 +66,8 @@ class Route:
         tenant: set by `Router.route`: the tenant of the step.
         tokens: set by `KvsagaRouter` on a move: the session's context as the move read it,
             which the new home's room test counts until the new home's report shows it
-            (`KvsagaRouter._arriving`).
+            (`KvsagaRouter._arriving`); carried by `Router.route` into a step it sends along
+            an unconfirmed move (not an end request, which moves no KV).
     """
 
     replica: str
@@ -499,8 +500,11 @@ class Router:
             # The step that moved it may not have arrived: the new home pulls the session
             # (a no-op there if it did arrive); for an end request its context only, so
             # that the previous replica ends its copy too.
+            # A step that pulls carries the move's size: `KvsagaRouter` counts it in the new
+            # home's room again if the step that moved it never reached there.
             route = replace(route, moved_from=move.moved_from,
-                            migrate=move.migrate and not req.stay)
+                            migrate=move.migrate and not req.stay,
+                            tokens=0 if req.stay else move.tokens)
         route = replace(route, sent_at=self.clock(), session=s, tenant=req.tenant)
         _count(self.tenant_steps, req.tenant, route.replica, 1)
         self.in_flight[route.replica] += 1

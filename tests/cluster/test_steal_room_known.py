@@ -237,3 +237,154 @@ def test_a_waiting_session_no_thief_has_room_for_does_not_hold_back_the_others_s
     # before: [("a", None), ("a", None), ("a", None)]
     assert run(40000) == [("a", None), ("c", "a"), ("c", "a")]
     assert run(8000) == [("a", None), ("a", None), ("a", None)]
+
+
+def c_during_import(now):
+    """c's report taken at `now`, while S1's import still runs: S1 not listed, nothing of
+    its room taken yet."""
+    return ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=now)
+
+
+def test_a_step_answered_409_during_the_pull_does_not_count_the_move_as_arrived():
+    """A step of S1 that reaches c while the moving step's pull runs is answered 409
+    `session_busy` at once, before the import: routed home once c accepted the moving step
+    (the move confirmed), or, sent before that, pulling along the move too (c's pull
+    reservation answers it). Before, its finish marked S1 arrived, c's next report (taken
+    during the import) dropped S1, and S2 was stolen for the same room (review s49
+    routingdiff 1). Only the moving step's own finish marks it (the existing tests)."""
+    def s2_after_sibling(confirm):
+        now = [1000.0]
+        router = router_at(["a", "c"], now)
+        a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
+                         session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
+        router.homes.update(S1="a", S2="a")
+        first = router.route(RouteRequest(session="S1"), {"a": a, "c": c_during_import(999.9)})
+        assert (first.replica, first.moved_from) == ("c", "a")
+        if confirm:
+            router.confirm_move("S1", "c")
+        now[0] += 0.01
+        sibling = router.route(RouteRequest(session="S1"), {"a": a, "c": c_during_import(999.9)})
+        assert (sibling.replica, sibling.moved_from) == ("c", None if confirm else "a")
+        now[0] += 0.01
+        router.finished(sibling)  # answered 409: the pull holds S1's record on c
+        now[0] += 0.2
+        c = c_during_import(now[0])
+        now[0] += 0.01
+        route = router.route(RouteRequest(session="S2"), {"a": a, "c": c})
+        return route.replica, route.moved_from
+
+    assert s2_after_sibling(confirm=True) == ("a", None)  # before: ("c", "a")
+    assert s2_after_sibling(confirm=False) == ("a", None)  # before: ("c", "a")
+
+
+def test_through_ray_a_step_answered_409_during_the_pull_does_not_count_the_move():
+    """The same through Ray Serve's routing loop: the concurrent step is accepted by c and
+    completes (409) before c reports again."""
+    pytest.importorskip("ray.serve")
+    from tests.cluster.ray_fakes import StatsReplica, make_router, pending
+
+    async def go():
+        a = StatsReplica("a", queue_len=0, total_blocks=4096, free_blocks=100,
+                         queue_depth=3, running=2, taken_at=999.9,
+                         session_tokens={"S1": 12000, "S2": 12000})
+        c = StatsReplica("c", queue_len=0, total_blocks=2048, free_blocks=1250, running=2,
+                         taken_at=999.9)
+        router = make_router([a, c])
+        now = [1000.0]
+        router.kv_router.clock = lambda: now[0]
+        router.kv_router.homes.update(S1="a", S2="a")
+
+        async def send(s, rid):
+            call = {"kvsaga": 1, "session": s, "tenant": ""}
+            pr = pending(call, rid)
+            chosen = await router._choose_replica_for_request(pr)
+            router.on_request_routed(pr, chosen.replica_id, None)
+            return call["route"], chosen.replica_id
+
+        await send("S1", "move")
+        now[0] += 0.01
+        _, cid = await send("S1", "sibling")
+        now[0] += 0.01
+        router.on_request_completed(cid, "sibling")  # c answered it 409
+        now[0] += 0.2
+        c.stats = dict(c.stats, taken_at=now[0])  # taken during the import
+        now[0] += 0.01
+        route, _ = await send("S2", "next")
+        return route["replica"], route["moved_from"]
+
+    assert asyncio.run(go()) == ("a", None)  # before: ("c", "a")
+
+
+def test_a_moving_step_that_never_reached_the_thief_leaves_its_room_until_one_is_sent():
+    """S1's moving step is given up before c took it (`finished(ran=False)`): S1's tokens
+    leave c's room at once; before, they stayed there until S1 was forgotten (30 min), c
+    taking no session its room was counted for (review s49 routingdiff 2). S1's next step,
+    sent along the still unconfirmed move, pulls it to c and counts it there again."""
+    def s2_after_give_up(retry):
+        now = [1000.0]
+        router, first, second, a = steal_s1_then_route_s2(now, confirm=False)
+        assert second.replica == "a"
+        router.finished(second)
+        now[0] += 0.05
+        router.finished(first, ran=False)
+        c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=0, taken_at=999.9)
+        if retry:
+            now[0] += 0.05
+            again = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
+            assert (again.replica, again.moved_from, again.tokens) == ("c", "a", 12000)
+        now[0] += 0.05
+        route = router.route(RouteRequest(session="S2"), {"a": a, "c": c})
+        return route.replica, route.moved_from
+
+    assert s2_after_give_up(retry=False) == ("c", "a")  # before: ("a", None)
+    assert s2_after_give_up(retry=True) == ("a", None)
+
+
+def test_a_moving_step_given_up_while_a_sibling_pulls_keeps_the_move_counted():
+    """Two steps of S1 sent along its unconfirmed move: the first given up before c took
+    it, the second still pulling. S1 is still coming: its tokens stay in c's room."""
+    now = [1000.0]
+    router = router_at(["a", "c"], now)
+    a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
+                     session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
+    c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=999.9)
+    router.homes.update(S1="a", S2="a")
+    first = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
+    now[0] += 0.01
+    sibling = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
+    assert (sibling.replica, sibling.moved_from) == ("c", "a")
+    router.finished(first, ran=False)
+    now[0] += 0.01
+    route = router.route(RouteRequest(session="S2"), {"a": a, "c": c})
+    assert (route.replica, route.moved_from) == ("a", None)
+
+
+def test_a_move_taken_by_a_sibling_after_a_refusal_counts_in_the_thiefs_room_again():
+    """Two steps of S1 pull along one move (sent before c accepted the first): the first
+    is refused (`move_refused` takes S1's tokens off c's room), the second takes S1
+    (`move_taken` homes it on c again). Before, S1 then lived on c uncounted until c's next
+    report, and S2 was stolen for the same room (review s49 routingdiff 3)."""
+    now = [1000.0]
+    router = router_at(["a", "c"], now)
+    a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
+                     session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
+    c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=999.9)
+    router.homes.update(S1="a", S2="a")
+    first = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
+    now[0] += 0.01
+    second = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
+    assert (first.moved_from, second.moved_from) == ("a", "a")
+    now[0] += 0.01
+    router.finished(first)
+    router.move_refused("S1", "a", "c")
+    router.move_taken("S1", "c", "a")
+    assert router.homes["S1"] == "c"
+    now[0] += 0.05
+    router.finished(second)
+    now[0] += 0.01
+    route = router.route(RouteRequest(session="S2"), {"a": a, "c": c})
+    assert (route.replica, route.moved_from) == ("a", None)  # before: ("c", "a")
+    # A move_taken that no refusal of this move precedes restores nothing.
+    router.session_ended("S1")
+    router.move_taken("S1", "c", "a")
+    assert "S1" not in router._arrival_of
