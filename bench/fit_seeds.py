@@ -18,8 +18,10 @@ seen, so it does not refuse those: `seen_ok`). `scheduling_mix.py --report` and
 keep their own checks. The replays of the vLLM connector's workload (`bench/agent_replay.py`,
 `bench/vllm_scheduler_replay.py`'s report) refuse these seeds, the vLLM gate's seen seeds
 too (`gate_seen`), when they write results (`--write-results`, `--json`), unless
-`--fit-seeds` labels the run "fit seeds, not held out"; their default seed 0 is a fit seed,
-so a quick look that writes nothing runs on it with that note printed.
+`--fit-seeds` labels the run "fit seeds, not held out" (the report takes held-out seeds
+beside them, named so: `held_out_ok`; it counts the gate's seen seeds only where an arm runs
+the gate); their default seed 0 is a fit seed, so a quick look that writes nothing runs on
+it with that note printed.
 
 `VLLM_GATE_SEEN` counts only where the run measures the vLLM connector's gate (`gate_seen`):
 its seeds were read to choose the gate's rules, which no simulated bench runs, and the
@@ -112,21 +114,29 @@ def fit_seed_error(seeds: Iterable[int], flag: str, seen_ok: bool = False,
             + " (bench/fit_seeds.py lists every fit's seeds; pick others)")
 
 
-def diagnosis_header(seeds: Iterable[int], flag: str, gate_seen: bool = False) -> str:
+def diagnosis_header(seeds: Iterable[int], flag: str, gate_seen: bool = False,
+                     held_out_ok: bool = False) -> str:
     """The first line of a diagnosis run on registry seeds (`--fit-seeds`), which says they
     are fit seeds, not held out, and which fit read each: the project's diagnoses read fit
     seeds (bench/RESULTS.md records `scheduling_mix.py --report` on AFS fit seeds), and the
     output must not pass for a held-out reading. `gate_seen`: as `fit_seed_error`'s.
+    `held_out_ok`: the run may read fresh seeds beside the fit seeds (the vLLM replay's
+    report, whose recorded sections group fit seeds 0-4 apart from fresh ones: review s49,
+    gatediff finding 1); the line then names those "held out", apart.
 
     Raises:
-        ValueError: a seed no fit read: run as a diagnosis it would be used up unreported
-            (a fresh seed runs without `--fit-seeds`).
+        ValueError: a seed no fit read (with `held_out_ok`: every seed): run as a diagnosis
+            it would be used up unreported (a fresh seed runs without `--fit-seeds`).
     """
     seeds = list(dict.fromkeys(seeds))
-    if fresh := [s for s in seeds if not fits_reading(s, gate_seen=gate_seen)]:
+    fresh = [s for s in seeds if not fits_reading(s, gate_seen=gate_seen)]
+    if fresh and (not held_out_ok or len(fresh) == len(seeds)):
         raise ValueError(f"{flag} with --fit-seeds: seed(s) no fit read: "
                          f"{', '.join(map(str, fresh))} (--fit-seeds is for diagnoses on the "
-                         "seeds of bench/fit_seeds.py; run a held-out seed without it)")
+                         "seeds of bench/fit_seeds.py"
+                         + (", beside held-out seeds or not" if held_out_ok else "")
+                         + "; run held-out seeds alone without it)")
     return ("fit seeds, not held out (a diagnosis): "
             + "; ".join(f"{s} by {' and '.join(fits_reading(s, gate_seen=gate_seen))}"
-                        for s in seeds))
+                        for s in seeds if s not in fresh)
+            + (f"; held out: {', '.join(map(str, fresh))}" if fresh else ""))

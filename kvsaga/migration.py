@@ -29,6 +29,7 @@ from typing import Any
 from kvsaga._validate import is_int
 from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.manager_types import _check_session_id, _check_token_ids
+from kvsaga.pool import FREE
 from kvsaga.prefix import root_hash
 from kvsaga.session import SessionState
 
@@ -180,28 +181,31 @@ def plan_import(
         InvalidRequest: layout or salt mismatch, the session id already exists here, or the
             export's hashes do not match its tokens.
         OutOfBlocks: not enough free plus evictable blocks; nothing changed.
-        Whatever the policy's `step_finished` raises as the import pauses: the import is
-        taken back first (the session ended: absent here, so that a retry can import it).
+        Whatever the policy's `step_finished` (or a pool hook in the pause's release)
+            raises as the import pauses: the import is taken back first (`_take_back`: the
+            session ended, absent here so that a retry can import it; its hits' owners
+            restored).
     """
     opened = _open_import(manager, export, salt, now)
     if opened is None:
         return 0, []
-    cached, first, blocks = opened
+    cached, first, blocks, owners = opened
     try:
         _pause_import(manager, export, now)
-    except BaseException:  # finish_step left the step open: a running session no one owns
-        _take_back(manager, export.session_id, cached, now)
+    except BaseException as error:  # no session of a failed import stays: a retry works
+        _take_back(manager, export.session_id, cached, owners, now, error)
         raise
     return first, blocks
 
 
 def _open_import(
     manager, export: SessionExport, salt: str | None, now: float | None
-) -> tuple[int, int, list[int]] | None:
+) -> tuple[int, int, list[int], dict[int, str]] | None:
     """`plan_import` up to the pause: the session opened and left RUNNING, with slots for
     its whole context (its blocks past the hits allocated, and indexed as full blocks are).
-    Returns (cached tokens, first, blocks), or None for an export of no block (nothing
-    opened). Every refusal comes before the session opens, so that it changes nothing."""
+    Returns (cached tokens, first, blocks, the owners of its GPU hits before it opened:
+    `_hit_owners`), or None for an export of no block (nothing opened). Every refusal comes
+    before the session opens, so that it changes nothing."""
     _check_compatible(manager, export, salt)
     sid = export.session_id
     if sid in manager.sessions:
@@ -226,6 +230,7 @@ def _open_import(
         raise OutOfBlocks(need, manager.pool.num_available)
     # Every exported block the manager caches is a hit, the last one too (`_begin`'s
     # `whole`): an import computes no token.
+    owners = _hit_owners(manager, hashes)
     start = manager._begin(sid, export.token_ids, now, salt, export.workflow, True)
     rest = export.num_tokens - start.num_cached_tokens
     if rest:
@@ -236,17 +241,51 @@ def _open_import(
             manager.end_session(sid, now=now)
             raise
     first = start.num_cached_tokens // export.block_size
-    return start.num_cached_tokens, first, manager.block_table(sid)[first:]
+    return start.num_cached_tokens, first, manager.block_table(sid)[first:], owners
 
 
-def _take_back(manager, sid: str, cached: int, now: float | None) -> None:
-    """End a running import's session as if it had never been opened: the slots it
-    allocated past its `cached` tokens are freed and unindexed first (nothing was written
-    into them; `import_session` takes a failed write back the same way)."""
+def _hit_owners(manager, hashes: list[bytes]) -> dict[int, str]:
+    """The owners of the GPU blocks an import of `hashes` will hit: its open marks them
+    shared (owner None), as any step's hits another session owns, and a take-back gives
+    them back (`_take_back`). Before, a failed shared import left the exporter's blocks
+    disowned for good (review s49, gatediff note)."""
+    owner = manager.block_owner
+    hits = manager.index.longest_prefix(hashes, len(hashes))
+    return {b: owner[b] for b in hits if owner[b] is not None}
+
+
+def _take_back(manager, sid: str, cached: int, owners: dict[int, str], now: float | None,
+               error: BaseException, discard: bool = True) -> None:
+    """End a failed import's session as if it had never been opened, `error` (what failed)
+    left to propagate: the slots it allocated past its `cached` tokens are unindexed and
+    freed (their K/V may never have been written; `discard`: False where
+    `import_session` took them back already), its hits' owners get them back
+    (`_hit_owners`), then the session ends. The session is still running when the
+    policy's `step_finished` raised, but paused when a pool hook raised after it, in
+    finish_step's release: `discard_writes` refuses a paused session, and its
+    InvalidRequest used to replace the policy's error (review s49, gatediff finding 4).
+    Should the take-back itself fail, `error` still propagates, with a note saying so."""
     try:
-        manager.discard_writes({sid: cached})
-    finally:
-        manager.end_session(sid, now=now)
+        try:
+            if manager.sessions[sid].state is not SessionState.RUNNING:
+                manager._drop_unseen(sid, cached)
+            elif discard:
+                manager.discard_writes({sid: cached})
+            _give_back(manager, owners)
+        finally:
+            manager.end_session(sid, now=now)
+    except Exception as failed:
+        error.add_note(f"taking the import of session {sid!r} back failed too: {failed!r}")
+
+
+def _give_back(manager, owners: dict[int, str]) -> None:
+    """Give each block in `owners` back to its session, where it is still a live session's
+    block the import alone disowned (before the import's release files it with the policy,
+    which reads the owner there)."""
+    owner, pool = manager.block_owner, manager.pool
+    for b, sid in owners.items():
+        if owner[b] is None and sid in manager.sessions and pool.state[b] != FREE:
+            owner[b] = sid
 
 
 def _pause_import(manager, export: SessionExport, now: float | None) -> None:
@@ -314,10 +353,11 @@ def import_session(
     thread. Returns the tokens whose K/V the import provides (the next step hits them).
 
     All or nothing: if a host-tier copy (`LLMEngine.settle_transfers`) or the write of the
-    K/V fails, or the policy's `step_finished` raises as the import pauses, the import is
-    taken back before the error propagates (its slots unindexed and freed, the session
-    ended: absent here), and the failed copy plans are dropped as `LLMEngine.step` drops
-    them, so no block stays indexed over bytes never written.
+    K/V fails, or the policy's `step_finished` (or a pool hook) raises as the import pauses,
+    the import is taken back before the error propagates (`_take_back`: its slots unindexed
+    and freed, its hits' owners restored, the session ended: absent here), and the failed
+    copy plans are dropped as `LLMEngine.step` drops them, so no block stays indexed over
+    bytes never written.
     What the import's evictions moved out of the GPU tier stays moved (or lost with a
     failed offload: recomputed when needed).
     """
@@ -336,7 +376,7 @@ def import_session(
     opened = _open_import(mgr, export, salt, now)
     if opened is None:
         return export.num_tokens
-    cached, first, blocks = opened
+    cached, first, blocks, owners = opened
     sid = export.session_id
     # The session stays running (nothing can begin a step on it) until its K/V is written;
     # if anything fails first, its slots are taken back and it ends, as if never imported.
@@ -356,12 +396,8 @@ def import_session(
             kernels.scatter_blocks(
                 staging, kv, torch.tensor(blocks, dtype=torch.int64, device=kv.device)
             )
-        _pause_import(mgr, export, now)  # (a policy hook raising leaves the step open)
-    except BaseException:
-        try:
-            if not taken_back:
-                mgr.discard_writes({sid: cached})
-        finally:
-            mgr.end_session(sid, now=now)
+        _pause_import(mgr, export, now)
+    except BaseException as error:
+        _take_back(mgr, sid, cached, owners, now, error, discard=not taken_back)
         raise
     return export.num_tokens

@@ -66,3 +66,27 @@ def test_an_engine_is_refused_a_bound_policy_before_the_weights_load(monkeypatch
     KVCacheManager(SPEC, 4, policy=p)
     with pytest.raises(InvalidRequest, match=BOUND.format("lru")):
         LLMEngine("/nonexistent-model", device="cpu", progress=False, policy=p)
+
+
+@pytest.mark.parametrize("name", ["lru", "saga"])
+def test_a_manager_whose_bind_failed_leaves_the_policy_unbound(core, name):
+    """Review s49 gatediff finding 3: a bind that raised left `view` set on an instance no
+    manager was returned for, so the retry was refused as already bound."""
+    p = make_policy(name)
+    real = type(p).bind
+    calls = []
+
+    def bind_once_failing(view):
+        real(p, view)
+        calls.append(view)
+        if len(calls) == 1:
+            raise RuntimeError("simulated: bind failed")
+
+    p.bind = bind_once_failing
+    with pytest.raises(RuntimeError, match="simulated"):
+        KVCacheManager(SPEC, 4, policy=p, clock=lambda: 0.0, core=core.name)
+    assert p.view is None
+    m = KVCacheManager(SPEC, 4, policy=p, clock=lambda: 0.0, core=core.name)
+    assert p.view is m and m.pool.observer is p
+    cached(m, "s", 0)
+    m.check_integrity()

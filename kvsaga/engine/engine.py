@@ -49,7 +49,7 @@ from kvsaga.errors import InvalidRequest
 from kvsaga.manager import CacheStats, KVCacheManager
 from kvsaga.offload import TransferEngine
 from kvsaga.policy import DEFAULT_POLICY, POLICIES, EvictionPolicy, make_policy
-from kvsaga.policy.base import check_unbound
+from kvsaga.policy.base import check_unbound, unbind
 from kvsaga.prefix import root_hash
 from kvsaga.scheduler import DEFAULT_SCHEDULER, check_param_names
 from kvsaga.session import (
@@ -219,26 +219,31 @@ class LLMEngine(StepOutput):
             max_model_len=self.max_model_len,
             num_host_blocks=num_host_blocks,
         )
-        self.storage = KVStorage(self.spec, num_blocks, self.device)
-        transfers = None
-        if num_host_blocks:
-            host = KVStorage(self.spec, num_host_blocks, "cpu", pin_memory=True)
-            transfers = TransferEngine(self.storage.kv, host.kv, delay=transfer_delay)
-        self.copies = HostCopies(self.manager, transfers, self._cut_cached_tokens)
-        graphs = mixed = None
-        if graphs_apply(self.device, enforce_eager):
-            graphs = DecodeGraphs(self.model, self.storage.kv, block_size, self.max_model_len,
-                                  max_num_seqs)
-            mixed_tokens = min(max_graph_tokens, max_num_batched_tokens)
-            if mixed_tokens > 0:  # one memory pool for every graph
-                mixed = MixedGraphs(self.model, self.storage.kv, block_size,
-                                    self.max_model_len, max_num_seqs, mixed_tokens,
-                                    pool=graphs.pool)
-        self.runner = ModelRunner(self.model, self.storage.kv, self.manager, graphs, mixed)
-        if graph_capture == "startup":
-            self.runner.capture_graphs(progress)
-        self.scheduler = Scheduler(self.manager, max_num_seqs, max_num_batched_tokens,
-                                   name=scheduler, **(scheduler_params or {}))
+        try:  # the manager bound the policy: a later failure (a CUDA OOM allocating the KV
+            # cache, graph capture, the scheduler) unbinds it for the caller's retry
+            self.storage = KVStorage(self.spec, num_blocks, self.device)
+            transfers = None
+            if num_host_blocks:
+                host = KVStorage(self.spec, num_host_blocks, "cpu", pin_memory=True)
+                transfers = TransferEngine(self.storage.kv, host.kv, delay=transfer_delay)
+            self.copies = HostCopies(self.manager, transfers, self._cut_cached_tokens)
+            graphs = mixed = None
+            if graphs_apply(self.device, enforce_eager):
+                graphs = DecodeGraphs(self.model, self.storage.kv, block_size, self.max_model_len,
+                                      max_num_seqs)
+                mixed_tokens = min(max_graph_tokens, max_num_batched_tokens)
+                if mixed_tokens > 0:  # one memory pool for every graph
+                    mixed = MixedGraphs(self.model, self.storage.kv, block_size,
+                                        self.max_model_len, max_num_seqs, mixed_tokens,
+                                        pool=graphs.pool)
+            self.runner = ModelRunner(self.model, self.storage.kv, self.manager, graphs, mixed)
+            if graph_capture == "startup":
+                self.runner.capture_graphs(progress)
+            self.scheduler = Scheduler(self.manager, max_num_seqs, max_num_batched_tokens,
+                                       name=scheduler, **(scheduler_params or {}))
+        except BaseException:
+            unbind(self.manager.policy)
+            raise
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.requests: dict[str, Request] = {}

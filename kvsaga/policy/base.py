@@ -83,6 +83,14 @@ def check_unbound(policy: EvictionPolicy) -> None:
             f"own instance")
 
 
+def unbind(policy: EvictionPolicy) -> None:
+    """Undo `bind` where the manager (or the engine around it) that bound `policy` failed to
+    build: no caller ever received that manager, so a retry with the same instance (a
+    smaller KV budget after a CUDA OOM) must not be refused by `check_unbound` (review s49,
+    gatediff finding 3)."""
+    policy.view = None
+
+
 class EvictionPolicy:
     """Base class: every hook but the three block-order methods defaults to a no-op."""
 

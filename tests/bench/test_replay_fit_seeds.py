@@ -129,13 +129,71 @@ def test_vllm_scheduler_replay_report_refuses_fit_seeds_where_it_writes(
     assert vsr.main([*model, "--seeds", "0,81"]) == 0  # a quick look: said, not refused
     assert capsys.readouterr().out.startswith(
         "fit seeds, not held out (a diagnosis): 0 by the vLLM connector's gate fit (bench/"
-        "vllm_gate_fit.py) (nothing written)")
+        "vllm_gate_fit.py); held out: 81 (nothing written)")
     assert vsr.main([*model, "--seeds", "0,60", "--fit-seeds", "--write-results",
                      "--json", out]) == 0
     text = ar.RESULTS.read_text(encoding="utf-8")
-    assert "0.002 s per token, --seeds 0,60, --fit-seeds, --model-dir " in text
+    assert f"0.002 s per token, --seeds 0,60, --model-dir {tmp_path.name} (written" in text
     assert "Fit seeds, not held out (a diagnosis): 0 by the vLLM connector's gate fit" in text
     assert "60 by the vLLM gate's rules" in json.loads(
         (tmp_path / "rows.json").read_text())["fit_seeds_note"]
     assert vsr.main([*model, "--seeds", "81", "--json", out]) == 0  # held out: no note
     assert json.loads((tmp_path / "rows.json").read_text())["fit_seeds_note"] is None
+
+
+def test_vllm_scheduler_replay_writes_fit_seeds_beside_held_out_ones(
+        vsr, ar, tmp_path, monkeypatch, capsys) -> None:  # noqa: F811
+    """Review s49 gatediff finding 1: every recorded report since 17044 of bench/RESULTS.md
+    reads fit seeds 0-4 beside fresh seeds in their own `--seed-groups` group. 80fdbad refused
+    that run both ways: without `--fit-seeds` for seeds 0-4 (advising `--fit-seeds`), with it
+    for the fresh seeds. `--fit-seeds` takes the mix now and says which seeds are which;
+    fresh seeds alone are still refused, and the refusals advise what is accepted."""
+    model = ["--model-dir", str(tmp_path)]
+    mixed = ["--seeds", "0,1,2,3,4,96,97,98", "--seed-groups", "0,1,2,3,4;96,97,98",
+             "--policies", "ttl"]
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr(vsr, "replay", _never)
+    with pytest.raises(SystemExit) as e:
+        vsr.main([*model, *mixed, "--json", str(out)])
+    assert str(e.value).endswith("; or report on them labelled a diagnosis, beside any "
+                                 "held-out seeds: --fit-seeds")
+    with pytest.raises(SystemExit) as e:
+        vsr.main([*model, "--seeds", "96,97", "--fit-seeds", "--json", str(out)])
+    assert "seed(s) no fit read: 96, 97" in str(e.value)
+    assert "beside held-out seeds or not; run held-out seeds alone without it" in str(e.value)
+    assert not out.exists()
+    monkeypatch.setattr(vsr, "replay", lambda args, d, seed, policy, **k: NS(
+        figures=lambda: {"task_time_mean_s": 1.0}))
+    assert vsr.main([*model, *mixed, "--fit-seeds", "--write-results", "--json",
+                     str(out)]) == 0
+    note = json.loads(out.read_text())["fit_seeds_note"]
+    assert note.startswith("fit seeds, not held out (a diagnosis): 0 by the vLLM connector's "
+                           "gate fit (bench/vllm_gate_fit.py); 1 by")
+    assert note.endswith("; 4 by the vLLM connector's gate fit (bench/vllm_gate_fit.py); "
+                         "held out: 96, 97, 98")
+    assert note[0].upper() + note[1:] + "." in ar.RESULTS.read_text(encoding="utf-8")
+
+
+def test_vllm_scheduler_replay_counts_the_gates_seen_seeds_only_where_an_arm_runs_it(
+        vsr, tmp_path, monkeypatch) -> None:  # noqa: F811
+    """Review s49 gatediff finding 5: the report refused the gate's seen seeds (5-14, 30,
+    60-72) whatever its arms, but bench/fit_seeds.py counts them only where a run measures
+    the vLLM connector's gate. Plain vLLM, the offload tier alone and a connector arm with
+    admission off (`+nogate`, or `--connector-extra` admission false) run none."""
+    model = ["--model-dir", str(tmp_path)]
+    out = str(tmp_path / "rows.json")
+    monkeypatch.setattr(vsr, "replay", lambda args, d, seed, policy, **k: NS(
+        figures=lambda: {"task_time_mean_s": 1.0}))
+    monkeypatch.setattr(vsr, "pin_hash_seed", lambda args, argv: None)
+    for arms, extra in (("offload-lru", "{}"), ("ttl+nogate", "{}"),
+                        ("ttl+nogate+offload-kvsaga", "{}"), ("ttl", '{"admission": false}')):
+        assert vsr.main([*model, "--seeds", "7", "--policies", arms, "--connector-extra",
+                         extra, "--json", out]) == 0, arms
+        assert json.loads((tmp_path / "rows.json").read_text())["fit_seeds_note"] is None
+    for arms in ("ttl", "ttl+nogate,ttl+sched", "ttl+offload-lru"):
+        monkeypatch.setattr(vsr, "replay", _never)
+        with pytest.raises(SystemExit) as e:
+            vsr.main([*model, "--seeds", "7", "--policies", arms, "--json", out])
+        assert "7 by the vLLM gate's rules" in str(e.value), arms
+    with pytest.raises(SystemExit, match="--connector-extra 'x': not JSON"):
+        vsr.main([*model, "--seeds", "7", "--connector-extra", "x", "--json", out])

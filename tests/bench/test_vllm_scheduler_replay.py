@@ -236,6 +236,66 @@ def test_results_sections_name_every_setting_that_is_not_the_default() -> None:
     assert len(titles) == 8
 
 
+def test_a_title_names_no_path_grid_or_label_repeat() -> None:
+    """Review s49 gatediff finding 2: 80fdbad's titles named `--model-dir`'s absolute path
+    (so the same command from another $HOME wrote another section), `--fit-grid` whole and
+    every setting beside the `--label` that already says what the run is."""
+    mod = _load()
+
+    def title(*argv: str) -> str:
+        args = mod.build_parser().parse_args(["--step-s", "0.025", "--token-s", "0.00065",
+                                              *argv])
+        return mod.results_section(args, list(argv), "F", "w", ".", mod.defaults())[0]
+
+    assert title("--model-dir", "/a/m-hf") == title("--model-dir", "/b/m-hf")
+    assert title("--model-dir", "/a/m-hf").endswith(", --model-dir m-hf (written by w)")
+    assert title("--model-dir", str(mod.DEFAULT_MODEL_DIR).replace("/", "/x/", 1)) == title()
+    assert title("--fit", "--fit-grid", "20:16 best_effort_steps=0") == title()
+    assert title("--fit-seeds") == title()
+    assert title("--seeds", "81", "--sessions", "10", "--label", "ten sessions") == (
+        "### F on a simulated clock: 0.025 s per step + 0.00065 s per token, ten sessions "
+        "(written by w)")
+
+
+def _recorded_sections() -> list[tuple[str, list[str]]]:
+    """Each section bench/RESULTS.md holds from this replay (arms and `--fit`) with the
+    command its body records, less the two that were retitled by hand with the dates of
+    the code they measured (room_steps 1 and 2, 16736 and 16776): their command is one, and
+    its rerun is meant to start a section of its own."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    lines = (Path(__file__).parents[2] / "bench" / "RESULTS.md").read_text(
+        encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if (line.startswith("### ") and "(written by bench/vllm_scheduler_replay.py" in line
+                and " UTC" not in line):
+            cmd = re.search(r"`VENV/bin/python bench/vllm_scheduler_replay.py ([^`]*)`",
+                            "\n".join(lines[i + 1:i + 6]))
+            out.append((line, shlex.split(cmd.group(1))))
+    return out
+
+
+def test_each_recorded_sections_command_rebuilds_its_title() -> None:
+    """Review s49 gatediff finding 2: a rerun of a recorded section's command must write
+    into that section (docs/simulator.md: replaced by their next run), the `--fit` ones
+    too. After 80fdbad none of the 26 did; the five unlabelled sections were retitled once
+    to what their commands build now (their labelled peers kept theirs)."""
+    mod = _load()
+    fit = ("The gate's admission-order fit", "bench/vllm_scheduler_replay.py --fit", "")
+    recorded = _recorded_sections()
+    assert len(recorded) >= 24
+    for line, argv in recorded:
+        args = mod.build_parser().parse_args(argv)
+        if args.fit:
+            title = mod.results_section(args, argv, *fit, mod.defaults())[0]
+        else:
+            title = mod.arms_section(args, argv, mod.defaults())[0]
+        assert title == line, argv
+
+
 def test_fit_writes_its_section_under_the_shared_title(tmp_path, monkeypatch) -> None:
     """`--fit --write-results` through main: the section's title is `results_section`'s."""
     mod = _load()

@@ -23,6 +23,7 @@ from kvsaga import kernels
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.migration import export_session, import_session, plan_export
+from kvsaga.policy import LRUPolicy
 
 GREEDY = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
 BLOCK_BYTES = 8192  # the tiny model's KV block (16 tokens)
@@ -217,6 +218,47 @@ def test_an_import_whose_pause_hook_raises_is_taken_back(model_dir, reference, e
     got = run(b, "s", reference["s2"])
     assert got.num_cached_tokens >= 48
     assert got.token_ids == reference["s2_out"]
+    settled(b)
+
+
+class CachedFails(LRUPolicy):
+    """LRU whose pool hook `blocks_cached` raises while `fail` is set."""
+
+    fail = False
+
+    def bind(self, view):
+        super().bind(view)
+        push_many = self.blocks_cached
+
+        def blocks_cached(ids):
+            if self.fail:
+                raise RuntimeError("blocks_cached failed (a policy bug)")
+            push_many(ids)
+
+        self.blocks_cached = blocks_cached
+
+
+def test_an_import_whose_release_hook_raises_is_taken_back_with_its_error(
+        model_dir, reference, exported):
+    """Review s49 gatediff finding 4: a pool hook that raised in the pause's release, after
+    `step_finished` returned, left the session PAUSED; the take-back's `discard_writes` then
+    raised InvalidRequest "no open step", which replaced the policy's error. The error
+    propagates now, the session is absent, and the import's blocks are unindexed and
+    freed; the retry imports it and continues it as the reference does."""
+    policy = CachedFails()
+    b = LLMEngine(str(model_dir), device="cpu", progress=False, policy=policy,
+                  kv_memory_bytes=16 * BLOCK_BYTES, host_memory_bytes=32 * BLOCK_BYTES,
+                  clock=ticks())
+    policy.fail = True
+    with pytest.raises(RuntimeError, match="blocks_cached failed"):
+        import_session(b, exported)
+    policy.fail = False
+    assert "s" not in b.manager.sessions and list(b.manager.index.items()) == []
+    settled(b)
+    assert b.manager.stats().num_free_blocks == b.manager.pool.num_blocks
+    assert import_session(b, exported) == 48
+    got = run(b, "s", reference["s2"])
+    assert got.num_cached_tokens >= 48 and got.token_ids == reference["s2_out"]
     settled(b)
 
 

@@ -259,3 +259,21 @@ def test_a_gate_or_scheduler_value_is_refused_before_vllm_loads_anything(key, ar
           "step_cost_args": {"alpha": 0.5},
           "scheduler_args": {"aging_s": 5, "work": "tokens", "gate_arrivals": False}}[key]
     assert check_connector_extra({"policy": "ttl", key: ok})[key] == ok
+
+
+@pytest.mark.parametrize(("key", "args", "says"), [
+    ("scheduler_args", {"aging_s": 10**400},
+     "scheduler_args aging_s must be a finite number > 0, got an int of 1329 bits"),
+    ("scheduler_args", {"prior_steps": 10**400},
+     "scheduler_args prior_steps must be a finite number >= 1, got an int of 1329 bits"),
+    ("scheduler_args", {"prior_growth_tokens": -(10**5000)},
+     "scheduler_args prior_growth_tokens must be a finite number >= 0, got an int of"),
+    ("gate_args", {"horizon_steps": 10**400}, "gate_args: gate parameter horizon_steps"),
+])
+def test_an_int_past_any_float_is_refused_naming_its_key(key, args, says):
+    """Review s49 gatediff finding 6: `scheduler_args` `aging_s` of a 400-digit JSON int
+    passed SessionRanker's range check, and `float()` then raised a bare OverflowError that
+    named no key, from `kv_transfer_config()` and the connector's start alike."""
+    with pytest.raises(ValueError) as e:
+        kv_transfer_config("ttl", **{key: args})
+    assert str(e.value).startswith("kvsaga connector: ") and says in str(e.value)

@@ -119,7 +119,7 @@ def check_arg_values(extra: Mapping[str, Any]) -> None:
         if key in extra:
             try:
                 read(extra[key])
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError, ArithmeticError) as e:  # huge ints: Overflow
                 why = str(e) if str(e).startswith(key) else f"{key}: {e}"
                 raise ValueError(f"kvsaga connector: {why}") from None
 

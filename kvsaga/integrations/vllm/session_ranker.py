@@ -7,11 +7,11 @@ first by vLLM's Scheduler after the model and KV cache have loaded."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from kvsaga._validate import check_one_of
+from kvsaga.integrations.vllm.gate_order import check_finite
 from kvsaga.policy.bounded import TRACKED_WORKFLOWS, touch
 from kvsaga.scheduler.admission_order import SessionLengths, order_key, predicted_cost
 
@@ -41,20 +41,21 @@ class SessionRanker:
 
     def __init__(self, aging_s: float = 60.0, prior_steps: float = 16.0,
                  prior_growth_tokens: float = 64.0, work: str = "steps") -> None:
-        for name, v, low in (("aging_s", aging_s, 0.0), ("prior_steps", prior_steps, 1.0),
-                             ("prior_growth_tokens", prior_growth_tokens, 0.0)):
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and low <= v < math.inf and (name != "aging_s" or v > 0)):
-                raise ValueError(f"scheduler_args {name} must be a finite number "
-                                 f"{'> 0' if name == 'aging_s' else f'>= {low:g}'}, got {v!r}")
+        # check_finite: an int past the largest float is refused naming its setting; a range
+        # check alone passed it, and float() then raised an OverflowError naming none
+        # (review s49, gatediff finding 6)
+        aging_s = check_finite("scheduler_args aging_s", aging_s, 0.0, low_open=True)
+        prior_steps = check_finite("scheduler_args prior_steps", prior_steps, 1.0)
+        prior_growth_tokens = check_finite("scheduler_args prior_growth_tokens",
+                                           prior_growth_tokens, 0.0)
         check_one_of("scheduler_args work", work, WORK_KINDS)
-        self.aging_s = float(aging_s)
-        self.prior_steps = float(prior_steps)
+        self.aging_s = aging_s
+        self.prior_steps = prior_steps
         self.work = work
         self.lengths = SessionLengths()
         self.growth: dict[str, float] = {}  # workflow -> mean prompt growth a step
         self.seen: dict[str, int] = {}  # workflow -> growths observed
-        self.prior_growth = float(prior_growth_tokens)
+        self.prior_growth = prior_growth_tokens
         self.live: dict[str, tuple[int, int]] = {}  # session -> (steps begun, last prompt)
 
     def priority(self, sid: str, workflow: str, prompt_tokens: int, last_step: bool,
