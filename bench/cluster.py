@@ -536,7 +536,7 @@ def check_report_seeds(p: argparse.ArgumentParser, args) -> None:
     seeds = _ints(args.seed)
     if not args.fit_seeds:
         if error := fit_seed_error(seeds, "--seed"):
-            p.error(f"{error}; a diagnosis on them: --fit-seeds")
+            p.error(f"{error}; a diagnosis on fit seeds alone: --fit-seeds")
         return
     if not args.no_write and args.results.resolve() == RESULTS:
         p.error(f"--fit-seeds: a diagnosis is not written into {RESULTS} (its section is the "

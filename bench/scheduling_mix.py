@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             ap.error(str(e))
     elif seeds and (error := fit_seed_error(seeds, "--report --seeds")):
-        ap.error(f"{error}; a diagnosis on them: --fit-seeds")
+        ap.error(f"{error}; a diagnosis on fit seeds alone: --fit-seeds")
     if args.defaults is not None:
         try:
             set_workflow_defaults(args.defaults)

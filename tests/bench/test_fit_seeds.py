@@ -145,7 +145,7 @@ def test_mix_report_fit_seeds_runs_a_labelled_diagnosis_on_registry_seeds_only(
     monkeypatch.setattr(mix, "report", lambda *a: ran.append(a))
     with pytest.raises(SystemExit) as e:
         mix.main(["--report", "--seeds", "102,103"])
-    assert usage_error(e, capsys).endswith("; a diagnosis on them: --fit-seeds")
+    assert usage_error(e, capsys).endswith("; a diagnosis on fit seeds alone: --fit-seeds")
     assert mix.main(["--report", "--seeds", "102,103", "--fit-seeds"]) == 0
     assert ran == [(2, [102, 103])]
     out = capsys.readouterr().out
@@ -204,7 +204,7 @@ def test_cluster_report_refuses_fit_seeds_unless_a_labelled_diagnosis(cluster_st
 
 def test_cluster_section_on_fit_seeds_says_so_not_held_out(mods):
     cluster = import_bench("cluster")
-    args = SimpleNamespace(sessions_per_gpu=64, fit_seeds=True)
+    args = SimpleNamespace(sessions_per_gpu=64, fit_seeds=True, report_period=None)
     body = cluster.section_body(args, "python bench/cluster.py --fit-seeds", [], [], [], [])
     assert "**on fit seeds, not held out** (`--fit-seeds`: a diagnosis" in body
     assert "not on the seeds reported here" not in body
