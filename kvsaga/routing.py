@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from kvsaga._validate import is_int
 from kvsaga.fair_share import FairShare
@@ -141,17 +142,18 @@ class KvsagaRouter(Router):
         self._drop_arrival(session)
         self._refused_arrivals.pop(session, None)
 
-    def finished(self, route: Route, ran: bool = True) -> None:
+    def finished(self, route: Route, ran: bool | None = True) -> None:
         """`Router.finished`, and when a step of a session this router holds ran: a report
         of its home taken before then does not count what the step added (`_tokens`), and,
         when it was the step that moved the session, one of the replica it moved to taken
         after then counts the move (`_arrived`). A moving step that did not reach its
-        replica takes the move's tokens off that replica's room (`_unarrived`)."""
+        replica (`ran=False`; not None, unknown) takes the move's tokens off that
+        replica's room (`_unarrived`)."""
         super().finished(route, ran)
         if ran and route.session in self.homes:
             now = self._step_done[route.session] = self.clock()
             self._arrived(route, now)
-        elif not ran:
+        elif ran is False:
             self._unarrived(route)
 
     def move_refused(self, session: str, source: str, replica: str,
@@ -193,6 +195,25 @@ class KvsagaRouter(Router):
         super().move_taken(session, replica, source)
         if saved is not None and saved[0] == replica:
             self._add_arrival(session, replica, saved[1])
+
+    def confirm_move(self, session: str, replica: str, route: Route | None = None) -> None:
+        """`Router.confirm_move`, and when `route`, a step sent along the session's still
+        unconfirmed move to `replica`, is the one `replica` accepted (Ray Serve's
+        `on_request_routed`): that step pulls the session, so it owns the move's count
+        (`_arrived`) with the move's tokens. A step accepted before the move's own one
+        pulls, and the moving step is then answered 409 at once, before the import: as the
+        owner its finish would have counted the move as arrived while the import still
+        ran (review s49 routing3 1). An end request carries no tokens: its copy, the
+        owner then, is no step's route, and the count waits for a report or the end."""
+        m = self.moves.get(session)
+        moved = self._arrivals.get(replica)
+        entry = moved.get(session) if moved else None
+        if (route is not None and m is not None and m.replica == replica
+                and entry is not None and entry[1] is None
+                and route.moved_from == entry[0].moved_from):
+            owner = route if route.tokens else replace(route, tokens=entry[0].tokens)
+            moved[session] = (owner, None)
+        super().confirm_move(session, replica)
 
     def _cool(self, refused_at: float | None, now: float) -> bool:
         """Whether a cool-off from a refusal at `refused_at` (None: none) still runs at
@@ -298,14 +319,19 @@ class KvsagaRouter(Router):
         self._arrival_of[session] = replica
 
     def _arrived(self, route: Route, done: float) -> None:
-        """A step that ran on `route.replica` finished at `done`: when it is the step that
-        moved its session there (the entry's own route), the session's KV is there (the
-        replica pulled the session before it ran the step): a report of that replica taken
-        after `done` counts it (`_arriving`). Any other step of the session proves nothing:
-        one sent there while the pull was still running (a concurrent step routed home once
-        the move was confirmed, or a sibling along it) is answered 409 `session_busy` at once,
-        before the import, and counted as done it let a report taken during the import drop
-        the move (review s49 routingdiff 1)."""
+        """A step that ran on `route.replica` finished at `done`: when it is the entry's
+        owner, the session's KV is there (the replica pulled the session before it ran the
+        step): a report of that replica taken after `done` counts it (`_arriving`). The
+        owner is the step that made the move, or, when the caller says which step the
+        replica accepted first while the move was unconfirmed (`confirm_move` with its
+        route: Ray Serve does), that step: the one that pulls. Any other step of the
+        session proves nothing: one sent there while the pull was still running (a
+        concurrent step routed home once the move was confirmed, or a sibling along it) is
+        answered 409 `session_busy` at once, before the import, and counted as done it let
+        a report taken during the import drop the move (review s49 routingdiff 1). Without
+        that word (the pure API, the simulator) the moving step stays the owner: a caller
+        that sends two steps along one move and has the later one accepted first can still
+        see the move counted at the 409'd one's finish."""
         moved = self._arrivals.get(route.replica)
         entry = moved.get(route.session) if moved else None
         if entry is not None and route is entry[0]:
@@ -313,8 +339,10 @@ class KvsagaRouter(Router):
 
     def _unarrived(self, route: Route) -> None:
         """A step that pulled its session to `route.replica` finished without reaching
-        it (its try was cancelled, or failed before a replica took it): when no other
-        step of the session is in flight there and no moving step has been seen to arrive,
+        it (`ran=False`: its try was cancelled, or failed before a replica took it): when
+        the move is still unconfirmed (no step of the session is known to have reached
+        the replica: a sibling that did took the session there, review s49 routing3 2), no
+        other step of the session is in flight there and no owner has been seen to arrive,
         the session's tokens are not coming: they leave that replica's room. Kept, they
         counted there until the session was forgotten (`session_idle_s`: 30 min) (review
         s49 routingdiff 2). A later step sent along the still unconfirmed move carries its
@@ -322,8 +350,10 @@ class KvsagaRouter(Router):
         s = route.session
         moved = self._arrivals.get(route.replica)
         entry = moved.get(s) if moved and route.moved_from is not None else None
+        m = self.moves.get(s)
         if (entry is not None and entry[1] is None
                 and entry[0].moved_from == route.moved_from
+                and m is not None and m.replica == route.replica
                 and not self.session_steps.get(s, {}).get(route.replica)):
             self._drop_arrival(s)
 

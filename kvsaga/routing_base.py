@@ -255,10 +255,13 @@ class Router:
         return lost
 
     # -- bookkeeping ------------------------------------------------------------------
-    def finished(self, route: Route, ran: bool = True) -> None:
-        """A routed step finished (or failed): it no longer loads its replica. `ran`: it
-        reached its replica (a move it made is then done, `confirm_move`); False when the
-        caller cannot tell (a replica refused it, or it was never sent)."""
+    def finished(self, route: Route, ran: bool | None = True) -> None:
+        """A routed step finished (or failed): it no longer loads its replica. `ran`: True,
+        it reached its replica (a move it made is then done, `confirm_move`); False, it
+        did not (it was never sent, or cancelled or failed before a replica took it, or
+        its move was refused); None, the caller cannot tell (Ray Serve with replicas that
+        never reject: no acceptance is seen). Only True confirms a move; only False tells
+        `KvsagaRouter` the move's tokens are not coming."""
         if ran and route.session is not None:
             self.confirm_move(route.session, route.replica)
         r = route.replica
@@ -383,9 +386,10 @@ class Router:
         for s in kept:
             seen[s] = now
 
-    def confirm_move(self, session: str, replica: str) -> None:
+    def confirm_move(self, session: str, replica: str, route: Route | None = None) -> None:
         """A step of `session` reached `replica`: a move there is done (the replica pulled
-        the session before running the step)."""
+        the session before running the step). `route`: that step's, when the caller knows
+        it (`KvsagaRouter` makes it the move's owner)."""
         m = self.moves.get(session)
         if m is not None and m.replica == replica:
             del self.moves[session]

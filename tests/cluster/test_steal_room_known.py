@@ -388,3 +388,185 @@ def test_a_move_taken_by_a_sibling_after_a_refusal_counts_in_the_thiefs_room_aga
     router.session_ended("S1")
     router.move_taken("S1", "c", "a")
     assert "S1" not in router._arrival_of
+
+
+def s1_moved_twice():
+    """S1's moving step M and a sibling S, both sent along S1's unconfirmed move a -> c.
+    Returns the router, M, S, a's report and the clock."""
+    now = [1000.0]
+    router = router_at(["a", "c"], now)
+    a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
+                     session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
+    c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=999.9)
+    router.homes.update(S1="a", S2="a")
+    moving = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
+    now[0] += 0.01
+    sibling = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
+    assert (moving.moved_from, sibling.moved_from) == ("a", "a")
+    return router, moving, sibling, a, now
+
+
+def s2_on(router, a, now, taken_at):
+    """Where S2 goes once c's report taken at `taken_at` (S1 not listed) is the latest."""
+    now[0] += 0.01
+    c = c_during_import(taken_at)
+    route = router.route(RouteRequest(session="S2"), {"a": a, "c": c})
+    return route.replica, route.moved_from
+
+
+def test_the_step_accepted_first_owns_the_move_not_the_moving_step_answered_409():
+    """c accepts the sibling S first (the moving step M waited for a slot): S pulls S1,
+    and M, accepted later, is answered 409 by S's pull reservation. Before, M, the move's
+    owner, marked S1 arrived at its finish, c's report taken during S's import dropped S1
+    and S2 was stolen for the same room (review s49 routing3 1). The step accepted first
+    (`confirm_move` with its route) owns the move now, with the move's tokens."""
+    router, moving, sibling, a, now = s1_moved_twice()
+    router.confirm_move("S1", "c", sibling)
+    now[0] += 0.05
+    router.finished(moving)
+    now[0] += 0.1
+    assert s2_on(router, a, now, taken_at=now[0]) == ("a", None)  # before: ("c", "a")
+    now[0] += 0.3
+    router.finished(sibling)  # S ran: a report of c taken after then counts S1 itself
+    now[0] += 0.1
+    assert router._arriving("c", c_during_import(now[0])) == 0
+
+
+def test_the_owner_accepted_first_keeps_the_moves_tokens_and_stays_when_it_ran():
+    """A step accepted without tokens of its own (an end request along the move) takes the
+    move's tokens; a step accepted once the move is confirmed changes nothing."""
+    router, moving, sibling, a, now = s1_moved_twice()
+    end = router.route(RouteRequest(session="S1", stay=True), {"a": a})
+    assert (end.replica, end.tokens) == ("c", 0)
+    router.confirm_move("S1", "c", end)
+    assert router._arrivals["c"]["S1"][0].tokens == 12000
+    router.confirm_move("S1", "c", sibling)  # confirmed already: the owner stays
+    assert router._arrivals["c"]["S1"][0] is not sibling
+
+
+def test_a_step_given_up_after_a_sibling_took_the_session_keeps_it_counted():
+    """M waits for a slot on c; its sibling S is accepted, pulls S1, runs and finishes;
+    then M is given up (`finished(ran=False)`). Before, that dropped S1's count on c
+    though S1 lives there, and a report of c taken during the import let S2 be stolen
+    for the same room (review s49 routing3 2). Now only a move still unconfirmed drops."""
+    router, moving, sibling, a, now = s1_moved_twice()
+    now[0] += 0.2
+    during = now[0]
+    now[0] += 0.3
+    router.finished(sibling)
+    now[0] += 0.05
+    router.finished(moving, ran=False)
+    assert router._arrival_of.get("S1") == "c"
+    assert s2_on(router, a, now, taken_at=during) == ("a", None)  # before: ("c", "a")
+
+
+def test_a_step_given_up_after_a_refused_move_was_taken_keeps_it_counted():
+    """M is refused, its sibling T takes S1 (`move_taken`), a third sibling U is given up:
+    before, U's finish dropped the count `move_taken` restored (review s49 routing3 2)."""
+    router, moving, taker, a, now = s1_moved_twice()
+    late = router.route(RouteRequest(session="S1"), {"a": a})
+    assert (late.replica, late.moved_from) == ("c", "a")
+    router.move_refused("S1", "a", "c")
+    router.finished(moving)
+    now[0] += 0.1
+    during = now[0]
+    now[0] += 0.2
+    router.move_taken("S1", "c", "a")
+    now[0] += 0.3
+    router.finished(taker)
+    router.finished(late, ran=False)
+    assert s2_on(router, a, now, taken_at=during) == ("a", None)  # before: ("c", "a")
+
+
+def test_a_step_not_known_to_have_run_keeps_the_move_counted():
+    """`finished(ran=None)`: the caller cannot tell whether the step ran (Ray Serve with
+    replicas that never reject). Before, ran=False was the only word for it and dropped
+    the move's count at the moving step's finish (review s49 routing3 3); it stays until
+    a report of c shows S1, and the move stays unconfirmed."""
+    router, moving, sibling, a, now = s1_moved_twice()
+    router.finished(sibling, ran=None)
+    router.finished(moving, ran=None)
+    assert router._arrival_of.get("S1") == "c"
+    assert router.moves["S1"].replica == "c"
+    assert s2_on(router, a, now, taken_at=now[0]) == ("a", None)
+
+
+def test_through_ray_the_step_accepted_first_owns_the_move():
+    """review s49 routing3 1 through Ray Serve's routing loop: M waits for a slot on c,
+    the sibling S is accepted first and pulls S1, M is accepted then (answered 409) and
+    completes before c reports again."""
+    pytest.importorskip("ray.serve")
+    from tests.cluster.ray_fakes import StatsReplica, make_router, pending
+
+    async def go():
+        a = StatsReplica("a", queue_len=0, total_blocks=4096, free_blocks=100,
+                         queue_depth=3, running=2, taken_at=999.9,
+                         session_tokens={"S1": 12000, "S2": 12000})
+        c = StatsReplica("c", total_blocks=2048, free_blocks=1250, running=2,
+                         taken_at=999.9)
+        router = make_router([a, c])
+        now = [1000.0]
+        router.kv_router.clock = lambda: now[0]
+        router.kv_router.homes.update(S1="a", S2="a")
+        cands = list(router._replicas.values())
+        cid = next(i for i in router.curr_replicas if i.unique_id == "c")
+        moving = pending({"kvsaga": 1, "session": "S1", "tenant": ""}, "M")
+        waiting = asyncio.ensure_future(router._choose_replica_for_request(moving))
+        for _ in range(50):
+            await asyncio.sleep(0)
+            if "M" in router._routes:
+                break
+        now[0] += 0.01
+        sibling = pending({"kvsaga": 1, "session": "S1", "tenant": ""}, "S")
+        await router.choose_replicas(cands, sibling)
+        router.on_request_routed(sibling, cid, None)  # S accepted first: pulls S1
+        c.set_queue_len_response(0)
+        await asyncio.wait_for(waiting, 5)
+        router.on_request_routed(moving, cid, None)  # answered 409 at once
+        now[0] += 0.05
+        router.on_request_completed(cid, "M")
+        await asyncio.sleep(0)
+        now[0] += 0.1
+        c.stats = dict(c.stats, taken_at=now[0])  # S's import still running
+        now[0] += 0.01
+        call = {"kvsaga": 1, "session": "S2", "tenant": ""}
+        await router.choose_replicas(cands, pending(call, "S2"))
+        return call["route"]["replica"], call["route"]["moved_from"]
+
+    assert asyncio.run(go()) == ("a", None)  # before: ("c", "a")
+
+
+def test_through_ray_replicas_that_never_reject_keep_the_move_counted():
+    """Replicas that never reject: no `on_request_routed`, so the adapter cannot tell
+    whether a step ran and releases it with ran=None. Before, it said ran=False, and the
+    moving step's completion dropped S1's count on c while c imported it: S2 was stolen
+    for the same room (review s49 routing3 3)."""
+    pytest.importorskip("ray.serve")
+    from tests.cluster.ray_fakes import StatsReplica, make_router, pending
+
+    async def go():
+        a = StatsReplica("a", queue_len=0, total_blocks=4096, free_blocks=100,
+                         queue_depth=3, running=2, taken_at=999.9,
+                         session_tokens={"S1": 12000, "S2": 12000})
+        c = StatsReplica("c", queue_len=0, total_blocks=2048, free_blocks=1250, running=2,
+                         taken_at=999.9)
+        router = make_router([a, c])
+        now = [1000.0]
+        router.kv_router.clock = lambda: now[0]
+        router.kv_router.homes.update(S1="a", S2="a")
+        cid = next(i for i in router.curr_replicas if i.unique_id == "c")
+        call = {"kvsaga": 1, "session": "S1", "tenant": ""}
+        await router._choose_replica_for_request(pending(call, "M"))
+        assert (call["route"]["replica"], call["route"]["moved_from"]) == ("c", "a")
+        now[0] += 0.2
+        during = dict(c.stats, taken_at=now[0])
+        now[0] += 0.3
+        router.on_request_completed(cid, "M")  # it ran on c: nothing said so
+        await asyncio.sleep(0)
+        c.stats = during
+        now[0] += 0.01
+        call = {"kvsaga": 1, "session": "S2", "tenant": ""}
+        await router._choose_replica_for_request(pending(call, "S2"))
+        return call["route"]["replica"], call["route"]["moved_from"]
+
+    assert asyncio.run(go()) == ("a", None)  # before: ("c", "a")

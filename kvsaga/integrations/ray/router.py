@@ -234,22 +234,26 @@ class KvsagaRequestRouter(RequestRouter):
         }
         return [[by_id[route.replica]]]
 
-    def _release(self, rid: str, routed: _Routed) -> None:
+    def _release(self, rid: str, routed: _Routed, ran: bool | None) -> None:
         if self._routes.get(rid) is routed:
             del self._routes[rid]
-            self.kv_router.finished(routed.route, ran=routed.accepted)
+            self.kv_router.finished(routed.route, ran=ran)
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
                           result: Any) -> None:
         """A replica accepted the request (Ray Serve calls this when replicas may reject):
         a move the route made is done, since the replica pulls the session before it runs
-        the step. Without this call (replicas that never reject), the replica's next
-        report confirms the move (`Router.unconfirmed_move`)."""
+        the step, and this step, the first accepted there, is the one that pulls (its
+        route owns the move's count, `KvsagaRouter.confirm_move`). Without this call
+        (replicas that never reject), the replica's next report confirms the move
+        (`Router.unconfirmed_move`), and a completed step is released with ran=None
+        (unknown whether it ran)."""
         routed = self._routes.get(pending_request.metadata.internal_request_id)
         if routed is not None and routed.route.replica == replica_id.unique_id:
             routed.accepted = True
             if routed.route.session is not None:
-                self.kv_router.confirm_move(routed.route.session, routed.route.replica)
+                self.kv_router.confirm_move(routed.route.session, routed.route.replica,
+                                            routed.route)
 
     def _try_done(self, rid: str, future: asyncio.Future) -> None:
         """A try's future is done: given a replica, the try is sent and its
@@ -259,7 +263,7 @@ class KvsagaRequestRouter(RequestRouter):
         routed = self._routes.get(rid)
         if routed is not None and future is routed.future and (
                 future.cancelled() or future.exception() is not None):
-            self._release(rid, routed)
+            self._release(rid, routed, ran=False)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         routed = self._routes.get(internal_request_id)
@@ -269,8 +273,10 @@ class KvsagaRequestRouter(RequestRouter):
         # A rejected try completes too, and its retry may already be routed (Ray queues the
         # completion onto this loop from the thread that saw the reply, so it can come
         # after the retry's routing): the route is kept until every try is done.
+        # Not seen accepted, it is unknown whether it ran: replicas that never reject get
+        # no `on_request_routed` (None leaves a move's count to the thief's reports).
         if routed.completed >= routed.tries:
-            self._release(internal_request_id, routed)
+            self._release(internal_request_id, routed, ran=True if routed.accepted else None)
 
 
 class RayDefaultRequestRouter(RequestRouterConfig().get_request_router_class()):
