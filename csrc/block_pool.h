@@ -178,9 +178,20 @@ class Pool {
     return evict_ids(buf_);
   }
 
-  // evict_many of ids already read, each in [0, n) (the manager core's checked victims):
-  // their old hashes, in order.
+  // evict_many of ids already read, each in [0, n): their old hashes, in order.
   nb::list evict_ids(const std::vector<int32_t>& ids) {
+    nb::list out = free_ids_untold(ids);
+    notify(false, ids.data(), ids.size());
+    return out;
+  }
+
+  // Tells the observer that `ids` left CACHED (after free_ids_untold).
+  void tell_uncached(const int32_t* ids, size_t k) { notify(false, ids, k); }
+
+  // evict_ids without telling the observer (the manager core's checked victims: it
+  // unindexes them first, then calls tell_uncached, so that a raising observer leaves no
+  // index entry on a FREE block).
+  nb::list free_ids_untold(const std::vector<int32_t>& ids) {
     size_t k = ids.size();
     size_t i = 0;
     const char* why = nullptr;
@@ -197,7 +208,6 @@ class Pool {
     nb::list out = nb::steal<nb::list>(hashes);
     for (size_t j = 0; j < k; ++j) PyList_SET_ITEM(hashes, j, free_cached(ids[j]));
     num_cached -= static_cast<int64_t>(k);
-    notify(false, ids.data(), k);
     return out;
   }
 
@@ -301,10 +311,10 @@ class Pool {
     return q->raw().capacity() == n ? q : nullptr;
   }
 
-  // Tells the observer, in one call when it takes batches, else block by block. A batch
-  // callback that is a C++ queue's own method gets the ids straight (the same checks and
-  // errors as through the call; `many_*_` keeps the queue alive, unless the collector
-  // cleared it to None).
+  // Tells the observer, in one call when it takes batches, else block by block (undone on
+  // a raise: see undo_told). A batch callback that is a C++ queue's own method gets the
+  // ids straight (the same checks and errors as through the call; `many_*_` keeps the
+  // queue alive, unless the collector cleared it to None).
   void notify(bool cached, const int32_t* ids, size_t k) {
     const nb::object& many = cached ? many_cached_ : many_uncached_;
     PyQueue* q = cached ? queue_cached_ : queue_uncached_;
@@ -318,8 +328,35 @@ class Pool {
     }
     const nb::object& one = cached ? one_cached_ : one_uncached_;
     if (!one.is_valid()) return;
+    nb::object undo = cached ? one_uncached_ : one_cached_;
     std::vector<int32_t> copy(ids, ids + k);  // the callback may re-enter the pool
-    for (int32_t b : copy) one(b);
+    size_t told = 0;
+    try {
+      for (int32_t b : copy) {
+        one(b);
+        ++told;
+      }
+    } catch (nb::python_error& e) {
+      undo_told(undo, copy.data(), told, e);
+      throw;
+    }
+  }
+
+  // pool.py `_each`: a per-block hook raised (`e`) after `told` blocks; the opposite hook
+  // undoes them, last told first, so the raise told the observer nothing. An undo that
+  // raises too stops there and adds a note to `e`.
+  static void undo_told(const nb::object& undo, const int32_t* ids, size_t told,
+                        nb::python_error& e) {
+    for (size_t i = told; i-- > 0;) {
+      try {
+        undo(ids[i]);
+      } catch (nb::python_error& u) {
+        nb::object note = nb::str("undoing the hook for block {} raised too: {!r}")
+                              .attr("format")(ids[i], u.value());
+        e.value().attr("add_note")(note);
+        return;
+      }
+    }
   }
 
   IntrusiveQueue free_q_;

@@ -53,7 +53,7 @@ class EvictionPath {
   }
 
   // KVCacheManager._evict's loops over checked victims: free them, unindex their hashes,
-  // forget their owners. `victims` must be what `victims_valid` just found valid: its ids
+  // forget their owners, then tell the pool's observer. `victims` must be what `victims_valid` just found valid: its ids
   // as read then are evicted (the pool checks again that they are cached and distinct).
   void evict_blocks(nb::handle victims) {
     if (!checked_obj_.is_valid() || checked_obj_.is_none() || !victims.is(checked_obj_)) {
@@ -66,9 +66,12 @@ class EvictionPath {
     checked_obj_ = nb::object();
     evicting_.swap(checked_);  // (the pool's observer, called back, cannot change them)
     checked_.clear();
-    nb::list hashes = pool_->evict_ids(evicting_);
+    // Unindexed and disowned before the pool tells the observer: a raising
+    // blocks_uncached leaves no hash naming a FREE block (review s49 gate3, finding 2).
+    nb::list hashes = pool_->free_ids_untold(evicting_);
     unindex(reinterpret_cast<PyListObject*>(hashes.ptr())->ob_item, evicting_.data(),
             evicting_.size(), false);
+    pool_->tell_uncached(evicting_.data(), evicting_.size());  // (notify copies the ids)
   }
 
   // KVCacheManager._evict for a policy whose victims are the head of `queue` (its

@@ -69,13 +69,17 @@ class EvictionPath:
         if hot is not None:  # the same loops, in the C++ core
             hot.evict_blocks(victims)
         else:
-            owner = self.block_owner
+            # Unindexed and disowned before the pool frees them and tells the policy: a
+            # raising `blocks_uncached` then leaves no hash naming a FREE block (review s49
+            # gate3, finding 2).
+            owner, block_hash = self.block_owner, self.pool.block_hash
             index_remove = self.index.remove
-            for h in self.pool.evict_many(victims):
+            for b in victims:
+                h = block_hash[b]
                 if h is not None:
                     index_remove(h)
-            for b in victims:
                 owner[b] = None
+            self.pool.evict_many(victims)
         self._evicted_blocks += num_blocks
 
     def _victims_valid(self, victims: list[int], num_blocks: int) -> bool:
@@ -101,5 +105,5 @@ class EvictionPath:
         h = self.pool.block_hash[block_id]
         if h is not None:
             self.index.remove(h)
+        self.block_owner[block_id] = None  # (before the pool tells the policy, as `_evict`)
         self.pool.evict_many([block_id])
-        self.block_owner[block_id] = None

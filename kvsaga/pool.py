@@ -33,7 +33,9 @@ class PoolObserver(Protocol):
 
     An observer may also define `blocks_cached(ids)` / `blocks_uncached(ids)`: the pool
     then reports a batch transition in one call (the blocks' states are already updated),
-    else block by block, in the same order.
+    else block by block, in the same order. A hook that raises must have changed nothing
+    (a batch hook raises before it records any block); block by block, the pool makes it
+    so: a raise at block k first undoes blocks 0..k-1 with the opposite hook.
     """
 
     def block_cached(self, block_id: int) -> None: ...
@@ -47,6 +49,31 @@ class _NullObserver:
 
     def block_uncached(self, block_id: int) -> None:
         pass
+
+
+def _each(fn, undo):
+    """The per-block call of a batch transition, for an observer without the batch hook. A
+    raise at block k first undoes blocks 0..k-1 (`undo`, the opposite hook, last told
+    first), so that a raising hook has told the observer nothing, as a batch hook must
+    (`PoolObserver`; the manager's take-backs rely on it, e.g. `_drop_unseen`). An undo
+    that raises too stops the undoing and adds a note to the hook's error."""
+
+    def call(block_ids: list[int]) -> None:
+        told = 0
+        try:
+            for b in block_ids:
+                fn(b)
+                told += 1
+        except BaseException as e:
+            for b in reversed(block_ids[:told]):
+                try:
+                    undo(b)
+                except Exception as u:
+                    e.add_note(f"undoing the hook for block {b} raised too: {u!r}")
+                    break
+            raise
+
+    return call
 
 
 class BlockPool:
@@ -87,16 +114,10 @@ class BlockPool:
     def observer(self, observer: PoolObserver) -> None:
         self._observer = observer
         one_cached, one_uncached = observer.block_cached, observer.block_uncached
-
-        def each(fn):
-            def call(block_ids: list[int]) -> None:
-                for b in block_ids:
-                    fn(b)
-
-            return call
-
-        self._cached_many = getattr(observer, "blocks_cached", None) or each(one_cached)
-        self._uncached_many = getattr(observer, "blocks_uncached", None) or each(one_uncached)
+        self._cached_many = (getattr(observer, "blocks_cached", None)
+                             or _each(one_cached, one_uncached))
+        self._uncached_many = (getattr(observer, "blocks_uncached", None)
+                               or _each(one_uncached, one_cached))
 
     # -- counts ---------------------------------------------------------------------------
     @property

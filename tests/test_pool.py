@@ -241,3 +241,68 @@ def test_a_hold_is_not_a_hit(core):
     p.clock = 9.0
     p.acquire_many([a, c])
     assert p.reused_s == (9.0 - 1.0) + (9.0 - 3.0)  # a since 1.0; c since its hit at 3.0
+
+
+class RaisesOnSecond:
+    """A per-block observer (no batch hooks) whose `raising` hook fails on its 2nd call;
+    `told` is the set it was told is CACHED."""
+
+    def __init__(self, raising):
+        self.raising, self.calls, self.told = raising, 0, set()
+
+    def _maybe(self, hook):
+        if hook == self.raising:
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError(f"{hook} failed")
+
+    def block_cached(self, b):
+        self._maybe("block_cached")
+        self.told.add(b)
+
+    def block_uncached(self, b):
+        self._maybe("block_uncached")
+        self.told.discard(b)
+
+
+@pytest.mark.parametrize("hook", ["block_cached", "block_uncached"])
+def test_a_per_block_hook_raising_part_way_has_told_the_observer_nothing(core, hook):
+    """The pool's block-by-block fallback undoes the blocks told before a raise, so the
+    raise leaves the observer as before the batch on both cores (review s49 gate3 finding 1:
+    before, block 0 stayed told cached, and a take-back that freed the batch silently left
+    a FREE block in LRU's order)."""
+    pool = core.BlockPool(4)
+    ids = pool.allocate(3)
+    for b in ids:
+        pool.block_hash[b] = bytes([b])
+    obs = RaisesOnSecond(hook)
+    pool.observer = obs
+    if hook == "block_uncached":
+        pool.release_many(ids)
+        assert obs.told == set(ids)
+        with pytest.raises(RuntimeError, match="block_uncached failed"):
+            pool.evict_many(ids)
+        assert obs.told == set(ids)  # block 0's uncaching undone
+    else:
+        with pytest.raises(RuntimeError, match="block_cached failed"):
+            pool.release_many(ids)
+        assert obs.told == set()  # block 0's caching undone
+
+
+def test_a_failing_undo_adds_a_note_to_the_hooks_error(core):
+    """An undo that raises too stops the undoing; the hook's error names it in a note, the
+    same on both cores."""
+
+    class Both(RaisesOnSecond):
+        def block_uncached(self, b):
+            raise ValueError("no undo")
+
+    pool = core.BlockPool(4)
+    ids = pool.allocate(2)
+    for b in ids:
+        pool.block_hash[b] = bytes([b])
+    pool.observer = Both("block_cached")
+    with pytest.raises(RuntimeError, match="block_cached failed") as err:
+        pool.release_many(ids)
+    assert err.value.__notes__ == [
+        "undoing the hook for block 0 raised too: ValueError('no undo')"]

@@ -1,0 +1,112 @@
+"""A pool hook of the policy (`block(s)_cached` / `block(s)_uncached`) that raises must leave
+the manager's books consistent on both cores (review s49 gate3): no hash indexed on a FREE
+block, no FREE block in the policy's order, no reference that no table holds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga import KVCacheManager, KVSpec
+from kvsaga._core import cpp_available
+from kvsaga.policy import LRUPolicy
+
+BS = 4
+CORES = ["python", *(["cpp"] if cpp_available() else [])]
+
+
+class UncachedFails(LRUPolicy):
+    """LRU whose batch `blocks_uncached` raises while `fail` is set (a policy bug), taking
+    the listed way of eviction (no C++ `evict_head`)."""
+
+    fail = False
+
+    def bind(self, view):
+        super().bind(view)
+        told = self.blocks_uncached
+
+        def blocks_uncached(ids):
+            if self.fail:
+                raise RuntimeError("blocks_uncached failed (a policy bug)")
+            told(ids)
+
+        self.blocks_uncached = blocks_uncached
+        self.victim_queue = None
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_an_eviction_whose_blocks_uncached_raises_leaves_no_hash_on_a_freed_block(core):
+    """Before the fix the pool freed the victims and raised before the index and the owners
+    lost them: the index named FREE block 1, a later prompt took it as a hit (Python: an
+    ACTIVE block in the free queue; C++: ValueError in acquire_many)."""
+    p = UncachedFails()
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 4, policy=p, clock=lambda: 0.0,
+                       core=core)
+    m.begin_step("a", list(range(8)))
+    m.allocate_slots("a", 8)
+    m.finish_step("a")  # blocks 0, 1 cached, owned by a
+    m.begin_step("b", list(range(100, 112)))
+    p.fail = True
+    with pytest.raises(RuntimeError, match="blocks_uncached failed"):
+        m.allocate_slots("b", 12)  # 2 free blocks and a's block 1 evicted
+    p.fail = False
+    m.check_integrity()
+    assert sorted(b for _, b in m.index.items()) == [0]
+    assert m.block_owner[1] is None
+    assert m.begin_step("a", list(range(9))).num_cached_tokens == 4  # block 0 only
+    m.allocate_slots("a", 1)
+    m.allocate_slots("b", 4)
+    m.check_integrity()
+
+
+class PerBlock(LRUPolicy):
+    """LRU told block by block (no `blocks_cached`), whose `block_cached` raises on its 2nd
+    call while armed."""
+
+    armed = False
+    calls = 0
+
+    def bind(self, view):
+        super().bind(view)
+        push = self.block_cached
+
+        def block_cached(b):
+            if self.armed:
+                self.calls += 1
+                if self.calls == 2:
+                    raise RuntimeError("block_cached failed (a policy bug)")
+            push(b)
+
+        self.block_cached = block_cached
+        self.blocks_cached = None
+
+
+def cached_ids(m: KVCacheManager) -> list[int]:
+    return sorted(b for b in range(m.pool.num_blocks) if m.pool.state_name(b) == "cached")
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_an_import_whose_per_block_hook_raises_part_way_leaves_no_free_block_queued(core):
+    """The import's pause released 3 blocks; block_cached raised on the 2nd. Before the fix
+    the 1st stayed in LRU's queue after the take-back freed it: the next eviction raised
+    ("invalid victims" / "not cached")."""
+    src = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 16, clock=lambda: 0.0)
+    src.begin_step("a", list(range(12)))
+    src.allocate_slots("a", 12)
+    src.finish_step("a")
+    export = src.export_session("a").export
+    p = PerBlock()
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 6, policy=p, clock=lambda: 0.0,
+                       core=core)
+    m.begin_step("d", list(range(200, 208)))
+    m.allocate_slots("d", 8)
+    m.finish_step("d")
+    p.armed = True
+    with pytest.raises(RuntimeError, match="block_cached failed"):
+        m.import_session(export)
+    p.armed = False
+    m.check_integrity()
+    assert sorted(p.eviction_order()) == cached_ids(m)
+    m.begin_step("c", list(range(100, 124)))  # 6 blocks: every one free or evicted
+    m.allocate_slots("c", 24)
+    m.check_integrity()
