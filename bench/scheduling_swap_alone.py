@@ -193,11 +193,26 @@ def point_config(point: tuple[str, float, float], seed: int, params: dict | None
                                policy="graph", scheduler="workflow", scheduler_params=params)
 
 
+def grid_points(text: str) -> list[tuple[str, float, float]]:
+    """`--points`' argparse type: FAMILY,LOAD,CAPACITY separated by ';' ('' for none). A
+    malformed point is an error naming the flag, the point and the form (not Python's
+    unpacking error from inside a run)."""
+    points = []
+    for p in filter(None, text.split(";")):
+        try:
+            family, load, frac = p.split(",")
+            points.append((family, float(load), float(frac)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{p!r}: want FAMILY,LOAD,CAPACITY (e.g. bfcl,1,0.5)") from None
+    return points
+
+
 def add_probe_runs(ap: argparse.ArgumentParser) -> None:
     """The runs a swap probe reads (bench/scheduling_queue_leave.py,
     bench/scheduling_gain_error.py): bfcl's fit points on the fit seeds and the noisy mix's
     heavy tenant alone on half the GPU on the AFS fit seeds, by default."""
-    ap.add_argument("--points", default="bfcl,1,0.25;bfcl,1,0.5;bfcl,2,0.5",
+    ap.add_argument("--points", type=grid_points, default="bfcl,1,0.25;bfcl,1,0.5;bfcl,2,0.5",
                     help="FAMILY,LOAD,CAPACITY separated by ';' ('' for none)")
     ap.add_argument("--seeds", default="101,102,103,104,105,106",
                     help="comma-separated fit seeds of the --points")
@@ -210,12 +225,8 @@ def probe_runs(a: argparse.Namespace, params: dict | None):
     point and seed, then each alone seed (tenant a's sessions of the noisy mix)."""
     from kvsaga.sim.metrics import tenant_key
 
-    points = []
-    for p in filter(None, a.points.split(";")):
-        family, load, frac = p.split(",")
-        points.append((family, float(load), float(frac)))
     for seed in [int(s) for s in filter(None, a.seeds.split(","))]:
-        for point in points:
+        for point in a.points:
             own, cfg = point_config(point, seed, params)
             group = f"{point[0]} {point[1]:g}x {point[2]:.0%}"
             yield group, f"{group} seed {seed}", own, cfg

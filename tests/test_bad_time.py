@@ -18,6 +18,7 @@ import pytest
 from kvsaga import InvalidRequest, KVCacheManager, KVSpec
 from kvsaga.policy import POLICIES
 from tests.policy.helpers import build
+from tests.test_core_parity import sessions_state
 
 BAD_TIMES = ["x", math.nan, math.inf, -math.inf, [1.0], True]
 
@@ -34,8 +35,7 @@ def _manager(policy: str, core: str) -> KVCacheManager:
 
 def _snapshot(m: KVCacheManager):
     return (m.stats(), list(m.pool.refcount), list(m.pool.state), m.cache_version,
-            {sid: (s.state, list(s.block_ids), s.num_computed, s.tail, s.paused_at)
-             for sid, s in m.sessions.items()})
+            sessions_state(m))
 
 
 CALLS = {

@@ -5,6 +5,8 @@ policy's eviction order. Runs for every registered policy, with and without a ho
 
 from __future__ import annotations
 
+import dataclasses
+
 import hypothesis.strategies as st
 import pytest
 from hypothesis import settings
@@ -26,6 +28,12 @@ bad_token = st.sampled_from([-1, 2**32, "x", 1.5, None, True])
 some_sid = st.sampled_from([*SESSIONS, "nobody", None, ["list"]])
 
 
+def sessions_state(m: KVCacheManager) -> dict:
+    """Every field of every session (its hint, step count and workflow too: a refused call
+    must not leave a new pause hint behind), as plain values."""
+    return {sid: dataclasses.astuple(s) for sid, s in m.sessions.items()}
+
+
 def snapshot(m: KVCacheManager):
     pool = m.pool
     order = getattr(m.policy, "eviction_order", None)
@@ -39,11 +47,7 @@ def snapshot(m: KVCacheManager):
         sorted(m.index.items()),
         list(m.block_owner),
         list(m.block_position),
-        {
-            sid: (s.state, list(s.token_ids), list(s.block_hashes), list(s.block_ids),
-                  s.num_computed, s.tail)
-            for sid, s in m.sessions.items()
-        },
+        sessions_state(m),
         order() if order is not None else None,
     )
 

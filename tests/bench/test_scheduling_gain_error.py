@@ -70,5 +70,7 @@ def test_main_prints_one_row_a_run_and_the_pooled_tables(mod, capsys):
     assert "| bfcl 1x 50%, workflow bfcl |" in "\n".join(out)
     assert out[2].count("|") == 14
     assert sum("overshoot" in x for x in out) == 6  # the default's and the step release's
-    with pytest.raises(ValueError):
-        mod.main(["--points", "bfcl,1", "--alone-seeds", ""])
+    for bad in ("bfcl,1", "bfcl,x,0.5"):
+        with pytest.raises(SystemExit):
+            mod.main(["--points", bad, "--alone-seeds", ""])
+        assert f"argument --points: '{bad}': want FAMILY,LOAD,CAPACITY" in capsys.readouterr().err

@@ -34,5 +34,7 @@ def test_main_prints_one_row_a_run(mod, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("| run | swaps priced |") and len(out) == 3
     assert out[2].startswith("| bfcl 1x 50% seed 104 |")
-    with pytest.raises(ValueError):
-        mod.main(["--points", "bfcl,1", "--alone-seeds", ""])
+    for bad in ("bfcl,1", "bfcl,x,0.5"):
+        with pytest.raises(SystemExit):
+            mod.main(["--points", bad, "--alone-seeds", ""])
+        assert f"argument --points: '{bad}': want FAMILY,LOAD,CAPACITY" in capsys.readouterr().err

@@ -6,8 +6,9 @@ Bounds: each output within 1e-5 of the largest |output| of its row-set plus a fl
 reference's rounding (fp32 sums of K terms in another order than torch's); the kernel's own
 documented order, one fused multiply-add a k in order, holds exactly: a row's outputs do
 not depend on the other rows, their count, the thread count or the tile width. Columns past
-N and rows past M are never written; bad input is refused with a ValueError (or, for
-`pack_rows`, None).
+N and rows past M are never written; `linear` never hands the kernel input it cannot read (it
+takes another path, with F.linear's result), the kernel refuses a group width it lacks with a
+ValueError, and `pack_rows` declines a weight it cannot copy (None).
 """
 
 from __future__ import annotations
@@ -31,12 +32,8 @@ WIDTHS = per_isa("group", 64, 32)
 
 
 def _gemm(x, rows, n, threads=None, team=None):
-    """cpu_linear._small_groups with small_gemm's defaults and its checks on x."""
-    if x.dim() != 2 or x.dtype != torch.float32 or x.stride(1) != 1:
-        raise ValueError(f"x must be [M, K] fp32 with contiguous rows, got {tuple(x.shape)}")
-    w = rows.weight
-    if n <= 0 or w.shape[0] != -(-n // rows.group) or x.shape[1] != w.shape[1]:
-        raise ValueError(f"x {tuple(x.shape)} and n {n} do not fit {tuple(w.shape)}")
+    """cpu_linear._small_groups with small_gemm's defaults (valid input: `linear` checks it,
+    test_linear_keeps_bad_input_off_the_groups_kernel)."""
     team = inplace.team_address() if team is None else team
     threads = torch.get_num_threads() if threads is None else threads
     return cpu_linear._small_groups(x, rows, n, threads, team, rows.bias)
@@ -98,20 +95,46 @@ def test_writes_only_its_outputs(group):
     assert (out[:5, 70:] == 7.0).all() and (out[5] == 7.0).all()
 
 
-def test_refuses_bad_input():
-    w = torch.randn(32, 16)
-    rows = cpu_linear.pack_rows(w)
-    if rows is None:
+def _outcome(fn, *args):
+    """fn(*args)'s result, or its error's type."""
+    try:
+        return fn(*args)
+    except (RuntimeError, ValueError) as e:
+        return type(e)
+
+
+def test_linear_keeps_bad_input_off_the_groups_kernel(monkeypatch):
+    """`linear` on a "packed" weight hands the column-group kernel only what it can read:
+    an fp64, 3-D or column-major x, the wrong K, more than SMALL_ROWS rows, or a bias that is
+    not fp32 [N] takes another path, with F.linear's result (or error type), and the kernel
+    is not called. The good input (the control) is."""
+    w, b = torch.randn(32, 16), torch.randn(32)
+    packed = cpu_linear.pack(w, b, mode="packed")
+    if packed is None or packed.rows is None:
         pytest.skip("no small-GEMM tiles on this CPU")
-    bad = {"float64": torch.randn(3, 16, dtype=torch.float64),
-           "column-major rows": torch.randn(16, 3).T, "wrong K": torch.randn(3, 15),
-           "3-D": torch.randn(2, 3, 16)}
-    for what, x in bad.items():
-        with pytest.raises(ValueError, match="x"):
-            _gemm(x, rows, 32)
-            pytest.fail(f"accepted {what}")
-    with pytest.raises(ValueError):
-        _gemm(torch.randn(3, 16), rows, 33 + rows.weight.shape[0] * rows.group)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the kernel's path, any team
+    calls = []
+    kernel = cpu_linear._small_groups
+    monkeypatch.setattr(cpu_linear, "_small_groups",
+                        lambda *args: calls.append(args) or kernel(*args))
+    x = torch.randn(3, 16)
+    check(cpu_linear.linear(x, w, b, packed), x, w, b)
+    assert len(calls) == 1
+    bad = {"float64": (x.double(), b), "column-major rows": (torch.randn(16, 3).T, b),
+           "wrong K": (torch.randn(3, 15), b), "3-D": (torch.randn(2, 3, 16), b),
+           "more than SMALL_ROWS rows": (torch.randn(cpu_linear.SMALL_ROWS + 1, 16), b),
+           "short bias": (x, torch.randn(31)), "fp64 bias": (x, b.double())}
+    for what, (bad_x, bias) in bad.items():
+        got = _outcome(cpu_linear.linear, bad_x, w, bias, packed)
+        want = _outcome(F.linear, bad_x, w, bias)
+        if isinstance(want, torch.Tensor):
+            torch.testing.assert_close(got, want, msg=what)
+        else:
+            assert got is want, what
+        assert len(calls) == 1, f"{what} reached the groups kernel"
+
+
+def test_kernel_refuses_a_group_width_it_lacks():
     with pytest.raises(ValueError, match="group width 48"):
         _small_gemm.gemm_groups(0, 16, 1, 16, 0, 32, 48, 0, 0, 32, 1, 0)
 

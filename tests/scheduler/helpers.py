@@ -5,12 +5,46 @@ behind a full pool, and a demoted session whose room another took."""
 from __future__ import annotations
 
 import math
+from collections import deque
+from enum import Enum
+from types import BuiltinFunctionType, FunctionType, MethodType
 
 from kvsaga import KVCacheManager, KVSpec
 from kvsaga.scheduler import make_scheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest, drive
 
 BS = 4
+
+
+def plain(x):
+    """`x` as plain values (its tables' fields, recursively), comparable by value: an object
+    with the default repr shows only its address, so a change inside it would go unseen.
+    Sets are sorted (their order is not state); functions and enum members stay themselves."""
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, deque)):
+        return [plain(v) for v in x]
+    if isinstance(x, (set, frozenset)):
+        return sorted((plain(v) for v in x), key=repr)
+    if isinstance(x, (Enum, FunctionType, BuiltinFunctionType, MethodType)):
+        return x
+    if hasattr(x, "__dict__") or hasattr(x, "__slots__"):
+        names = list(getattr(x, "__dict__", {})) + list(getattr(x, "__slots__", ()))
+        return {n: plain(getattr(x, n)) for n in names if hasattr(x, n)}
+    return x
+
+
+def scheduler_state(s) -> str:
+    """Everything scheduler `s` holds but its manager, as text: every attribute walked down
+    to plain values (`plain`), so a refused call that changes a table in place is seen.
+    `_asked_graph` is the policy's graph, which the scheduler only compares by identity
+    (`_refusal_still_holds`): it counts by identity too (its predictions are the policy's,
+    cached as anyone reads them). Asserts that no object is left as a bare address (a new
+    opaque attribute fails here)."""
+    text = repr(plain({k: f"id {id(v)}" if k == "_asked_graph" else v
+                       for k, v in sorted(vars(s).items()) if k != "manager"}))
+    assert " object at 0x" not in text, text
+    return text
 
 
 def manager(num_blocks: int = 16, policy: str = "lru", **kw) -> KVCacheManager:

@@ -18,6 +18,7 @@ import pytest
 from kvsaga import InvalidRequest, KVCacheManager, KVSpec
 from kvsaga.scheduler import SCHEDULERS, make_scheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest
+from tests.scheduler.helpers import scheduler_state
 
 
 def _setup(name):
@@ -30,10 +31,6 @@ def _setup(name):
     b = ToyRequest("b", [7] * 5, 3, last=False)
     s.add(b, 4.0)
     return m, s, ex, b
-
-
-def _state(s):
-    return repr(sorted((k, repr(v)) for k, v in vars(s).items() if k != "manager"))
 
 
 def _drain(m, s, ex, start=6):
@@ -52,10 +49,10 @@ def test_second_step_of_a_live_session_refused(name, again):
         req = ToyRequest("a", [7] * 6 + [1, 3], 1, resumed=True, arrival=4.0)
     else:
         req = b if again == "same" else ToyRequest("b", [7] * 5, 3)
-    before = _state(s)
+    before = scheduler_state(s)
     with pytest.raises(InvalidRequest, match=r"already has a step waiting or running here"):
         s.add(req, 5.0)
-    assert _state(s) == before
+    assert scheduler_state(s) == before
     _drain(m, s, ex)
 
 
@@ -78,12 +75,12 @@ def test_running_step_refuses_a_second_then_the_next_is_taken(name):
 @pytest.mark.parametrize("bad", [math.nan, math.inf, "x", None])
 def test_bad_time_refused(name, bad):
     m, s, ex, b = _setup(name)
-    before = _state(s)
+    before = scheduler_state(s)
     for call in (lambda: s.schedule(bad, ex), lambda: s.add(ToyRequest("c", [1, 2]), bad),
                  lambda: s.finish(b, bad), lambda: s.forget_session("a", bad)):
         with pytest.raises(InvalidRequest, match=r"now must be a finite number of seconds"):
             call()
-        assert _state(s) == before
+        assert scheduler_state(s) == before
     _drain(m, s, ex)
 
 
@@ -103,11 +100,11 @@ def test_a_prompt_larger_than_the_pool_is_refused(name):
     the same call also dropped out of the output). It is refused, nothing changed, and the
     others run; a prompt of exactly the pool's size is still taken."""
     m, s, ex, b = _setup(name)
-    before = _state(s)
+    before = scheduler_state(s)
     with pytest.raises(InvalidRequest, match=r"session 'huge': prompt of 49 tokens needs 13 "
                                              r"blocks; the pool has only 12"):
         s.add(ToyRequest("huge", list(range(100, 149)), 1), 5.0)
-    assert _state(s) == before
+    assert scheduler_state(s) == before
     _drain(m, s, ex)
     s.add(ToyRequest("full", list(range(200, 248)), 1), 40.0)
     assert any(r.session_id == "full" for r in s.waiting)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, aborting
-from tests.scheduler.helpers import manager, toks, wf
+from tests.scheduler.helpers import manager, plain, toks, wf
 
 
 def _paused_after_two_steps(charge):
@@ -33,21 +33,9 @@ def _paused_after_two_steps(charge):
     return s, a2.num_tokens
 
 
-def _plain(x):
-    """`x` as plain values (its tables' fields, recursively), comparable by value."""
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if hasattr(x, "__dict__") or hasattr(x, "__slots__"):
-        names = list(getattr(x, "__dict__", {})) + list(getattr(x, "__slots__", ()))
-        return {n: _plain(getattr(x, n)) for n in names if hasattr(x, n)}
-    return x
-
-
 def _learned(s):
     """What the scheduler learns from finished steps."""
-    return _plain((s._reply, s._growth, s._cycles, s._last_finish, s._steps_seen))
+    return plain((s._reply, s._growth, s._cycles, s._last_finish, s._steps_seen))
 
 
 def _record(s, sid):
@@ -100,7 +88,7 @@ def test_cancelled_preempted_step_pauses_the_session():
 def _lengths_learned(s):
     """What the scheduler learns from sessions' ends: their lengths (the "predicted" and
     "gittins" orders'), step cycles and times less waits (the tail guard's)."""
-    return _plain((s._lengths, s._length_model, s._cycles, s._budgets._served))
+    return plain((s._lengths, s._length_model, s._cycles, s._budgets._served))
 
 
 def test_a_one_shot_cancelled_while_waiting_is_no_finished_session():

@@ -20,15 +20,11 @@ from kvsaga.policy import POLICIES
 from kvsaga.scheduler import SCHEDULERS
 from tests.sched_helpers import ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, DemotingMachine
+from tests.scheduler.helpers import scheduler_state
 from tests.test_core_parity import snapshot
 from tests.test_manager_stateful import SchedulerMachine, tokens
 
 DRAIN_STEPS = 400  # batch steps, 1 s apart, for the last waiting steps to finish
-
-
-def scheduler_state(s):
-    """Everything the scheduler holds, as text (object reprs name the same objects)."""
-    return repr(sorted((k, repr(v)) for k, v in vars(s).items() if k != "manager"))
 
 
 def manager_state(m):

@@ -8,7 +8,7 @@ import pytest
 from kvsaga.pool import CACHED
 from kvsaga.scheduler import make_scheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest, drive
-from tests.scheduler.helpers import manager, toks, two_paused, wf
+from tests.scheduler.helpers import manager, scheduler_state, toks, two_paused, wf
 
 
 def test_workflow_admits_a_new_session_only_while_working_sets_fit():
@@ -125,10 +125,11 @@ def test_workflow_forgets_a_session_that_left_and_admits_the_next_at_once():
     s.forget_session("a", 2.0)
     assert "a" not in s.sessions and s._committed == s.sessions["b"].blocks
     assert s.schedule(2.0, ex).admitted == [c]
+    before = scheduler_state(s)
     s.forget_session("nobody", 2.0)  # unknown: ignored
     with pytest.raises(ValueError, match="'c' still has a step"):
         s.forget_session("c", 2.0)  # running here: refused, nothing changed
-    assert "c" in s.sessions
+    assert "c" in s.sessions and scheduler_state(s) == before
 
 
 @pytest.mark.parametrize("max_backfill,expected", [(0, []), (1, ["s1"]), (2, ["s1", "s2"])])

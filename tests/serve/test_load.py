@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
+import json
+import socket
+import threading
+import time
 
 import httpx
 import openai
@@ -71,11 +74,42 @@ def test_disconnect_mid_stream_aborts_and_releases(server: LiveServer):
     server.wait_idle()
 
 
+def _in_flight(server: LiveServer, sid: str) -> bool:
+    ctx = server.app.state.server.serving().sessions.get(sid)
+    return ctx is not None and ctx.in_flight is not None
+
+
 def test_disconnect_while_waiting_non_stream(server: LiveServer):
-    body = {"model": MODEL, "prompt": "long answer ", "max_tokens": 200, "ignore_eos": True,
-            "session_id": "impatient"}
-    with contextlib.suppress(httpx.TimeoutException):
-        httpx.post(f"{server.url}/v1/completions", json=body, timeout=0.1)
+    """A non-streamed request whose client leaves while it runs is aborted. The engine thread
+    is held between steps from the request's first step until the server has seen the
+    client go (and queued the abort, which runs before the next step), so the request cannot
+    run to its end first, however fast the machine; loops wait for conditions, not time."""
+    body = json.dumps({"model": MODEL, "prompt": "long answer ", "max_tokens": 200,
+                       "ignore_eos": True, "session_id": "impatient"}).encode()
+    held, release = threading.Event(), threading.Event()
+
+    def hold_while_running(engine) -> None:
+        if any(r.session_id == "anon/impatient" for r in engine.requests.values()):
+            held.set()
+            release.wait(30)
+
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: test\r\n"
+                           b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                           % len(body) + body)
+            deadline = time.monotonic() + 30
+            while not (held.is_set() and _in_flight(server, "anon/impatient")):
+                assert time.monotonic() < deadline, "the request never started"
+                if not held.is_set():
+                    server.app.state.engine.post(hold_while_running)
+                held.wait(0.02)
+        # the client has gone, without its answer: the server closes its run
+        while _in_flight(server, "anon/impatient"):
+            assert time.monotonic() < deadline + 30, "the disconnect was not seen"
+            time.sleep(0.02)
+    finally:
+        release.set()
     server.wait_idle(timeout=10)
     n = server.call(lambda e: len(e.manager.session("anon/impatient").token_ids))
     assert n < 190, n  # run to its end, the context would hold ~210 tokens
