@@ -167,11 +167,13 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         return self._begin(session_id, token_ids, now, salt, workflow, False)
 
     def _begin(self, session_id: str, token_ids: Sequence[int], now: float | None,
-               salt: str | None, workflow: str, whole: bool) -> StepStart:
+               salt: str | None, workflow: str, whole: bool,
+               owners: dict[int, str] | None = None) -> StepStart:
         """`begin_step`; with `whole`, every full block of the prompt may hit, its last one
         included: an import (kvsaga.migration) computes no token, so it needs no last token
         left to compute for logits, and copying a block the manager caches would only make a
-        duplicate that its pause frees."""
+        duplicate that its pause frees. `owners` (an import's: block -> its owner before the
+        call) are given back when the call is taken back (`_unbegin`)."""
         self._check_prompt(session_id, token_ids)
         check_str("workflow", workflow, InvalidRequest, none_ok=True)  # None: workflow-less
         latest = self._latest_now
@@ -190,7 +192,7 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         try:
             hits, held = self._full_block_hits(s, max_hit // self.block_size, now, usable_end)
         except BaseException:  # the loads' evictions raised; their references are dropped
-            self._unbegin(s, keep, before, [])
+            self._unbegin(s, keep, before, [], owners)
             raise
         num_cached = len(hits) * self.block_size
         if s.tail is not None:
@@ -216,7 +218,7 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         try:
             self.policy.step_started(s, now)
         except BaseException:
-            self._unbegin(s, keep, before)
+            self._unbegin(s, keep, before, None, owners)
             raise
         finally:
             s.importing = False

@@ -34,7 +34,7 @@ class FailedWrites:
         return counters, self.pool.reused_s, None if left is None else set(left), old
 
     def _unbegin(self, s: Session, keep: int, before: BeforeBegin,
-                 refs: list[int] | None = None) -> None:
+                 refs: list[int] | None = None, owners: dict[int, str] | None = None) -> None:
         """Take back the `begin_step` that opened `s` (its prompt kept `keep` tokens of its
         old context) after the policy's `step_started` raised, or its eviction while host
         loads made room (`refs`: the references the step still holds: None, its hits as
@@ -52,9 +52,12 @@ class FailedWrites:
         paused session whose context ended there (`_cut_paused`): the C++ core's
         `reopen_context` changed the context in place past `keep`, and keeping a copy of
         every context for this would cost each resume a pass over its whole context (both
-        cores do the same)."""
+        cores do the same). An import's `owners` (`_begin`) get their blocks back first, before
+        the release files them with the policy (review s49 gate3, finding 4)."""
         counters, reused, left, old = before
         sid, pool = s.session_id, self.pool
+        if owners:
+            self._give_owners_back(owners)
         left = self._loaded_owned(s, None if old is None else old[1], left)
         tail = -1 if old is None or old[6] is None else old[6][0]
         refs = s.block_ids if refs is None else refs
@@ -75,6 +78,16 @@ class FailedWrites:
         del s.block_hashes[end // self.block_size :]
         if end < length:
             self._cut_paused(s, end)
+
+    def _give_owners_back(self, owners: dict[int, str]) -> None:
+        """Give each block in `owners` back to its session, where it is still a live
+        session's block that no one owns now (a failed import disowned it as a hit): before
+        the release that files it with the policy, which reads the owner there. A block
+        freed since, or taken by another session (owned, or FREE), is left alone."""
+        owner, state, sessions = self.block_owner, self.pool.state, self.sessions
+        for b, sid in owners.items():
+            if owner[b] is None and sid in sessions and state[b] != FREE:
+                owner[b] = sid
 
     def _loaded_owned(self, s: Session, table: list[int] | None,
                       left: set[int] | None) -> set[int] | None:

@@ -29,7 +29,6 @@ from typing import Any
 from kvsaga._validate import is_int
 from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.manager_types import _check_session_id, _check_token_ids
-from kvsaga.pool import FREE
 from kvsaga.prefix import root_hash
 from kvsaga.session import SessionState
 
@@ -231,12 +230,13 @@ def _open_import(
     # Every exported block the manager caches is a hit, the last one too (`_begin`'s
     # `whole`): an import computes no token.
     owners = _hit_owners(manager, hashes)
-    start = manager._begin(sid, export.token_ids, now, salt, export.workflow, True)
+    start = manager._begin(sid, export.token_ids, now, salt, export.workflow, True, owners)
     rest = export.num_tokens - start.num_cached_tokens
     if rest:
         try:  # room was checked above; allocate_slots still raises OutOfBlocks, changing nothing
             manager.allocate_slots(sid, rest, now=now)
         except Exception:
+            manager._give_owners_back(owners)  # before preempt's release files the hits
             manager.preempt(sid, now=now)
             manager.end_session(sid, now=now)
             raise
@@ -245,13 +245,16 @@ def _open_import(
 
 
 def _hit_owners(manager, hashes: list[bytes]) -> dict[int, str]:
-    """The owners of the GPU blocks an import of `hashes` will hit: its open marks them
-    shared (owner None), as any step's hits another session owns, and a take-back gives
-    them back (`_take_back`). Before, a failed shared import left the exporter's blocks
-    disowned for good (review s49, gatediff note)."""
-    owner = manager.block_owner
-    hits = manager.index.longest_prefix(hashes, len(hashes))
-    return {b: owner[b] for b in hits if owner[b] is not None}
+    """The owners of the GPU blocks an import of `hashes` may hit: its open marks them
+    shared (owner None), as any step's hits another session owns, and every failure path
+    gives them back (`_begin`'s take-back, `_open_import`, `_take_back`). Every indexed
+    block of the hashes, not the longest prefix only: with a host tier, the open also takes
+    the GPU blocks past a block only the host holds (`_host_walk`). Before, a failed shared
+    import left the exporter's blocks disowned for good (review s49, gatediff note; gate3
+    finding 4)."""
+    owner, get = manager.block_owner, manager.index.get
+    found = (get(h) for h in hashes)
+    return {b: owner[b] for b in found if b is not None and owner[b] is not None}
 
 
 def _take_back(manager, sid: str, cached: int, owners: dict[int, str], now: float | None,
@@ -271,21 +274,11 @@ def _take_back(manager, sid: str, cached: int, owners: dict[int, str], now: floa
                 manager._drop_unseen(sid, cached)
             elif discard:
                 manager.discard_writes({sid: cached})
-            _give_back(manager, owners)
+            manager._give_owners_back(owners)
         finally:
             manager.end_session(sid, now=now)
     except Exception as failed:
         error.add_note(f"taking the import of session {sid!r} back failed too: {failed!r}")
-
-
-def _give_back(manager, owners: dict[int, str]) -> None:
-    """Give each block in `owners` back to its session, where it is still a live session's
-    block the import alone disowned (before the import's release files it with the policy,
-    which reads the owner there)."""
-    owner, pool = manager.block_owner, manager.pool
-    for b, sid in owners.items():
-        if owner[b] is None and sid in manager.sessions and pool.state[b] != FREE:
-            owner[b] = sid
 
 
 def _pause_import(manager, export: SessionExport, now: float | None) -> None:
