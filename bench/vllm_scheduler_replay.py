@@ -81,7 +81,7 @@ OFFLOAD_HASH_SEED = "0"
 DEFAULT_MODEL_DIR = Path.home() / ".cache/kvsaga/SmolLM2-135M-Instruct.Q4_1-hf"
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # the replay package (last: bench/kernels.py is no package)
-from fit_seeds import diagnosis_header, fit_seed_error  # noqa: E402
+from fit_seeds import diagnosis_header, fit_seed_error, fits_reading  # noqa: E402
 from vllm_offload_sim import DEFAULT_OFFLOAD_TOKEN_S  # noqa: E402
 from vllm_replay_report import (  # noqa: E402, F401  (re-exported for the tests and --fit)
     ALL_HITS_ARM,
@@ -409,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
            "where the run writes results, --write-results or --json, without --fit-seeds)")
     a("--fit-seeds", action="store_true",
       help="a diagnosis on seeds a fit read (those of bench/fit_seeds.py only), labelled fit "
-           "seeds, not held out, in the output, the JSON and the RESULTS section; not with "
+           "seeds, not held out, in the output, the JSON and the RESULTS section; held-out "
+           "seeds beside them only in --seed-groups groups of their own; not with "
            "--fit (which runs on the gate's fit seeds only)")
     a("--seed-groups", default=None,
       help="seed groups reported apart, e.g. '5,6,7,8,9;10,11,12,13,14' (default: one)")
@@ -636,7 +637,9 @@ def check_seeds(args: argparse.Namespace, seeds: list[int]) -> str | None:
     `--fit-seeds` names only seeds no fit read (they would be used up unreported). With
     `--fit-seeds` fresh seeds may stand beside the fit seeds, named held out in the line: the
     recorded sections group fit seeds 0-4 apart from fresh ones, a layout 80fdbad left no way
-    to write (review s49, gatediff finding 1). Before, only `--fit` checked its seeds, and a
+    to write (review s49, gatediff finding 1), but never in one median: each `--seed-groups`
+    group (none: all seeds, one median) holds fit seeds only or fresh seeds only (review
+    s49 gate3, finding 5). Before, only `--fit` checked its seeds, and a
     report on fit seed 0 read as a held-out one (review s49, gate finding 1)."""
     gate_seen = measures_gate(args)
     if args.fit_seeds:
@@ -644,6 +647,7 @@ def check_seeds(args: argparse.Namespace, seeds: list[int]) -> str | None:
             note = diagnosis_header(seeds, "--seeds", gate_seen, held_out_ok=True)
         except ValueError as e:
             raise SystemExit(str(e)) from None
+        refuse_mixed_groups(seeds, seed_groups(args.seed_groups, seeds), gate_seen)
     elif err := fit_seed_error(seeds, "--seeds", gate_seen=gate_seen):
         if args.write_results or args.json is not None:
             raise SystemExit(f"{err}; or report on them labelled a diagnosis, beside any "
@@ -654,6 +658,23 @@ def check_seeds(args: argparse.Namespace, seeds: list[int]) -> str | None:
         return None
     print(note, flush=True)
     return note
+
+
+def refuse_mixed_groups(seeds: list[int], groups: list[list[int]] | None,
+                        gate_seen: bool) -> None:
+    """Exit where a median of the report (a `--seed-groups` group, or all `seeds` without
+    groups) would mix seeds a fit read with held-out ones: the table would show one figure
+    over both, named apart only in the note above it."""
+    for group in groups or [seeds]:
+        fit = [s for s in group if fits_reading(s, gate_seen=gate_seen)]
+        fresh = [s for s in group if s not in fit]
+        if fit and fresh:
+            where = ("--seed-groups group " + ",".join(map(str, group)) if groups
+                     else "--seeds without --seed-groups")
+            raise SystemExit(
+                f"--fit-seeds: {where} mixes fit seeds ({', '.join(map(str, fit))}) with "
+                f"held-out seeds ({', '.join(map(str, fresh))}) in one median; give each "
+                "kind its own --seed-groups group")
 
 
 if __name__ == "__main__":

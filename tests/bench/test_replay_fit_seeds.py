@@ -174,6 +174,26 @@ def test_vllm_scheduler_replay_writes_fit_seeds_beside_held_out_ones(
     assert note[0].upper() + note[1:] + "." in ar.RESULTS.read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--seeds", "0,96"], "--seeds without --seed-groups mixes fit seeds (0) with held-out "
+     "seeds (96) in one median"),
+    (["--seeds", "0,1,96,97", "--seed-groups", "0,1;1,96,97"], "--seed-groups group 1,96,97 "
+     "mixes fit seeds (1) with held-out seeds (96, 97)")])
+def test_vllm_scheduler_replay_refuses_fit_and_held_out_seeds_in_one_median(
+        vsr, tmp_path, monkeypatch, argv, says) -> None:  # noqa: F811
+    """Review s49 gate3 finding 5: `--fit-seeds` took a fit seed and a held-out seed in one
+    median (no `--seed-groups`, or one group naming both): the table showed one figure over
+    both. It is refused before any replay; each kind in its own group is accepted."""
+    model = ["--model-dir", str(tmp_path)]
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr(vsr, "replay", _never)
+    with pytest.raises(SystemExit) as e:
+        vsr.main([*model, *argv, "--fit-seeds", "--write-results", "--json", str(out)])
+    assert says in str(e.value)
+    assert str(e.value).endswith("give each kind its own --seed-groups group")
+    assert not out.exists()
+
+
 def test_vllm_scheduler_replay_counts_the_gates_seen_seeds_only_where_an_arm_runs_it(
         vsr, tmp_path, monkeypatch) -> None:  # noqa: F811
     """Review s49 gatediff finding 5: the report refused the gate's seen seeds (5-14, 30,
