@@ -37,8 +37,11 @@ class BlockQueue:
             b = nxt[b]
 
     def push(self, block_id: int) -> None:
-        """Append at the tail (newest). The block must not be linked."""
+        """Append at the tail (newest). A linked block is a ValueError (as the C++ queue's:
+        linked twice, it corrupted the order silently; review s49 gate3, finding 3)."""
         nxt, prv, s = self._next, self._prev, self._sentinel
+        if prv[block_id] != -1:
+            raise ValueError(f"block {block_id} is already queued")
         tail = prv[s]
         nxt[tail] = block_id
         prv[block_id] = tail
@@ -47,9 +50,11 @@ class BlockQueue:
         self._size += 1
 
     def push_many(self, block_ids: list[int]) -> None:
-        """Append blocks at the tail, in order. None may be linked."""
+        """Append blocks at the tail, in order. None may be linked, none named twice
+        (ValueError, nothing changed)."""
         if not block_ids:
             return
+        self._check_batch(block_ids, True)
         nxt, prv, s = self._next, self._prev, self._sentinel
         tail = prv[s]
         for b in block_ids:
@@ -61,7 +66,8 @@ class BlockQueue:
         self._size += len(block_ids)
 
     def remove_many(self, block_ids: list[int]) -> None:
-        """Unlink linked blocks."""
+        """Unlink linked blocks, none named twice (ValueError, nothing changed)."""
+        self._check_batch(block_ids, False)
         nxt, prv = self._next, self._prev
         for b in block_ids:
             p, n = prv[b], nxt[b]
@@ -72,14 +78,31 @@ class BlockQueue:
         self._size -= len(block_ids)
 
     def remove(self, block_id: int) -> None:
-        """Unlink a linked block."""
+        """Unlink a linked block (ValueError for one not linked)."""
         nxt, prv = self._next, self._prev
+        if prv[block_id] == -1:
+            raise ValueError(f"block {block_id} is not queued")
         p, n = prv[block_id], nxt[block_id]
         nxt[p] = n
         prv[n] = p
         prv[block_id] = -1
         nxt[block_id] = -1
         self._size -= 1
+
+    def _check_batch(self, block_ids: list[int], push: bool) -> None:
+        """The C++ queue's check of a batch, before any change: each id once, unlinked
+        (`push`) or linked; the first offender named, with the same error."""
+        prv = self._prev
+        if len(set(block_ids)) == len(block_ids) and all(
+                (prv[b] == -1) == push for b in block_ids):
+            return
+        seen: set[int] = set()
+        for b in block_ids:
+            if (prv[b] != -1) == push:
+                raise ValueError(f"block {b} is {'already' if push else 'not'} queued")
+            if b in seen:
+                raise ValueError(f"block {b} appears twice")
+            seen.add(b)
 
     def peek(self) -> int:
         """The head (oldest), or -1 when empty."""

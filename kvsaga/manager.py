@@ -258,13 +258,17 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         the cached run after them (`_load_from_host`: blocks the host tier holds loaded
         into fresh GPU blocks, those still on the GPU taken there); and whether `s`'s
         retained tail, which continues them, was referenced too (before the loads' evictions,
-        which could take it; `usable_end`: as `_reuse_tail`'s). When the loads raise, no
-        reference stays taken."""
+        which could take it; `usable_end`: as `_reuse_tail`'s). When the loads raise, or the
+        pool's hook as the hits are taken, no reference stays taken."""
         if self._hot is not None:  # the same blocks, read first off the session's table
             hits = self._hot.session_hits(s.block_ids, s.block_hashes, limit)
         else:
             hits = self.index.longest_prefix(s.block_hashes, limit)
-        self.pool.acquire_many(hits)  # before loads below can evict anything
+        try:
+            self.pool.acquire_many(hits)  # before loads below can evict anything
+        except BaseException:  # the pool took them, then its blocks_uncached hook raised
+            self._release_untold(hits)
+            raise
         held = False
         if self.host is not None:
             loaded, held = self._load_from_host(s, hits, limit, now,

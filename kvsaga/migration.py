@@ -267,11 +267,15 @@ def _take_back(manager, sid: str, cached: int, owners: dict[int, str], now: floa
     policy's `step_finished` raised, but paused when a pool hook raised after it, in
     finish_step's release: `discard_writes` refuses a paused session, and its
     InvalidRequest used to replace the policy's error (review s49, gatediff finding 4).
+    Paused, every block the release cached, its hits included, is dropped untold
+    (`_drop_unseen`): the policy was never told they are cached, and a hit left CACHED
+    beside it broke the exporter's next resume (review s49 gate3, finding 3); the
+    exporter computes them again.
     Should the take-back itself fail, `error` still propagates, with a note saying so."""
     try:
         try:
             if manager.sessions[sid].state is not SessionState.RUNNING:
-                manager._drop_unseen(sid, cached)
+                manager._drop_unseen(sid, 0)  # its hits too: the release cached them untold
             elif discard:
                 manager.discard_writes({sid: cached})
             manager._give_owners_back(owners)

@@ -110,3 +110,75 @@ def test_an_import_whose_per_block_hook_raises_part_way_leaves_no_free_block_que
     m.begin_step("c", list(range(100, 124)))  # 6 blocks: every one free or evicted
     m.allocate_slots("c", 24)
     m.check_integrity()
+
+
+class HookFails(LRUPolicy):
+    """LRU whose batch hook named by `fail` raises (a policy bug) before it changes
+    anything, as a batch hook must."""
+
+    fail: str | None = None
+
+    def bind(self, view):
+        super().bind(view)
+        for hook in ("blocks_cached", "blocks_uncached"):
+            setattr(self, hook, self._failing(hook, getattr(self, hook)))
+
+    def _failing(self, hook, told):
+        def call(ids):
+            if self.fail == hook:
+                raise RuntimeError(f"{hook} failed (a policy bug)")
+            told(ids)
+
+        return call
+
+
+def paused_a(core: str) -> tuple[KVCacheManager, HookFails]:
+    p = HookFails()
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 8, policy=p, clock=lambda: 0.0,
+                       core=core)
+    m.begin_step("a", list(range(12)))
+    m.allocate_slots("a", 12)
+    m.append_tokens("a", [99])
+    m.finish_step("a")  # a: 3 full blocks cached, a tail
+    return m, p
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_hits_whose_blocks_uncached_raises_keep_no_reference(core):
+    """Before the fix the hits kept the references `acquire_many` took (the pool changed,
+    then its hook raised): a PAUSED session's blocks at refcount 1 that no table held,
+    ACTIVE for good (check_integrity failed on both cores)."""
+    m, p = paused_a(core)
+    order = p.eviction_order()
+    p.fail = "blocks_uncached"
+    with pytest.raises(RuntimeError, match="blocks_uncached failed"):
+        m.begin_step("a", [*m.sessions["a"].token_ids, 5])
+    p.fail = None
+    m.check_integrity()
+    assert [m.pool.refcount[b] for b in range(8)] == [0] * 8
+    assert p.eviction_order() == order
+    assert m.begin_step("a", [*m.sessions["a"].token_ids, 5]).num_cached_tokens == 12
+    m.check_integrity()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_paused_take_back_leaves_no_cached_block_the_policy_never_saw(core):
+    """A shared import (every block a hit of a's) whose pause's blocks_cached raises. Before
+    the fix the hits stayed CACHED, unknown to LRU: a's resume drove Python's queue to
+    size -3 and raised 'block 0 is not queued' on C++, references leaked."""
+    from dataclasses import replace
+
+    m, p = paused_a(core)
+    export = replace(m.export_session("a").export, session_id="b")
+    p.fail = "blocks_cached"
+    with pytest.raises(RuntimeError, match="blocks_cached failed"):
+        m.import_session(export)
+    p.fail = None
+    m.check_integrity()
+    assert "b" not in m.sessions
+    assert sorted(p.eviction_order()) == cached_ids(m)
+    m.begin_step("a", [*m.sessions["a"].token_ids, 5])
+    m.allocate_slots("a", 14)
+    m.finish_step("a")
+    m.check_integrity()
+    assert sorted(p.eviction_order()) == cached_ids(m)

@@ -306,3 +306,21 @@ def test_a_failing_undo_adds_a_note_to_the_hooks_error(core):
         pool.release_many(ids)
     assert err.value.__notes__ == [
         "undoing the hook for block 0 raised too: ValueError('no undo')"]
+
+
+@pytest.mark.parametrize(("call", "ids", "says"), [
+    ("push", 1, "block 1 is already queued"), ("remove", 2, "block 2 is not queued"),
+    ("push_many", [2, 1], "block 1 is already queued"),
+    ("push_many", [2, 3, 2], "block 2 appears twice"),
+    ("remove_many", [0, 2], "block 2 is not queued"),
+    ("remove_many", [0, 0], "block 0 appears twice")])
+def test_block_queue_refuses_linking_twice_or_unlinking_an_unlinked_block_alike(
+        core, call, ids, says):
+    """Both queues refuse, nothing changed (review s49 gate3 finding 3: the Python queue
+    linked a block twice silently, or unlinked one it never linked, its length going
+    negative, where the C++ queue raised)."""
+    q = core.BlockQueue(4)
+    q.push_many([0, 1])
+    with pytest.raises(ValueError, match=f"^{says}$"):
+        getattr(q, call)(ids)
+    assert list(q) == [0, 1] and len(q) == 2
