@@ -9,6 +9,7 @@ head (oldest), `prev[sentinel]` the tail (newest). A block is linked iff
 from __future__ import annotations
 
 from collections.abc import Iterator
+from operator import length_hint
 
 
 class BlockQueue:
@@ -51,13 +52,15 @@ class BlockQueue:
 
     def push_many(self, block_ids: list[int]) -> None:
         """Append blocks at the tail, in order. None may be linked, none named twice
-        (ValueError, nothing changed)."""
+        (ValueError, nothing changed). The check is the link loop's own: a block reached
+        with `prev` set was linked before or earlier in this batch."""
         if not block_ids:
             return
-        self._check_batch(block_ids, True)
         nxt, prv, s = self._next, self._prev, self._sentinel
-        tail = prv[s]
+        tail = start = prv[s]
         for b in block_ids:
+            if prv[b] != -1:
+                self._unpush(b, start, tail)
             nxt[tail] = b
             prv[b] = tail
             tail = b
@@ -65,17 +68,51 @@ class BlockQueue:
         prv[s] = tail
         self._size += len(block_ids)
 
-    def remove_many(self, block_ids: list[int]) -> None:
-        """Unlink linked blocks, none named twice (ValueError, nothing changed)."""
-        self._check_batch(block_ids, False)
+    def _unpush(self, bad: int, start: int, tail: int) -> None:
+        """Unlink what `push_many` linked (`start`'s successors up to `tail`) before it
+        reached `bad`, then refuse `bad`."""
         nxt, prv = self._next, self._prev
-        for b in block_ids:
-            p, n = prv[b], nxt[b]
+        done = []
+        b = start
+        while b != tail:
+            b = nxt[b]
+            done.append(b)
+        for b in done:
+            prv[b] = nxt[b] = -1
+        nxt[start] = self._sentinel
+        raise ValueError(f"block {bad} appears twice" if bad in done else
+                         f"block {bad} is already queued")
+
+    def remove_many(self, block_ids: list[int]) -> None:
+        """Unlink linked blocks, none named twice (ValueError, nothing changed). The check is
+        the unlink loop's own (`prev` -1: not linked, or unlinked earlier in this batch), and
+        `next` is left as it was (an unlinked block's `next` means nothing) so that a refusal
+        can relink what the loop had unlinked."""
+        nxt, prv = self._next, self._prev
+        it = iter(block_ids)
+        for b in it:
+            p = prv[b]
+            if p == -1:
+                self._unremove(block_ids, len(block_ids) - length_hint(it) - 1)
+            n = nxt[b]
             nxt[p] = n
             prv[n] = p
             prv[b] = -1
-            nxt[b] = -1
         self._size -= len(block_ids)
+
+    def _unremove(self, block_ids: list[int], stop: int) -> None:
+        """Relink, newest first, the blocks `remove_many` unlinked before it reached
+        `block_ids[stop]` (each one's `next` is still its successor, whose `prev` is then
+        its predecessor again: dancing links), then refuse that block."""
+        nxt, prv = self._next, self._prev
+        for b in reversed(block_ids[:stop]):
+            n = nxt[b]
+            p = prv[b] = prv[n]
+            nxt[p] = b
+            prv[n] = b
+        bad = block_ids[stop]
+        raise ValueError(f"block {bad} appears twice" if bad in block_ids[:stop] else
+                         f"block {bad} is not queued")
 
     def remove(self, block_id: int) -> None:
         """Unlink a linked block (ValueError for one not linked)."""
@@ -88,21 +125,6 @@ class BlockQueue:
         prv[block_id] = -1
         nxt[block_id] = -1
         self._size -= 1
-
-    def _check_batch(self, block_ids: list[int], push: bool) -> None:
-        """The C++ queue's check of a batch, before any change: each id once, unlinked
-        (`push`) or linked; the first offender named, with the same error."""
-        prv = self._prev
-        if len(set(block_ids)) == len(block_ids) and all(
-                (prv[b] == -1) == push for b in block_ids):
-            return
-        seen: set[int] = set()
-        for b in block_ids:
-            if (prv[b] != -1) == push:
-                raise ValueError(f"block {b} is {'already' if push else 'not'} queued")
-            if b in seen:
-                raise ValueError(f"block {b} appears twice")
-            seen.add(b)
 
     def peek(self) -> int:
         """The head (oldest), or -1 when empty."""

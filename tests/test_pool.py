@@ -313,7 +313,12 @@ def test_a_failing_undo_adds_a_note_to_the_hooks_error(core):
     ("push_many", [2, 1], "block 1 is already queued"),
     ("push_many", [2, 3, 2], "block 2 appears twice"),
     ("remove_many", [0, 2], "block 2 is not queued"),
-    ("remove_many", [0, 0], "block 0 appears twice")])
+    ("remove_many", [0, 0], "block 0 appears twice"),
+    # refused part way, after some were (un)linked: those are put back
+    ("push_many", [2, 3, 1], "block 1 is already queued"),
+    ("push_many", [3, 2, 3], "block 3 appears twice"),
+    ("remove_many", [1, 0, 3], "block 3 is not queued"),
+    ("remove_many", [1, 0, 1], "block 1 appears twice")])
 def test_block_queue_refuses_linking_twice_or_unlinking_an_unlinked_block_alike(
         core, call, ids, says):
     """Both queues refuse, nothing changed (review s49 gate3 finding 3: the Python queue
@@ -324,3 +329,7 @@ def test_block_queue_refuses_linking_twice_or_unlinking_an_unlinked_block_alike(
     with pytest.raises(ValueError, match=f"^{says}$"):
         getattr(q, call)(ids)
     assert list(q) == [0, 1] and len(q) == 2
+    assert [b in q for b in range(4)] == [True, True, False, False]
+    q.push_many([3, 2])  # the links are whole: the queue goes on as if never asked
+    q.remove_many([0])
+    assert list(q) == [1, 3, 2] and q.pop_many(3) == [1, 3, 2] and len(q) == 0

@@ -38,7 +38,7 @@ _INF = math.inf
 def search(self, num_blocks: int, now: float, runs: bool = False) -> list[int] | None:
     """`VictimSearch.choose_victims` of a `GraphPolicy`: its usual search inline, else the
     general path (with `runs`: ttl_fast.py `choose_victims`)."""
-    if (not self._fast or num_blocks <= 0 or self.dead._size or self.plain._size
+    if (not self._fast or num_blocks <= 0 or len(self.dead) or len(self.plain)
             or not (self.indexed and self.class_keys and self.class_formulas
                     and self._costs_rise) or self._global is not None):
         self.general_searches += 1

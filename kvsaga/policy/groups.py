@@ -180,8 +180,10 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self._owner: list[str | None] = [None] * n
         self._pos = [0] * n
         self._cached_at = [0.0] * n
-        self.plain = BlockQueue(n)
-        self.dead = BlockQueue(n)
+        # The core's queue, as LRU's: on the C++ core a release's run costs one C++ call.
+        queue = view.core.BlockQueue if getattr(view, "core", None) is not None else BlockQueue
+        self.plain = queue(n)
+        self.dead = queue(n)
         self._block_costs: list[float] = []
         self._costs_rise = True  # block_cost never falls with position (so far)
 

@@ -201,7 +201,7 @@ class VictimSearch:
         # No dead or plain cache (the usual case): no stream to merge, and each session the
         # index's top names leaves whole, tail first, until the count is reached. (The
         # queues' sizes read without a `len()` call each.)
-        whole = not (self.dead._size or self.plain._size) and (
+        whole = not (len(self.dead) or len(self.plain)) and (
             self._one_key or self._keys_nonincreasing())
         want = num_blocks if whole else -1
         listed = not (runs and whole)  # (else the runs alone: `refresh_marked_runs`)
@@ -271,7 +271,7 @@ class VictimSearch:
                 self._plan = (out, self._runs)
             return out
         out = []
-        streams = self._queue_streams(now) if self.dead._size or self.plain._size else []
+        streams = self._queue_streams(now) if len(self.dead) or len(self.plain) else []
         try:
             self._merge_victims(num_blocks, streams, out)
         finally:

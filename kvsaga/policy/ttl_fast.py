@@ -44,7 +44,7 @@ def choose_victims(self, num_blocks: int, now: float, runs: bool = False
     module docstring), else the general path. With `runs` (the manager, when its C++ core
     evicts runs: `evicts_runs`), None where the usual search's victims are whole runs off
     tails, left in `_runs` (fast_search.py `finish`)."""
-    if (not self._fast or num_blocks <= 0 or self.dead._size or self.plain._size
+    if (not self._fast or num_blocks <= 0 or len(self.dead) or len(self.plain)
             or not (self.indexed and self.class_keys and self.class_formulas)):
         self.general_searches += 1
         return _general(self, num_blocks, now, runs)
