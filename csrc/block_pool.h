@@ -178,20 +178,20 @@ class Pool {
     return evict_ids(buf_);
   }
 
-  // evict_many of ids already read, each in [0, n): their old hashes, in order.
+  // evict_many of ids already read, each in [0, n): their old hashes, in order. The observer
+  // is told first, so that a raising hook leaves every block as it was (CACHED, hashed), as
+  // the policy, told nothing by the raise, still has them (review s49 hooks, finding 2).
   nb::list evict_ids(const std::vector<int32_t>& ids) {
-    nb::list out = free_ids_untold(ids);
+    check_evictable(ids);
     notify(false, ids.data(), ids.size());
-    return out;
+    return free_ids_untold(ids);
   }
 
-  // Tells the observer that `ids` left CACHED (after free_ids_untold).
+  // Tells the observer that `ids` leave CACHED (before free_ids_untold frees them).
   void tell_uncached(const int32_t* ids, size_t k) { notify(false, ids, k); }
 
-  // evict_ids without telling the observer (the manager core's checked victims: it
-  // unindexes them first, then calls tell_uncached, so that a raising observer leaves no
-  // index entry on a FREE block).
-  nb::list free_ids_untold(const std::vector<int32_t>& ids) {
+  // A ValueError naming the first of `ids` that is not CACHED or is named twice.
+  void check_evictable(const std::vector<int32_t>& ids) {
     size_t k = ids.size();
     size_t i = 0;
     const char* why = nullptr;
@@ -203,6 +203,14 @@ class Pool {
     }
     for (size_t j = 0; j < k && j <= i; ++j) scratch_[ids[j]] = 0;
     if (why) raise_state(ids[i], why);
+  }
+
+  // evict_ids without telling the observer (the manager core's checked victims, told
+  // first: tell_uncached). Checked again here: an observer told first may have re-entered
+  // the pool.
+  nb::list free_ids_untold(const std::vector<int32_t>& ids) {
+    check_evictable(ids);
+    size_t k = ids.size();
     PyObject* hashes = PyList_New(static_cast<Py_ssize_t>(k));
     if (!hashes) throw_current();
     nb::list out = nb::steal<nb::list>(hashes);

@@ -52,9 +52,12 @@ class EvictionPath {
     return valid;
   }
 
-  // KVCacheManager._evict's loops over checked victims: free them, unindex their hashes,
-  // forget their owners, then tell the pool's observer. `victims` must be what `victims_valid` just found valid: its ids
-  // as read then are evicted (the pool checks again that they are cached and distinct).
+  // KVCacheManager._evict's loops over checked victims: tell the pool's observer, then
+  // free them, unindex their hashes and forget their owners. `victims` must be what
+  // `victims_valid` just found valid: its ids as read then are evicted (the pool checks
+  // again that they are cached and distinct). Told first, a raising blocks_uncached
+  // changes nothing: the victims stay CACHED, indexed and owned, as the policy, told
+  // nothing by the raise, still has them (review s49 hooks, finding 2).
   void evict_blocks(nb::handle victims) {
     if (!checked_obj_.is_valid() || checked_obj_.is_none() || !victims.is(checked_obj_)) {
       checked_.clear();
@@ -64,14 +67,15 @@ class EvictionPath {
       throw_current();
     }
     checked_obj_ = nb::object();
-    evicting_.swap(checked_);  // (the pool's observer, called back, cannot change them)
-    checked_.clear();
-    // Unindexed and disowned before the pool tells the observer: a raising
-    // blocks_uncached leaves no hash naming a FREE block (review s49 gate3, finding 2).
-    nb::list hashes = pool_->free_ids_untold(evicting_);
-    unindex(reinterpret_cast<PyListObject*>(hashes.ptr())->ob_item, evicting_.data(),
-            evicting_.size(), false);
-    pool_->tell_uncached(evicting_.data(), evicting_.size());  // (notify copies the ids)
+    // Ours alone: the observer, called back first, may evict again (and reuse checked_).
+    std::vector<int32_t> ids;
+    ids.swap(checked_);
+    pool_->tell_uncached(ids.data(), ids.size());  // (notify copies the ids)
+    nb::list hashes = pool_->free_ids_untold(ids);
+    unindex(reinterpret_cast<PyListObject*>(hashes.ptr())->ob_item, ids.data(), ids.size(),
+            false);
+    ids.clear();
+    if (checked_.empty()) checked_.swap(ids);  // (its buffer, reused)
   }
 
   // KVCacheManager._evict for a policy whose victims are the head of `queue` (its
@@ -211,7 +215,7 @@ class EvictionPath {
   nb::object pool_obj_, index_obj_;  // (held: pool_ and index_ are theirs)
   nb::object n_groups_, n_runs_, n_dirty_;  // evict_runs' reads of the policy
   std::vector<int32_t> sorted_;
-  std::vector<int32_t> checked_, evicting_;  // victims_valid's ids, for evict_blocks
+  std::vector<int32_t> checked_;  // victims_valid's ids, for evict_blocks
   nb::object checked_obj_;                   // the victims they were read from
   std::vector<PyObject*> held_;
   std::vector<TailRun> tail_runs_;

@@ -69,17 +69,13 @@ class EvictionPath:
         if hot is not None:  # the same loops, in the C++ core
             hot.evict_blocks(victims)
         else:
-            # Unindexed and disowned before the pool frees them and tells the policy: a
-            # raising `blocks_uncached` then leaves no hash naming a FREE block (review s49
-            # gate3, finding 2).
-            owner, block_hash = self.block_owner, self.pool.block_hash
-            index_remove = self.index.remove
-            for b in victims:
-                h = block_hash[b]
+            # Unindexed and disowned once the pool, which tells the policy first, has freed
+            # them: a raising `blocks_uncached` changes nothing (review s49 hooks, finding 2).
+            owner, index_remove = self.block_owner, self.index.remove
+            for b, h in zip(victims, self.pool.evict_many(victims), strict=True):
                 if h is not None:
                     index_remove(h)
                 owner[b] = None
-            self.pool.evict_many(victims)
         self._evicted_blocks += num_blocks
 
     def _victims_valid(self, victims: list[int], num_blocks: int) -> bool:
@@ -102,8 +98,7 @@ class EvictionPath:
         """Evict one CACHED block: unindex it and return it to the free queue."""
         self._changes += 1
         self._note_evicted(None)  # no block taken in its place
-        h = self.pool.block_hash[block_id]
+        (h,) = self.pool.evict_many([block_id])  # (it tells the policy first, as `_evict`)
         if h is not None:
             self.index.remove(h)
-        self.block_owner[block_id] = None  # (before the pool tells the policy, as `_evict`)
-        self.pool.evict_many([block_id])
+        self.block_owner[block_id] = None

@@ -32,10 +32,12 @@ class PoolObserver(Protocol):
     """Told whenever a block enters or leaves the CACHED (evictable) state.
 
     An observer may also define `blocks_cached(ids)` / `blocks_uncached(ids)`: the pool
-    then reports a batch transition in one call (the blocks' states are already updated),
-    else block by block, in the same order. A hook that raises must have changed nothing
-    (a batch hook raises before it records any block); block by block, the pool makes it
-    so: a raise at block k first undoes blocks 0..k-1 with the opposite hook.
+    then reports a batch transition in one call (the blocks' states are already updated,
+    but for an eviction's: `evict_many` tells first, its victims still CACHED and hashed, so
+    that a raising hook leaves them so), else block by block, in the same order. A hook
+    that raises must have changed nothing (a batch hook raises before it records any
+    block); block by block, the pool makes it so: a raise at block k first undoes blocks
+    0..k-1 with the opposite hook.
     """
 
     def block_cached(self, block_id: int) -> None: ...
@@ -224,7 +226,11 @@ class BlockPool:
             self._cached_many(to_cache)
 
     def evict_many(self, block_ids: list[int]) -> list[bytes | None]:
-        """Evict CACHED blocks (oldest first into the free queue); returns their old hashes."""
+        """Evict CACHED blocks (oldest first into the free queue); returns their old hashes.
+        The observer is told first: a raising hook leaves every block as it was (CACHED,
+        hashed), as the policy, told nothing by the raise, still has them (review s49 hooks,
+        finding 2)."""
+        self._uncached_many(block_ids)
         state, block_hash = self.state, self.block_hash
         hashes = [block_hash[b] for b in block_ids]
         for b in block_ids:
@@ -232,7 +238,6 @@ class BlockPool:
             block_hash[b] = None
         self._free.push_many(block_ids)
         self.num_cached -= len(block_ids)
-        self._uncached_many(block_ids)
         return hashes
 
     def state_name(self, block_id: int) -> str:

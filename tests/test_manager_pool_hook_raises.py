@@ -16,47 +16,78 @@ CORES = ["python", *(["cpp"] if cpp_available() else [])]
 
 
 class UncachedFails(LRUPolicy):
-    """LRU whose batch `blocks_uncached` raises while `fail` is set (a policy bug), taking
-    the listed way of eviction (no C++ `evict_head`)."""
+    """LRU whose `blocks_uncached` (or, `per_block`, its `block_uncached` on the 2nd call)
+    raises while `fail` is set (a policy bug), taking the listed way of eviction (no C++
+    `evict_head`)."""
 
     fail = False
+    per_block = False
+    calls = 0
 
     def bind(self, view):
         super().bind(view)
-        told = self.blocks_uncached
+        if self.per_block:
+            told_one = self.block_uncached
 
-        def blocks_uncached(ids):
-            if self.fail:
-                raise RuntimeError("blocks_uncached failed (a policy bug)")
-            told(ids)
+            def block_uncached(b):
+                if self.fail:
+                    self.calls += 1
+                    if self.calls == 2:
+                        raise RuntimeError("block_uncached failed (a policy bug)")
+                told_one(b)
 
-        self.blocks_uncached = blocks_uncached
+            self.block_uncached = block_uncached
+            self.blocks_uncached = None
+        else:
+            told = self.blocks_uncached
+
+            def blocks_uncached(ids):
+                if self.fail:
+                    raise RuntimeError("blocks_uncached failed (a policy bug)")
+                told(ids)
+
+            self.blocks_uncached = blocks_uncached
         self.victim_queue = None
 
 
+def books(m: KVCacheManager, p: LRUPolicy) -> tuple:
+    """What an eviction changes: the cached blocks, the index, the owners, the policy's order."""
+    return (cached_ids(m), sorted(m.index.items()), list(m.block_owner), p.eviction_order())
+
+
+@pytest.mark.parametrize("per_block", [False, True], ids=["batch", "per_block"])
 @pytest.mark.parametrize("core", CORES)
-def test_an_eviction_whose_blocks_uncached_raises_leaves_no_hash_on_a_freed_block(core):
-    """Before the fix the pool freed the victims and raised before the index and the owners
-    lost them: the index named FREE block 1, a later prompt took it as a hit (Python: an
-    ACTIVE block in the free queue; C++: ValueError in acquire_many)."""
+def test_an_eviction_whose_uncached_hook_raises_changes_nothing(core, per_block):
+    """A raising hook has told the policy nothing, so the eviction must change nothing: the
+    victims stay CACHED, indexed and owned, in the policy's order as before. Before the fix
+    the pool freed them (and unindexed and disowned them) while the policy still listed
+    them (per block, the undo re-listed the one already told): FREE blocks in the policy's
+    order, and `end_session` then raised part way ("block 2 is already queued") (review s49
+    hooks, finding 2)."""
     p = UncachedFails()
+    p.per_block = per_block
     m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 4, policy=p, clock=lambda: 0.0,
                        core=core)
-    m.begin_step("a", list(range(8)))
-    m.allocate_slots("a", 8)
-    m.finish_step("a")  # blocks 0, 1 cached, owned by a
-    m.begin_step("b", list(range(100, 112)))
+    m.begin_step("a", list(range(12)))
+    m.allocate_slots("a", 12)
+    m.finish_step("a")  # blocks 0, 1, 2 cached, owned by a
+    m.begin_step("b", list(range(100, 116)))
+    before = books(m, p)
     p.fail = True
-    with pytest.raises(RuntimeError, match="blocks_uncached failed"):
-        m.allocate_slots("b", 12)  # 2 free blocks and a's block 1 evicted
+    with pytest.raises(RuntimeError, match="uncached failed"):
+        m.allocate_slots("b", 16)  # 1 free block and 3 of a's evicted
     p.fail = False
     m.check_integrity()
-    assert sorted(b for _, b in m.index.items()) == [0]
-    assert m.block_owner[1] is None
-    assert m.begin_step("a", list(range(9))).num_cached_tokens == 4  # block 0 only
-    m.allocate_slots("a", 1)
-    m.allocate_slots("b", 4)
+    after = books(m, p)
+    assert after[:3] == before[:3]
+    # (per block, the undo re-tells `block_cached`, which may move recency: finding 5)
+    assert after[3] == before[3] if not per_block else sorted(after[3]) == sorted(before[3])
+    assert sorted(p.eviction_order()) == cached_ids(m) == [0, 1, 2]
+    m.allocate_slots("b", 16)  # the hook mended: the same eviction goes through
+    m.end_session("b")
     m.check_integrity()
+    assert sorted(p.eviction_order()) == cached_ids(m)
+    assert m.begin_step("a", list(range(13))).num_cached_tokens == 0
 
 
 class PerBlock(LRUPolicy):
