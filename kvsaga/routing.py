@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 
 from kvsaga._validate import is_int
 from kvsaga.fair_share import FairShare
@@ -47,6 +46,7 @@ from kvsaga.replica_stats import (  # noqa: F401  (re-exported: the routing API 
     SessionTokens,
     count_predicted_resumes,
 )
+from kvsaga.routing_arrivals import ArrivalBook
 from kvsaga.routing_base import (  # noqa: F401  (re-exported: kvsaga.routing is the API)
     AffinityRouter,
     RoundRobinRouter,
@@ -60,7 +60,7 @@ from kvsaga.routing_base import (  # noqa: F401  (re-exported: kvsaga.routing is
 from kvsaga.routing_config import RoutingConfig
 
 
-class KvsagaRouter(Router):
+class KvsagaRouter(ArrivalBook, Router):
     """Affinity + placement by predicted load + work stealing + migration + fleet fair
     share."""
 
@@ -105,17 +105,7 @@ class KvsagaRouter(Router):
         self._stolen: dict[str, tuple[str, str]] = {}
         # session -> when a step of it last finished having run (`finished`, `_tokens`)
         self._step_done: dict[str, float] = {}
-        # Sessions moved by a steal, by the replica they moved to: session -> (the move's
-        # route, when that step was seen to finish there having run, None before), until a
-        # report of that replica shows them (`_arriving`), the move is refused, its steps
-        # all failed to reach the replica, the session is forgotten or routed elsewhere, or
-        # the replica removed; `_arrival_of`: session -> that replica.
-        self._arrivals: dict[str, dict[str, tuple[Route, float | None]]] = {}
-        self._arrival_of: dict[str, str] = {}
-        # session -> (replica, move's route) dropped by `move_refused`, restored by
-        # `move_taken` (a sibling step of the move took the session), until the session is
-        # routed again or forgotten; at most `_MAX_VOIDED` (the oldest go first).
-        self._refused_arrivals: OrderedDict[str, tuple[str, Route]] = OrderedDict()
+        self._init_arrivals()  # the steals a thief's report does not show yet (`_arriving`)
 
     def add_replica(self, replica: str) -> None:
         new = isinstance(replica, str) and replica not in self.in_flight
@@ -131,16 +121,14 @@ class KvsagaRouter(Router):
         self._cooling.pop(replica, None)
         for s in [s for s, pair in self._stolen.items() if replica in pair]:
             del self._stolen[s]
-        for s in list(self._arrivals.get(replica, ())):
-            self._drop_arrival(s)
+        self._drop_arrivals_at(replica)
         return super().remove_replica(replica)
 
     def _forget(self, session: str) -> None:
         super()._forget(session)
         self._stolen.pop(session, None)
         self._step_done.pop(session, None)
-        self._drop_arrival(session)
-        self._refused_arrivals.pop(session, None)
+        self._forget_arrival(session)
 
     def finished(self, route: Route, ran: bool | None = True) -> None:
         """`Router.finished`, and when a step of a session this router holds ran: a report
@@ -167,13 +155,7 @@ class KvsagaRouter(Router):
         still short of room. (Named by the caller: the session's home is no guide, a
         sibling step's refusal may have changed it.)"""
         super().move_refused(session, source, replica, import_refused)
-        if self._arrival_of.get(session) == replica:  # its tokens never come, unless
-            saved = self._refused_arrivals  # a sibling step takes it (`move_taken`)
-            saved.pop(session, None)
-            saved[session] = (replica, self._arrivals[replica][session][0])
-            while len(saved) > self._MAX_VOIDED:
-                saved.popitem(last=False)
-            self._drop_arrival(session)
+        self._refuse_arrival(session, replica)  # back if a sibling takes it (`move_taken`)
         if replica == source or replica not in self.in_flight:
             return
         now = self.clock()
@@ -183,37 +165,6 @@ class KvsagaRouter(Router):
         self._refused.pop((session, replica), None)
         self._refused[(session, replica)] = now
         self._forget_refusals(now)
-
-    def move_taken(self, session: str, replica: str, source: str) -> None:
-        """`Router.move_taken`, and the move's tokens, which `move_refused` took off
-        `replica`'s room, count there again (`_arriving`): the session lives there now,
-        and until a report of `replica` shows it a second steal counted the same room
-        again (review s49 routingdiff 3). A finish of the move's own step seen before
-        then was the refused one's, or came before the import: it is not counted."""
-        acts = (self._voided.get(session) == (replica, source) and replica in self.in_flight)
-        saved = self._refused_arrivals.pop(session, None) if acts else None
-        super().move_taken(session, replica, source)
-        if saved is not None and saved[0] == replica:
-            self._add_arrival(session, replica, saved[1])
-
-    def confirm_move(self, session: str, replica: str, route: Route | None = None) -> None:
-        """`Router.confirm_move`, and when `route`, a step sent along the session's still
-        unconfirmed move to `replica`, is the one `replica` accepted (Ray Serve's
-        `on_request_routed`): that step pulls the session, so it owns the move's count
-        (`_arrived`) with the move's tokens. A step accepted before the move's own one
-        pulls, and the moving step is then answered 409 at once, before the import: as the
-        owner its finish would have counted the move as arrived while the import still
-        ran (review s49 routing3 1). An end request carries no tokens: its copy, the
-        owner then, is no step's route, and the count waits for a report or the end."""
-        m = self.moves.get(session)
-        moved = self._arrivals.get(replica)
-        entry = moved.get(session) if moved else None
-        if (route is not None and m is not None and m.replica == replica
-                and entry is not None and entry[1] is None
-                and route.moved_from == entry[0].moved_from):
-            owner = route if route.tokens else replace(route, tokens=entry[0].tokens)
-            moved[session] = (owner, None)
-        super().confirm_move(session, replica)
 
     def _cool(self, refused_at: float | None, now: float) -> bool:
         """Whether a cool-off from a refusal at `refused_at` (None: none) still runs at
@@ -294,77 +245,6 @@ class KvsagaRouter(Router):
         self._note_steal(req.session, home, route)
         self._note_arrival(route)
         return route
-
-    def _note_arrival(self, route: Route) -> None:
-        """Count a steal's tokens (`Route.tokens`) towards its thief's room from now
-        (`_arriving`); a session routed to another replica than the one it was moving to
-        is no longer counted there."""
-        s = route.session
-        if s is None:
-            return
-        self._refused_arrivals.pop(s, None)  # routed again: a late `move_taken` is void
-        if self._arrival_of.get(s, route.replica) != route.replica:
-            self._drop_arrival(s)
-        # A step sent along a move already counted there (a sibling of the moving step,
-        # routed before the move was confirmed) leaves the move's own step in place: only
-        # that one's finish says the session arrived (`_arrived`).
-        if route.tokens and route.moved_from is not None and s not in self._arrival_of:
-            self._add_arrival(s, route.replica, route)
-
-    def _add_arrival(self, session: str, replica: str, move: Route) -> None:
-        """Count `move`'s tokens in `replica`'s room until its report shows the session
-        (`_arriving`); not yet arrived."""
-        self._drop_arrival(session)
-        self._arrivals.setdefault(replica, {})[session] = (move, None)
-        self._arrival_of[session] = replica
-
-    def _arrived(self, route: Route, done: float) -> None:
-        """A step that ran on `route.replica` finished at `done`: when it is the entry's
-        owner, the session's KV is there (the replica pulled the session before it ran the
-        step): a report of that replica taken after `done` counts it (`_arriving`). The
-        owner is the step that made the move, or, when the caller says which step the
-        replica accepted first while the move was unconfirmed (`confirm_move` with its
-        route: Ray Serve does), that step: the one that pulls. Any other step of the
-        session proves nothing: one sent there while the pull was still running (a
-        concurrent step routed home once the move was confirmed, or a sibling along it) is
-        answered 409 `session_busy` at once, before the import, and counted as done it let
-        a report taken during the import drop the move (review s49 routingdiff 1). Without
-        that word (the pure API, the simulator) the moving step stays the owner: a caller
-        that sends two steps along one move and has the later one accepted first can still
-        see the move counted at the 409'd one's finish."""
-        moved = self._arrivals.get(route.replica)
-        entry = moved.get(route.session) if moved else None
-        if entry is not None and route is entry[0]:
-            moved[route.session] = (entry[0], done)
-
-    def _unarrived(self, route: Route) -> None:
-        """A step that pulled its session to `route.replica` finished without reaching
-        it (`ran=False`: its try was cancelled, or failed before a replica took it): when
-        the move is still unconfirmed (no step of the session is known to have reached
-        the replica: a sibling that did took the session there, review s49 routing3 2), no
-        other step of the session is in flight there and no owner has been seen to arrive,
-        the session's tokens are not coming: they leave that replica's room. Kept, they
-        counted there until the session was forgotten (`session_idle_s`: 30 min) (review
-        s49 routingdiff 2). A later step sent along the still unconfirmed move carries its
-        tokens (`Router.route`) and counts them there again."""
-        s = route.session
-        moved = self._arrivals.get(route.replica)
-        entry = moved.get(s) if moved and route.moved_from is not None else None
-        m = self.moves.get(s)
-        if (entry is not None and entry[1] is None
-                and entry[0].moved_from == route.moved_from
-                and m is not None and m.replica == route.replica
-                and not self.session_steps.get(s, {}).get(route.replica)):
-            self._drop_arrival(s)
-
-    def _drop_arrival(self, session: str) -> None:
-        """Stop counting `session`'s move in its thief's room (`_arriving`)."""
-        replica = self._arrival_of.pop(session, None)
-        if replica is not None:
-            moved = self._arrivals[replica]
-            del moved[session]
-            if not moved:
-                del self._arrivals[replica]
 
     def _note_steal(self, session: str | None, home: str | None, route: Route) -> None:
         """Remember where a queue or memory steal (reason "steal") took `session`, and
@@ -504,38 +384,6 @@ class KvsagaRouter(Router):
         if st is not None:
             tokens += self._arriving(x, st)
         return self._has_room(x, tokens, stats)
-
-    def _arriving(self, x: str, st: ReplicaStats) -> int:
-        """The tokens (`Route.tokens`) of the sessions stolen for `x` that its report `st`
-        does not show yet; the moves it shows are no longer counted. A report shows a move
-        when it lists the session and was taken at or after the move, or was taken after
-        the moving step was seen to finish on `x` having run (`_arrived`). Both compare
-        `x`'s stamp with this router's clock: no rule free of the clocks is sound (a report
-        newer on `x`'s clock than any seen when the step finished may still have been
-        taken during the import, a listing alone may be an earlier stay's), so skew moves
-        the drop (docs/cluster.md, "Limits (known)"). The move's
-        confirmation (`confirm_move`) is no sign: Ray Serve confirms a move when `x`
-        accepts the step, before `x` pulls and imports the session, and a second steal
-        between two reports then counted the same room again (review s49 ray 1); nor is a
-        report taken after the move that does not list it (taken before the import). An
-        unstamped report (a live view, as the simulator's) is taken to show every move:
-        none is counted."""
-        moved = self._arrivals.get(x)
-        if not moved:
-            return 0
-        taken, listed = st.taken_at, st.session_tokens
-        tokens, shown = 0, []
-        for s, (m, done) in moved.items():
-            if taken is None:
-                if s in listed or done is not None:
-                    shown.append(s)
-            elif (s in listed and taken >= m.sent_at) or (done is not None and taken >= done):
-                shown.append(s)
-            else:
-                tokens += m.tokens
-        for s in shown:
-            self._drop_arrival(s)
-        return tokens
 
     def _held_back(self, tenant: str, idle: list[str], stats) -> bool:
         """Fair share holds a steal back for `tenant` (`FairShare.holds_back`): it is above

@@ -18,17 +18,44 @@ def router_at(replicas, now):
     return router
 
 
+def s1_s2_on_a(now):
+    """The set-up most tests here share: a router over a and c on the clock `now`, S1 and
+    S2 (12,000 tokens each) homed on a, a's report (loaded: a steal's source) and c's (room
+    for 20,000 tokens, two steps running), both taken at 999.9. Returns the router and
+    the two reports."""
+    router = router_at(["a", "c"], now)
+    a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
+                     session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
+    c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=999.9)
+    router.homes.update(S1="a", S2="a")
+    return router, a, c
+
+
+def ray_s1_s2_on_a(c_queue_len: int | None = 0):
+    """`s1_s2_on_a` through Ray Serve: the fake replicas a and c reporting the same, c
+    answering Ray's probes with `c_queue_len` (None: not set), and the Ray router over them
+    with its kvsaga router's clock at 1000.0. Returns the Ray router, a, c and the clock."""
+    from tests.cluster.ray_fakes import StatsReplica, make_router
+
+    a = StatsReplica("a", queue_len=0, total_blocks=4096, free_blocks=100,
+                     queue_depth=3, running=2, taken_at=999.9,
+                     session_tokens={"S1": 12000, "S2": 12000})
+    c = StatsReplica("c", queue_len=c_queue_len, total_blocks=2048, free_blocks=1250,
+                     running=2, taken_at=999.9)
+    router = make_router([a, c])
+    now = [1000.0]
+    router.kv_router.clock = lambda: now[0]
+    router.kv_router.homes.update(S1="a", S2="a")
+    return router, a, c, now
+
+
 def test_two_steals_between_two_reports_do_not_count_the_same_room():
     """c reports room for 20,000 tokens; S1 and S2 (12,000 each) are stolen from the
     loaded a before c reports again. Before, both went to c (the second import refused,
     and c, with room for 8,000 still, cooled off for 30 s); now S2 stays home until a
     report of c taken after S1's move shows what is left."""
     now = [1000.0]
-    router = router_at(["a", "c"], now)
-    a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
-                     session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
-    c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=999.9)
-    router.homes.update(S1="a", S2="a")
+    router, a, c = s1_s2_on_a(now)
     first = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
     assert (first.replica, first.moved_from) == ("c", "a")
     now[0] += 0.05
@@ -49,11 +76,7 @@ def steal_s1_then_route_s2(now, confirm=True):
     `confirm`, c accepts the step (Ray Serve's `on_request_routed` confirms the move)
     before S2 (12,000 too) is routed 0.05 s later on the same reports. Returns the router,
     the two routes and a's report."""
-    router = router_at(["a", "c"], now)
-    a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
-                     session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
-    c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=999.9)
-    router.homes.update(S1="a", S2="a")
+    router, a, c = s1_s2_on_a(now)
     first = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
     assert (first.replica, first.moved_from) == ("c", "a")
     if confirm:
@@ -78,18 +101,10 @@ def test_through_ray_a_step_accepted_by_the_thief_still_counts_in_its_room():
     """The same through Ray Serve's routing loop: c accepts each step it is sent
     (`on_request_routed`, strict `max_ongoing_requests`) before the next is routed."""
     pytest.importorskip("ray.serve")
-    from tests.cluster.ray_fakes import StatsReplica, make_router, pending
+    from tests.cluster.ray_fakes import pending
 
     async def go():
-        a = StatsReplica("a", queue_len=0, total_blocks=4096, free_blocks=100,
-                         queue_depth=3, running=2, taken_at=999.9,
-                         session_tokens={"S1": 12000, "S2": 12000})
-        c = StatsReplica("c", queue_len=0, total_blocks=2048, free_blocks=1250, running=2,
-                         taken_at=999.9)
-        router = make_router([a, c])
-        now = [1000.0]
-        router.kv_router.clock = lambda: now[0]
-        router.kv_router.homes.update(S1="a", S2="a")
+        router, a, c, now = ray_s1_s2_on_a()
         routes = []
         for s in ("S1", "S2"):
             call = {"kvsaga": 1, "session": s, "tenant": ""}
@@ -254,10 +269,7 @@ def test_a_step_answered_409_during_the_pull_does_not_count_the_move_as_arrived(
     routingdiff 1). Only the moving step's own finish marks it (the existing tests)."""
     def s2_after_sibling(confirm):
         now = [1000.0]
-        router = router_at(["a", "c"], now)
-        a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
-                         session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
-        router.homes.update(S1="a", S2="a")
+        router, a, _ = s1_s2_on_a(now)
         first = router.route(RouteRequest(session="S1"), {"a": a, "c": c_during_import(999.9)})
         assert (first.replica, first.moved_from) == ("c", "a")
         if confirm:
@@ -281,18 +293,10 @@ def test_through_ray_a_step_answered_409_during_the_pull_does_not_count_the_move
     """The same through Ray Serve's routing loop: the concurrent step is accepted by c and
     completes (409) before c reports again."""
     pytest.importorskip("ray.serve")
-    from tests.cluster.ray_fakes import StatsReplica, make_router, pending
+    from tests.cluster.ray_fakes import pending
 
     async def go():
-        a = StatsReplica("a", queue_len=0, total_blocks=4096, free_blocks=100,
-                         queue_depth=3, running=2, taken_at=999.9,
-                         session_tokens={"S1": 12000, "S2": 12000})
-        c = StatsReplica("c", queue_len=0, total_blocks=2048, free_blocks=1250, running=2,
-                         taken_at=999.9)
-        router = make_router([a, c])
-        now = [1000.0]
-        router.kv_router.clock = lambda: now[0]
-        router.kv_router.homes.update(S1="a", S2="a")
+        router, a, c, now = ray_s1_s2_on_a()
 
         async def send(s, rid):
             call = {"kvsaga": 1, "session": s, "tenant": ""}
@@ -340,18 +344,22 @@ def test_a_moving_step_that_never_reached_the_thief_leaves_its_room_until_one_is
     assert s2_after_give_up(retry=True) == ("a", None)
 
 
+def s1_moved_twice():
+    """S1's moving step M and a sibling S, both sent along S1's unconfirmed move a -> c.
+    Returns the router, M, S, a's report, the clock and c's report."""
+    now = [1000.0]
+    router, a, c = s1_s2_on_a(now)
+    moving = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
+    now[0] += 0.01
+    sibling = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
+    assert (moving.moved_from, sibling.moved_from) == ("a", "a")
+    return router, moving, sibling, a, now, c
+
+
 def test_a_moving_step_given_up_while_a_sibling_pulls_keeps_the_move_counted():
     """Two steps of S1 sent along its unconfirmed move: the first given up before c took
     it, the second still pulling. S1 is still coming: its tokens stay in c's room."""
-    now = [1000.0]
-    router = router_at(["a", "c"], now)
-    a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
-                     session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
-    c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=999.9)
-    router.homes.update(S1="a", S2="a")
-    first = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
-    now[0] += 0.01
-    sibling = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
+    router, first, sibling, a, now, c = s1_moved_twice()
     assert (sibling.replica, sibling.moved_from) == ("c", "a")
     router.finished(first, ran=False)
     now[0] += 0.01
@@ -364,16 +372,7 @@ def test_a_move_taken_by_a_sibling_after_a_refusal_counts_in_the_thiefs_room_aga
     is refused (`move_refused` takes S1's tokens off c's room), the second takes S1
     (`move_taken` homes it on c again). Before, S1 then lived on c uncounted until c's next
     report, and S2 was stolen for the same room (review s49 routingdiff 3)."""
-    now = [1000.0]
-    router = router_at(["a", "c"], now)
-    a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
-                     session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
-    c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=999.9)
-    router.homes.update(S1="a", S2="a")
-    first = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
-    now[0] += 0.01
-    second = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
-    assert (first.moved_from, second.moved_from) == ("a", "a")
+    router, first, second, a, now, c = s1_moved_twice()
     now[0] += 0.01
     router.finished(first)
     router.move_refused("S1", "a", "c")
@@ -390,22 +389,6 @@ def test_a_move_taken_by_a_sibling_after_a_refusal_counts_in_the_thiefs_room_aga
     assert "S1" not in router._arrival_of
 
 
-def s1_moved_twice():
-    """S1's moving step M and a sibling S, both sent along S1's unconfirmed move a -> c.
-    Returns the router, M, S, a's report and the clock."""
-    now = [1000.0]
-    router = router_at(["a", "c"], now)
-    a = ReplicaStats(total_blocks=4096, free_blocks=100, queue_depth=3, running=2,
-                     session_tokens={"S1": 12000, "S2": 12000}, taken_at=999.9)
-    c = ReplicaStats(total_blocks=2048, free_blocks=1250, running=2, taken_at=999.9)
-    router.homes.update(S1="a", S2="a")
-    moving = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
-    now[0] += 0.01
-    sibling = router.route(RouteRequest(session="S1"), {"a": a, "c": c})
-    assert (moving.moved_from, sibling.moved_from) == ("a", "a")
-    return router, moving, sibling, a, now
-
-
 def s2_on(router, a, now, taken_at):
     """Where S2 goes once c's report taken at `taken_at` (S1 not listed) is the latest."""
     now[0] += 0.01
@@ -420,7 +403,7 @@ def test_the_step_accepted_first_owns_the_move_not_the_moving_step_answered_409(
     owner, marked S1 arrived at its finish, c's report taken during S's import dropped S1
     and S2 was stolen for the same room (review s49 routing3 1). The step accepted first
     (`confirm_move` with its route) owns the move now, with the move's tokens."""
-    router, moving, sibling, a, now = s1_moved_twice()
+    router, moving, sibling, a, now, _ = s1_moved_twice()
     router.confirm_move("S1", "c", sibling)
     now[0] += 0.05
     router.finished(moving)
@@ -435,7 +418,7 @@ def test_the_step_accepted_first_owns_the_move_not_the_moving_step_answered_409(
 def test_the_owner_accepted_first_keeps_the_moves_tokens_and_stays_when_it_ran():
     """A step accepted without tokens of its own (an end request along the move) takes the
     move's tokens; a step accepted once the move is confirmed changes nothing."""
-    router, moving, sibling, a, now = s1_moved_twice()
+    router, moving, sibling, a, now, _ = s1_moved_twice()
     end = router.route(RouteRequest(session="S1", stay=True), {"a": a})
     assert (end.replica, end.tokens) == ("c", 0)
     router.confirm_move("S1", "c", end)
@@ -449,7 +432,7 @@ def test_a_step_given_up_after_a_sibling_took_the_session_keeps_it_counted():
     then M is given up (`finished(ran=False)`). Before, that dropped S1's count on c
     though S1 lives there, and a report of c taken during the import let S2 be stolen
     for the same room (review s49 routing3 2). Now only a move still unconfirmed drops."""
-    router, moving, sibling, a, now = s1_moved_twice()
+    router, moving, sibling, a, now, _ = s1_moved_twice()
     now[0] += 0.2
     during = now[0]
     now[0] += 0.3
@@ -463,7 +446,7 @@ def test_a_step_given_up_after_a_sibling_took_the_session_keeps_it_counted():
 def test_a_step_given_up_after_a_refused_move_was_taken_keeps_it_counted():
     """M is refused, its sibling T takes S1 (`move_taken`), a third sibling U is given up:
     before, U's finish dropped the count `move_taken` restored (review s49 routing3 2)."""
-    router, moving, taker, a, now = s1_moved_twice()
+    router, moving, taker, a, now, _ = s1_moved_twice()
     late = router.route(RouteRequest(session="S1"), {"a": a})
     assert (late.replica, late.moved_from) == ("c", "a")
     router.move_refused("S1", "a", "c")
@@ -483,7 +466,7 @@ def test_a_step_not_known_to_have_run_keeps_the_move_counted():
     replicas that never reject). Before, ran=False was the only word for it and dropped
     the move's count at the moving step's finish (review s49 routing3 3); it stays until
     a report of c shows S1, and the move stays unconfirmed."""
-    router, moving, sibling, a, now = s1_moved_twice()
+    router, moving, sibling, a, now, _ = s1_moved_twice()
     router.finished(sibling, ran=None)
     router.finished(moving, ran=None)
     assert router._arrival_of.get("S1") == "c"
@@ -496,18 +479,10 @@ def test_through_ray_the_step_accepted_first_owns_the_move():
     the sibling S is accepted first and pulls S1, M is accepted then (answered 409) and
     completes before c reports again."""
     pytest.importorskip("ray.serve")
-    from tests.cluster.ray_fakes import StatsReplica, make_router, pending
+    from tests.cluster.ray_fakes import pending
 
     async def go():
-        a = StatsReplica("a", queue_len=0, total_blocks=4096, free_blocks=100,
-                         queue_depth=3, running=2, taken_at=999.9,
-                         session_tokens={"S1": 12000, "S2": 12000})
-        c = StatsReplica("c", total_blocks=2048, free_blocks=1250, running=2,
-                         taken_at=999.9)
-        router = make_router([a, c])
-        now = [1000.0]
-        router.kv_router.clock = lambda: now[0]
-        router.kv_router.homes.update(S1="a", S2="a")
+        router, a, c, now = ray_s1_s2_on_a(c_queue_len=None)
         cands = list(router._replicas.values())
         cid = next(i for i in router.curr_replicas if i.unique_id == "c")
         moving = pending({"kvsaga": 1, "session": "S1", "tenant": ""}, "M")
@@ -542,18 +517,10 @@ def test_through_ray_replicas_that_never_reject_keep_the_move_counted():
     moving step's completion dropped S1's count on c while c imported it: S2 was stolen
     for the same room (review s49 routing3 3)."""
     pytest.importorskip("ray.serve")
-    from tests.cluster.ray_fakes import StatsReplica, make_router, pending
+    from tests.cluster.ray_fakes import pending
 
     async def go():
-        a = StatsReplica("a", queue_len=0, total_blocks=4096, free_blocks=100,
-                         queue_depth=3, running=2, taken_at=999.9,
-                         session_tokens={"S1": 12000, "S2": 12000})
-        c = StatsReplica("c", queue_len=0, total_blocks=2048, free_blocks=1250, running=2,
-                         taken_at=999.9)
-        router = make_router([a, c])
-        now = [1000.0]
-        router.kv_router.clock = lambda: now[0]
-        router.kv_router.homes.update(S1="a", S2="a")
+        router, a, c, now = ray_s1_s2_on_a()
         cid = next(i for i in router.curr_replicas if i.unique_id == "c")
         call = {"kvsaga": 1, "session": "S1", "tenant": ""}
         await router._choose_replica_for_request(pending(call, "M"))

@@ -23,7 +23,7 @@ from kvsaga import kernels
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.migration import export_session, import_session, plan_export
-from kvsaga.policy import LRUPolicy
+from tests.policy_hooks import CachedFails
 
 GREEDY = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
 BLOCK_BYTES = 8192  # the tiny model's KV block (16 tokens)
@@ -219,23 +219,6 @@ def test_an_import_whose_pause_hook_raises_is_taken_back(model_dir, reference, e
     assert got.num_cached_tokens >= 48
     assert got.token_ids == reference["s2_out"]
     settled(b)
-
-
-class CachedFails(LRUPolicy):
-    """LRU whose pool hook `blocks_cached` raises while `fail` is set."""
-
-    fail = False
-
-    def bind(self, view):
-        super().bind(view)
-        push_many = self.blocks_cached
-
-        def blocks_cached(ids):
-            if self.fail:
-                raise RuntimeError("blocks_cached failed (a policy bug)")
-            push_many(ids)
-
-        self.blocks_cached = blocks_cached
 
 
 def test_an_import_whose_release_hook_raises_is_taken_back_with_its_error(
