@@ -21,15 +21,6 @@ TINY = ["sim", "--workload", "swe", "--sessions", "3", "--scale", "0.05", "--arr
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def no_run(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("simulated before the arguments were checked")
-
-    monkeypatch.setattr(sim_cli, "compare", refuse)
-    monkeypatch.setattr(sim_cli, "_load", refuse)
-
-
 def _refused(args, capsys) -> str:
     assert main(TINY + args) == 2
     err = capsys.readouterr().err

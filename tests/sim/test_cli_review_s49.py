@@ -20,15 +20,6 @@ TINY = ["sim", "--workload", "swe", "--sessions", "3", "--scale", "0.05", "--arr
         "--kv-memory", "1G", "--quiet", "--jobs", "1"]
 
 
-@pytest.fixture
-def no_run(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("simulated before the arguments were checked")
-
-    monkeypatch.setattr(sim_cli, "compare", refuse)
-    monkeypatch.setattr(sim_cli, "_load", refuse)
-
-
 @pytest.mark.parametrize(("args", "message"), [
     (["--host-memory", "2G", "--policy", "lru,lru+host"],
      "--policy names 'lru' and 'lru+host', the same run (1,024 host blocks each): "
