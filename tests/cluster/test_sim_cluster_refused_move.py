@@ -17,15 +17,7 @@ import pytest
 from kvsaga.routing import KvsagaRouter, RoutingConfig
 from kvsaga.sim.cluster import _GPU, RETRY_AFTER_S, ClusterSimulator
 from kvsaga.sim.config import SimConfig
-from kvsaga.sim.trace import Session, SharedPrefix, Step
-
-
-def _session(sid, arrival, group, steps):
-    st = [Step(i, o, "t", pause) for i, o, pause in steps]
-    st[-1] = Step(st[-1].input_tokens, st[-1].output_tokens, None, 0.0)
-    return Session(id=sid, workflow="w", arrival_s=arrival,
-                   shared_prefix=SharedPrefix(group, 0), steps=tuple(st))
-
+from tests.cluster.sim_sessions import session as _session
 
 # Two GPUs of 320 blocks. S, D, S2 and S3 share a prefix group, so they all go to gpu1 (B's
 # big step landed first on gpu0); when S's tool returns, gpu1 has steps waiting and gpu0 is

@@ -20,8 +20,8 @@ from kvsaga.routing import RoutingConfig
 from kvsaga.sim.cluster import ClusterSimulator, simulate_cluster
 from kvsaga.sim.cluster_reports import LaggingReports, report_phase
 from kvsaga.sim.config import SimConfig
-from kvsaga.sim.trace import Session, SharedPrefix, Step
 from kvsaga.sim.workloads import WORKLOADS, generate
+from tests.cluster.sim_sessions import session as _session
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,13 +145,6 @@ def test_a_report_copies_the_sessions_tokens():
     sim.run()
     for g in sim.gpus.active:
         assert type(g.routing_stats().session_tokens) is dict
-
-
-def _session(sid, arrival, group, steps):
-    st = [Step(i, o, "t", pause) for i, o, pause in steps]
-    st[-1] = Step(st[-1].input_tokens, st[-1].output_tokens, None, 0.0)
-    return Session(id=sid, workflow="w", arrival_s=arrival,
-                   shared_prefix=SharedPrefix(group, 0), steps=tuple(st))
 
 
 # Two GPUs of 320 blocks. D, S2, S3 and S share a prefix group on gpu0. gpu1's report
