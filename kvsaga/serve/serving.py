@@ -27,7 +27,7 @@ from kvsaga.errors import InvalidRequest
 from kvsaga.serve.async_engine import AsyncEngine, EngineStopped, RequestHandle
 from kvsaga.serve.errors import APIError, stopped_error
 from kvsaga.serve.metrics import ServerMetrics
-from kvsaga.serve.protocol import _Common, new_id
+from kvsaga.serve.protocol import ChatCompletionRequest, CompletionRequest, _Common, new_id
 from kvsaga.serve.run import ClosingStream, Run, abort_on_disconnect
 from kvsaga.serve.sessions import SessionContext, SessionRegistry, resolve_session_id, tenant_salt
 from kvsaga.serve.settings import ServerSettings
@@ -89,16 +89,20 @@ class Serving:
     # -- preparing ------------------------------------------------------------------------
     def _params(self, body: _Common, num_prompt: int, requested: int | None) -> SamplingParams:
         s = self.settings
-        # The field the client used (chat takes either; max_completion_tokens wins).
+        # The field the client used (chat takes either; max_completion_tokens wins). The
+        # request's class decides, never attribute presence: the models keep unknown fields
+        # as attributes (extra="allow"), so a completions body with a stray
+        # `max_completion_tokens` would otherwise name a field the server ignores.
+        chat = isinstance(body, ChatCompletionRequest)
         asked = ("max_completion_tokens"
-                 if getattr(body, "max_completion_tokens", None) is not None else "max_tokens")
+                 if chat and body.max_completion_tokens is not None else "max_tokens")
         room = self.max_model_len - num_prompt
         if room < 1:
             raise APIError(
                 400,
                 f"the prompt has {num_prompt} tokens; this model's context is "
                 f"{self.max_model_len} tokens, which leaves no room to generate",
-                param="messages" if hasattr(body, "messages") else "prompt",
+                param="messages" if chat else "prompt",
                 code="context_length_exceeded",
             )
         if requested is not None:
@@ -140,13 +144,17 @@ class Serving:
         """400 for fields set to values the engine cannot honour, before anything happens."""
         if body.n != 1:
             raise APIError(400, f"n={body.n}: only n=1 is supported", param="n")
-        if getattr(body, "echo", False) and body.num_top_logprobs() is not None:
+        # By class, not attribute (see `_params`): on chat `echo` is an unknown field,
+        # accepted and ignored, and `unenforced_tool_choice` a client's value, not a method.
+        echo = isinstance(body, CompletionRequest) and body.echo
+        if echo and body.num_top_logprobs() is not None:
             raise APIError(400, "echo with logprobs is not supported (prompt logprobs are not "
                            "computed)", param="echo")
         refused = body.refused_field()
         if refused is not None:
             raise APIError(400, refused[1], param=refused[0])
-        choice = getattr(body, "unenforced_tool_choice", lambda: None)()
+        choice = (body.unenforced_tool_choice()
+                  if isinstance(body, ChatCompletionRequest) else None)
         if choice is not None and choice not in _WARNED_TOOL_CHOICES \
                 and len(_WARNED_TOOL_CHOICES) < 32:  # bounded: clients choose the values
             _WARNED_TOOL_CHOICES.add(choice)
@@ -209,7 +217,7 @@ class Serving:
                                         last_step)
         run = Run(self, handle, ids, prompt.text, ctx, engine_sid, last_step, arrival, chat,
                   rid, sid)
-        if getattr(body, "echo", False):
+        if isinstance(body, CompletionRequest) and body.echo:
             run.echo = prompt.text if prompt.text is not None else (
                 self.sessions.tokenizer.decode(ids, skip_special_tokens=False))
         headers = {"X-Session-ID": sid} if sid else None
