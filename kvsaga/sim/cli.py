@@ -44,6 +44,8 @@ from kvsaga.sim.trace import Session, TraceError, load_trace
 from kvsaga.sim.workloads import WORKLOADS, generate
 
 SWEEP_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
+# The generation flags' defaults: with --trace a flag set otherwise gets an "ignored" note.
+GENERATE = {"workload": "swe", "sessions": 200, "seed": 1, "scale": 1.0, "arrival_rate": None}
 DEFAULT_SLO_FACTOR = 3.0
 # A --trace whose first arrival is past this share of a row's makespan, and past this many
 # of its mean gaps between arrivals, gets a note: the makespan runs from t=0 of the trace
@@ -81,21 +83,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "sim", help="compare eviction policies on a simulated GPU",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workload", default="swe",
+    p.add_argument("--workload", default=GENERATE["workload"],
                    help=f"workload family: {', '.join(sorted(WORKLOADS))} (default: swe)")
-    p.add_argument("--sessions", type=positive_type(int), default=200,
+    p.add_argument("--sessions", type=positive_type(int), default=GENERATE["sessions"],
                    help="sessions to generate (default: 200)")
-    p.add_argument("--seed", type=seed_type, default=1, help="trace seed, an integer >= 0 "
-                   "(default: 1)")
-    p.add_argument("--scale", type=positive_type(float), default=1.0,
+    p.add_argument("--seed", type=seed_type, default=GENERATE["seed"],
+                   help="trace seed, an integer >= 0 (default: 1)")
+    p.add_argument("--scale", type=positive_type(float), default=GENERATE["scale"],
                    help="multiply token counts and tool times (e.g. 0.1 for a quick run; "
                    "default: 1)")
-    p.add_argument("--arrival-rate", type=positive_type(float), default=None,
+    p.add_argument("--arrival-rate", type=positive_type(float), default=GENERATE["arrival_rate"],
                    help="sessions per second (default: the family's)")
     p.add_argument("--trace", default=None,
                    help="replay this JSON Lines trace instead (--workload, --sessions, "
-                   "--seed, --scale and --arrival-rate then do not apply; the --json config "
-                   "records them as null)")
+                   "--seed, --scale and --arrival-rate then do not apply: a note names those "
+                   "given; the --json config records them as null)")
     default_policies = list(dict.fromkeys(("lru", "saga", "ttl", "graph", DEFAULT_POLICY,
                                            "belady")))
     p.add_argument("--policy", default=",".join(default_policies),
@@ -364,6 +366,10 @@ def cmd_sim(args) -> int:
     except ValueError as e:
         print(f"kvsaga sim: error: {e}", file=sys.stderr)
         return 2
+    ignored = [f"--{k.replace('_', '-')}" for k, v in GENERATE.items() if getattr(args, k) != v]
+    if args.trace is not None and ignored:  # (silent before session 50, an unknown --workload too)
+        print(f"kvsaga sim: {' and '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not "
+              "apply with --trace (the trace is replayed as it is): ignored", file=sys.stderr)
     if args.gpus > 1 or args.router is not None:
         ignored = [flag for flag, given in (("--jobs", args.jobs is not None),
                                              ("--slo-factor",
@@ -399,7 +405,7 @@ def cmd_sim(args) -> int:
                        schedulers=schedulers, jobs=jobs)
         sweep: list[dict] = []
         if args.plot is not None:
-            sweep = _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs)
+            sweep = _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs, rows)
         _write_files(args, sessions, base, schedulers, rows, sweep)
     except (ValueError, OSError, TraceError) as e:
         print(f"kvsaga sim: error: {e}", file=sys.stderr)
@@ -470,7 +476,11 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
-def _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs) -> list[dict]:
+def _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs,
+           table: list[dict]) -> list[dict]:
+    """--plot's rows: `compare` at each of `SWEEP_FACTORS` x the KV capacity that the
+    longest session and each tenant's share fit, with `kv_gib`; at 1x, copies of the
+    table's rows (`table`, the same simulations: before session 50 they ran again)."""
     base = _base_config(args, args.kv_memory)
     cost = base.cost
     kv_gib = base.blocks() * cost.block_bytes / GIB
@@ -483,6 +493,9 @@ def _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs) -> lis
         config = _base_config(args, gib * GIB)
         if tenant_share_misfit(sessions, config) is not None:
             continue  # nor a tenant's longest on its share (its slowdown's denominator)
+        if config.blocks() == base.blocks():  # what the table ran
+            rows += [dict(row, kv_gib=gib) for row in table]
+            continue
         for row in compare(sessions, config, specs,
                            host_memory_bytes=host_bytes, progress=progress,
                            schedulers=schedulers, jobs=jobs):

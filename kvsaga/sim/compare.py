@@ -103,7 +103,7 @@ def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str
     The Belady reference for each scheduler and host setting is run once, added if not
     requested. With several tenants in the trace each row also gets `tenants` (per tenant:
     tasks, mean TCT and `slowdown`, its TCT over the same tenant's trace alone on 1/k of
-    the GPU under the same scheduler and policy; `tenant_slowdowns`) and
+    the GPU under the same scheduler and policy; `add_tenant_slowdowns`) and
     `afs_max_slowdown_ratio` (largest tenant slowdown over the smallest).
 
     Args:
@@ -113,8 +113,10 @@ def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str
         host_memory_bytes: host tier size for `+host` specs.
         progress: progress bars (one per simulation; one over the simulations with jobs).
         schedulers: scheduler names (default: `base.scheduler` alone).
-        jobs: simulations run at once, in worker processes (1: one after another here).
-            Each simulation is deterministic, so the rows do not depend on it.
+        jobs: simulations run at once, in worker processes (1: one after another here),
+            the tenants' alone runs among them (`run_tasks`: a log line each; before
+            session 50 those ran here, one after another, unlogged). Each simulation is
+            deterministic, so the rows do not depend on it.
 
     Returns:
         Dicts of `SimResult.to_dict()` + `policy` (the spec) + `belady_ratio`.
@@ -146,13 +148,26 @@ def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str
             if host not in refs:
                 refs[host] = index("belady", dataclasses.replace(cfg, policy="belady"))
             plan.append((spec, cfg, sims[spec], refs[host]))
-    if len({tenant_key(s.tenant) for s in sessions}) > 1:  # before any simulation
-        for _, cfg in todo:
+    by_tenant = sessions_by_tenant(sessions)
+    tasks = [(sessions, cfg, label) for label, cfg in todo]
+    alone: list[dict[str, int]] = []  # per row: tenant -> the task of its alone run
+    if len(by_tenant) > 1:  # as SimResult counts them
+        for _, cfg in todo:  # before any simulation
             problem = tenant_share_misfit(sessions, cfg)
             if problem is not None:
                 raise ValueError(problem)
-    done = run_many(sessions, [c for _, c in todo], jobs=jobs, progress=progress,
-                    labels=[label for label, _ in todo])
+        # Each row's tenants alone on 1/k of the GPU (`add_tenant_slowdowns`' runs), in the
+        # same pool, bar and log as the rest; a row whose config another's repeats shares them.
+        k = len(by_tenant)
+        of_sim: dict[int, dict[str, int]] = {}
+        for spec, cfg, sim, _ in plan:
+            if sim not in of_sim:
+                share = tenant_share(cfg, k)
+                of_sim[sim] = {t: len(tasks) + i for i, t in enumerate(by_tenant)}
+                tasks += [(own, share, f"{spec} alone, tenant {t!r} on 1/{k} of the GPU")
+                          for t, own in by_tenant.items()]
+            alone.append(of_sim[sim])
+    done = run_tasks(tasks, jobs=jobs, progress=progress)
     rows = []
     for spec, _, sim, ref in plan:
         row = dict(done[sim], policy=spec)
@@ -160,10 +175,11 @@ def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str
         mine = row["recomputed_tokens"]
         row["belady_ratio"] = (mine / ref_tokens if ref_tokens
                                else (1.0 if mine == 0 else math.nan))
+        if alone:  # (rows of one simulation share its dicts: each gets its own)
+            row["tenants"] = {t: dict(e) for t, e in row["tenants"].items()}
+            set_tenant_slowdowns(row, {t: done[i]["tct_mean_s"]
+                                       for t, i in alone[len(rows)].items()})
         rows.append(row)
-    if len({tenant_key(s.tenant) for s in sessions}) > 1:  # as SimResult counts them
-        for row, (_, cfg, _, _) in zip(rows, plan, strict=True):
-            add_tenant_slowdowns(row, sessions, cfg, progress)
     return rows
 
 
@@ -191,23 +207,38 @@ def run_many(sessions: Sequence[Session], configs: Sequence[SimConfig], jobs: in
     Raises:
         ValueError: `jobs` is not an integer >= 1.
     """
+    names = list(labels) if labels is not None else [c.policy for c in configs]
+    return run_tasks([(sessions, cfg, name) for cfg, name in zip(configs, names, strict=True)],
+                     jobs=jobs, progress=progress)
+
+
+def run_tasks(tasks: Sequence[tuple[Sequence[Session], SimConfig, str]], jobs: int = 1,
+              progress: bool = False) -> list[dict]:
+    """`run_many` over simulations of their own sessions: `simulate(sessions,
+    config).to_dict()` for each (sessions, config, log label) task, in order, `jobs` at a
+    time, with one bar over them (jobs > 1) and a log line for each as it ends.
+
+    Raises:
+        ValueError: `jobs` is not an integer >= 1.
+    """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
-    out: list[dict | None] = [None] * len(configs)
-    names = list(labels) if labels is not None else [c.policy for c in configs]
-    if jobs == 1 or len(configs) < 2:
-        for i, cfg in enumerate(configs):
+    out: list[dict | None] = [None] * len(tasks)
+    if jobs == 1 or len(tasks) < 2:
+        for i, (sessions, cfg, name) in enumerate(tasks):
             out[i], dt = _simulate(sessions, cfg, progress)
-            _log_done(names[i], cfg, len(sessions), dt)
+            _log_done(name, cfg, len(sessions), dt)
         return out
-    with worker_pool(min(jobs, len(configs))) as pool, tqdm(
-            total=len(configs), disable=not progress, unit="sim",
-            desc=f"{len(configs)} simulations, {jobs} jobs") as bar:
-        futures = {pool.submit(_simulate, sessions, cfg): i for i, cfg in enumerate(configs)}
+    with worker_pool(min(jobs, len(tasks))) as pool, tqdm(
+            total=len(tasks), disable=not progress, unit="sim",
+            desc=f"{len(tasks)} simulations, {jobs} jobs") as bar:
+        futures = {pool.submit(_simulate, sessions, cfg): i
+                   for i, (sessions, cfg, _) in enumerate(tasks)}
         for fut in as_completed(futures):
             i = futures[fut]
             out[i], dt = fut.result()
-            _log_done(names[i], configs[i], len(sessions), dt)
+            sessions, cfg, name = tasks[i]
+            _log_done(name, cfg, len(sessions), dt)
             bar.update(1)
     return out
 
@@ -234,14 +265,20 @@ def tenant_share(config: SimConfig, k: int) -> SimConfig:
                                host_memory_bytes=None)
 
 
+def sessions_by_tenant(sessions: Sequence[Session]) -> dict[str, list[Session]]:
+    """The trace's sessions per tenant (`tenant_key`), tenants in order of first session."""
+    by_tenant: dict[str, list[Session]] = {}
+    for s in sessions:
+        by_tenant.setdefault(tenant_key(s.tenant), []).append(s)
+    return by_tenant
+
+
 def tenant_share_misfit(sessions: Sequence[Session], config: SimConfig) -> str | None:
     """Why the trace's tenants cannot each run alone on 1/k of the GPU (`tenant_share`, the
     denominators of `add_tenant_slowdowns`): the first tenant, in name order, whose longest
     session needs more KV blocks than `config.blocks() // k`; None when every one fits (or
     the trace has one tenant)."""
-    by_tenant: dict[str, list[Session]] = {}
-    for s in sessions:
-        by_tenant.setdefault(tenant_key(s.tenant), []).append(s)
+    by_tenant = sessions_by_tenant(sessions)
     k = len(by_tenant)
     if k < 2:
         return None
@@ -277,17 +314,24 @@ def add_tenant_slowdowns(row: dict, sessions: Sequence[Session], config: SimConf
     problem = tenant_share_misfit(sessions, config)
     if problem is not None:
         raise ValueError(problem)
-    by_tenant: dict[str, list[Session]] = {}
-    for s in sessions:
-        by_tenant.setdefault(tenant_key(s.tenant), []).append(s)
+    by_tenant = sessions_by_tenant(sessions)
     share = tenant_share(config, len(by_tenant))
-    for t, own in by_tenant.items():
-        tct_alone = (simulate(own, share, progress=progress).tct_mean_s if alone is None
-                     else alone(own, share))
-        entry = row["tenants"][t]
-        entry["tct_alone_s"] = tct_alone
-        entry["slowdown"] = entry["tct_mean_s"] / tct_alone
-    slow = [e["slowdown"] for e in row["tenants"].values()]
+    set_tenant_slowdowns(row, {
+        t: (simulate(own, share, progress=progress).tct_mean_s if alone is None
+            else alone(own, share))
+        for t, own in by_tenant.items()})
+
+
+def set_tenant_slowdowns(row: dict, tct_alone: dict[str, float]) -> None:
+    """`add_tenant_slowdowns`' end: each tenant's `tct_alone_s` (its mean TCT alone on 1/k
+    of the GPU, from `tct_alone`) and `slowdown` in `row["tenants"]`, and
+    `afs_max_slowdown_ratio`."""
+    tenants = row["tenants"]
+    for t, tct in tct_alone.items():
+        entry = tenants[t]
+        entry["tct_alone_s"] = tct
+        entry["slowdown"] = entry["tct_mean_s"] / tct
+    slow = [e["slowdown"] for e in tenants.values()]
     row["afs_max_slowdown_ratio"] = max(slow) / min(slow)
 
 
