@@ -58,6 +58,9 @@ class EngineStopped(RuntimeError):
 
 
 SHUTTING_DOWN = "the server is shutting down"
+# How long a metrics scrape or the status line waits for the engine thread to take a fresh
+# snapshot (`AsyncEngine.fresh_snapshot`) before it reads the last one.
+SNAPSHOT_WAIT_S = 2.0
 
 
 class _Stream:
@@ -103,9 +106,12 @@ class AsyncEngine:
             self.engine = None
             self._factory = engine_or_factory
         self.load_error: BaseException | None = None
-        # What the metrics endpoint reads: `engine.stats()` copied on the engine thread after
-        # each step; None until the engine has loaded.
+        # What the metrics endpoint and the status line read: `engine.stats()` copied on the
+        # engine thread once it has loaded (None until then) and again for each reader that
+        # asks (`fresh_snapshot`), never per step: `stats()` counts the manager's sessions,
+        # paused ones included, which cost every step up to milliseconds (review s50).
         self.snapshot: EngineStats | None = None
+        self._refresh: concurrent.futures.Future[None] | None = None  # the one in flight
         self.num_in_flight = 0  # requests submitted and not yet finished (event-loop side)
         # Seconds the engine thread has spent in `engine.step()` (its accumulated work, which
         # a Ray replica reports for routing: `ReplicaStats.busy_s`); engine thread only.
@@ -354,7 +360,6 @@ class AsyncEngine:
                     engine.tick()
                 if governor is not None:  # after a step or an idle wait: windows of 1-1.5 s
                     governor.poll()
-                self._publish(engine)
         except BaseException as e:  # a bug outside a step (tick, stats): the thread is done
             log.exception("the engine thread failed; stopping it")
             reason = f"the engine thread failed: {type(e).__name__}"
@@ -363,6 +368,10 @@ class AsyncEngine:
             # that no step would ever serve.
             self._close(reason)
             self._fail_all(engine, EngineStopped(reason))
+            # The figures it stopped with, for a scrape after the stop (`fresh_snapshot`
+            # takes no new one then); a failing `stats()` leaves the last one.
+            with contextlib.suppress(Exception):
+                self._publish(engine)
 
     def _wait_for_admission(self, engine: LLMEngine) -> None:
         """After a step that scheduled nothing (requests wait for admission, none runs),
@@ -446,6 +455,26 @@ class AsyncEngine:
 
     def _publish(self, engine: LLMEngine) -> None:
         self.snapshot = engine.stats()
+
+    async def fresh_snapshot(self, wait_s: float = SNAPSHOT_WAIT_S) -> EngineStats | None:
+        """`snapshot`, first taken anew on the engine thread (between steps: it waits for
+        the step under way), so that it is exact when read. Readers at the same time share
+        one command. The last snapshot where that takes over `wait_s` (a step that hangs),
+        or the engine has not loaded or has stopped."""
+        if self.snapshot is None or self.stopped:
+            return self.snapshot
+        pending = self._refresh
+        if pending is None or pending.done():
+            pending = self._refresh = self._submit(self._publish)
+            pending.add_done_callback(_log_failure)
+        waiter = asyncio.wrap_future(pending)
+        waiter.add_done_callback(_retrieved)
+        # A failure of `stats()` itself is logged (`_log_failure`): the last one is read.
+        with contextlib.suppress(Exception):
+            # The shield keeps a reader's cancel or timeout from cancelling the command
+            # that the other readers wait on.
+            await asyncio.wait_for(asyncio.shield(waiter), wait_s)
+        return self.snapshot
 
 
 def _log_failure(fut: concurrent.futures.Future) -> None:

@@ -1,8 +1,9 @@
 """Prometheus metrics of kvsaga-serve, in a registry of their own (one per app, so tests can
 build several apps in one process).
 
-Cache and queue figures are read at scrape time from the snapshot that the engine thread
-publishes after each step (the manager itself is never touched from the scrape thread);
+Cache and queue figures are read from the snapshot that the engine thread takes for each
+scrape (`scrape`: between steps, so exact when read; the manager itself is never touched
+from the scrape thread);
 latency histograms are observed by the request handlers. Every series carries the
 `model_name` label, as vLLM's do.
 
@@ -247,6 +248,7 @@ class ServerMetrics:
     """
 
     def __init__(self, engine: AsyncEngine, model_name: str, compat: str | None = None) -> None:
+        self.engine = engine
         self.registry = CollectorRegistry(auto_describe=True)
         self.counts = TokenCounts()
         self.registry.register(_EngineCollector(engine, model_name, compat, self.counts))
@@ -272,4 +274,10 @@ class ServerMetrics:
         self.counts.ended[reason] += 1
 
     def render(self) -> bytes:
+        """The exposition text from the engine's last snapshot (`scrape` takes a new one)."""
         return generate_latest(self.registry)
+
+    async def scrape(self) -> bytes:
+        """The exposition text, the engine figures taken now (`AsyncEngine.fresh_snapshot`)."""
+        await self.engine.fresh_snapshot()
+        return self.render()

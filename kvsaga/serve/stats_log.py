@@ -1,8 +1,9 @@
 """The periodic status line of kvsaga-serve, in the spirit of vLLM's: throughput, batch and
 queue, KV usage, prefix-cache hit rate and paused sessions over the last interval.
 
-It reads the same snapshot and counters as /metrics, and stays silent while the server is
-idle (nothing ran, nothing waits, no token moved), so an idle server's log does not grow.
+It reads the same snapshot (taken anew for each line) and counters as /metrics, and stays
+silent while the server is idle (nothing ran, nothing waits, no token moved), so an idle
+server's log does not grow.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class StatsLogger:
     """Formats one line per interval from the change since the previous one.
 
     Args:
-        engine: whose published snapshot is read.
+        engine: whose snapshot is read (`run` takes a fresh one for each line).
         counts: the handlers' token counts.
         clock: monotonic seconds (a test hook).
     """
@@ -60,6 +61,7 @@ class StatsLogger:
         """Log a line every `interval_s` seconds (until cancelled)."""
         while True:
             await asyncio.sleep(interval_s)
+            await self.engine.fresh_snapshot()
             text = self.line()
             if text is not None:
                 log.info("%s", text)

@@ -132,7 +132,7 @@ def test_a_replica_answers_metrics_before_its_model_has_loaded():
 
     replica._start = loading
     replica.app = mock.Mock()
-    replica.app.state.server.metrics.render.return_value = b"# metrics\n"
+    replica.app.state.server.metrics.scrape = mock.AsyncMock(return_value=b"# metrics\n")
     text = asyncio.run(asyncio.wait_for(replica.metrics({"pin": "r1"}), 5))
     assert text == "# metrics\n"
 

@@ -64,23 +64,29 @@ def test_status_line_reports_the_interval_and_stays_quiet_when_idle(server: Live
                                                                     client: openai.OpenAI):
     server.wait_idle()
     now = [0.0]
-    logger = StatsLogger(server.app.state.engine, server.app.state.server.metrics.counts,
+    aengine = server.app.state.engine
+    logger = StatsLogger(aengine, server.app.state.server.metrics.counts,
                          clock=lambda: now[0])
+
+    def line() -> str | None:  # as `StatsLogger.run` reads it: from a fresh snapshot
+        server.call(aengine._publish)
+        return logger.line()
+
     now[0] = 10.0
-    logger.line()  # absorbs whatever earlier tests did
+    line()  # absorbs whatever earlier tests did
     now[0] = 20.0
-    assert logger.line() is None  # idle: nothing to say
+    assert line() is None  # idle: nothing to say
     prompt = "the same prompt, twice over, to hit the prefix cache on the second request"
     for _ in range(2):
         client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0,
                                   extra_body={"ignore_eos": True})
     server.wait_idle()
     now[0] = 30.0
-    line = logger.line()
-    assert line is not None
-    assert "generation throughput 1.0 tokens/s" in line  # 10 tokens in 10 s
-    assert "running 0 reqs, waiting 0 reqs" in line
-    rate = float(line.split("prefix cache hit rate ")[1].split("%")[0])
+    text = line()
+    assert text is not None
+    assert "generation throughput 1.0 tokens/s" in text  # 10 tokens in 10 s
+    assert "running 0 reqs, waiting 0 reqs" in text
+    rate = float(text.split("prefix cache hit rate ")[1].split("%")[0])
     assert 0 < rate < 100
 
 
@@ -181,8 +187,7 @@ def test_request_success_counts_every_end_by_finished_reason(tiny_dir: Path):
 
 async def _scrape(aengine, client) -> tuple[dict, object]:
     """The /metrics families and the manager's stats, read after a command on the engine
-    thread: the thread publishes what /metrics reads after each step, and runs commands
-    before the next, so the figures of every step before the command are published."""
+    thread (a scrape takes its figures on the engine thread, between steps)."""
     st = await aengine.call(lambda e: e.manager.stats())
     text = (await client.get("/metrics")).text
     return {f.name: f for f in text_string_to_metric_families(text)}, st
@@ -239,17 +244,13 @@ def test_queue_figures_count_the_waiting_requests(tiny_dir: Path):
             tasks = [asyncio.create_task(client.post("/v1/completions", json=body))
                      for _ in range(n)]
             await _until(lambda: aengine.num_in_flight == n, "queued the requests")
-            # After the adds, before any step: publish their figures and hold again.
-            aengine.post(aengine._publish)
-            again = _Hold(aengine)
+            # The scrape's snapshot is taken after the adds, before any step (commands run
+            # in order, all of them before the next step).
+            scrape = asyncio.create_task(client.get("/metrics"))
+            await _until(lambda: aengine._commands.qsize() == n + 1, "queued the scrape")
         finally:
             hold.release.set()
-        try:
-            await again.wait()
-            fams = {f.name: f for f in text_string_to_metric_families(
-                (await client.get("/metrics")).text)}
-        finally:
-            again.release.set()
+        fams = {f.name: f for f in text_string_to_metric_families((await scrape).text)}
         for prefix in ("kvsaga", "vllm"):
             assert _value(fams, f"{prefix}:num_requests_waiting") == n
             assert _value(fams, f"{prefix}:num_requests_running") == 0

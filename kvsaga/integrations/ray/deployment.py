@@ -265,7 +265,7 @@ class EngineReplica(SessionHandover):
         a scrape waited for the load (up to `_LOAD_TIMEOUT_S`)."""
         if call.get("pin") != self.replica_id:
             return None
-        return self.app.state.server.metrics.render().decode()
+        return (await self.app.state.server.metrics.scrape()).decode()
 
     async def cache_state(self, call: dict) -> dict | None:
         """Blocks referenced and sessions held, after an integrity check (for tests and

@@ -46,5 +46,5 @@ async def model(request: Request, model_id: str) -> dict:
 
 @router.get("/metrics")
 async def prometheus(request: Request) -> Response:
-    return Response(server_state(request).metrics.render(),
+    return Response(await server_state(request).metrics.scrape(),
                     media_type="text/plain; version=0.0.4; charset=utf-8")
