@@ -3,14 +3,16 @@ the engine says about a session between steps. `finish_step` pauses it (its bloc
 cached and evictable), `pause_hint` names what a paused session waits on after the fact,
 `resume_hint` / `resume_withdrawn` announce its next step or take that back, `preempt` takes
 a running step's blocks back, and `end_session` forgets it. Each tells the policy first and
-changes nothing when the policy raises. Split from kvsaga/manager.py by concept.
+changes nothing when that hook raises. A release's pool hook (`blocks_cached`) raising after
+it is not taken back but completed: the call's change stands, less the blocks the policy was
+not told of, which are dropped (`_release_table`). Split from kvsaga/manager.py by concept.
 """
 
 from __future__ import annotations
 
 from kvsaga._validate import check_bool
 from kvsaga.errors import InvalidRequest
-from kvsaga.pool import CACHED
+from kvsaga.pool import CACHED, _NullObserver
 from kvsaga.session import PauseHint, Session, SessionState
 
 
@@ -35,6 +37,11 @@ class SessionSignals:
             last_step: no step follows; same as `end_session` after this call.
         Raises:
             InvalidRequest: bad hint values, or the session has no open step.
+
+        A raising policy hook propagates: `step_finished` changes nothing (the step stays
+        open); the release's `blocks_cached` (told after it) leaves the session paused, the
+        policy told of the pause, and the blocks that release cached dropped (freed and
+        unindexed: the policy never saw them), so its next step computes them again.
         """
         s = self._running(session_id)
         hinted = self._hint(session_id, now, tool, expected_s, last_step)
@@ -139,28 +146,79 @@ class SessionSignals:
         except BaseException:  # first: nothing else changed yet
             self._changes -= 1
             raise
-        if s.state is SessionState.RUNNING:
-            self._release_table(s, keep_tail=False)
-        elif s.tail is not None:
-            b, gen, _ = s.tail
-            if self.pool.state[b] == CACHED and self.pool.generation[b] == gen:
-                self._drop(b)
-        owner = self.block_owner
-        for blocks in (s.block_ids, self._left_owned.pop(session_id, ())):
-            for b in blocks:
-                if owner[b] == session_id:
-                    owner[b] = None
-        del self.sessions[session_id]
+        # The policy was told the end: a pool hook raising below (the release's
+        # `blocks_cached`, the tail's eviction) still leaves the session ended, then raises.
+        try:
+            if s.state is SessionState.RUNNING:
+                self._release_table(s, keep_tail=False)
+            elif s.tail is not None:
+                b, gen, _ = s.tail
+                if self.pool.state[b] == CACHED and self.pool.generation[b] == gen:
+                    self._drop(b)
+        finally:
+            owner = self.block_owner
+            for blocks in (s.block_ids, self._left_owned.pop(session_id, ())):
+                for b in blocks:
+                    if owner[b] == session_id:
+                        owner[b] = None
+            del self.sessions[session_id]
 
     def _release_table(self, s: Session, keep_tail: bool) -> None:
-        """Drop the step's references, tail first, so that policies see tails go first."""
+        """Drop the step's references, tail first, so that policies see tails go first.
+
+        When the pool's `blocks_cached` hook raises (the pool has released every block;
+        the policy was told of none: `PoolObserver`), the release is completed
+        consistently rather than taken back: the blocks it cached are dropped as unseen
+        (`_drop_released`) and the error propagates. Taking it back would need the policy
+        to forget the `step_finished` (or `session_ended`) it was told before, which no
+        hook can say."""
         pool = self.pool
         table = s.block_ids
         partial = s.num_computed % self.block_size
         tail = table[-1] if partial and keep_tail else -1
-        pool.release_many(table[::-1], keep_unhashed=tail)
+        try:
+            pool.release_many(table[::-1], keep_unhashed=tail)
+        except BaseException:
+            self._drop_released(s)
+            raise
         s.tail = None
         if tail >= 0 and pool.state[tail] == CACHED:
             s.tail = (tail, pool.generation[tail], partial)
         if not keep_tail:  # the partial tail's tokens lost their slots with it
             s.num_computed -= s.num_computed % self.block_size
+
+    def _drop_released(self, s: Session) -> None:
+        """After a release of `s`'s table whose `blocks_cached` hook raised: free and
+        unindex, without telling the policy, the blocks that release cached (the policy
+        never saw them cached; told of their eviction, LRU's queue would unlink blocks it
+        never linked), as an eviction would, and cut `s`'s table before the first of them
+        (its computed tokens with it; its retained tail is gone). The session's next step
+        computes them again. Blocks other running steps still hold stay as they are (one
+        `s` owns and no longer lists is remembered for `end_session`). Before this, the
+        blocks stayed CACHED unknown to the policy, and every resume of `s` raised in the
+        hit's `blocks_uncached` until the session was ended (review s50 hooks, item 2)."""
+        pool, owner, table = self.pool, self.block_owner, s.block_ids
+        state = pool.state
+        gone = [b for b in table if state[b] == CACHED]
+        s.tail = None
+        if not gone:
+            return
+        self._changes += 1
+        self._note_evicted(None)  # a change the eviction journal does not account for
+        block_hash, index_remove = pool.block_hash, self.index.remove
+        for b in gone:
+            h = block_hash[b]
+            if h is not None:
+                index_remove(h)
+        told = pool.observer
+        pool.observer = _NullObserver()
+        try:
+            pool.evict_many(gone)
+        finally:
+            pool.observer = told
+        for b in gone:
+            owner[b] = None
+        cut = table.index(gone[0])
+        self._note_left(s, table, table[:cut])
+        del table[cut:]
+        s.num_computed = min(s.num_computed, cut * self.block_size)
