@@ -104,11 +104,35 @@ def _as_bool(what: str, x) -> bool:
     raise ValueError(f"{what} must be a bool (true/false), got {x!r}")
 
 
-def _fan_out(calls: list) -> Callable[[object], None]:
-    """One call that makes each of `calls` with the same argument."""
+def _fan_out_undone(calls: list, undos: list) -> Callable[[object], None]:
+    """One call that makes each of `calls` with the same argument (the pool's calls to
+    every member that tracks blocks), all or nothing (`PoolObserver`: a raising pool hook
+    has changed nothing): when `calls[j]` raises, `undos[0..j-1]` (each the opposite hook
+    of its call) take back what the calls before it did, last first, and the error
+    propagates (an undo that raises too stops and adds a note). Undoing a call that
+    uncached blocks caches them again: a recency order (lru's, the grouped experts' plain
+    queue) then has them at its newest end, not where they were (an ended session's dead
+    block comes back as plain cache), so the eviction order after the failed call can
+    differ; no block is lost or told twice, and undoing a `blocks_cached` is exact (review
+    s50 hooks, item 3: an exact undo of an uncaching needs a queue that relinks a block
+    where it was, in both cores). One call is itself, with nothing around it."""
+    if len(calls) == 1:
+        return calls[0]
+
     def call(arg) -> None:
-        for f in calls:
-            f(arg)
+        done = 0
+        try:
+            for f in calls:
+                f(arg)
+                done += 1
+        except BaseException as e:
+            for u in reversed(undos[:done]):
+                try:
+                    u(arg)
+                except Exception as x:
+                    e.add_note(f"undoing a member policy's pool call raised too: {x!r}")
+                    break
+            raise
     return call
 
 
@@ -118,10 +142,24 @@ def _batched(policy: EvictionPolicy, one: str) -> Callable[[list[int]], None]:
     if many is not None:
         return many
     f = getattr(policy, one)
+    undo = getattr(policy, "block_uncached" if one == "block_cached" else "block_cached")
 
     def each(ids: list[int]) -> None:
-        for b in ids:
-            f(b)
+        """All or nothing, as the pool's own per-block fallback: a raise at block k undoes
+        blocks 0..k-1 with the opposite hook, last first."""
+        told = 0
+        try:
+            for b in ids:
+                f(b)
+                told += 1
+        except BaseException as e:
+            for b in reversed(ids[:told]):
+                try:
+                    undo(b)
+                except Exception as x:
+                    e.add_note(f"undoing the hook for block {b} raised too: {x!r}")
+                    break
+            raise
     return each
 
 
@@ -270,10 +308,14 @@ class AdaptivePolicy(EvictionPolicy):
             pols = [p for p in pols if p not in grouped[1:]]
         # The pool's calls go to every expert that tracks blocks, batched where it batches.
         self._followers = [p for p in pols if hasattr(p, "expect_runs")]
-        self.block_cached = _fan_out([p.block_cached for p in pols])
-        self.block_uncached = _fan_out([p.block_uncached for p in pols])
-        self.blocks_cached = _fan_out([_batched(p, "block_cached") for p in pols])
-        self.blocks_uncached = _fan_out([_batched(p, "block_uncached") for p in pols])
+        # All or nothing: a member that raises has the members before it undo theirs.
+        cached, uncached = [p.block_cached for p in pols], [p.block_uncached for p in pols]
+        self.block_cached = _fan_out_undone(cached, uncached)
+        self.block_uncached = _fan_out_undone(uncached, cached)
+        cached = [_batched(p, "block_cached") for p in pols]
+        uncached = [_batched(p, "block_uncached") for p in pols]
+        self.blocks_cached = _fan_out_undone(cached, uncached)
+        self.blocks_uncached = _fan_out_undone(uncached, cached)
 
     # -- scores ---------------------------------------------------------------------------
     def scores(self) -> dict[str, float]:

@@ -85,9 +85,11 @@ class BeladyPolicy(GroupedPolicy):
     def _ask(self, sid: str | None, b: int, now: float) -> float:
         return self.oracle.next_use(sid, self.view.block_hash[b], self._pos[b], now)
 
-    def _push(self, b: int, now: float) -> None:
+    def _push(self, b: int, now: float, nu: float | None = None) -> None:
+        """Key plain or dead block `b` by its next use `nu` (None: ask the oracle now)."""
+        if nu is None:
+            nu = self._ask(None, b, now)
         self._stamp[b] += 1
-        nu = self._ask(None, b, now)
         heap, expiry = self._heap, self._expiry
         heapq.heappush(heap, (-nu, -self._pos[b], b, self._stamp[b], now))
         if not math.isinf(nu):
@@ -114,9 +116,19 @@ class BeladyPolicy(GroupedPolicy):
                 self._push(b, now)
 
     def block_cached(self, block_id: int) -> None:
+        # A plain or dead block (as `GroupedPolicy.block_cached` files it) is keyed by the
+        # oracle, asked before anything is recorded: an oracle that raises (or answers no
+        # number) leaves the block untold, as a raising pool hook must (`PoolObserver`).
+        v = self.view
+        owner = v.block_owner[block_id]
+        if owner is not None and owner != self._ending:
+            super().block_cached(block_id)
+            return
+        nu = self.oracle.next_use(None, v.block_hash[block_id], v.block_position[block_id],
+                                  self._now)
+        nu = float(nu)  # (a heap of mixed types would raise part way through a push)
         super().block_cached(block_id)
-        if self._where[block_id] != OWNED:
-            self._push(block_id, self._now)
+        self._push(block_id, self._now, nu)
 
     def block_uncached(self, block_id: int) -> None:
         super().block_uncached(block_id)

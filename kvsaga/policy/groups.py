@@ -260,30 +260,52 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         table tail first: a run of the session's own blocks, positions falling, then the
         shared prefix's (plain cache). Each such run of a live session extends its group in
         one call, with no method call per block (the simulator releases whole contexts at
-        every step); anything else goes block by block, in order."""
+        every step); anything else goes block by block, in order.
+
+        All or nothing: a subclass's `block_cached` (belady asks its oracle) that raises
+        has recorded nothing of its block (`PoolObserver`'s rule), and the blocks of the
+        batch recorded before it are taken out again (`_untell_cached`: exactly as they
+        were, each group and queue in its old order) before the error propagates."""
         n = len(block_ids)
         if n < 2:
             for b in block_ids:
                 self.block_cached(b)  # a subclass's own, as the pool would call it
             return
         queues = type(self).block_cached is GroupedPolicy.block_cached
-        i = 0
+        i = 0  # blocks of the batch recorded so far
         view = self.view
-        for sid, k, falling in self._marks.owner_runs(block_ids, view.block_owner,
-                                                      view.block_position):
-            run = block_ids[i:i + k]
-            if sid is None or sid == self._ending:
-                if queues:
-                    self._queue_run(run, PLAIN if sid is None else DEAD)
+        try:
+            for sid, k, falling in self._marks.owner_runs(block_ids, view.block_owner,
+                                                          view.block_position):
+                if sid is None or sid == self._ending:
+                    if queues:
+                        self._queue_run(block_ids[i:i + k], PLAIN if sid is None else DEAD)
+                        i += k
+                    else:
+                        for b in block_ids[i:i + k]:
+                            self.block_cached(b)  # a subclass's own (belady keys each block)
+                            i += 1
+                elif k < 2 or not falling:
+                    for b in block_ids[i:i + k]:
+                        self.block_cached(b)
+                        i += 1
                 else:
-                    for b in run:
-                        self.block_cached(b)  # a subclass's own (belady keys each block)
-            elif k < 2 or not falling:
-                for b in run:
-                    self.block_cached(b)
-            else:
-                self._own_run(sid, run)
-            i += k
+                    self._own_run(sid, block_ids[i:i + k])
+                    i += k
+        except BaseException as e:
+            self._untell_cached(block_ids[:i], e)
+            raise
+
+    def _untell_cached(self, told: list[int], error: BaseException) -> None:
+        """Take `told` (recorded by a `blocks_cached` that then raised `error`) out again,
+        last first: each queue and group as before the batch (each block was appended or
+        placed in sorted order). An undo that raises too stops and notes it on `error`."""
+        for b in reversed(told):
+            try:
+                self.block_uncached(b)  # a subclass's own, as its `block_cached` was
+            except Exception as u:
+                error.add_note(f"undoing block_cached of block {b} raised too: {u!r}")
+                break
 
     def _queue_run(self, run: list[int], where: int) -> None:
         """`block_cached` of `run`, blocks that go to `plain` (owned by no session: a shared
