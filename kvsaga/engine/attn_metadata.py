@@ -100,10 +100,13 @@ class AttentionMetadata:
                 for pos in range(seq_len - q_len, seq_len):
                     slots.append(table[pos // block_size] * block_size + pos % block_size)
             starts.append(starts[-1] + q_len)
-        width = max((len(t) for t in block_tables), default=0)
-        tables = torch.zeros((len(block_tables), max(width, 1)), dtype=torch.int32)
-        for i, table in enumerate(block_tables):
-            tables[i, : len(table)] = torch.tensor(table, dtype=torch.int32)
+        # One tensor from one padded list of rows (not one small tensor per sequence).
+        width = max(max((len(t) for t in block_tables), default=0), 1)
+        if block_tables:
+            tables = torch.tensor([[*t] + [0] * (width - len(t)) for t in block_tables],
+                                  dtype=torch.int32)
+        else:
+            tables = torch.zeros((0, width), dtype=torch.int32)
         if logits_indices is None:
             logits_indices = [s - 1 for s in starts[1:]]
         return cls(
@@ -132,3 +135,4 @@ class AttentionMetadata:
             - self.query_start_loc[seq_of_token].long()
         )
         return first[seq_of_token] + offset
+

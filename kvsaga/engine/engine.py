@@ -37,6 +37,7 @@ from kvsaga.engine.request import (
     ContextTooLong,
     Request,
     RequestOutput,
+    one_shot_session_id,
     prompt_token_ids,
 )
 from kvsaga.engine.runner import ModelRunner
@@ -250,6 +251,9 @@ class LLMEngine(StepOutput):
         # The outputs made and not yet returned: step() returns them; those of a step that
         # an interrupt cut short, with the next step's.
         self._undelivered: list[RequestOutput] = []
+        # Ended requests (out of `requests`) whose hand-back raised (a policy hook): the
+        # next step, their abort or `end_session` retries it (`StepOutput._hand_back`).
+        self._ended: list[Request] = []
         self._ids = itertools.count()
         self._idle_sweep = IdleSweep(session_idle_s)
         self.num_expired_sessions = 0
@@ -288,15 +292,23 @@ class LLMEngine(StepOutput):
                 and torch integer scalars are taken as their values, bools are refused), a
                 prompt that leaves no room to generate (ContextTooLong), a session that
                 already has a request in flight, `params` not a SamplingParams or None (or
-                with n != 1: one completion per request), an id or workflow not a str, a
-                session_id of "", a salt not a str or bytes, a bad pause hint (tool not a
-                str, expected_s not a number >= 0, last_step not a bool); nothing is queued.
+                with n != 1: one completion per request, or a field set to a bad value
+                after construction: `SamplingParams.check`), an id or workflow not a str, a
+                request_id or session_id of "", a request_id in flight, a salt not a str or
+                bytes, a bad pause hint (tool not a str, expected_s not a number >= 0,
+                last_step not a bool); nothing is queued.
+
+        Without `request_id`, the engine makes one ("req-<n>") that no request in flight
+        has; a one-shot request's session is "oneshot-<request id>", with a suffix
+        (".<k>") where a session of that name is known or busy: it never joins (and then
+        ends) a caller's session.
         """
         if params is None:
             params = SamplingParams()
         elif not isinstance(params, SamplingParams):
             raise InvalidRequest(
                 f"params must be a SamplingParams or None, got {type(params).__name__}")
+        params.check()  # (a field set after construction is checked here)
         if params.n != 1:  # one completion per request: a caller that wants n adds n
             raise InvalidRequest(f"SamplingParams.n={params.n}: the engine runs one "
                                  "completion per request (n=1); add the request n times")
@@ -308,19 +320,27 @@ class LLMEngine(StepOutput):
         check_str("session_id", session_id, InvalidRequest, none_ok=True)
         if session_id == "":  # (would be taken as None, yet not ended with the request)
             raise InvalidRequest("session_id must be a non-empty str or None, got ''")
+        if request_id == "":  # (would be replaced by an id the caller does not know)
+            raise InvalidRequest("request_id must be a non-empty str or None, got ''")
         root_hash(salt)  # InvalidRequest for a salt that is not a str, bytes or None
         check_str("workflow", workflow, InvalidRequest, none_ok=True)
         PauseHint(tool, expected_s)  # InvalidRequest naming a bad tool or expected_s
         check_bool("last_step", last_step, InvalidRequest)
         if len(prompt) >= self.max_model_len:
             raise ContextTooLong(len(prompt), self.max_model_len)
-        rid = request_id or f"req-{next(self._ids)}"
-        if rid in self.requests:
+        rid = request_id
+        if rid is None:  # (skipping ids a caller gave to requests in flight)
+            while (rid := f"req-{next(self._ids)}") in self.requests:
+                pass
+        elif rid in self.requests:
             raise InvalidRequest(f"request id {rid!r} is already in flight")
         owns = session_id is None
-        sid = session_id or f"oneshot-{rid}"
+        sid = session_id if session_id is not None else one_shot_session_id(
+            rid, lambda s: s in self.manager.sessions or self._session_busy(s))
         if not owns and any(r.session_id == sid for r in self.requests.values()):
             raise InvalidRequest(f"session {sid!r} already has a request in flight")
+        if self._ended and not owns:  # its last step ended, but its hand-back raised
+            self._hand_back_ended(sid)  # (raises again: nothing queued)
         known = self.manager.sessions.get(sid)
         if known is not None and salt is not None and root_hash(salt) != known.root:
             # Checked here: the scheduler's begin_step would raise it mid-step.
@@ -348,17 +368,19 @@ class LLMEngine(StepOutput):
 
     def abort(self, request_id: str) -> None:
         """Stop a request now; its step's blocks are released (kept as cache). Unknown or
-        finished: a no-op. InvalidRequest if `request_id` is not a str."""
+        finished: a no-op. InvalidRequest if `request_id` is not a str.
+
+        If the hand-back raises (a policy hook in the manager's `finish_step` /
+        `end_session`, which then changed nothing), the request is left as it was, still
+        queued or running, and the error propagates: abort it again. A request that ended
+        in a step whose hand-back raised is handed back here (else by the next step)."""
         check_str("request_id", request_id, InvalidRequest)
-        req = self.requests.get(request_id)
-        if req is None or req.finished:
-            return
-        self._finish(req, "abort")
+        self._abort(request_id)
 
     def has_unfinished(self) -> bool:
         """A request is queued or running, or outputs wait for the next step (made in a step
         an interrupt cut short)."""
-        return self.scheduler.has_work or bool(self._undelivered)
+        return self.scheduler.has_work or bool(self._undelivered) or bool(self._ended)
 
     @property
     def wake_time(self) -> float:
@@ -403,6 +425,8 @@ class LLMEngine(StepOutput):
         aborted = [r.request_id for r in self.requests.values() if r.session_id == session_id]
         for rid in aborted:
             self.abort(rid)
+        if self._ended:  # a step of it that ended, whose hand-back raised: done first
+            self._hand_back_ended(session_id)
         if session_id in self.manager.sessions:
             self.manager.end_session(session_id, now=self.clock())
         # A paused session has no request to abort: the scheduler must still let it go (it
@@ -502,8 +526,11 @@ class LLMEngine(StepOutput):
         was; the outputs of the rows recorded come first in the next step's list (which may
         then hold two outputs of one request, in order).
         One while waiting for the copies keeps the plans not waited on for the next step
-        (`HostCopies.wait`).
+        (`HostCopies.wait`). A request's hand-back at its end that raises (a policy hook) is
+        retried first thing in the next step (every sampled row was recorded).
         """
+        if self._ended:  # hand-backs that raised before: done first, or raise again
+            self._hand_back_ended()
         t0 = time.perf_counter()
         now = self.clock()
         self.last_step_idle = False

@@ -4,8 +4,9 @@ prompt passes on the way in (`prompt_token_ids`, `ContextTooLong`)."""
 from __future__ import annotations
 
 import enum
+import itertools
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +59,18 @@ def prompt_token_ids(prompt_ids: object, vocab: int) -> list[int]:
         if not 0 <= t < vocab:
             raise InvalidRequest(f"token id {t!r} is outside the vocabulary [0, {vocab})")
     return prompt
+
+
+def one_shot_session_id(request_id: str, taken: Callable[[str], bool]) -> str:
+    """The session id of a one-shot request: "oneshot-<request_id>", unless `taken` says a
+    session of that name exists (a caller's, which the request would join, then end): then
+    with the first suffix ".<k>" that is not taken."""
+    sid = base = f"oneshot-{request_id}"
+    k = 0
+    while taken(sid):
+        k += 1
+        sid = f"{base}.{k}"
+    return sid
 
 
 class RequestStatus(enum.Enum):
@@ -145,13 +158,75 @@ class Request:
         return len(self.prompt_ids) + self.params.max_tokens
 
 
+class ListPrefix(Sequence):
+    """A read-only view of the first `len(items)` items of an append-only list, as they
+    are when the view is made: what a running request's output holds of its generated
+    tokens (and logprobs) without copying them at every step (a copy per step made a
+    request's outputs cost quadratic time in its length). Items appended to the list later
+    are not part of it. It compares equal to a list (or view) of the same items, and `+`
+    and slices give lists; `list(view)` copies it."""
+
+    __slots__ = ("_items", "_n")
+
+    def __init__(self, items: list) -> None:
+        self._items = items
+        self._n = len(items)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        n = self._n
+        if isinstance(i, slice):
+            start, stop, step = i.indices(n)
+            if step == 1:
+                return self._items[start:max(start, stop)]
+            return [self._items[j] for j in range(start, stop, step)]
+        j = operator.index(i)
+        if j < 0:
+            j += n
+        if not 0 <= j < n:
+            raise IndexError("ListPrefix index out of range")
+        return self._items[j]
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(self._items, self._n)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, ListPrefix)):
+            return len(other) == self._n and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  (a list's equality: not hashable)
+
+    def __add__(self, other: object) -> list:
+        if isinstance(other, (list, ListPrefix)):
+            return list(self) + list(other)
+        return NotImplemented
+
+    def __radd__(self, other: object) -> list:
+        if isinstance(other, list):
+            return other + list(self)
+        return NotImplemented
+
+    def copy(self) -> list:
+        return list(self)
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 @dataclass
 class RequestOutput:
     """What a request has produced, after a step or at the end.
 
     Attributes:
         text: the whole text so far (stop strings removed); `delta` is this step's part.
-        token_ids: generated token ids so far.
+        token_ids: generated token ids so far; `new_token_ids` are this step's. While the
+            request runs, `token_ids`, `logprobs` and `top_logprobs` are read-only views
+            (`ListPrefix`: a sequence that compares equal to the list, indexes and slices
+            like it; `list(...)` copies), so that a step's output costs the same at any
+            output length; a finished request's (and `LLMEngine.final_output`'s) are lists.
         finish_reason: None while running; "stop" (EOS, stop token or string), "length"
             (max_tokens or the context limit) or "abort".
         num_prompt_tokens / num_cached_tokens: prompt size and its prefix-cache hits.
@@ -162,12 +237,12 @@ class RequestOutput:
     session_id: str
     text: str
     delta: str
-    token_ids: list[int]
+    token_ids: list[int] | ListPrefix
     finish_reason: str | None
     num_prompt_tokens: int
     num_cached_tokens: int
-    logprobs: list[float] | None = None
-    top_logprobs: list[list[tuple[int, float]]] | None = None
+    logprobs: list[float] | ListPrefix | None = None
+    top_logprobs: list[list[tuple[int, float]]] | ListPrefix | None = None
     new_token_ids: list[int] = field(default_factory=list)
 
     @property

@@ -68,6 +68,12 @@ class SamplingParams:
     n: int = 1
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """InvalidRequest naming the first field with a bad value (`err.field`); else
+        `stop` and `stop_token_ids` become tuples and a `top_k` of -1 becomes 0. Run at
+        construction, and again by `LLMEngine.add_request`: the fields may be set after."""
         def bad(name: str, why: str) -> InvalidRequest:
             err = InvalidRequest(f"SamplingParams.{name} {why}, got {getattr(self, name)!r}")
             err.field = name  # the server reports it under the request field of that name

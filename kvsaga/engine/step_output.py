@@ -2,12 +2,15 @@
 request, the requests that ended finished (their sessions handed back to the manager, their
 requests out of the core scheduler), and their outputs made; if an interrupt cuts that phase
 short, every row is left whole (recorded, or taken back with its seeded generator restored).
+A hand-back that raises (a policy hook) leaves the request as it was (an abort: still queued
+or running, retryable) or, for one whose end is recorded, in `_ended` until a later step, an
+abort or `end_session` completes it.
 
 A mixin of `kvsaga.engine.engine.LLMEngine`, split from engine.py so that both modules stay
 under 600 lines: engine.py builds the engine, queues requests, runs sessions and the step up
 to the forward pass; this module is what the step does with the pass's sampled tokens.
 It uses the engine's `requests`, `scheduler`, `manager`, `tokenizer`, `max_model_len`,
-`clock` and `_undelivered`.
+`clock`, `_undelivered` and `_ended`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvsaga.engine.request import Request, RequestOutput, RequestStatus
+from kvsaga.engine.request import ListPrefix, Request, RequestOutput, RequestStatus
 from kvsaga.engine.scheduler import ScheduledChunk
 
 
@@ -27,24 +30,32 @@ class StepOutput:
                      draws: dict[str, tuple[torch.Generator, torch.Tensor]]) -> None:
         """Record each sampled row's token: `_record` works out what it changes (only the
         row's detokenizer takes the token), `_advance` writes that into the request and
-        finishes it if it ended; its output joins `_undelivered`. If anything raises on the
-        way (an interrupt: on CUDA a Ctrl-C lands where `tolist` waits for the pass),
+        marks it ended if it ended; its output joins `_undelivered`. If anything raises on
+        the way (an interrupt: on CUDA a Ctrl-C lands where `tolist` waits for the pass),
         `_cut_short` leaves every row whole before the exception propagates: a row recorded
-        lost neither its token nor its finish (else every later step raised: no token left
+        lost neither its token nor its end (else every later step raised: no token left
         to schedule, or a request that never ended), and the chunks of the rows not
-        recorded are taken back."""
+        recorded are taken back. Then the requests that ended are handed back
+        (`_hand_back_ended`): a hand-back that raises (a policy hook) propagates once every
+        row is recorded, and the next step (or an abort) tries it again."""
         rows: list[_Row] = []
         outputs = self._undelivered
         start = len(outputs)
         try:
+            # One device-to-host copy per tensor for the whole batch (not one per row).
             token_ids = out.token_ids.tolist()
             logprobs = out.logprobs.tolist()
+            tops = None
+            if out.top_token_ids is not None:
+                tops = (out.top_token_ids.tolist(), out.top_logprobs.tolist())
             for i, c in enumerate(sampled):
-                rows.append(self._record(c.request, token_ids[i], logprobs[i], out, i))
+                rows.append(self._record(c.request, token_ids[i], logprobs[i], tops, i))
                 outputs.append(self._advance(c.request, rows[i], now))
         except BaseException:
             self._cut_short(sampled, rows, len(outputs) - start, now, draws)
             raise
+        if self._ended:
+            self._hand_back_ended()
 
     def _cut_short(self, sampled: list[ScheduledChunk], rows: list[_Row], k: int, now: float,
                    draws: dict[str, tuple[torch.Generator, torch.Tensor]]) -> None:
@@ -54,29 +65,32 @@ class StepOutput:
         written and counted, but their token is lost); their seeded generators go back to
         where they were, so they draw the same tokens again, and the first one's
         detokenizer, which may have taken its token, restarts from the tokens recorded.
+        The rows after it are taken back even if advancing it raises again.
         `k`: the rows whose output is in `_undelivered` (returned with the next step's)."""
-        if len(rows) > k:
-            self._undelivered.append(self._advance(sampled[k].request, rows[k], now))
-            k += 1
-        rest = sampled[k:]
-        if rest and len(rows) == k:
-            req = rest[0].request
-            req.detokenizer.restart(req.prompt_ids, req.output_ids)
-        restore_generators(draws, rest)
-        self.scheduler.discard(rest)
+        after = k + 1 if len(rows) > k else k
+        try:
+            if len(rows) > k:
+                self._undelivered.append(self._advance(sampled[k].request, rows[k], now))
+        finally:
+            rest = sampled[after:]
+            if rest and len(rows) == after:
+                req = rest[0].request
+                req.detokenizer.restart(req.prompt_ids, req.output_ids)
+            restore_generators(draws, rest)
+            self.scheduler.discard(rest)
 
-    def _record(self, req: Request, tok: int, lp: float, out, row: int) -> _Row:
-        """What recording `tok` (row `row` of `out`) changes in `req`, worked out without
-        changing it (but for its detokenizer, which takes the token)."""
+    def _record(self, req: Request, tok: int, lp: float,
+                tops: tuple[list[list[int]], list[list[float]]] | None, row: int) -> _Row:
+        """What recording `tok` (row `row` of the batch; `tops`: the batch's top token ids
+        and logprobs, as lists) changes in `req`, worked out without changing it (but for
+        its detokenizer, which takes the token)."""
         p = req.params
         n = len(req.output_ids) + 1  # tokens generated with this one
         top = None
         if p.num_top_logprobs is not None:
             k = p.num_top_logprobs
-            if k and out.top_token_ids is not None:
-                ids = out.top_token_ids[row, :k].tolist()
-                lps = out.top_logprobs[row, :k].tolist()
-                top = list(zip(ids, lps, strict=True))
+            if k and tops is not None:
+                top = list(zip(tops[0][row][:k], tops[1][row][:k], strict=True))
         else:
             lp = None
         prev_len = len(req.text)
@@ -107,9 +121,10 @@ class StepOutput:
                     len(req.top_logprobs), text, emitted + len(delta), delta, reason)
 
     def _advance(self, req: Request, row: _Row, now: float) -> RequestOutput:
-        """Write `row` (`_record`'s) into `req`, and finish `req` if it ended. Each write
-        sets a value (no append), and the finish does only what is not done yet, so a second
-        call completes one that an interrupt cut short (`_cut_short`)."""
+        """Write `row` (`_record`'s) into `req`, and mark `req` ended if it ended (its
+        hand-back comes after every row is recorded: `_hand_back_ended`). Each write sets a
+        value (no append), so a second call completes one that an interrupt cut short
+        (`_cut_short`)."""
         req.output_ids[row.num_ids:] = (row.tok,)
         if row.lp is not None:
             req.logprobs[row.num_lps:] = (row.lp,)
@@ -123,61 +138,104 @@ class StepOutput:
             req.pending_token = row.tok  # appended by the next step's batched decode_step
         else:
             req.pending_token = None  # (a finished request's last token gets no K/V)
-            self._finish_sampled(req, row.reason)
+            req.finish_reason = row.reason
+            req.status = RequestStatus.FINISHED
+            self.requests.pop(req.request_id, None)
+            if not any(r is req for r in self._ended):
+                self._ended.append(req)
         return self._output(req, row.delta, [row.tok])
 
-    def _finish_sampled(self, req: Request, reason: str) -> None:
-        """`_finish` a request whose token was just recorded (so running). Once its status is
-        FINISHED, a second call (`_cut_short`) does only the parts not done yet: the
-        manager's (its session still running) and the core scheduler's (still running
-        there)."""
-        if not req.finished:
-            self._finish(req, reason)  # (what it does before the status repeats harmlessly)
+    def _abort(self, request_id: str) -> None:
+        """`LLMEngine.abort`: `_finish` a request in flight; or complete the hand-back of
+        one that ended in a step whose hand-back raised."""
+        req = self.requests.get(request_id)
+        if req is not None and not req.finished:
+            self._finish(req, "abort")  # a hook that raises: the request left as it was
             return
-        self.requests.pop(req.request_id, None)
-        s = self.manager.sessions.get(req.session_id)
-        if s is not None and s.is_running:
-            self._release(req, was_running=True)
-        elif any(r is req for r in self.scheduler.running):
-            self.scheduler.remove(req, self.clock(), ended=req.owns_session or req.last_step)
+        for req in self._ended:
+            if req.request_id == request_id:
+                self._hand_back(req)
+                return
+
+    def _session_busy(self, session_id: str) -> bool:
+        """A request of the session is in flight, or ended and not handed back."""
+        return (any(r.session_id == session_id for r in self.requests.values())
+                or any(r.session_id == session_id for r in self._ended))
 
     def _finish(self, req: Request, reason: str) -> None:
+        """End a request that has not ended (an abort). The manager's hand-back comes
+        first: if it raises (a policy hook; the manager then changed nothing), the request
+        is left as it was, still queued or running, and the abort may be retried; the
+        error propagates."""
         self.scheduler.flush(req)  # an aborted request keeps its last token, as before
-        req.finish_reason = reason
-        was_running = req.status is RequestStatus.RUNNING
-        req.status = RequestStatus.FINISHED
-        self.requests.pop(req.request_id, None)
-        self._release(req, was_running)
-
-    def _release(self, req: Request, was_running: bool) -> None:
-        """`_finish`'s hand-back: the session to the manager, then the request out of the
-        core scheduler."""
         mgr = self.manager
-        ended = req.owns_session or req.last_step
-        if ended:
-            if req.session_id in mgr.sessions:
-                mgr.end_session(req.session_id)
-        elif was_running:
-            mgr.finish_step(req.session_id, tool=req.pause_tool, expected_s=req.pause_expected_s)
-        elif req.session_id in mgr.sessions:
+        sid = req.session_id
+        if req.owns_session or req.last_step:
+            if sid in mgr.sessions:
+                mgr.end_session(sid)
+        elif req.status is RequestStatus.RUNNING:
+            mgr.finish_step(sid, tool=req.pause_tool, expected_s=req.pause_expected_s)
+        elif sid in mgr.sessions:
             # Aborted before it ran (or, preempted, before it ran again): the resume hint
             # its arrival sent, or the step start, no longer holds.
-            mgr.resume_withdrawn(req.session_id, now=self.clock())
+            mgr.resume_withdrawn(sid, now=self.clock())
+        req.finish_reason = reason
+        req.status = RequestStatus.FINISHED
+        self.requests.pop(req.request_id, None)
+        self._ended.append(req)
+        self._hand_back(req)  # (the core scheduler's part: the manager's is done)
+
+    def _hand_back_ended(self, session_id: str | None = None) -> None:
+        """Hand back every ended request not handed back yet (of `session_id` only, unless
+        None): each is tried, and the first error is raised after the others were."""
+        err: Exception | None = None
+        for req in list(self._ended):
+            if session_id is None or req.session_id == session_id:
+                try:
+                    self._hand_back(req)
+                except Exception as e:
+                    err = err or e
+        if err is not None:
+            raise err
+
+    def _hand_back(self, req: Request) -> None:
+        """The hand-back of an ended request (in `_ended`) that is not done yet: its session
+        to the manager (`finish_step`, or `end_session` for a one-shot or last step; what
+        raises there changes nothing, and a later call tries again), then the request out
+        of the core scheduler; then it leaves `_ended`."""
+        mgr = self.manager
+        ended = req.owns_session or req.last_step
+        s = mgr.sessions.get(req.session_id)
+        if s is not None:
+            if ended:
+                mgr.end_session(req.session_id)
+            elif s.is_running:
+                mgr.finish_step(req.session_id, tool=req.pause_tool,
+                                expected_s=req.pause_expected_s)
         self.scheduler.remove(req, self.clock(), ended=ended)
+        self._ended[:] = [r for r in self._ended if r is not req]
 
     def _output(self, req: Request, delta: str, new_ids: list[int]) -> RequestOutput:
-        want_lp = req.params.num_top_logprobs is not None
+        """The request's output now. A running request's cumulative lists are read-only
+        views of the request's (`ListPrefix`: no copy, which grew with the output at every
+        step); a finished one's are copies."""
+        view = list if req.finished else ListPrefix
+        lps = tops = None
+        if req.params.num_top_logprobs is not None:
+            lps = view(req.logprobs)
+            if req.top_logprobs:
+                tops = view(req.top_logprobs)
         return RequestOutput(
             request_id=req.request_id,
             session_id=req.session_id,
             text=req.text,
             delta=delta,
-            token_ids=list(req.output_ids),
+            token_ids=view(req.output_ids),
             finish_reason=req.finish_reason,
             num_prompt_tokens=len(req.prompt_ids),
             num_cached_tokens=req.num_cached_tokens or 0,
-            logprobs=list(req.logprobs) if want_lp else None,
-            top_logprobs=list(req.top_logprobs) if want_lp and req.top_logprobs else None,
+            logprobs=lps,
+            top_logprobs=tops,
             new_token_ids=new_ids,
         )
 

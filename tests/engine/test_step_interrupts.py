@@ -250,7 +250,7 @@ def at_detokenizer(engine, reqs):
 
 INTERRUPTS = {  # where: (step it lands in, one-shot sessions, patch)
     "tolist": (3, True, at_tolist),
-    "finish entry": (6, True, lambda e, r: nth_call(e, "_finish", 2)),
+    "finish entry": (6, True, lambda e, r: nth_call(e, "_hand_back", 2)),
     "end_session in finish": (6, True, lambda e, r: nth_call(e.manager, "end_session", 2)),
     "finish_step in finish": (6, False, lambda e, r: nth_call(e.manager, "finish_step", 2)),
     "detokenizer entry": (3, True, at_detokenizer),
