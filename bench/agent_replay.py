@@ -110,7 +110,7 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fit_seeds import diagnosis_header, fit_seed_error  # noqa: E402
+from fit_seeds import run_seed_note  # noqa: E402
 from replay.arms import (  # noqa: E402
     REPLICA_ROUTERS,  # noqa: E402
     REPLICAS_TITLE,
@@ -342,19 +342,15 @@ def check_seed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str
     `--fit-seeds`, or where `--fit-seeds` names a seed no fit read (it would be used up
     unreported). Before, nothing checked: a run on fit seed 0 wrote a section that read as
     a held-out reading (review s49, gate finding 1)."""
-    gate_seen = args.engine == "vllm"
-    if args.fit_seeds:
-        try:
-            note = diagnosis_header([args.seed], "--seed", gate_seen)
-        except ValueError as e:
-            parser.error(str(e))
-    elif err := fit_seed_error([args.seed], "--seed", gate_seen=gate_seen):
-        if args.write_results or args.json is not None:
-            parser.error(f"{err}; a diagnosis on it: --fit-seeds")
-        note = diagnosis_header([args.seed], "--seed", gate_seen) + " (nothing written)"
-    else:
-        return None
-    print(note, flush=True)
+    try:
+        note = run_seed_note([args.seed], "--seed", fit_seeds=args.fit_seeds,
+                             writes=args.write_results or args.json is not None,
+                             refused="a diagnosis on it: --fit-seeds",
+                             gate_seen=args.engine == "vllm")
+    except ValueError as e:
+        parser.error(str(e))
+    if note is not None:
+        print(note, flush=True)
     return note
 
 

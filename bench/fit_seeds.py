@@ -21,7 +21,10 @@ too (`gate_seen`), when they write results (`--write-results`, `--json`), unless
 `--fit-seeds` labels the run "fit seeds, not held out" (the report takes held-out seeds
 beside them, named so: `held_out_ok`; it counts the gate's seen seeds only where an arm runs
 the gate); their default seed 0 is a fit seed, so a quick look that writes nothing runs on
-it with that note printed.
+it with that note printed. `bench/serve_scheduler_replay.py` (the same sessions through
+kvsaga-serve's scheduler, simulated; no vLLM gate runs, so the gate's seen seeds are held
+out for it) applies the same rule to its `--json` (session 50); the three share
+`run_seed_note`.
 
 `VLLM_GATE_SEEN` counts only where the run measures the vLLM connector's gate (`gate_seen`):
 its seeds were read to choose the gate's rules, which no simulated bench runs, and the
@@ -140,3 +143,30 @@ def diagnosis_header(seeds: Iterable[int], flag: str, gate_seen: bool = False,
             + "; ".join(f"{s} by {' and '.join(fits_reading(s, gate_seen=gate_seen))}"
                         for s in seeds if s not in fresh)
             + (f"; held out: {', '.join(map(str, fresh))}" if fresh else ""))
+
+
+def run_seed_note(seeds: Iterable[int], flag: str, *, fit_seeds: bool, writes: bool,
+                  refused: str, gate_seen: bool = False,
+                  held_out_ok: bool = False) -> str | None:
+    """The rule every replay that writes results applies to its seeds (`flag` names them):
+    the line it prints first, saying which seeds a fit read (None: every seed is held out).
+    `fit_seeds` (its `--fit-seeds`): a diagnosis on registry seeds, `diagnosis_header`'s
+    line. Without it, a seed a fit read is refused where the run `writes` results (the
+    error ends with `refused`, which names `--fit-seeds`), and only noted, "(nothing
+    written)", where it writes none. `gate_seen`, `held_out_ok`: `diagnosis_header`'s (a
+    run that writes nothing names held-out seeds beside the fit seeds whatever
+    `held_out_ok`). Shared by bench/agent_replay.py, bench/vllm_replay_seeds.py (the vLLM
+    replay's report) and bench/serve_scheduler_replay.py, each before its first replay.
+
+    Raises:
+        ValueError: the refusal, or `diagnosis_header`'s.
+    """
+    seeds = list(seeds)
+    if fit_seeds:
+        return diagnosis_header(seeds, flag, gate_seen, held_out_ok)
+    err = fit_seed_error(seeds, flag, gate_seen=gate_seen)
+    if err is None:
+        return None
+    if writes:
+        raise ValueError(f"{err}; {refused}")
+    return diagnosis_header(seeds, flag, gate_seen, held_out_ok=True) + " (nothing written)"

@@ -25,6 +25,13 @@ the same seeds.
 
 Never run it on the connector's fresh seeds (HELPERS.md); its figures are a simulation, to
 read beside vllm_scheduler_replay's on the same seeds and costs, not a live measurement.
+
+Seeds: a run that writes results (`--json`) refuses a seed any fit read (bench/fit_seeds.py:
+the workflow scheduler's fit, the vLLM connector's gate fit 0-4 and the others), the default
+0 among them, unless `--fit-seeds` makes it a diagnosis on registry seeds only, which its
+output and every JSON row say ("fit seeds, not held out"); a run that writes nothing prints
+that line and goes on. The vLLM gate's seen seeds are held out here: no vLLM gate runs.
+Before, nothing checked, and a JSON of fit seed 0 read as a held-out one.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))
 
+from fit_seeds import run_seed_note  # noqa: E402
 from vllm_replay_report import kv_blocks, session_prompts  # noqa: E402
 
 from kvsaga.cli import HelpFormatter  # noqa: E402
@@ -213,7 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--workload", default="swe", help="workload family of the generated sessions")
     a("--sessions", type=int, default=6, help="agent sessions per seed")
     a("--steps", type=int, default=8, help="most LLM steps a session takes")
-    a("--seeds", default="0", help="comma-separated generator seeds")
+    a("--seeds", default="0",
+      help="comma-separated generator seeds (held out: a seed any fit read, bench/"
+           "fit_seeds.py, the default 0 among them, is refused where the run writes "
+           "results, --json, without --fit-seeds)")
+    a("--fit-seeds", action="store_true",
+      help="a diagnosis on seeds a fit read (those of bench/fit_seeds.py only), labelled "
+           "fit seeds, not held out, in the output and every JSON row")
     a("--token-scale", type=float, default=0.05, help="factor on every token count")
     a("--time-scale", type=float, default=0.25, help="factor on every tool pause")
     a("--max-tool-s", type=float, default=10.0, help="cap on a scaled tool pause, seconds")
@@ -244,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--scheduler", default="workflow", help="kvsaga's scheduler by name")
     a("--params", default="{}", help="the scheduler's parameters, JSON")
     a("--trace", action="store_true", help="print every step's start and every demotion")
-    a("--json", default=None, help="write the results here as JSON")
+    a("--json", default=None,
+      help="write the results here as JSON, one row per seed (held-out seeds only, or "
+           "--fit-seeds)")
     return p
 
 
@@ -260,6 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(params, dict):
         raise SystemExit(f"--params must be a JSON object, got {args.params!r}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:  # before any replay: a refused seed costs none
+        seed_note = run_seed_note(seeds, "--seeds", fit_seeds=args.fit_seeds,
+                                  writes=args.json is not None,
+                                  refused="a diagnosis on them: --fit-seeds")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if seed_note is not None:
+        print(seed_note, flush=True)
     rows = []
     for seed in seeds:
         r = run_seed(args, seed, params)
@@ -276,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mean TCT geomean {geo:.3f} s, "
               f"prefill tokens {sum(r['prefill_tokens'] for r in rows):,}")
     if args.json:
-        rows = [{k: v for k, v in r.items() if k != "manager_hints"} for r in rows]  # tuple keys
+        rows = [{**{k: v for k, v in r.items() if k != "manager_hints"},  # tuple keys
+                 "fit_seeds_note": seed_note}  # None: every seed is held out
+                for r in rows]
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
 

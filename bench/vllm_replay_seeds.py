@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fit_seeds import diagnosis_header, fit_seed_error, fits_reading
+from fit_seeds import fits_reading, run_seed_note
 from vllm_replay_report import seed_groups
 
 
@@ -49,21 +49,18 @@ def check_seeds(args: argparse.Namespace, seeds: list[int]) -> str | None:
     s49 gate3, finding 5). Before, only `--fit` checked its seeds, and a
     report on fit seed 0 read as a held-out one (review s49, gate finding 1)."""
     gate_seen = measures_gate(args)
+    try:
+        note = run_seed_note(seeds, "--seeds", fit_seeds=args.fit_seeds,
+                             writes=args.write_results or args.json is not None,
+                             refused="or report on them labelled a diagnosis, beside any "
+                                     "held-out seeds: --fit-seeds",
+                             gate_seen=gate_seen, held_out_ok=True)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     if args.fit_seeds:
-        try:
-            note = diagnosis_header(seeds, "--seeds", gate_seen, held_out_ok=True)
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
         refuse_mixed_groups(seeds, seed_groups(args.seed_groups, seeds), gate_seen)
-    elif err := fit_seed_error(seeds, "--seeds", gate_seen=gate_seen):
-        if args.write_results or args.json is not None:
-            raise SystemExit(f"{err}; or report on them labelled a diagnosis, beside any "
-                             "held-out seeds: --fit-seeds")
-        note = diagnosis_header(seeds, "--seeds", gate_seen,
-                                held_out_ok=True) + " (nothing written)"
-    else:
-        return None
-    print(note, flush=True)
+    if note is not None:
+        print(note, flush=True)
     return note
 
 

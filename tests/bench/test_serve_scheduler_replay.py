@@ -46,7 +46,7 @@ def test_the_replay_sends_each_steps_median_hint_and_traces_demotions(tmp_path: 
     assert len(seen) >= len(hints) // 2 and any(v is not None for v in seen.values())
     assert seen == {key: hints[key] for key in seen}
     out = tmp_path / "rows.json"
-    assert m.main(["--seeds", "0", "--trace", "--json", str(out)]) == 0
+    assert m.main(["--seeds", "0", "--fit-seeds", "--trace", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "DEMOTED" in text and "seed 0:" in text
     assert json.loads(out.read_text())[0]["prefill_tokens"] == r["prefill_tokens"]
