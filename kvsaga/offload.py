@@ -93,7 +93,15 @@ class TransferEngine:
             weakref.finalize(self, self._jobs.put, None)
 
     def submit(self, plan: TransferPlan) -> Transfer | None:
-        """Start the plan's copies; returns None for an empty plan."""
+        """Start the plan's copies; returns None for an empty plan.
+
+        An interrupt (any BaseException that is not an Exception: Ctrl-C) while the copies
+        are being started propagates only once none of the plan's copies runs any more or
+        will: on CUDA the copy stream is synchronized (the copies queued before it end), on
+        CPU the worker skips the plan unless it began it, and the interrupt waits for it to
+        end. The caller then owns the plan as failed (its targets may hold bytes never
+        written: `KVCacheManager.drop_transfer`); no transfer was registered for it.
+        """
         if not plan:
             return None
         t = Transfer(
@@ -102,27 +110,58 @@ class TransferEngine:
             (len(plan.offloads) + len(plan.loads)) * self.block_bytes,
             time.perf_counter(),
         )
-        self.bytes_offloaded += len(plan.offloads) * self.block_bytes
-        self.bytes_loaded += len(plan.loads) * self.block_bytes
-        if self.cuda:
-            try:
-                self._submit_cuda(plan, t)
-            except Exception as e:  # reported through the transfer, as on the CPU worker
-                t.event = None
+        try:
+            if self.cuda:
+                try:
+                    self._submit_cuda(plan, t)
+                except Exception as e:  # reported through the transfer, as on the CPU worker
+                    t.event = None
+                    t.error = e
+                    t.finished_at = time.perf_counter()
+                    t._done.set()
+                    # The copies queued before the error must end before anyone reuses
+                    # their blocks.
+                    with contextlib.suppress(Exception):
+                        self.stream.synchronize()
+            else:
+                self._jobs.put((plan, t))
+            self.bytes_offloaded += len(plan.offloads) * self.block_bytes
+            self.bytes_loaded += len(plan.loads) * self.block_bytes
+            # Forget finished transfers nobody polled (the engine only waits), so the list
+            # stays as short as the copies actually in flight.
+            self._inflight = [x for x in self._inflight if not x.done()]
+            self._inflight.append(t)
+            return t
+        except BaseException as e:  # an interrupt: no copy of the plan may outlive it
+            if t.error is None:  # (the CPU worker skips a plan already failed)
                 t.error = e
-                t.finished_at = time.perf_counter()
-                t._done.set()
-                # The copies queued before the error must end before anyone reuses their
-                # blocks.
-                with contextlib.suppress(Exception):
-                    self.stream.synchronize()
+            self._inflight = [x for x in self._inflight if x is not t]
+            self._quiesce()
+            raise
+
+    def _quiesce(self) -> None:
+        """Return once every copy started so far has ended: the CUDA copy stream
+        synchronized, or the CPU worker past a marker queued now. A further interrupt
+        meanwhile is kept and raised once they have (their blocks must not be reused
+        first)."""
+        interrupt: BaseException | None = None
+        if self.cuda:
+            reached = None
         else:
-            self._jobs.put((plan, t))
-        # Forget finished transfers nobody polled (the engine only waits), so the list stays
-        # as short as the copies actually in flight.
-        self._inflight = [x for x in self._inflight if not x.done()]
-        self._inflight.append(t)
-        return t
+            reached = threading.Event()
+            self._jobs.put((None, reached))
+        while True:
+            try:
+                if reached is None:
+                    with contextlib.suppress(Exception):
+                        self.stream.synchronize()
+                else:
+                    reached.wait()
+                break
+            except BaseException as e:  # (not Exception: the CUDA sync's are suppressed)
+                interrupt = interrupt or e
+        if interrupt is not None:
+            raise interrupt
 
     def _submit_cuda(self, plan: TransferPlan, t: Transfer) -> None:
         # The copy stream first waits for the compute stream, so that offloads read K/V
@@ -184,12 +223,19 @@ def _run_jobs(jobs: queue.Queue, gpu_kv: torch.Tensor, host_kv: torch.Tensor,
     the engine, and both tier tensors, alive for the rest of the process)."""
     while (job := jobs.get()) is not None:
         plan, t = job
+        if plan is None:  # a marker (`TransferEngine._quiesce`): every job before it ended
+            t.set()
+            continue
+        if t.error is not None:  # `submit` failed it (interrupted) before it began
+            offloads = loads = ()
+        else:
+            offloads, loads = plan.offloads, plan.loads
         try:
-            for g, h in plan.offloads:
+            for g, h in offloads:
                 if delay:
                     delay()
                 host_kv[h].copy_(gpu_kv[g])
-            for h, g in plan.loads:
+            for h, g in loads:
                 if delay:
                     delay()
                 gpu_kv[g].copy_(host_kv[h])

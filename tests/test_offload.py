@@ -124,3 +124,55 @@ def test_a_dropped_transfer_engine_ends_its_worker_and_frees_its_tiers():
     assert not worker.is_alive()
     assert t.done() and t.error is None
     assert host_ref() is None  # the worker let go of the tiers
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_an_interrupt_in_submit_leaves_no_copy_of_the_plan_running(queued):
+    """Ctrl-C inside `submit` (review s50 hosttier, finding 1): it propagates only once
+    none of the plan's copies runs any more, the plan failed (the caller drops it) and not
+    counted or kept in flight. Before the fix it propagated at once, with the job maybe
+    queued and running, its transfer not failed."""
+    gpu, host = torch.arange(8.0).reshape(2, 4), torch.zeros(2, 4)
+    te = TransferEngine(gpu, host)
+    real_put, jobs = te._jobs.put, []
+
+    def put(job, *a, **kw):
+        if job[0] is not None and not jobs:
+            jobs.append(job)
+            if queued:
+                real_put(job, *a, **kw)
+            raise KeyboardInterrupt
+        return real_put(job, *a, **kw)
+
+    te._jobs.put = put
+    with pytest.raises(KeyboardInterrupt):
+        te.submit(TransferPlan(offloads=[(1, 0)], loads=[]))
+    (_, t), = jobs
+    assert isinstance(t.error, KeyboardInterrupt)
+    if queued:  # the worker skipped it, or ran it: either way, done with it
+        assert t.done()
+    assert te._inflight == [] and te.bytes_offloaded == 0
+    te.wait(te.submit(TransferPlan(offloads=[(0, 1)], loads=[])))  # the engine goes on
+    assert torch.equal(host[1], gpu[0])
+
+
+def test_an_interrupt_while_launching_cuda_copies_waits_for_those_launched():
+    te = TransferEngine(torch.zeros(2, 4), torch.zeros(2, 4))
+    te.cuda = True  # the launch path, interrupted
+
+    class Stream:
+        synced = 0
+
+        def synchronize(self) -> None:
+            self.synced += 1
+
+    te.stream = Stream()
+
+    def launch(plan, t):
+        raise KeyboardInterrupt  # as Ctrl-C between two blocks' copy_ calls
+
+    te._submit_cuda = launch
+    with pytest.raises(KeyboardInterrupt):
+        te.submit(TransferPlan(offloads=[(0, 1)], loads=[]))
+    assert te.stream.synced == 1  # before the fix: 0 (copies queued, nothing waits)
+    assert te._inflight == []

@@ -410,7 +410,7 @@ class LLMEngine(StepOutput):
         if session_id not in self.manager.sessions:
             return 0
         self.manager.resume_hint(session_id, now=self.clock())
-        return self.copies.submit()
+        return self.copies.submit_alone()
 
     def end_session(self, session_id: str) -> list[str]:
         """End a session: abort its request in flight, if any, and forget its context (its
@@ -440,7 +440,7 @@ class LLMEngine(StepOutput):
         now = self.clock()
         self.manager.tick(now)
         self._end_idle_sessions(now)
-        self.copies.submit()
+        self.copies.submit_alone()
 
     @property
     def session_idle_s(self) -> float | None:

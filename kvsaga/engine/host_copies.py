@@ -41,21 +41,45 @@ class HostCopies:
         self._failure: RuntimeError | None = None
 
     def submit(self) -> int:
-        """Start the manager's pending copies; returns the number of blocks being loaded."""
+        """Start the manager's pending copies; returns the number of blocks being loaded.
+
+        The plan taken is registered whatever is raised once it was taken: in `pending`
+        when its copies started (an interrupt after `TransferEngine.submit` returned), else
+        in `failed_plans` (that submit raised, and none of its copies runs: its targets
+        hold bytes never written), for the caller's `drop_failed`, which `step` and
+        `settle` run on their way out (`submit_alone` outside a step)."""
         if self.transfers is None:
             return 0
-        plan = self.manager.take_transfers()
-        t = self.transfers.submit(plan)
-        if t is not None:
-            pending = self.pending
-            # Plans that ended well, with none before them failed, need no wait (a driver
-            # that only ticks while idle would otherwise keep every prefetch's plan); after
-            # a failure (`_failure`) every plan is failed at the next wait.
-            while (self._failure is None and pending and pending[0][0].done()
-                   and pending[0][0].error is None):
-                pending.pop(0)
-            pending.append((t, plan))
-        return len(plan.loads)
+        plan = t = None
+        try:
+            plan = self.manager.take_transfers()
+            t = self.transfers.submit(plan)
+            if t is not None:
+                pending = self.pending
+                # Plans that ended well, with none before them failed, need no wait (a
+                # driver that only ticks while idle would otherwise keep every prefetch's
+                # plan); after a failure (`_failure`) every plan is failed at the next wait.
+                while (self._failure is None and pending and pending[0][0].done()
+                       and pending[0][0].error is None):
+                    pending.pop(0)
+                pending.append((t, plan))
+            return len(plan.loads)
+        except BaseException:
+            if plan and not any(p is plan for _, p in self.pending):
+                if t is not None:  # copying: the next wait sees it end
+                    self.pending.append((t, plan))
+                else:
+                    self.failed_plans.append(plan)
+            raise
+
+    def submit_alone(self) -> int:
+        """`submit` outside a step (a resume hint, an idle tick): a plan whose hand-over
+        was interrupted is dropped at once (`drop_failed`), no step being there to."""
+        try:
+            return self.submit()
+        except BaseException:
+            self.drop_failed()
+            raise
 
     def wait(self) -> None:
         """Wait for every plan submitted since the last wait (the next forward must see
@@ -80,22 +104,27 @@ class HostCopies:
             except BaseException:
                 self.pending = pending[i:] + self.pending
                 if error is not None:
-                    self.failed_plans = [plan for _, plan in pending[first_failed:i]]
+                    self.failed_plans += [plan for _, plan in pending[first_failed:i]]
                     self._failure = error
                 raise
         if error is not None:
-            self.failed_plans = [plan for _, plan in pending[first_failed:]]
+            self.failed_plans += [plan for _, plan in pending[first_failed:]]
             raise error
 
     def drop_failed(self) -> None:
         """Forget what the failed plans were to write (`KVCacheManager.drop_transfer`), and
-        tell `on_cut` the sessions whose cached prefix that cut back. None failed: nothing."""
-        failed, self.failed_plans = self.failed_plans, []
+        tell `on_cut` the sessions whose cached prefix that cut back. None failed: nothing.
+        A plan leaves `failed_plans` only once dropped: one interrupted meanwhile, and those
+        after it, are dropped by the next call."""
+        failed = self.failed_plans
         cut: dict[str, int] = {}
-        for plan in failed:
-            cut.update(self.manager.drop_transfer(plan))
-        if cut:
-            self._on_cut(cut)
+        try:
+            while failed:
+                cut.update(self.manager.drop_transfer(failed[0]))
+                del failed[0]
+        finally:
+            if cut:
+                self._on_cut(cut)
 
     def settle(self, undo: Callable[[], object] | None = None) -> None:
         """Submit the manager's pending plan, wait for every plan in flight, then synchronize
