@@ -151,12 +151,10 @@ class ManagerReads:
             _check_digest(block_hashes, num_hits)
         host = 0
         if self.host is not None:
-            if hashes is block_hashes and len(hashes) < max_blocks:
-                hashes = list(hashes)  # the caller's list is read, never extended
-            self._hash_to(hashes, root, tokens, max_blocks)
-            # begin_step's run past the first GPU miss: blocks still on the GPU are hits there
+            hashes, run = self._lookup_host_run(hashes, block_hashes, root, tokens, num_hits,
+                                                max_blocks)
             state = self.pool.state
-            for b, on_gpu in self._host_walk(hashes, num_hits, max_blocks):
+            for b, on_gpu in run:
                 if on_gpu:
                     num_hits += 1
                     cached += state[b] == CACHED
@@ -180,6 +178,29 @@ class ManagerReads:
                 tail = n
         return StepLookup(len(tokens), num_cached + tail, num_hits, cached, host, tail, bs)
 
+
+    def _lookup_host_run(self, hashes: Sequence[bytes], block_hashes: Sequence[bytes] | None,
+                         root: bytes, tokens: Sequence[int], first: int, max_blocks: int,
+                         ) -> tuple[Sequence[bytes], list[tuple[int, bool]]]:
+        """(`hashes` as far as hashed, begin_step's run past the first GPU miss at `first`:
+        `_host_walk`'s, blocks still on the GPU being hits there), the prompt hashed on only
+        while the run goes on, a few blocks at a time, doubling, as `_gpu_hits` does: a
+        prompt that misses both tiers is not hashed to its end (the scheduler asks at
+        nearly every step for each waiting request). The caller's `block_hashes` is read,
+        never extended."""
+        run: list[tuple[int, bool]] = []
+        grow = 1
+        while True:
+            limit = min(len(hashes), max_blocks)
+            part = self._host_walk(hashes, first, limit)
+            run += part
+            if first + len(part) < limit or limit == max_blocks:
+                return hashes, run
+            first = limit
+            if hashes is block_hashes or not isinstance(hashes, list):
+                hashes = list(hashes)
+            self._hash_to(hashes, root, tokens, min(max_blocks, limit + grow))
+            grow *= 2
 
     def _gpu_hits(self, hashes: list[bytes], root: bytes, tokens: Sequence[int],
                   max_blocks: int, table: list[int] | None = None, owned: bool = False,
