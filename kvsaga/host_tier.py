@@ -206,14 +206,17 @@ class HostTierOps:
     def host_index(self) -> PrefixIndex:
         return self.host.index if self.host is not None else PrefixIndex()
 
-    def _offload(self, victims: list[int], now: float) -> None:
-        """Plan GPU -> host copies for the victims the policy wants offloaded, and count
-        those whose clean host copy makes one needless (`HostTier.num_kept`).
+    def _offload_plan(self, victims: Sequence[int],
+                      now: float) -> tuple[list[tuple[int, bytes]], list[int]]:
+        """Which victims about to be evicted get a host copy, and which host blocks already
+        hold a victim's content: (copies, kept) for `HostTier.copy_outs`, which the
+        eviction applies once the GPU tier let the victims go (`EvictionPath._evict`).
 
-        The policy's `action` is asked about the other hashed victims, in order, until one
-        it wants copied finds no room left on the host (`HostTier.room`; that one and the
-        rest are discarded), all before anything changes: a hook that raises leaves the
-        host tier as it was, and the eviction, not begun yet, raises with it."""
+        The policy's `action` is asked about the other hashed victims, in order, while the
+        host tier has room for another copy (`HostTier.room`): once the copies fill it, the
+        rest are discarded without asking (graph's `action` counts a block it is told to
+        offload as on the host). Changes neither tier: a hook that raises here, or in the
+        eviction after it, leaves the host tier as it was."""
         block_hash, host = self.pool.block_hash, self.host
         get = host.index.get
         kept: list[int] = []  # host blocks holding a victim's content already
@@ -230,11 +233,11 @@ class HostTierOps:
         room, action = host.room(kept), self.policy.action
         copies: list[tuple[int, bytes]] = []
         for b in fresh:
+            if len(copies) == room:
+                break
             if action(b, now) == Action.OFFLOAD:
-                if len(copies) == room:
-                    break
                 copies.append((b, block_hash[b]))
-        host.copy_outs(copies, kept)
+        return copies, kept
 
     def _load_into_gpu(
         self, s: Session, positions: list[int], host_blocks: list[int], now: float

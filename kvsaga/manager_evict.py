@@ -14,8 +14,10 @@ Three ways, the same evictions each (issue 11: eviction cost):
   makes itself (the same groups and marks after it). The core checks that the pool's
   observer is the policy (read there: the property's call from Python is a cold call per
   eviction); if not, the runs go the list's way (`listed_runs`);
-- otherwise the policy's list of victims, checked, journaled, offloaded to the host tier
-  when there is one, and evicted (the pool calls the policy's `blocks_uncached`).
+- otherwise the policy's list of victims, checked, journaled, and evicted (the pool calls
+  the policy's `blocks_uncached`), with a host tier offloaded: which victims get a copy is
+  decided before the eviction (`_offload_plan`, the policy's `action`), the copies planned
+  only once it succeeded, so that a hook that raises in either changes neither tier.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ class EvictionPath:
         else:
             victims = policy.choose_victims(num_blocks, now)
         # One snapshot of the answer, checked, journaled, offloaded and evicted: a hook run
-        # before the eviction (`action`, via `_offload`) may change the policy's list, and
-        # both cores must evict the ids checked (a tuple, so no later callee changes it).
+        # before the eviction (`action`, via `_offload_plan`) may change the policy's list,
+        # and both cores must evict the ids checked (a tuple, so no later callee changes it).
         if isinstance(victims, list):
             victims = tuple(victims)
         # (the core's check and the journal's test inline: fewer Python calls)
@@ -64,8 +66,9 @@ class EvictionPath:
                                f"{list(victims)} for {num_blocks} blocks")
         if self._journal is not None:
             self._note_evicted(victims)
-        if self.host is not None:
-            self._offload(victims, now)
+        # The host copies are decided first (the policy's `action`), and planned only once
+        # the eviction succeeded: a hook that raises in either changes no tier.
+        offload = self._offload_plan(victims, now) if self.host is not None else None
         if hot is not None:  # the same loops, in the C++ core
             hot.evict_blocks(victims)
         else:
@@ -76,6 +79,8 @@ class EvictionPath:
                 if h is not None:
                     index_remove(h)
                 owner[b] = None
+        if offload is not None:  # (copies of blocks just freed: nothing reuses them before)
+            self.host.copy_outs(*offload)
         self._evicted_blocks += num_blocks
 
     def _victims_valid(self, victims: list[int], num_blocks: int) -> bool:
