@@ -4,23 +4,42 @@ host evictions and transfer plans, checking both tiers after every operation."""
 from __future__ import annotations
 
 import hypothesis.strategies as st
-from hypothesis import settings
-from hypothesis.stateful import precondition, rule
+import pytest
+from hypothesis import Phase, settings
+from hypothesis.stateful import precondition, rule, run_state_machine_as_test
 
 from kvsaga import KVCacheManager, KVSpec
+from kvsaga.host_tier import HostTier
 from tests.stateful_reach import reach_case
-from tests.test_manager_stateful import ManagerMachine
+from tests.test_manager_stateful import BS, ManagerMachine
 
 
 class OffloadMachine(ManagerMachine):
+    """Simulated tiers check the data path: a block a running step takes from the cache (a
+    GPU hit, or a host hit loaded by the plan) must hold its content before the forward
+    pass, which writes only the blocks allocated since the last one; every host block the
+    index names must hold its content once the plan ran. (Before review s50 hosttier's
+    finding 5, the forward wrote every block a running step held, hits included, and a host
+    block never written passed: the machine passed with no load or no offload copied.)"""
+
     def __init__(self):
         super().__init__()
         self.m = KVCacheManager(
-            KVSpec(1, 1, 4, block_size=4), 12, clock=lambda: 0.0, num_host_blocks=6
+            KVSpec(1, 1, 4, block_size=BS), 12, clock=lambda: 0.0, num_host_blocks=6
         )
         # Simulated tiers: the content (block hash) each slot holds after executed copies.
         self.gpu = [None] * 12
         self.host = [None] * 6
+        # Blocks the next forward pass writes: those given slots since the last one.
+        self.writing: set[int] = set()
+        allocate_slots = self.m.allocate_slots
+
+        def allocate(session_id, num_tokens, **kw):
+            slots = allocate_slots(session_id, num_tokens, **kw)
+            self.writing.update(slot // BS for slot in slots)
+            return slots
+
+        self.m.allocate_slots = allocate
 
     @rule()
     def run_transfers(self):
@@ -36,7 +55,7 @@ class OffloadMachine(ManagerMachine):
             self.gpu[g] = self.host[h]
         # Every host block the index names holds that content, copied from the GPU tier.
         for hsh, hb in self.m.host_index.items():
-            assert self.host[hb] in (hsh, None), "a host block holds other content"
+            assert self.host[hb] == hsh, "a host block holds other content, or none"
 
     @precondition(lambda self: self.m.sessions)
     @rule(data=st.data())
@@ -49,17 +68,49 @@ class OffloadMachine(ManagerMachine):
 
     @rule()
     def forward(self):
-        # The engine runs the step's copies, then its forward pass writes K/V of every block
-        # a running step holds.
+        # The engine runs the step's copies, then its forward pass reads the K/V of every
+        # block a running step holds and writes that of the blocks it was given slots in.
         self.run_transfers()
-        for b, h in enumerate(self.m.pool.block_hash):
-            if h is not None and self.m.pool.refcount[b]:
-                self.gpu[b] = h
+        pool = self.m.pool
+        for b, h in enumerate(pool.block_hash):
+            if h is not None and pool.refcount[b] and b not in self.writing:
+                assert self.gpu[b] == h, f"block {b}, a hit, holds other content or none"
+        for b in self.writing:
+            self.gpu[b] = pool.block_hash[b]  # (None: a partial block, not a cache hit)
+        self.writing.clear()
 
 
 # Fails unless the examples evicted, were refused, copied out and loaded (stateful_reach.py).
 TestOffloadStateful = reach_case(
     OffloadMachine, settings(max_examples=120, stateful_step_count=40, deadline=None), host=True)
+
+
+def _no_load(self, host_block, gpu_block):
+    self.num_loaded += 1  # counted, but no copy planned: the GPU block never gets the data
+
+
+def _no_offload(self, gpu_block, block_hash):
+    _copy_out(self, gpu_block, block_hash)
+    self._offloads.pop()  # the host block indexed, its copy never planned
+
+
+_copy_out = HostTier._copy_out
+
+
+@pytest.mark.parametrize(("name", "mutant", "message"), [
+    ("plan_load", _no_load, "a hit, holds other content or none"),
+    ("_copy_out", _no_offload, "a host block holds other content, or none"),
+])
+def test_the_machine_sees_a_copy_never_made(monkeypatch, name, mutant, message):
+    """The machine itself: with the host tier's loads, or its offloads, never copied, it
+    fails (it passed with either before review s50 hosttier's finding 5). No shrinking:
+    only that it fails matters here."""
+    monkeypatch.setattr(HostTier, name, mutant)
+    quick = settings(max_examples=120, stateful_step_count=40, deadline=None,
+                     derandomize=True, phases=[Phase.explicit, Phase.generate],
+                     print_blob=False)
+    with pytest.raises(AssertionError, match=message):
+        run_state_machine_as_test(OffloadMachine, settings=quick)
 
 
 def test_offload_then_host_hit_then_prefetch():
