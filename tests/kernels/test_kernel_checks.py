@@ -30,9 +30,15 @@ def _slots(*values: int) -> torch.Tensor:
         (dict(key=_kv_rows(2, torch.float16)), TypeError, r"key.dtype torch.float16 != k_cache"),
         (dict(key=torch.zeros(2, HKV, D + 1)), ValueError, r"key shape \(2, 2, 65\)"),
         (dict(value=torch.zeros(2, HKV, 2 * D)[..., ::2]), ValueError, r"value must be contig"),
-        (dict(slot_mapping=_slots(3, 80)), ValueError, r"slot_mapping\[1\] = 80 is out of range"),
-        (dict(slot_mapping=_slots(-2, 0)), ValueError, r"slot_mapping\[0\] = -2"),
+        # The range messages are matched up to "-1 skips", which only the Python check
+        # writes: the C++ row copy's own check says the rest too (review s50 tests 2).
+        (dict(slot_mapping=_slots(3, 80)), ValueError,
+         r"slot_mapping\[1\] = 80 is out of range: the cache has 80 slots \(5 blocks of 16\); "
+         r"-1 skips"),
+        (dict(slot_mapping=_slots(-2, 0)), ValueError,
+         r"slot_mapping\[0\] = -2 is out of range: .*; -1 skips"),
         (dict(slot_mapping=_slots(5, 5)), ValueError, r"slot 5 more than once"),
+        (dict(slot_mapping=_slots(0, 0)), ValueError, r"slot 0 more than once"),
         (dict(slot_mapping=_slots(1, 2).int()), TypeError, r"slot_mapping.dtype is torch.int32"),
         (dict(slot_mapping=_slots(1)), ValueError, r"slot_mapping has 1 entries, expected 2"),
         (dict(key=torch.zeros(2, HKV, D, device="meta")), ValueError, r"key is on meta"),
@@ -43,12 +49,49 @@ def _slots(*values: int) -> torch.Tensor:
          ValueError, r"k_cache has block_size 0 \(shape \(5, 0, 2, 64\)\)"),
     ],
 )
-def test_cache_write_rejects(kv, change, error, match):
+@pytest.mark.parametrize("mode", ["auto", "torch", "triton"])
+def test_cache_write_rejects(kv, monkeypatch, mode, change, error, match):
+    """On every dispatch path the dispatcher's check refuses the call before any kernel runs:
+    the kernels are replaced by a failure here, so a check that lets a bad call through
+    fails the test rather than reaching a kernel (the C++ copy's own range check, whose
+    message looks the same; the torch reference's IndexError; Triton's out-of-bounds write,
+    a segfault under the interpreter)."""
+    monkeypatch.setenv("KVSAGA_KERNELS", mode)
+    _no_cache_write_kernel(monkeypatch)
     args = dict(key=_kv_rows(2), value=_kv_rows(2), k_cache=kv[:, 0, 0], v_cache=kv[:, 0, 1],
                 slot_mapping=_slots(0, 17))
     args.update(change)
     with pytest.raises(error, match=match):
         kernels.cache_write(**args)
+
+
+def _no_cache_write_kernel(monkeypatch) -> None:
+    def reached(*args, **kwargs):
+        pytest.fail("a cache_write kernel ran: the dispatcher's check let the call through")
+
+    monkeypatch.setattr(kernels.inplace, "cache_write", reached)
+    monkeypatch.setattr(kernels.reference, "cache_write", reached)
+    monkeypatch.setattr(kernels, "_triton_module", reached)
+
+
+@pytest.mark.parametrize("mode", ["auto", "torch", "triton"])
+def test_cache_write_skips_repeated_padding(kv, monkeypatch, mode):
+    """Slots other than -1 must be distinct; -1 (a padding token, skipped) may repeat."""
+    monkeypatch.setenv("KVSAGA_KERNELS", mode)
+    kernels.cache_write(_kv_rows(3) + 1, _kv_rows(3) + 2, kv[:, 0, 0], kv[:, 0, 1],
+                        _slots(-1, 17, -1))
+    assert bool((kv[1, 0, 0, 1] == 1).all()) and bool((kv[1, 0, 1, 1] == 2).all())
+    assert int(kv.ne(0).sum()) == 2 * HKV * D  # that one row of K and of V
+
+
+def test_cache_write_with_a_repeated_slot_writes_nothing(kv):
+    """The auto path's real kernels: the C++ row copy checks only the range of each slot
+    (with validation off, the later layers, it is the memory guard), so the dispatcher's
+    check refuses a repeated slot before it runs, slot 0 included."""
+    with pytest.raises(ValueError, match=r"slot_mapping holds slot 0 more than once"):
+        kernels.cache_write(_kv_rows(3) + 1, _kv_rows(3) + 2, kv[:, 0, 0], kv[:, 0, 1],
+                            _slots(0, 17, 0))
+    assert not kv.any()
 
 
 def test_cache_write_cache_strides(kv):

@@ -101,6 +101,9 @@ def test_the_peak_working_set_is_what_a_pool_needs_to_recompute_nothing():
     [0.1 * k + 0.013 * k * k for k in range(1, 40)],  # a run's step ends: arrays
     [0.5, 0.5, 0.7, 0.7, 0.9, 1.3, 1.3, 2.0, 2.5, 3.1],  # repeated ends add nothing
     [0.5, 0.4, 0.9, 1.3, 1.2, 2.0, 2.2, 2.4, 2.6, 3.0],  # falling: step by step
+    # Falls that no later rise in the same counts cancels (one at step 4, where the counts
+    # change, and one at the end): summing the negative differences would show.
+    [0.5, 0.6, 0.9, 1.3, 1.2, 2.0, 2.2, 2.4, 2.6, 3.0, 2.9],
     [0.2, 0.3],  # too short for arrays
 ])
 def test_advance_through_equals_advance_step_by_step(times):
