@@ -36,6 +36,7 @@ from kvsaga.engine.cpu_threads import ThreadGovernor, governor_for, use_threads
 from kvsaga.engine.engine import EngineStats, LLMEngine
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
+from kvsaga.serve.output_stream import OutputStream
 
 log = logging.getLogger("kvsaga.serve")
 T = TypeVar("T")
@@ -61,30 +62,6 @@ SHUTTING_DOWN = "the server is shutting down"
 # How long a metrics scrape or the status line waits for the engine thread to take a fresh
 # snapshot (`AsyncEngine.fresh_snapshot`) before it reads the last one.
 SNAPSHOT_WAIT_S = 2.0
-
-
-class _Stream:
-    """One request's outputs, crossing from the engine thread to the event loop.
-
-    It ends once, with a finished output or an exception; what comes after is dropped:
-    `stop()` ends the streams of an engine thread stuck in a step, which may still deliver
-    to them when the step returns.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self._lock = threading.Lock()
-        self._ended = False
-
-    def put(self, item: RequestOutput | BaseException) -> None:
-        with self._lock:
-            if self._ended:
-                return
-            self._ended = isinstance(item, BaseException) or item.finished
-            # RuntimeError: the loop is closed, so nobody is listening any more.
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
 class AsyncEngine:
@@ -129,7 +106,7 @@ class AsyncEngine:
             queue.SimpleQueue()
         )
         self._wake = threading.Event()
-        self._streams: dict[str, _Stream] = {}  # engine thread only (`_end_streams` copies)
+        self._streams: dict[str, OutputStream] = {}  # engine thread only (`_end_streams` copies)
         self._stop = threading.Event()
         # Why commands fail at once, set (under `_lock`) when the engine thread ends; after
         # that nothing more is queued, so the thread's last drain of the queue is complete.
@@ -234,7 +211,7 @@ class AsyncEngine:
         Raises:
             InvalidRequest: what `add_request` raised (nothing was queued).
         """
-        stream = _Stream(asyncio.get_running_loop())
+        stream = OutputStream(asyncio.get_running_loop())
         rid: str = request_kwargs["request_id"]
 
         def add(engine: LLMEngine) -> None:
@@ -501,7 +478,7 @@ class RequestHandle:
         request_id: its id in the engine.
     """
 
-    def __init__(self, engine: AsyncEngine, request_id: str, stream: _Stream) -> None:
+    def __init__(self, engine: AsyncEngine, request_id: str, stream: OutputStream) -> None:
         self.engine = engine
         self.request_id = request_id
         self._stream = stream
@@ -521,7 +498,10 @@ class RequestHandle:
             fut.add_done_callback(_log_failure)  # nobody awaits it: a failure is logged
 
     async def outputs(self) -> AsyncIterator[RequestOutput]:
-        """Yield one RequestOutput per generated token; the last has `finish_reason` set.
+        """Yield the request's outputs, one per step (one token each) while the reader keeps
+        up; the steps since its last read as one where it falls behind (`OutputStream`: the
+        newest, with `delta` and `new_token_ids` joined over them). The last has
+        `finish_reason` set.
 
         Raises:
             RequestAborted: `abort()` was called meanwhile.
@@ -529,7 +509,7 @@ class RequestHandle:
         """
         try:
             while True:
-                item = await self._stream.queue.get()
+                item = await self._stream.get()
                 if isinstance(item, BaseException):
                     self._close()  # the engine thread has already dropped the request
                     raise item

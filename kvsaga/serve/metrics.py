@@ -58,11 +58,13 @@ class _Latency:
         self.count = count
         self.counts = counts
 
-    def observe(self, seconds: float) -> None:
-        for h in self.children:
-            h.observe(seconds)
+    def observe(self, seconds: float, times: int = 1) -> None:
+        """Record `seconds` `times` times (each counted)."""
+        for _ in range(times):
+            for h in self.children:
+                h.observe(seconds)
         if self.count is not None:
-            setattr(self.counts, self.count, getattr(self.counts, self.count) + 1)
+            setattr(self.counts, self.count, getattr(self.counts, self.count) + times)
 
 
 def _evictions(st: CacheStats, policy: str, labels: list[str],

@@ -77,10 +77,14 @@ class Run:
         try:
             async for out in self.handle.outputs():
                 t = time.monotonic()
+                # One observation per token: an output holds several where the reader fell
+                # behind (`RequestHandle.outputs`); they share the gap since the last one.
+                n = len(out.new_token_ids)
                 if self.last_token_t is None:
                     m.ttft.observe(t - self.arrival)
+                    m.itl.observe(0.0, max(n - 1, 0))  # (came with the first)
                 else:
-                    m.itl.observe(t - self.last_token_t)
+                    m.itl.observe((t - self.last_token_t) / max(n, 1), n)
                 self.last_token_t = t
                 if out.finished:
                     self.final = out

@@ -87,7 +87,7 @@ def test_stop_during_a_hung_step_fails_what_waits_and_ends_each_stream_once():
         assert not aengine._thread.is_alive()
         for _ in range(3):  # what the thread put went through the loop's ready queue
             await asyncio.sleep(0)
-        assert handle._stream.queue.empty()
+        assert handle._stream.num_pending == 0
         assert engine.requests == [] and aengine._streams == {}
 
     try:
