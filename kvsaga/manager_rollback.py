@@ -162,13 +162,27 @@ class FailedWrites:
         LRU's queue would unlink blocks it never linked). Their K/V may never have been
         written (`plan_import`). `discard_writes` refuses a session that is not running
         (review s49, gatediff finding 4)."""
-        s, pool, owner = self.sessions[session_id], self.pool, self.block_owner
+        s, pool = self.sessions[session_id], self.pool
         gone = [b for b in s.block_ids[start // self.block_size :] if pool.state[b] == CACHED]
         self._changes += 1
+        self._evict_unseen(gone)
+        del s.block_ids[start // self.block_size :]
+        s.num_computed = min(s.num_computed, start)
+
+    def _evict_unseen(self, gone: list[int]) -> None:
+        """Unindex, free and disown the CACHED blocks `gone` without telling the policy: a
+        release cached them and the pool's `blocks_cached` hook raised, so the policy never
+        saw them cached (told of their eviction, LRU's queue would unlink blocks it never
+        linked). Ends the eviction journal, which does not account for this."""
+        if not gone:
+            return
+        self._note_evicted(None)
+        pool, owner, index_remove = self.pool, self.block_owner, self.index.remove
+        block_hash = pool.block_hash
         for b in gone:
-            h = pool.block_hash[b]
+            h = block_hash[b]
             if h is not None:
-                self.index.remove(h)
+                index_remove(h)
         told = pool.observer
         pool.observer = _NullObserver()
         try:
@@ -177,8 +191,6 @@ class FailedWrites:
             pool.observer = told
         for b in gone:
             owner[b] = None
-        del s.block_ids[start // self.block_size :]
-        s.num_computed = min(s.num_computed, start)
 
     def _release_untold(self, blocks: list[int]) -> None:
         """Drop the references `acquire_many` took on `blocks` when the pool's
@@ -200,7 +212,15 @@ class FailedWrites:
         (its block's start when that block is not its own), and any running session to the
         block before the first stale one it holds before that; blocks past the cut are
         released (freed where unhashed). Returns the running sessions cut, with their new
-        `num_computed` (`discard_writes`, `drop_transfer`)."""
+        `num_computed` (`discard_writes`, `drop_transfer`).
+
+        A release whose pool hook `blocks_cached` raises (the pool released the blocks; the
+        policy was told of none) is completed, not taken back: the blocks it cached are
+        dropped unseen (`_evict_unseen`), every other running session is still cut (none
+        keeps K/V never written), and then the first such error propagates. Before, the
+        blocks stayed CACHED unknown to the policy (a later hit raised 'block N is not
+        queued') and the sessions after it kept their stale blocks (review s50
+        diff-hooks, finding 2)."""
         bs, pool, index = self.block_size, self.pool, self.index
         block_hash = pool.block_hash
         for b in stale:
@@ -210,6 +230,7 @@ class FailedWrites:
                 block_hash[b] = None
         owner = self.block_owner
         cut: dict[str, int] = {}
+        error: BaseException | None = None
         for s in self.sessions.values():
             if s.state is not SessionState.RUNNING:
                 continue
@@ -230,10 +251,17 @@ class FailedWrites:
             del s.block_ids[keep:]
             s.num_computed = end
             cut[sid] = end
-            pool.release_many(dropped[::-1])
+            try:
+                pool.release_many(dropped[::-1])
+            except BaseException as e:
+                self._evict_unseen([b for b in dropped if pool.state[b] == CACHED])
+                if error is None:
+                    error = e
             for b in dropped:
                 if pool.state[b] == FREE:
                     owner[b] = None
                 elif owner[b] == sid:  # cached by its hash: `end_session` must disown it
                     self._left_owned.setdefault(sid, set()).add(b)
+        if error is not None:
+            raise error
         return cut

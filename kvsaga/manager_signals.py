@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from kvsaga._validate import check_bool
 from kvsaga.errors import InvalidRequest
-from kvsaga.pool import CACHED, _NullObserver
+from kvsaga.pool import CACHED
 from kvsaga.session import PauseHint, Session, SessionState
 
 
@@ -137,31 +137,44 @@ class SessionSignals:
 
     def end_session(self, session_id: str, *, now: float | None = None) -> None:
         """Forget a session. Its full blocks stay as plain prefix cache for anyone (no block
-        stays owned by it: those that left its table while it owned them included)."""
+        stays owned by it: those that left its table while it owned them included).
+
+        A raising policy hook propagates. A paused session's retained partial tail is
+        evicted first (its eviction tells the policy first: a raise there changes nothing),
+        then the policy is told the end (a raise there leaves the session paused, less that
+        tail, as if the policy had evicted it). A running session's release raising in
+        `blocks_cached` (told after the end) still leaves the session ended, the blocks
+        that release cached dropped (`_release_table`)."""
         s = self._session(session_id)
         now = self._time(now)
+        if s.state is not SessionState.RUNNING and s.tail is not None:
+            b, gen, _ = s.tail
+            if self.pool.state[b] == CACHED and self.pool.generation[b] == gen:
+                self._drop(b)
+            s.tail = None
         self._changes += 1
         try:
             self.policy.session_ended(s, now)
-        except BaseException:  # first: nothing else changed yet
+        except BaseException:  # nothing else changed yet
             self._changes -= 1
             raise
-        # The policy was told the end: a pool hook raising below (the release's
-        # `blocks_cached`, the tail's eviction) still leaves the session ended, then raises.
-        try:
-            if s.state is SessionState.RUNNING:
+        if s.state is SessionState.RUNNING:
+            try:
                 self._release_table(s, keep_tail=False)
-            elif s.tail is not None:
-                b, gen, _ = s.tail
-                if self.pool.state[b] == CACHED and self.pool.generation[b] == gen:
-                    self._drop(b)
-        finally:
-            owner = self.block_owner
-            for blocks in (s.block_ids, self._left_owned.pop(session_id, ())):
-                for b in blocks:
-                    if owner[b] == session_id:
-                        owner[b] = None
-            del self.sessions[session_id]
+            finally:  # the policy was told the end: the session ends, then the error rises
+                self._forget(s)
+        else:
+            self._forget(s)
+
+    def _forget(self, s: Session) -> None:
+        """Disown `s`'s blocks (those that left its table while it owned them included) and
+        forget it (`end_session`, once the policy was told)."""
+        owner, sid = self.block_owner, s.session_id
+        for blocks in (s.block_ids, self._left_owned.pop(sid, ())):
+            for b in blocks:
+                if owner[b] == sid:
+                    owner[b] = None
+        del self.sessions[sid]
 
     def _release_table(self, s: Session, keep_tail: bool) -> None:
         """Drop the step's references, tail first, so that policies see tails go first.
@@ -197,27 +210,13 @@ class SessionSignals:
         `s` owns and no longer lists is remembered for `end_session`). Before this, the
         blocks stayed CACHED unknown to the policy, and every resume of `s` raised in the
         hit's `blocks_uncached` until the session was ended (review s50 hooks, item 2)."""
-        pool, owner, table = self.pool, self.block_owner, s.block_ids
-        state = pool.state
+        table, state = s.block_ids, self.pool.state
         gone = [b for b in table if state[b] == CACHED]
         s.tail = None
         if not gone:
             return
         self._changes += 1
-        self._note_evicted(None)  # a change the eviction journal does not account for
-        block_hash, index_remove = pool.block_hash, self.index.remove
-        for b in gone:
-            h = block_hash[b]
-            if h is not None:
-                index_remove(h)
-        told = pool.observer
-        pool.observer = _NullObserver()
-        try:
-            pool.evict_many(gone)
-        finally:
-            pool.observer = told
-        for b in gone:
-            owner[b] = None
+        self._evict_unseen(gone)  # (kvsaga/manager_rollback.py)
         cut = table.index(gone[0])
         self._note_left(s, table, table[:cut])
         del table[cut:]

@@ -1,7 +1,8 @@
 """A release whose pool hook `blocks_cached` raises (`finish_step`, `preempt`, a running
 session's `end_session`): the call completes consistently, the blocks that release cached
-dropped unseen, so the session can go on (review s50 hooks, item 2). Both cores; LRU and a
-grouped policy.
+dropped unseen, so the session can go on (review s50 hooks, item 2); so does `discard_writes`'
+release (review s50 diff-hooks, finding 2). A paused session's `end_session` whose tail
+eviction raises changes nothing (finding 1). Both cores; LRU and a grouped policy.
 """
 
 from __future__ import annotations
@@ -151,4 +152,128 @@ def test_an_end_session_whose_release_hook_raises_still_ends_it(core, policy):
     consistent(m, p)
     m.begin_step("c", list(range(100, 132)))  # every block free: none lost
     m.allocate_slots("c", 32)
+    consistent(m, p)
+
+
+def manager_uncached_raising(name: str, core: str, num_blocks: int = 8):
+    """A manager over policy `name`, whose `blocks_uncached` raises while `p.fail` is set
+    (before it records anything, as a batch hook must)."""
+    p = make_policy(name)
+    p.fail = False
+
+    def raising(told):
+        def blocks_uncached(ids):
+            if p.fail:
+                raise RuntimeError("blocks_uncached failed (a policy bug)")
+            told(ids)
+
+        return blocks_uncached
+
+    if name == "lru":
+        bind = p.bind
+
+        def bind_wrapped(view):
+            bind(view)
+            p.blocks_uncached = raising(p.blocks_uncached)
+            p.victim_queue = None
+
+        p.bind = bind_wrapped
+    else:
+        p.blocks_uncached = raising(p.blocks_uncached)
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), num_blocks, policy=p,
+                       clock=lambda: 0.0, core=core)
+    return m, p
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("core", CORES)
+def test_an_end_session_whose_tail_eviction_raises_changes_nothing(core, policy):
+    """A paused session keeping a partial tail, ended while the policy's `blocks_uncached`
+    (the tail's eviction) raises. Before the fix the policy was told the end first and the
+    session was forgotten anyway, its tail left CACHED, unhashed and no session's tail
+    (`check_integrity` failed; review s50 diff-hooks, finding 1). Now the call changes
+    nothing: the session stays paused with its tail, and a second `end_session` ends it."""
+    m, p = manager_uncached_raising(policy, core)
+    m.begin_step("a", list(range(6)))
+    m.allocate_slots("a", 6)  # a full block and a partial tail
+    m.finish_step("a")
+    s = m.sessions["a"]
+    tail = s.tail
+    assert tail is not None
+    owners, cached = list(m.block_owner), cached_ids(m)
+    p.fail = True
+    with pytest.raises(RuntimeError, match="blocks_uncached failed"):
+        m.end_session("a")
+    p.fail = False
+    assert m.sessions.get("a") is s and s.state is SessionState.PAUSED and s.tail == tail
+    assert list(m.block_owner) == owners and cached_ids(m) == cached
+    consistent(m, p)
+    if policy == "saga":
+        assert sorted(p.groups["a"]) == s.block_ids  # the policy still has the session's blocks
+    m.end_session("a")
+    assert "a" not in m.sessions and m.pool.state_name(tail[0]) == "free"
+    consistent(m, p)
+    m.begin_step("c", list(range(100, 132)))  # every block evictable: none lost
+    m.allocate_slots("c", 32)
+    consistent(m, p)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("core", CORES)
+def test_a_discard_writes_whose_release_hook_raises_completes(core, policy):
+    """`discard_writes` cuts a stale hit out of another running table (b's), whose later
+    hashed block its release caches, and `blocks_cached` raises there. Before the fix that
+    block stayed CACHED and indexed but unknown to the policy: b's resume hit it and raised
+    'block N is not queued' (review s50 diff-hooks, finding 2). Now it is dropped unseen,
+    every running session is still cut, and the error propagates."""
+    m, p = manager(policy, core, num_blocks=12)
+    m.begin_step("a", list(range(8)))
+    m.allocate_slots("a", 8)
+    m.finish_step("a")
+    m.begin_step("a", list(range(17)))
+    m.allocate_slots("a", 9)  # a's pass writes its blocks 2, 3 and a tail
+    m.begin_step("b", [*range(16), 90, 91, 92, 93, 94])  # b hits a's blocks 0-3
+    m.allocate_slots("b", 5)  # b's own hashed block 4 and a tail
+    assert m.sessions["b"].block_ids[:4] == m.sessions["a"].block_ids[:4]
+    p.fail = True
+    with pytest.raises(RuntimeError, match="blocks_cached failed"):
+        m.discard_writes({"a": 8})  # a's pass failed: blocks 2 and 3 were never written
+    p.fail = False
+    a, b = m.sessions["a"], m.sessions["b"]
+    assert a.num_computed == 8 and len(a.block_ids) == 2
+    assert b.num_computed == 8 and b.block_ids == a.block_ids  # cut before the stale block
+    assert cached_ids(m) == []  # b's block 4, cached by the raising release, dropped
+    assert len(m.index) == 2  # a's blocks 0, 1 only
+    consistent(m, p)
+    m.allocate_slots("a", 9)  # a computes its pass again
+    m.allocate_slots("b", 13)
+    m.finish_step("a")
+    m.finish_step("b")
+    consistent(m, p)
+    assert m.begin_step("b", [*range(16), 90, 91, 92, 93, 94, 95]).num_cached_tokens == 21
+    consistent(m, p)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_discard_writes_raising_release_still_cuts_every_session(core):
+    """A third session to cut after the one whose release raises (b's, as above): before
+    the fix the loop stopped at the raise, and c kept its never-written block and the
+    tokens in it as computed."""
+    m, p = manager("lru", core, num_blocks=16)
+    m.begin_step("a", list(range(8)))
+    m.allocate_slots("a", 8)
+    m.finish_step("a")
+    m.begin_step("a", list(range(17)))
+    m.allocate_slots("a", 9)
+    m.begin_step("b", [*range(16), 90, 91, 92, 93, 94])
+    m.allocate_slots("b", 5)
+    m.begin_step("c", list(range(100, 108)))
+    m.allocate_slots("c", 8)
+    p.fail = True
+    with pytest.raises(RuntimeError, match="blocks_cached failed"):
+        m.discard_writes({"a": 8, "c": 4})
+    p.fail = False
+    assert [m.sessions[sid].num_computed for sid in "abc"] == [8, 8, 4]
+    assert len(m.sessions["c"].block_ids) == 1
+    assert len(m.index) == 3  # a's blocks 0, 1 and c's block 0
     consistent(m, p)
