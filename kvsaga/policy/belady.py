@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import numbers
 from typing import Protocol, runtime_checkable
 
 from kvsaga.policy.aeg import ExecutionGraph
@@ -31,10 +32,11 @@ class FutureOracle(Protocol):
     """Knows when each cached block will next be read.
 
     `next_use` returns the earliest time >= `now` at which a step will read the block, or
-    `math.inf` when none will. The block is named by what the policy
-    knows of it: its owner session (None for plain cache: shared, or left by an ended
-    session), its content hash (None for a session's partial tail) and its position in its
-    context.
+    `math.inf` when none will: a real number (an int or float; not a bool, not NaN: the
+    policy refuses anything else with a TypeError or ValueError naming the block). The
+    block is named by what the policy knows of it: its owner session (None for plain cache:
+    shared, or left by an ended session), its content hash (None for a session's partial
+    tail) and its position in its context.
 
     Stability contract (the policy caches answers for plain blocks): the answer for a block
     must not change while `now` stays below it, unless the block is cached again.
@@ -49,6 +51,23 @@ def _check_oracle(oracle: object, name: str) -> FutureOracle:
     if oracle is None or not callable(getattr(oracle, "next_use", None)):
         raise ValueError(f"policy {name!r} needs a FutureOracle (oracle=...), got {oracle!r}")
     return oracle  # type: ignore[return-value]
+
+
+def _real(nu: object, sid: str | None, block: int, position: int) -> float:
+    """An oracle's answer `nu` for `block` that is not a float (or is NaN), checked: a real
+    number (not a bool, not NaN) as a float; anything else raises naming the block. Every
+    site that asks the oracle checks its answer so (`type(nu) is float and nu == nu`
+    passes the usual one at once) before it records anything: an answer kept unchecked
+    (the str "5" say) failed only at a later search, part way through it (review s50
+    diff-hooks, finding 4)."""
+    if isinstance(nu, bool) or not isinstance(nu, numbers.Real):
+        raise TypeError(f"oracle next_use for block {block} (session {sid!r}, position "
+                        f"{position}) answered {nu!r}, not a real number")
+    nu = float(nu)
+    if nu != nu:
+        raise ValueError(f"oracle next_use for block {block} (session {sid!r}, position "
+                         f"{position}) answered NaN")
+    return nu
 
 
 class BeladyPolicy(GroupedPolicy):
@@ -83,7 +102,8 @@ class BeladyPolicy(GroupedPolicy):
         self._expiry: list[tuple[float, int, int]] = []
 
     def _ask(self, sid: str | None, b: int, now: float) -> float:
-        return self.oracle.next_use(sid, self.view.block_hash[b], self._pos[b], now)
+        nu = self.oracle.next_use(sid, self.view.block_hash[b], self._pos[b], now)
+        return nu if type(nu) is float and nu == nu else _real(nu, sid, b, self._pos[b])
 
     def _push(self, b: int, now: float, nu: float | None = None) -> None:
         """Key plain or dead block `b` by its next use `nu` (None: ask the oracle now)."""
@@ -111,22 +131,29 @@ class BeladyPolicy(GroupedPolicy):
         before a search: the heap's order is then the order of the current answers."""
         expiry, stamp, where = self._expiry, self._stamp, self._where
         while expiry and expiry[0][0] < now:
-            _, b, st = heapq.heappop(expiry)
+            _, b, st = expiry[0]
             if st == stamp[b] and where[b] in (PLAIN, DEAD):
-                self._push(b, now)
+                # asked before the pop: an oracle that raises leaves the entry to ask again
+                nu = self._ask(None, b, now)
+                heapq.heappop(expiry)
+                self._push(b, now, nu)
+            else:
+                heapq.heappop(expiry)
 
     def block_cached(self, block_id: int) -> None:
         # A plain or dead block (as `GroupedPolicy.block_cached` files it) is keyed by the
         # oracle, asked before anything is recorded: an oracle that raises (or answers no
-        # number) leaves the block untold, as a raising pool hook must (`PoolObserver`).
+        # real number: `_real`) leaves the block untold, as a raising pool hook must
+        # (`PoolObserver`).
         v = self.view
         owner = v.block_owner[block_id]
         if owner is not None and owner != self._ending:
             super().block_cached(block_id)
             return
-        nu = self.oracle.next_use(None, v.block_hash[block_id], v.block_position[block_id],
-                                  self._now)
-        nu = float(nu)  # (a heap of mixed types would raise part way through a push)
+        pos = v.block_position[block_id]
+        nu = self.oracle.next_use(None, v.block_hash[block_id], pos, self._now)
+        if type(nu) is not float or nu != nu:
+            nu = _real(nu, None, block_id, pos)
         super().block_cached(block_id)
         self._push(block_id, self._now, nu)
 
@@ -135,10 +162,15 @@ class BeladyPolicy(GroupedPolicy):
         self._stamp[block_id] += 1  # its heap entry is stale now
 
     def session_ended(self, session, now: float) -> None:
-        moved = list(self.groups.get(session.session_id, []))
+        # Every block's answer first, then the move to `dead`: an oracle raising part way
+        # leaves the group as it was, as a raising hook must (end_session keeps the
+        # session). Before, the blocks after the raise were filed dead with no heap entry,
+        # never named again (review s50 diff-hooks, finding 3).
+        moved = list(self.groups.get(session.session_id, ()))
+        answers = [self._ask(None, b, now) for b in moved]
         super().session_ended(session, now)
-        for b in moved:
-            self._push(b, now)
+        for b, nu in zip(moved, answers, strict=True):
+            self._push(b, now, nu)
 
     def _plain_stream(self, now: float) -> Stream:
         heap, stamp, where = self._heap, self._stamp, self._where
@@ -219,5 +251,7 @@ class ClairvoyantTTLPolicy(TTLPolicy):
     ) -> tuple[float, float]:
         tail = group[0]
         nu = self.oracle.next_use(sid, self.view.block_hash[tail], self._pos[tail], now)
+        if type(nu) is not float or nu != nu:
+            nu = _real(nu, sid, tail, self._pos[tail])
         left = max(nu - now, 0.0)
         return (1.0, left) if left <= window else (0.0, window)
