@@ -30,7 +30,7 @@ def _raising(p, told):
     return blocks_cached
 
 
-def manager(name: str, core: str, num_blocks: int = 8):
+def manager(name: str, core: str, num_blocks: int = 8, num_host_blocks: int = 0):
     """A manager over policy `name`, whose `blocks_cached` raises while `p.fail` is set."""
     p = make_policy(name)
     p.fail = False
@@ -46,7 +46,7 @@ def manager(name: str, core: str, num_blocks: int = 8):
     else:
         p.blocks_cached = _raising(p, p.blocks_cached)
     m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), num_blocks, policy=p,
-                       clock=lambda: 0.0, core=core)
+                       clock=lambda: 0.0, core=core, num_host_blocks=num_host_blocks)
     return m, p
 
 
@@ -276,4 +276,36 @@ def test_a_discard_writes_raising_release_still_cuts_every_session(core):
     assert [m.sessions[sid].num_computed for sid in "abc"] == [8, 8, 4]
     assert len(m.sessions["c"].block_ids) == 1
     assert len(m.index) == 3  # a's blocks 0, 1 and c's block 0
+    consistent(m, p)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("core", CORES)
+def test_a_drop_transfer_whose_release_hook_raises_completes(core, policy):
+    """`drop_transfer` of a failed load cuts a's table at the loaded block; a's own hashed
+    block after it, cached by the release, is dropped unseen when `blocks_cached` raises
+    (the same `_take_back` as `discard_writes`). Before the fix it stayed CACHED and
+    indexed, unknown to the policy."""
+    m, p = manager(policy, core, num_host_blocks=8)
+    m.begin_step("a", list(range(12)))
+    m.allocate_slots("a", 12)
+    m.finish_step("a", tool="t")
+    m.begin_step("b", list(range(100, 124)))
+    m.allocate_slots("b", 24)  # evicts a's last block to the host tier
+    m.finish_step("b", tool="t")
+    m.take_transfers()
+    start = m.begin_step("a", list(range(20)))  # 2 GPU hits, 1 host hit (a load)
+    assert start.num_cached_tokens == 12
+    m.allocate_slots("a", 8)  # a's own block 3, full: hashed
+    plan = m.take_transfers()
+    assert len(plan.loads) == 1
+    p.fail = True
+    with pytest.raises(RuntimeError, match="blocks_cached failed"):
+        m.drop_transfer(plan)
+    p.fail = False
+    a = m.sessions["a"]
+    assert a.num_computed == 8 and len(a.block_ids) == 2
+    consistent(m, p)
+    m.allocate_slots("a", 12)
+    m.finish_step("a")
     consistent(m, p)
