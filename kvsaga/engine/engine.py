@@ -251,8 +251,9 @@ class LLMEngine(StepOutput):
         # The outputs made and not yet returned: step() returns them; those of a step that
         # an interrupt cut short, with the next step's.
         self._undelivered: list[RequestOutput] = []
-        # Ended requests (out of `requests`) whose hand-back raised (a policy hook): the
-        # next step, their abort or `end_session` retries it (`StepOutput._hand_back`).
+        # Ended requests (out of `requests` and the core scheduler) whose hand-back to the
+        # manager raised (a policy hook): retried by the next step or `tick`, their abort
+        # or their session's next request; `end_session` ends them (`StepOutput`).
         self._ended: list[Request] = []
         self._ids = itertools.count()
         self._idle_sweep = IdleSweep(session_idle_s)
@@ -330,9 +331,9 @@ class LLMEngine(StepOutput):
             raise ContextTooLong(len(prompt), self.max_model_len)
         rid = request_id
         if rid is None:  # (skipping ids a caller gave to requests in flight)
-            while (rid := f"req-{next(self._ids)}") in self.requests:
+            while (rid := f"req-{next(self._ids)}") in self.requests or self._id_ended(rid):
                 pass
-        elif rid in self.requests:
+        elif rid in self.requests or self._id_ended(rid):  # (ended: not handed back yet)
             raise InvalidRequest(f"request id {rid!r} is already in flight")
         owns = session_id is None
         sid = session_id if session_id is not None else one_shot_session_id(
@@ -370,17 +371,19 @@ class LLMEngine(StepOutput):
         """Stop a request now; its step's blocks are released (kept as cache). Unknown or
         finished: a no-op. InvalidRequest if `request_id` is not a str.
 
-        If the hand-back raises (a policy hook in the manager's `finish_step` /
-        `end_session`, which then changed nothing), the request is left as it was, still
-        queued or running, and the error propagates: abort it again. A request that ended
-        in a step whose hand-back raised is handed back here (else by the next step)."""
+        The request stops at once. If its hand-back to the manager raises (a policy hook
+        in `finish_step` / `end_session` / `resume_withdrawn`), the error propagates and
+        the hand-back waits (its session stays busy): the next step retries it, as does
+        an abort again, or `end_session` ends the session. A request that ended in a step
+        whose hand-back raised is handed back here."""
         check_str("request_id", request_id, InvalidRequest)
         self._abort(request_id)
 
     def has_unfinished(self) -> bool:
         """A request is queued or running, or outputs wait for the next step (made in a step
-        an interrupt cut short)."""
-        return self.scheduler.has_work or bool(self._undelivered) or bool(self._ended)
+        an interrupt or a failed hand-back cut short). A hand-back still failing is not
+        work: `tick` (and the next step) retries it."""
+        return self.scheduler.has_work or bool(self._undelivered)
 
     @property
     def wake_time(self) -> float:
@@ -419,25 +422,18 @@ class LLMEngine(StepOutput):
         Returns:
             The ids of the requests that were aborted.
         Raises:
-            InvalidRequest: `session_id` is not a str.
+            InvalidRequest: `session_id` is not a str; a policy hook's error (the manager's
+                `end_session` changed nothing: retry).
         """
         check_str("session_id", session_id, InvalidRequest)
-        aborted = [r.request_id for r in self.requests.values() if r.session_id == session_id]
-        for rid in aborted:
-            self.abort(rid)
-        if self._ended:  # a step of it that ended, whose hand-back raised: done first
-            self._hand_back_ended(session_id)
-        if session_id in self.manager.sessions:
-            self.manager.end_session(session_id, now=self.clock())
-        # A paused session has no request to abort: the scheduler must still let it go (it
-        # may hold admission room for it), e.g. when it moves to another replica.
-        self.scheduler.forget_session(session_id, self.clock())
-        return aborted
+        return self._end_session(session_id)  # (`StepOutput`: also ends failed hand-backs)
 
     def tick(self) -> None:
         """Housekeeping while idle: the policy expires TTLs and may start prefetches of
         sessions it predicts will resume soon (their copies start now)."""
         now = self.clock()
+        if self._ended:  # hand-backs that raised before: retried (logged if they raise)
+            self._retry_hand_backs()
         self.manager.tick(now)
         self._end_idle_sessions(now)
         self.copies.submit_alone()
@@ -527,10 +523,11 @@ class LLMEngine(StepOutput):
         then hold two outputs of one request, in order).
         One while waiting for the copies keeps the plans not waited on for the next step
         (`HostCopies.wait`). A request's hand-back at its end that raises (a policy hook) is
-        retried first thing in the next step (every sampled row was recorded).
+        raises once every sampled row is recorded; the next step retries it first and, if
+        it raises again, logs it and goes on (the request already left the scheduler).
         """
-        if self._ended:  # hand-backs that raised before: done first, or raise again
-            self._hand_back_ended()
+        if self._ended:  # hand-backs that raised before: retried (logged if they raise)
+            self._retry_hand_backs()
         t0 = time.perf_counter()
         now = self.clock()
         self.last_step_idle = False

@@ -122,6 +122,11 @@ class Request:
     # The last sampled token, not yet appended to the session in the manager: the next
     # decode step appends it and allocates its slot in one batched `decode_step`.
     pending_token: int | None = None
+    # Its hand-back (`StepOutput._hand_back`): an abort before it ran (again) withdraws its
+    # session's resume; it has left the core scheduler; retries of it that raised.
+    withdraws: bool = False
+    left_scheduler: bool = False
+    hand_back_failures: int = 0
 
     @property
     def all_token_ids(self) -> list[int]:

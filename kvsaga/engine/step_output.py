@@ -2,9 +2,9 @@
 request, the requests that ended finished (their sessions handed back to the manager, their
 requests out of the core scheduler), and their outputs made; if an interrupt cuts that phase
 short, every row is left whole (recorded, or taken back with its seeded generator restored).
-A hand-back that raises (a policy hook) leaves the request as it was (an abort: still queued
-or running, retryable) or, for one whose end is recorded, in `_ended` until a later step, an
-abort or `end_session` completes it.
+A hand-back whose manager part raises (a policy hook) leaves the ended request (a sampled
+end or an abort) out of the core scheduler and in `_ended` until a later step, `tick`, its
+abort, its session's next request or `end_session` completes it.
 
 A mixin of `kvsaga.engine.engine.LLMEngine`, split from engine.py so that both modules stay
 under 600 lines: engine.py builds the engine, queues requests, runs sessions and the step up
@@ -15,12 +15,15 @@ It uses the engine's `requests`, `scheduler`, `manager`, `tokenizer`, `max_model
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from kvsaga.engine.request import ListPrefix, Request, RequestOutput, RequestStatus
 from kvsaga.engine.scheduler import ScheduledChunk
+
+log = logging.getLogger(__name__)
 
 
 class StepOutput:
@@ -35,12 +38,14 @@ class StepOutput:
         `_cut_short` leaves every row whole before the exception propagates: a row recorded
         lost neither its token nor its end (else every later step raised: no token left
         to schedule, or a request that never ended), and the chunks of the rows not
-        recorded are taken back. Then the requests that ended are handed back
-        (`_hand_back_ended`): a hand-back that raises (a policy hook) propagates once every
-        row is recorded, and the next step (or an abort) tries it again."""
+        recorded are taken back. Then the requests that ended in this step are handed back
+        (`_hand_back`): a hand-back that raises (a policy hook) propagates once every row
+        is recorded, and the next step (or an abort) tries it again; one pending from an
+        earlier step is retried by `step` alone (`_retry_hand_backs`: never raising)."""
         rows: list[_Row] = []
         outputs = self._undelivered
         start = len(outputs)
+        pending = len(self._ended)  # (those that raised before: retried by `step` alone)
         try:
             # One device-to-host copy per tensor for the whole batch (not one per row).
             token_ids = out.token_ids.tolist()
@@ -54,8 +59,8 @@ class StepOutput:
         except BaseException:
             self._cut_short(sampled, rows, len(outputs) - start, now, draws)
             raise
-        if self._ended:
-            self._hand_back_ended()
+        if len(self._ended) > pending:
+            self._hand_back_all(self._ended[pending:])
 
     def _cut_short(self, sampled: list[ScheduledChunk], rows: list[_Row], k: int, now: float,
                    draws: dict[str, tuple[torch.Generator, torch.Tensor]]) -> None:
@@ -122,7 +127,7 @@ class StepOutput:
 
     def _advance(self, req: Request, row: _Row, now: float) -> RequestOutput:
         """Write `row` (`_record`'s) into `req`, and mark `req` ended if it ended (its
-        hand-back comes after every row is recorded: `_hand_back_ended`). Each write sets a
+        hand-back comes after every row is recorded: `_advance_all`). Each write sets a
         value (no append), so a second call completes one that an interrupt cut short
         (`_cut_short`)."""
         req.output_ids[row.num_ids:] = (row.tok,)
@@ -147,10 +152,10 @@ class StepOutput:
 
     def _abort(self, request_id: str) -> None:
         """`LLMEngine.abort`: `_finish` a request in flight; or complete the hand-back of
-        one that ended in a step whose hand-back raised."""
+        one that ended (in a step, or an abort) whose hand-back raised."""
         req = self.requests.get(request_id)
         if req is not None and not req.finished:
-            self._finish(req, "abort")  # a hook that raises: the request left as it was
+            self._finish(req, "abort")
             return
         for req in self._ended:
             if req.request_id == request_id:
@@ -162,58 +167,123 @@ class StepOutput:
         return (any(r.session_id == session_id for r in self.requests.values())
                 or any(r.session_id == session_id for r in self._ended))
 
+    def _id_ended(self, request_id: str) -> bool:
+        """An ended request whose hand-back raised has this id (its final output may not
+        be delivered yet: the id is still taken)."""
+        return any(r.request_id == request_id for r in self._ended)
+
     def _finish(self, req: Request, reason: str) -> None:
-        """End a request that has not ended (an abort). The manager's hand-back comes
-        first: if it raises (a policy hook; the manager then changed nothing), the request
-        is left as it was, still queued or running, and the abort may be retried; the
+        """End a request that has not ended (an abort), at once on the engine side: it is
+        finished, out of `requests` and, by its hand-back (`_hand_back`), out of the core
+        scheduler, so it runs no more. If the manager's part raises (a policy hook), the
+        request waits in `_ended` like a sampled end whose hand-back raised (retried by
+        the next step, its abort, its session's next request or `end_session`), and the
         error propagates."""
         self.scheduler.flush(req)  # an aborted request keeps its last token, as before
-        mgr = self.manager
-        sid = req.session_id
-        if req.owns_session or req.last_step:
-            if sid in mgr.sessions:
-                mgr.end_session(sid)
-        elif req.status is RequestStatus.RUNNING:
-            mgr.finish_step(sid, tool=req.pause_tool, expected_s=req.pause_expected_s)
-        elif sid in mgr.sessions:
-            # Aborted before it ran (or, preempted, before it ran again): the resume hint
-            # its arrival sent, or the step start, no longer holds.
-            mgr.resume_withdrawn(sid, now=self.clock())
+        # Aborted before it ran (or, preempted, before it ran again): the resume hint its
+        # arrival sent, or the step start, no longer holds (`resume_withdrawn`).
+        req.withdraws = req.status is not RequestStatus.RUNNING
         req.finish_reason = reason
         req.status = RequestStatus.FINISHED
         self.requests.pop(req.request_id, None)
         self._ended.append(req)
-        self._hand_back(req)  # (the core scheduler's part: the manager's is done)
+        self._hand_back(req)
 
-    def _hand_back_ended(self, session_id: str | None = None) -> None:
-        """Hand back every ended request not handed back yet (of `session_id` only, unless
-        None): each is tried, and the first error is raised after the others were."""
+    def _hand_back_ended(self, session_id: str) -> None:
+        """Hand back the session's ended requests not handed back yet."""
+        self._hand_back_all([r for r in self._ended if r.session_id == session_id])
+
+    def _hand_back_all(self, reqs: list[Request]) -> None:
+        """Hand back `reqs` (in `_ended`): each is tried, and the first error is raised
+        after the others were."""
         err: Exception | None = None
-        for req in list(self._ended):
-            if session_id is None or req.session_id == session_id:
-                try:
-                    self._hand_back(req)
-                except Exception as e:
-                    err = err or e
+        for req in reqs:
+            try:
+                self._hand_back(req)
+            except Exception as e:
+                err = err or e
         if err is not None:
             raise err
 
+    def _retry_hand_backs(self) -> None:
+        """`step` and `tick`: retry the hand-backs that raised before. One that raises
+        again is logged (at its 1st, 2nd, 4th, 8th... failure) and left for later, and the
+        step goes on: its request has left the core scheduler, so a policy hook that
+        keeps failing for one session stops no other. The session's own calls raise the
+        error: its next `add_request` and the request's `abort` retry it; `end_session`
+        ends the session without it."""
+        for req in list(self._ended):
+            try:
+                self._hand_back(req)
+            except Exception as e:
+                req.hand_back_failures += 1
+                n = req.hand_back_failures
+                if n & (n - 1) == 0:
+                    log.warning("the hand-back of request %r (session %r) failed again "
+                                "(%d retries so far; its session waits): %s: %s",
+                                req.request_id, req.session_id, n, type(e).__name__, e)
+
     def _hand_back(self, req: Request) -> None:
-        """The hand-back of an ended request (in `_ended`) that is not done yet: its session
-        to the manager (`finish_step`, or `end_session` for a one-shot or last step; what
-        raises there changes nothing, and a later call tries again), then the request out
-        of the core scheduler; then it leaves `_ended`."""
+        """The hand-back of an ended request (in `_ended`): its session to the manager,
+        the call chosen from the manager's state (`end_session` for a one-shot or last
+        step; `finish_step` if its step is still open; `resume_withdrawn` for an abort
+        before it ran; nothing if the manager already closed the step or forgot the
+        session), then the request out of the core scheduler, even if the manager's part
+        raised (once: the request never runs again); then it leaves `_ended`. If the
+        manager's part raises, the request stays in `_ended` for a retry, unless the
+        manager had already moved (a pool hook raising after the step was closed or the
+        session forgotten: the call's change stands, `KVCacheManager.finish_step`); the
+        error propagates."""
         mgr = self.manager
+        sid = req.session_id
         ended = req.owns_session or req.last_step
-        s = mgr.sessions.get(req.session_id)
-        if s is not None:
-            if ended:
-                mgr.end_session(req.session_id)
-            elif s.is_running:
-                mgr.finish_step(req.session_id, tool=req.pause_tool,
-                                expected_s=req.pause_expected_s)
-        self.scheduler.remove(req, self.clock(), ended=ended)
-        self._ended[:] = [r for r in self._ended if r is not req]
+        s = mgr.sessions.get(sid)
+        running = s is not None and s.is_running
+        done = True
+        try:
+            if s is not None:
+                if ended:
+                    mgr.end_session(sid)
+                elif running:
+                    mgr.finish_step(sid, tool=req.pause_tool, expected_s=req.pause_expected_s)
+                elif req.withdraws:
+                    mgr.resume_withdrawn(sid, now=self.clock())
+        except BaseException:
+            now_s = mgr.sessions.get(sid)
+            done = now_s is None if ended else (running and (now_s is None
+                                                             or not now_s.is_running))
+            raise
+        finally:
+            if not req.left_scheduler:
+                req.left_scheduler = True
+                self.scheduler.remove(req, self.clock(), ended=ended)
+            if done:
+                self._ended[:] = [r for r in self._ended if r is not req]
+
+    def _end_session(self, session_id: str) -> list[str]:
+        """`LLMEngine.end_session` (after its check): abort the session's requests in
+        flight, then forget the session in the manager (`end_session`), which also
+        completes the hand-backs of its requests that raised (theirs are not retried
+        first: a hook that keeps failing there does not keep the session from ending).
+        An abort whose hand-back raised is logged if the end then succeeds."""
+        aborted = [r.request_id for r in self.requests.values() if r.session_id == session_id]
+        for rid in aborted:
+            try:
+                self._abort(rid)
+            except Exception as e:  # (its hand-back waits in `_ended`: the end covers it)
+                log.warning("aborting request %r of ending session %r failed: %s: %s",
+                            rid, session_id, type(e).__name__, e)
+        mgr = self.manager
+        try:
+            if session_id in mgr.sessions:
+                mgr.end_session(session_id, now=self.clock())
+        finally:
+            if session_id not in mgr.sessions:  # (else its hook raised: retry the end)
+                self._ended[:] = [r for r in self._ended if r.session_id != session_id]
+                # A paused session has no request to abort: the scheduler must still let
+                # it go (it may hold admission room for it), e.g. when it moves away.
+                self.scheduler.forget_session(session_id, self.clock())
+        return aborted
 
     def _output(self, req: Request, delta: str, new_ids: list[int]) -> RequestOutput:
         """The request's output now. A running request's cumulative lists are read-only
