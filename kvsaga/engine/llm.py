@@ -303,8 +303,7 @@ class LLM:
             for ids, kw in items:
                 reqs.append(engine.add_request(ids, params, **kw))
         except BaseException:  # one prompt refused: none of the call's runs
-            for r in reqs:
-                engine.abort(r.request_id)
+            _abort_all(engine, reqs)
             raise
         mine = {r.request_id for r in reqs}
         backoff = AdmissionBackoff(self.ADMISSION_MAX_WAIT_S)
@@ -330,8 +329,7 @@ class LLM:
             # on_output raised, a step failed, or the caller was interrupted: nothing will
             # read the call's requests any more, so none may stay queued (they would hold
             # their blocks, run inside later calls and keep their sessions busy).
-            for r in reqs:
-                engine.abort(r.request_id)  # (a no-op for a finished one)
+            _abort_all(engine, reqs)
             raise
         return [engine.final_output(r) for r in reqs]
 
@@ -476,3 +474,19 @@ class AgentSession:
         """End the session; its full blocks stay as plain prefix cache."""
         self.llm.engine.end_session(self.session_id)
         self.ended = True
+
+
+def _abort_all(engine: LLMEngine, reqs: list) -> None:
+    """Abort every request of a call that failed, even where an abort raises (a policy
+    hook in its hand-back: the request is stopped anyway and its hand-back retried by
+    the engine): stopping at that one left the call's later requests queued, holding
+    their blocks, to run inside the next call. The first error is raised after the
+    others were aborted (chained to the call's own error by the caller's `raise`)."""
+    err: Exception | None = None
+    for r in reqs:
+        try:
+            engine.abort(r.request_id)  # (a no-op for a finished one)
+        except Exception as e:
+            err = err or e
+    if err is not None:
+        raise err

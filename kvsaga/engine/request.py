@@ -169,7 +169,9 @@ class ListPrefix(Sequence):
     tokens (and logprobs) without copying them at every step (a copy per step made a
     request's outputs cost quadratic time in its length). Items appended to the list later
     are not part of it. It compares equal to a list (or view) of the same items, and `+`
-    and slices give lists; `list(view)` copies it."""
+    and slices give lists; `list(view)` copies it. Not a `list`: `json.dumps` refuses a
+    view itself (use `list(view)`, or `dataclasses.asdict(output)`, whose deep copy makes
+    views lists); pickle and `copy` make it a list of its items."""
 
     __slots__ = ("_items", "_n")
 
@@ -216,6 +218,12 @@ class ListPrefix(Sequence):
 
     def copy(self) -> list:
         return list(self)
+
+    def __reduce__(self):
+        # Pickled (and deep-copied: `dataclasses.asdict` of an output, which json then
+        # takes) as a plain list of the view's items: not the whole underlying list as it
+        # is at pickling time, and no reader needs this class.
+        return list, (list(self),)
 
     def __repr__(self) -> str:
         return repr(list(self))

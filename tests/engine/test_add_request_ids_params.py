@@ -50,14 +50,18 @@ def test_a_one_shot_request_never_joins_a_callers_session_of_its_name(engine):
 
 
 def test_a_one_shot_name_of_a_waiting_callers_session_is_skipped_too(engine):
-    a = engine.add_request(PROMPT, greedy(), session_id="oneshot-req-0")  # id "req-0"
-    assert a.request_id == "req-0"
-    b = engine.add_request(PROMPT[:20], greedy(), request_id="req-0.x")
-    assert b.session_id == "oneshot-req-0.x"
-    c = engine.add_request(PROMPT[:25], greedy())
-    assert c.request_id == "req-1" and c.session_id == "oneshot-req-1"
+    """A caller's session "oneshot-req-0" is only queued (its step waits: unknown to the
+    manager, busy in the engine) when a one-shot request gets the engine-made id "req-0":
+    the one-shot's session must not be the caller's (review s50 diff-engine finding 8:
+    the old test never made this collision)."""
+    a = engine.add_request(PROMPT, greedy(), request_id="x", session_id="oneshot-req-0")
+    assert "oneshot-req-0" not in engine.manager.sessions  # waiting: busy in the engine
+    b = engine.add_request(PROMPT[:25], greedy())
+    assert b.request_id == "req-0" and b.session_id == "oneshot-req-0.1"
     drain(engine)
-    assert all(r.finish_reason == "length" for r in (a, b, c))
+    assert all(r.finish_reason == "length" for r in (a, b))
+    assert "oneshot-req-0" in engine.manager.sessions  # the caller's, paused
+    assert "oneshot-req-0.1" not in engine.manager.sessions  # ended with its request
 
 
 def test_engine_made_ids_skip_a_callers_id_in_flight(engine):

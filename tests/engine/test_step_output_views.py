@@ -114,3 +114,23 @@ def test_top_logprobs_of_a_mixed_batch_are_the_samplers_rows(engine, monkeypatch
                 assert req.top_logprobs == []
     assert all(len(r.output_ids) == 6 for r in reqs)
     assert [len(r.top_logprobs) for r in reqs] == [6, 0, 6, 0]
+
+
+def test_a_view_pickles_as_a_list_of_its_prefix_and_an_output_dict_is_json():
+    """Review s50 diff-engine finding 6: a pickled view carried the whole underlying list
+    (as it was at pickling time) and needed the class to load; `asdict` of an output kept
+    the views, which json refused."""
+    import dataclasses
+    import json
+    import pickle
+
+    from kvsaga.engine.request import ListPrefix, RequestOutput
+
+    items = [1, 2, 3]
+    view = ListPrefix(items)
+    items.extend(range(10_000))  # the request grew after the output was made
+    got = pickle.loads(pickle.dumps(view))
+    assert type(got) is list and got == [1, 2, 3]
+    assert len(pickle.dumps(view)) < 100
+    out = RequestOutput("r", "s", "abc", "c", view, None, 3, 0, logprobs=ListPrefix([0.5]))
+    assert json.loads(json.dumps(dataclasses.asdict(out)))["token_ids"] == [1, 2, 3]
