@@ -412,6 +412,7 @@ class LLMEngine(StepOutput):
         check_str("session_id", session_id, InvalidRequest)
         if session_id not in self.manager.sessions:
             return 0
+        self.copies.drop_failed()  # (as `step`: before a reload reads a host copy)
         self.manager.resume_hint(session_id, now=self.clock())
         return self.copies.submit_alone()
 
@@ -434,6 +435,7 @@ class LLMEngine(StepOutput):
         now = self.clock()
         if self._ended:  # hand-backs that raised before: retried (logged if they raise)
             self._retry_hand_backs()
+        self.copies.drop_failed()  # (as `step`: before a prefetch reads a host copy)
         self.manager.tick(now)
         self._end_idle_sessions(now)
         self.copies.submit_alone()
@@ -528,6 +530,8 @@ class LLMEngine(StepOutput):
         """
         if self._ended:  # hand-backs that raised before: retried (logged if they raise)
             self._retry_hand_backs()
+        if self.copies.failed_plans:  # a drop an interrupt cut short: before any lookup
+            self.copies.drop_failed()
         t0 = time.perf_counter()
         now = self.clock()
         self.last_step_idle = False

@@ -115,7 +115,10 @@ class HostCopies:
         """Forget what the failed plans were to write (`KVCacheManager.drop_transfer`), and
         tell `on_cut` the sessions whose cached prefix that cut back. None failed: nothing.
         A plan leaves `failed_plans` only once dropped: one interrupted meanwhile, and those
-        after it, are dropped by the next call."""
+        after it, are dropped by the next call, which `LLMEngine.step`, `tick`,
+        `resume_hint` and `settle` make first, before any lookup or copy (a no-op when none
+        failed): a plan left there would keep its never-written host copies indexed, for a
+        later session to take as hits."""
         failed = self.failed_plans
         cut: dict[str, int] = {}
         try:
@@ -134,6 +137,7 @@ class HostCopies:
         propagates (`LLMEngine.settle_transfers`)."""
         if self.transfers is None:
             return
+        self.drop_failed()  # (left by an interrupt: before its blocks are copied on)
         try:
             self.submit()
             self.wait()

@@ -79,26 +79,50 @@ def interrupt(engine: LLMEngine, where: str, seen: dict) -> None:
         jobs.put = put
 
 
-def run(model_dir, where: str | None):
+def interrupt_first_drop(engine: LLMEngine, seen: dict) -> None:
+    """Arm a second KeyboardInterrupt with the first: the step's way out
+    (`HostCopies.drop_failed`) is interrupted as it enters its first `drop_transfer`."""
+    manager = engine.manager
+    real = manager.drop_transfer
+
+    def drop_transfer(plan):
+        if seen.get("drop_armed"):
+            seen["drop_armed"] = False
+            raise KeyboardInterrupt
+        seen.setdefault("dropped", []).append(plan)
+        return real(plan)
+
+    manager.drop_transfer = drop_transfer
+
+
+def run(model_dir, where: str | None, interrupt_drop: bool = False):
     """Each session's second turn (tokens, cached tokens) after `NUM_SESSIONS` first turns
     on a small GPU tier, one first-turn step interrupted at `where` (then stepped on), and
-    what the interrupted step left (`seen`)."""
+    what the interrupted step left (`seen`; with `interrupt_drop`, its drop of the failed
+    plan is interrupted too, and `seen["next"]` is what the next step left)."""
     engine = LLMEngine(str(model_dir), device="cpu", progress=False,
                        kv_memory_bytes=24 * BLOCK_BYTES, host_memory_bytes=96 * BLOCK_BYTES,
                        clock=ticks())
     seen: dict = {}
     if where is not None:
         interrupt(engine, where, seen)
+    if interrupt_drop:
+        interrupt_first_drop(engine, seen)
     context = {}
     for i in range(NUM_SESSIONS):
         req = engine.add_request(prompt(i), GREEDY, session_id=f"s{i}")
-        seen["armed"] = seen.get("armed") or (i == INTERRUPTED and where is not None)
+        if i == INTERRUPTED and where is not None:
+            seen["armed"] = True
+            seen["drop_armed"] = interrupt_drop
         while engine.has_unfinished():
             try:
                 engine.step()
             except KeyboardInterrupt:
                 seen["after"] = after_interrupt(engine, seen["plan"])
                 engine.manager.check_integrity()
+                continue
+            if "after" in seen and "next" not in seen:
+                seen["next"] = after_interrupt(engine, seen["plan"])
         context[i] = prompt(i) + req.output_ids
     out = {}
     for i in range(NUM_SESSIONS):
@@ -144,6 +168,39 @@ def test_an_interrupt_at_the_hand_over_loses_no_plan(model_dir, clean, where):
     # before the fix ("before", "refused"): a second turn took a host block never written
     # (the cached tokens differ: the copies dropped are computed again)
     assert {i: ids for i, (ids, _) in out.items()} == {i: ids for i, (ids, _) in clean.items()}
+
+
+def test_a_failed_plan_whose_drop_was_interrupted_is_dropped_by_the_next_step(model_dir, clean):
+    """A second Ctrl-C, in the failing step's own drop of its plan (review s50 diff-host 1):
+    the plan stays in `failed_plans`, and the next step drops it before it schedules (before
+    the fix nothing did: every later step succeeded, the plan's never-written host copies
+    stayed indexed, and a second turn took them as hits and generated other tokens)."""
+    out, seen, _ = run(model_dir, "before", interrupt_drop=True)
+    assert seen["after"]["failed_left"] == 1  # the interrupted drop kept it (none lost)
+    assert seen["next"]["failed_left"] == 0  # before the fix: 1, for ever
+    assert any(p is seen["plan"] for p in seen.get("dropped", []))
+    assert {i: ids for i, (ids, _) in out.items()} == {i: ids for i, (ids, _) in clean.items()}
+
+
+@pytest.mark.parametrize("way", ["tick", "resume_hint", "settle_transfers"])
+def test_a_failed_plan_left_is_dropped_first_by_every_way_in(model_dir, way):
+    """A failed plan left in `failed_plans` (its drop interrupted) is dropped before the
+    manager may plan a copy or hit a host block: by `tick` before the policy's prefetches,
+    by `resume_hint` before the session's reloads, by `settle_transfers` before its plan."""
+    engine = LLMEngine(str(model_dir), device="cpu", progress=False,
+                       kv_memory_bytes=24 * BLOCK_BYTES, host_memory_bytes=96 * BLOCK_BYTES,
+                       clock=ticks())
+    engine.add_request(prompt(0), GREEDY, session_id="s0")
+    drain(engine)  # s0: paused, known to the manager
+    manager, log, failed = engine.manager, [], object()
+    for name in ("tick", "resume_hint", "take_transfers"):
+        real = getattr(manager, name)
+        setattr(manager, name, lambda *a, _n=name, _r=real, **kw: (log.append(_n), _r(*a, **kw))[1])
+    manager.drop_transfer = lambda plan: (log.append(plan), {})[1]
+    engine.copies.failed_plans = [failed]
+    getattr(engine, way)(*(("s0",) if way == "resume_hint" else ()))
+    assert log and log[0] is failed  # before the fix: never dropped (or after the manager)
+    assert engine.copies.failed_plans == []
 
 
 # -- HostCopies with fakes -------------------------------------------------------------------
