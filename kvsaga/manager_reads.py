@@ -184,12 +184,12 @@ class ManagerReads:
                          ) -> tuple[Sequence[bytes], list[tuple[int, bool]]]:
         """(`hashes` as far as hashed, begin_step's run past the first GPU miss at `first`:
         `_host_walk`'s, blocks still on the GPU being hits there), the prompt hashed on only
-        while the run goes on, a few blocks at a time, doubling, as `_gpu_hits` does: a
-        prompt that misses both tiers is not hashed to its end (the scheduler asks at
-        nearly every step for each waiting request). The caller's `block_hashes` is read,
-        never extended."""
+        while the run goes on: a prompt that misses both tiers is not hashed to its end (the
+        scheduler asks at nearly every step for each waiting request). Each round hashes to
+        twice the blocks already hashed (and 8 more), going on from `_gpu_hits`' doubling
+        rather than restarting it: a long run takes a few rounds, and at most about twice
+        the run is hashed. The caller's `block_hashes` is read, never extended."""
         run: list[tuple[int, bool]] = []
-        grow = 1
         while True:
             limit = min(len(hashes), max_blocks)
             part = self._host_walk(hashes, first, limit)
@@ -199,8 +199,7 @@ class ManagerReads:
             first = limit
             if hashes is block_hashes or not isinstance(hashes, list):
                 hashes = list(hashes)
-            self._hash_to(hashes, root, tokens, min(max_blocks, limit + grow))
-            grow *= 2
+            self._hash_to(hashes, root, tokens, min(max_blocks, 2 * limit + 8))
 
     def _gpu_hits(self, hashes: list[bytes], root: bytes, tokens: Sequence[int],
                   max_blocks: int, table: list[int] | None = None, owned: bool = False,

@@ -101,3 +101,40 @@ def test_lookups_answer_as_the_eager_walk_did(core):
             m.end_session(sid)
             del contexts[sid]
     assert compared == 600 and host_hits > 20  # (the runs did reach the host tier)
+
+
+def test_a_long_cached_run_is_hashed_in_a_few_rounds(core):
+    """The host walk goes on from the blocks `_gpu_hits` hashed, doubling the total (review
+    s50 diff-host 2): it restarted at 1 block, so a long run took many small hashing rounds
+    (100 GPU + 400 host blocks: 9 past the GPU's, where the old eager walk took 1)."""
+    bs, G, H = 16, 100, 400
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=bs), G + H + 4, core=core.name,
+                       num_host_blocks=G + H + 8, clock=lambda: 0.0)
+    p = [(7 * i + i // 97) % 1000 + 3 for i in range((G + H) * bs)]
+    m.begin_step("a", p + [1])
+    m.allocate_slots("a", len(p) + 1)
+    m.finish_step("a")
+    m.end_session("a")
+    filler = [5000 + i for i in range((H + 3) * bs)]  # evicts (offloads) most of the run
+    m.begin_step("f", filler)
+    m.allocate_slots("f", len(filler))
+    m.finish_step("f")
+    m.take_transfers()
+    calls = {"hash": 0}
+    hash_to, gpu_hits = m._hash_to, m._gpu_hits
+
+    def counted_hash_to(*a):
+        calls["hash"] += 1
+        return hash_to(*a)
+
+    def counted_gpu_hits(*a, **kw):
+        out = gpu_hits(*a, **kw)
+        calls["by the GPU walk"] = calls["hash"]
+        return out
+
+    m._hash_to, m._gpu_hits = counted_hash_to, counted_gpu_hits
+    got = m.lookup("new", p + [5])
+    # the scenario's run: about G blocks on the GPU, then the rest on the host tier
+    assert got.num_cached_tokens == (G + H) * bs and got.host_hit_blocks > 0.7 * H
+    assert calls["by the GPU walk"] == 7  # 1, 3, 7, ..., 127 blocks
+    assert calls["hash"] - calls["by the GPU walk"] <= 2  # before the fix: 9
