@@ -17,7 +17,10 @@ Three ways, the same evictions each (issue 11: eviction cost):
 - otherwise the policy's list of victims, checked, journaled, and evicted (the pool calls
   the policy's `blocks_uncached`), with a host tier offloaded: which victims get a copy is
   decided before the eviction (`_offload_plan`, the policy's `action`), the copies planned
-  only once it succeeded, so that a hook that raises in either changes neither tier.
+  only once it succeeded, so that a hook that raises in either changes neither tier's
+  blocks or index. (When the eviction makes room for a host hit's load or a prefetch, the
+  host blocks pinned for it come back, on a raise, as most recently used: `HostTier.unpin`
+  keeps their content and index, not their place in the host tier's LRU order.)
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class EvictionPath:
         if self._journal is not None:
             self._note_evicted(victims)
         # The host copies are decided first (the policy's `action`), and planned only once
-        # the eviction succeeded: a hook that raises in either changes no tier.
+        # the eviction succeeded: a hook that raises in either changes no tier's blocks.
         offload = self._offload_plan(victims, now) if self.host is not None else None
         if hot is not None:  # the same loops, in the C++ core
             hot.evict_blocks(victims)
