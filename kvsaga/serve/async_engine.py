@@ -62,6 +62,10 @@ SHUTTING_DOWN = "the server is shutting down"
 # How long a metrics scrape or the status line waits for the engine thread to take a fresh
 # snapshot (`AsyncEngine.fresh_snapshot`) before it reads the last one.
 SNAPSHOT_WAIT_S = 2.0
+# After a step that raised, the engine thread waits (a command wakes it) this long, doubled
+# while steps keep failing, up to the max, rather than step again at once.
+FAILED_STEP_WAIT_S = 0.01
+FAILED_STEP_MAX_WAIT_S = 1.0
 
 
 class AsyncEngine:
@@ -117,6 +121,7 @@ class AsyncEngine:
         # Set once the load's outcome is known: loaded, failed, or stopped (`wait_ready`).
         self._settled = threading.Event()
         self._admission = AdmissionBackoff(idle_wait_s)  # waits between idle steps
+        self._step_failures = 0  # steps that raised in a row (engine thread only)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -324,8 +329,9 @@ class AsyncEngine:
             while not self._stop.is_set():
                 self._run_commands(engine)
                 if engine.has_unfinished():
-                    self._step(engine)
-                    if engine.last_step_idle:
+                    if not self._step(engine):
+                        self._back_off()
+                    elif engine.last_step_idle:
                         self._wait_for_admission(engine)
                     else:
                         self._admission.reset()
@@ -391,19 +397,40 @@ class AsyncEngine:
             except BaseException as e:  # handed to the caller; the thread carries on
                 fut.set_exception(e)
 
-    def _step(self, engine: LLMEngine) -> None:
+    def _back_off(self) -> None:
+        """After a step that raised: wait for a command, or FAILED_STEP_WAIT_S doubled at
+        each failure in a row up to FAILED_STEP_MAX_WAIT_S, before the next step. A failure
+        that repeated at every step spun the engine thread (~46k steps/s, a traceback
+        each: review s50 diff-engine finding 2)."""
+        n = min(self._step_failures, 32)
+        self._wake.wait(min(FAILED_STEP_WAIT_S * 2 ** (n - 1), FAILED_STEP_MAX_WAIT_S))
+        self._wake.clear()  # (commands run next, before any step)
+
+    def _step(self, engine: LLMEngine) -> bool:
+        """One engine step, its outputs put into their streams; False if it raised."""
         start = self._step_started = time.perf_counter()
         try:
             outputs = engine.step()
         except Exception as e:
             # A bug below us; failing every request in flight (and aborting it, so its
-            # blocks are released) keeps the server and the pool consistent.
-            log.exception("engine step failed; aborting every request in flight")
+            # blocks are released) keeps the server and the pool consistent. A failure
+            # repeated in a row is logged at its 2nd, 4th, 8th... time, with the count.
+            self._step_failures = n = self._step_failures + 1
+            if n == 1:
+                log.exception("engine step failed; aborting every request in flight")
+            elif n & (n - 1) == 0:
+                log.error("engine step failed again (%d in a row; retried after up to "
+                          "%.1f s): %s: %s", n, FAILED_STEP_MAX_WAIT_S, type(e).__name__, e)
             self._fail_all(engine, e)
-            return
+            return False
         finally:
             self._step_started = None
             self.busy_s += time.perf_counter() - start
+        if self._step_failures:
+            if self._step_failures > 1:
+                log.warning("engine steps work again after %d failures in a row",
+                            self._step_failures)
+            self._step_failures = 0
         streams = self._streams
         for out in outputs:
             stream = streams.get(out.request_id)
@@ -412,6 +439,7 @@ class AsyncEngine:
             if out.finished:
                 del streams[out.request_id]
             stream.put(out)
+        return True
 
     def _end_streams(self, error: BaseException) -> None:
         """From `stop()`, whose thread is not the engine thread: end every request's stream
