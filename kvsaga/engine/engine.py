@@ -418,7 +418,10 @@ class LLMEngine(StepOutput):
 
     def end_session(self, session_id: str) -> list[str]:
         """End a session: abort its request in flight, if any, and forget its context (its
-        full blocks stay as plain prefix cache). Unknown sessions are ignored.
+        full blocks stay as plain prefix cache). Unknown sessions are ignored. A hand-back
+        of its request that raised (a policy hook) is not retried: the end replaces it
+        (an abort's error is then logged), so a failing `step_finished` cannot keep the
+        session from ending.
 
         Returns:
             The ids of the requests that were aborted.
