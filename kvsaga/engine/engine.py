@@ -251,9 +251,8 @@ class LLMEngine(StepOutput):
         # The outputs made and not yet returned: step() returns them; those of a step that
         # an interrupt cut short, with the next step's.
         self._undelivered: list[RequestOutput] = []
-        # Ended requests (out of `requests` and the core scheduler) whose hand-back to the
-        # manager raised (a policy hook): retried by the next step or `tick`, their abort
-        # or their session's next request; `end_session` ends them (`StepOutput`).
+        # Ended requests (out of `requests` and the core scheduler) whose hand-back raised
+        # (a policy hook): retried or ended as `StepOutput._retry_hand_backs` says.
         self._ended: list[Request] = []
         self._ids = itertools.count()
         self._idle_sweep = IdleSweep(session_idle_s)
@@ -418,10 +417,8 @@ class LLMEngine(StepOutput):
 
     def end_session(self, session_id: str) -> list[str]:
         """End a session: abort its request in flight, if any, and forget its context (its
-        full blocks stay as plain prefix cache). Unknown sessions are ignored. A hand-back
-        of its request that raised (a policy hook) is not retried: the end replaces it
-        (an abort's error is then logged), so a failing `step_finished` cannot keep the
-        session from ending.
+        full blocks stay as plain prefix cache). Unknown sessions are ignored. A failed
+        hand-back of its request is not retried: the end replaces it (`StepOutput`).
 
         Returns:
             The ids of the requests that were aborted.
