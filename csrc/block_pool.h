@@ -136,9 +136,7 @@ class Pool {
 
   void acquire_many(nb::handle ids) {
     read_ids(ids, n, buf_);
-    for (int32_t b : buf_)
-      if (state.data[b] == kFree) raise_state(b, "acquire_many takes active or cached blocks");
-    acquire(buf_.data(), buf_.size());
+    reference_ids<false>(buf_, "acquire_many takes active or cached blocks");
   }
 
   // acquire_many for a moment's hold, not a hit (a prefetch keeps a session's blocks from
@@ -146,25 +144,7 @@ class Pool {
   // is CACHED as of when it was before (a later hit counts its whole stay, an eviction none).
   void hold_many(nb::handle ids) {
     read_ids(ids, n, buf_);
-    for (int32_t b : buf_)
-      if (state.data[b] == kFree) raise_state(b, "hold_many takes active or cached blocks");
-    std::vector<int32_t>& reclaimed = buf2_;
-    reclaimed.clear();
-    for (int32_t b : buf_) {
-      if (state.data[b] == kActive) {
-        ref.data[b] += 1;
-      } else {
-        state.data[b] = kActive;
-        ref.data[b] = 1;
-        held_[b] = 1;
-        ++num_held_;
-        reclaimed.push_back(b);
-      }
-    }
-    if (!reclaimed.empty()) {
-      num_cached -= static_cast<int64_t>(reclaimed.size());
-      notify(false, reclaimed.data(), reclaimed.size());
-    }
+    reference_ids<true>(buf_, "hold_many takes active or cached blocks");
   }
 
   void release_many(nb::handle ids, int64_t keep_unhashed) {
@@ -240,25 +220,59 @@ class Pool {
     }
   }
 
-  void acquire(const int32_t* ids, size_t k) {
+  // acquire_many (Hold: hold_many) of ids already read, each in [0, n): one more reference
+  // on each; a ValueError (`why`) naming the first FREE one. The observer is told first of
+  // the CACHED ones (each once, in order), so that a raising hook changes nothing, as the
+  // policy, told nothing by the raise, still has them cached (before, the references stayed
+  // taken: a hit's blocks ACTIVE with no table holding them).
+  template <bool Hold>
+  void reference_ids(const std::vector<int32_t>& ids, const char* why) {
+    // The CACHED ids, marked ACTIVE as they are met so that one named twice is reclaimed
+    // once (refcount 0 still: CACHED). No Python code runs until the marks are taken back
+    // (recache) or the observer, a C++ queue, was told.
     std::vector<int32_t>& reclaimed = buf2_;
     reclaimed.clear();
+    size_t k = ids.size();
     for (size_t i = 0; i < k; ++i) {
-      int32_t b = ids[i];
-      if (num_held_) unhold(b);  // a held block hit is used: its next stay starts anew
-      if (state.data[b] == kActive) {
-        ref.data[b] += 1;
-      } else {
+      int32_t b = ids[i], s = state.data[b];
+      if (s == kCached) {
         state.data[b] = kActive;
-        ref.data[b] = 1;
-        reused_s += clock - cached_at_[b];
         reclaimed.push_back(b);
+      } else if (s == kFree) {
+        recache(reclaimed);
+        raise_state(b, why);
       }
     }
-    if (!reclaimed.empty()) {
-      num_cached -= static_cast<int64_t>(reclaimed.size());
-      notify(false, reclaimed.data(), reclaimed.size());
+    if (reclaimed.empty()) {
+      add_refs<Hold>(ids.data(), k);
+      return;
     }
+    if (!tells_python(false)) {
+      try {
+        notify(false, reclaimed.data(), reclaimed.size());
+      } catch (...) {
+        recache(reclaimed);
+        throw;
+      }
+      add_refs<Hold>(ids.data(), k);
+      take_cached<Hold>(reclaimed);
+      return;
+    }
+    // A Python hook sees them CACHED, and may re-enter the pool (and reuse buf_, buf2_).
+    recache(reclaimed);
+    std::vector<int32_t> mine(ids), told(reclaimed);
+    notify(false, told.data(), told.size());
+    for (int32_t b : mine)  // freed by a hook that re-entered the pool: refused
+      if (state.data[b] == kFree) raise_state(b, why);
+    size_t still = 0;  // (one a re-entrant hit took is ACTIVE, and counted there)
+    for (int32_t b : told)
+      if (state.data[b] == kCached) {
+        state.data[b] = kActive;
+        told[still++] = b;
+      }
+    told.resize(still);
+    add_refs<Hold>(mine.data(), mine.size());
+    take_cached<Hold>(told);
   }
 
  private:
@@ -317,6 +331,45 @@ class Pool {
     if (!nb::getattr(fn, "__func__", nb::none()).is(nb::getattr(nb::type<PyQueue>(), name)))
       return nullptr;
     return q->raw().capacity() == n ? q : nullptr;
+  }
+
+  // The references of reference_ids, the observer told and its CACHED blocks marked ACTIVE
+  // (refcount 0): one more on each (a hit also ends a hold: its next stay starts anew).
+  template <bool Hold>
+  void add_refs(const int32_t* ids, size_t k) {
+    for (size_t i = 0; i < k; ++i) {
+      int32_t b = ids[i];
+      if (!Hold && num_held_) unhold(b);
+      ref.data[b] += 1;
+    }
+  }
+
+  // The CACHED accounting of reference_ids' `reclaimed`: num_cached, and each one's stay
+  // (a hit's adds to reused_s; a hold's is kept: held_).
+  template <bool Hold>
+  void take_cached(const std::vector<int32_t>& reclaimed) {
+    for (int32_t b : reclaimed) {
+      if (Hold) {
+        held_[b] = 1;
+        ++num_held_;
+      } else {
+        reused_s += clock - cached_at_[b];
+      }
+    }
+    num_cached -= static_cast<int64_t>(reclaimed.size());
+  }
+
+  // Takes back reference_ids' marks: `ids` CACHED again.
+  void recache(const std::vector<int32_t>& ids) {
+    for (int32_t b : ids) state.data[b] = kCached;
+  }
+
+  // Whether notify(cached, ...) may run Python code (which may re-enter the pool): not for a
+  // C++ queue's own method, nor without a hook.
+  bool tells_python(bool cached) const {
+    const nb::object& many = cached ? many_cached_ : many_uncached_;
+    if ((cached ? queue_cached_ : queue_uncached_) && !many.is_none()) return false;
+    return many.is_valid() || (cached ? one_cached_ : one_uncached_).is_valid();
   }
 
   // Tells the observer, in one call when it takes batches, else block by block (undone on

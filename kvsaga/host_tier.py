@@ -317,20 +317,24 @@ class HostTierOps:
         whether `s`'s retained tail (alive) was referenced too (`_hold_tail`; `tail`: it
         continues the run, or the caller holds it anyway). `hold`: the GPU blocks and the
         tail are only held (`BlockPool.hold_many`: a prefetch's), not hits. All or nothing:
-        when the loads' evictions raise (the policy's error), every reference taken here,
+        when the policy raises (the loads' evictions, or its pool hook as the resident blocks
+        or the tail are taken, which then takes none of them), every reference taken here,
         and those the caller took on `before` (the blocks it holds in place), is dropped
         first."""
         take = self.pool.hold_many if hold else self.pool.acquire_many
         resident = [b for b, on_gpu in run if on_gpu]
-        take(resident)
         loads = [(first + i, b) for i, (b, on_gpu) in enumerate(run) if not on_gpu]
-        held = self._hold_tail(s, tail, len(loads), take)
+        taken: list[int] = []
+        held = False
         try:
+            take(resident)
+            taken = resident
+            held = self._hold_tail(s, tail, len(loads), take)
             loaded = iter(self._load_into_gpu(s, [p for p, _ in loads],
                                               [b for _, b in loads], now))
         except BaseException:  # tails first, as `_release_table`
             kept = s.tail[0] if held else -1
-            self.pool.release_many(([kept] if held else []) + (before + resident)[::-1],
+            self.pool.release_many(([kept] if held else []) + (before + taken)[::-1],
                                    keep_unhashed=kept)
             raise
         return [b if on_gpu else next(loaded) for b, on_gpu in run], held

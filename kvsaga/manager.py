@@ -196,7 +196,12 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
             raise
         num_cached = len(hits) * self.block_size
         if s.tail is not None:
-            num_cached = self._reuse_tail(s, hits, num_cached, usable_end, held)
+            try:
+                num_cached = self._reuse_tail(s, hits, num_cached, usable_end, held)
+            except BaseException:  # the pool's hook raised on the tail's hit or drop
+                s.block_ids = hits  # the references to drop, the loads among them
+                self._unbegin(s, keep, before, None, owners)
+                raise
         if self._hot is not None:
             self._hot.disown_shared(hits, session_id)
         else:
@@ -259,16 +264,12 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         into fresh GPU blocks, those still on the GPU taken there); and whether `s`'s
         retained tail, which continues them, was referenced too (before the loads' evictions,
         which could take it; `usable_end`: as `_reuse_tail`'s). When the loads raise, or the
-        pool's hook as the hits are taken, no reference stays taken."""
+        pool's hook as the hits are taken (which then takes none), no reference stays taken."""
         if self._hot is not None:  # the same blocks, read first off the session's table
             hits = self._hot.session_hits(s.block_ids, s.block_hashes, limit)
         else:
             hits = self.index.longest_prefix(s.block_hashes, limit)
-        try:
-            self.pool.acquire_many(hits)  # before loads below can evict anything
-        except BaseException:  # the pool took them, then its blocks_uncached hook raised
-            self._release_untold(hits)
-            raise
+        self.pool.acquire_many(hits)  # before loads below can evict anything
         held = False
         if self.host is not None:
             loaded, held = self._load_from_host(s, hits, limit, now,

@@ -192,20 +192,6 @@ class FailedWrites:
         for b in gone:
             owner[b] = None
 
-    def _release_untold(self, blocks: list[int]) -> None:
-        """Drop the references `acquire_many` took on `blocks` when the pool's
-        `blocks_uncached` hook raised after it (before, they stayed taken: refcounts no table
-        held, the blocks pinned ACTIVE for good; review s49 gate3, finding 3). The policy is
-        not told: a raising hook has changed nothing (`PoolObserver`), so it still holds
-        the blocks it had as cached."""
-        pool = self.pool
-        told = pool.observer
-        pool.observer = _NullObserver()
-        try:
-            pool.release_many(blocks[::-1])
-        finally:
-            pool.observer = told
-
     def _take_back(self, stale: set[int], starts: Mapping[str, int]) -> dict[str, int]:
         """Unindex the ACTIVE blocks `stale` (their K/V is not what their hash says) and
         take them out of every running table: a session in `starts` goes back to its start

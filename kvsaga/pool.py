@@ -32,9 +32,10 @@ class PoolObserver(Protocol):
     """Told whenever a block enters or leaves the CACHED (evictable) state.
 
     An observer may also define `blocks_cached(ids)` / `blocks_uncached(ids)`: the pool
-    then reports a batch transition in one call (the blocks' states are already updated,
-    but for an eviction's: `evict_many` tells first, its victims still CACHED and hashed, so
-    that a raising hook leaves them so), else block by block, in the same order. A hook
+    then reports a batch transition in one call, else block by block, in the same order.
+    Blocks leave CACHED once the observer is told: `evict_many`, `acquire_many` and
+    `hold_many` tell first, their blocks still CACHED (and hashed), so that a raising hook
+    leaves every block as it was; blocks enter CACHED before it is told. A hook
     that raises must have changed nothing (a batch hook raises before it records any
     block); block by block, the pool makes it so: a raise at block k first undoes blocks
     0..k-1 with the opposite hook.
@@ -156,42 +157,69 @@ class BlockPool:
         return ids
 
     def acquire_many(self, block_ids: list[int]) -> None:
-        """Take a reference on each hit block: ACTIVE ones gain one, CACHED ones are reclaimed."""
+        """Take a reference on each hit block: ACTIVE ones gain one, CACHED ones are reclaimed.
+        The observer is told first: a raising hook changes nothing (refcounts, states, counts,
+        holds, `reused_s`), as the policy, told nothing by the raise, still has them cached.
+
+        Raises:
+            ValueError: a FREE block (the C++ pool's check); nothing changes.
+        """
+        reclaimed = self._reclaimable(block_ids, "acquire_many")
+        if reclaimed:
+            self._uncached_many(reclaimed)
         if self._held:  # a held block hit is used: its next stay in CACHED starts anew
             self._held.difference_update(block_ids)
-        reclaimed = self._reference(block_ids)
+        self._reference(block_ids)
         if reclaimed:
             clock, cached_at, reused = self.clock, self._cached_at, self.reused_s
             for b in reclaimed:
                 reused += clock - cached_at[b]
             self.reused_s = reused
             self.num_cached -= len(reclaimed)
-            self._uncached_many(reclaimed)
 
     def hold_many(self, block_ids: list[int]) -> None:
         """`acquire_many` for a moment's hold, not a hit (a prefetch keeps a session's blocks
         from its own evictions): a CACHED block taken adds nothing to `reused_s`, and when
         released it is CACHED as of when it was before, so a later hit, if any, counts its
-        whole stay and an eviction none of it."""
-        reclaimed = self._reference(block_ids)
+        whole stay and an eviction none of it. Told first, as `acquire_many`."""
+        reclaimed = self._reclaimable(block_ids, "hold_many")
         if reclaimed:
+            self._uncached_many(reclaimed)
             self._held.update(reclaimed)
             self.num_cached -= len(reclaimed)
-            self._uncached_many(reclaimed)
+        self._reference(block_ids)
 
-    def _reference(self, block_ids: list[int]) -> list[int]:
-        """One more reference on each block; returns the CACHED ones this made ACTIVE (the
-        caller leaves the CACHED accounting: `num_cached`, the free queue, reuse timing)."""
+    def _reclaimable(self, block_ids: list[int], op: str) -> list[int]:
+        """The CACHED blocks among `block_ids`, each once, in order: those a reference makes
+        ACTIVE (the observer's batch). ValueError naming the first FREE one (`op` refused)."""
+        if not block_ids:
+            return []
+        state = self.state
+        states = itemgetter(*block_ids)(state) if len(block_ids) > 1 else (state[block_ids[0]],)
+        active = states.count(ACTIVE)
+        if active == len(states):
+            return []
+        if FREE in states:
+            b = block_ids[states.index(FREE)]
+            raise ValueError(f"free block {b}: {op} takes active or cached blocks")
+        if active:
+            reclaimed = [b for b, st in zip(block_ids, states, strict=True) if st == CACHED]
+        else:
+            reclaimed = list(block_ids)
+        if len(reclaimed) > 1 and len(set(reclaimed)) < len(reclaimed):
+            reclaimed = list(dict.fromkeys(reclaimed))  # named twice: reclaimed once
+        return reclaimed
+
+    def _reference(self, block_ids: list[int]) -> None:
+        """One more reference on each block (none FREE: a CACHED one becomes ACTIVE; the
+        caller leaves the CACHED accounting: `num_cached`, holds, reuse timing)."""
         ref, state = self.refcount, self.state
-        reclaimed = []
         for b in block_ids:
             if state[b] == ACTIVE:
                 ref[b] += 1
             else:
                 state[b] = ACTIVE
                 ref[b] = 1
-                reclaimed.append(b)
-        return reclaimed
 
     def release_many(self, block_ids: list[int], keep_unhashed: int = -1) -> None:
         """Drop one reference on each block, in order. A block reaching zero becomes CACHED

@@ -249,12 +249,13 @@ def test_blocks_a_taken_back_begin_step_loaded_are_not_left_owned_for_good(core,
     m.check_integrity()
 
 
-def split_on_tiers(core: str) -> tuple[KVCacheManager, Flaky]:
+def split_on_tiers(core: str, policy: Flaky | None = None) -> tuple[KVCacheManager, Flaky]:
     """A manager whose paused "s" (14 tokens computed: 3 full blocks and a tail of 2) has
     its block 1 on the host tier only, blocks 0 and 2 and the tail cached on the GPU, and
     no free GPU block: loading block 1 back must evict, after the hit on block 0, the
-    resident block 2 and the tail (which continues them) were referenced."""
-    policy = Flaky()
+    resident block 2 and the tail (which continues them) were referenced. `policy`: a
+    Flaky (a new one by default)."""
+    policy = Flaky() if policy is None else policy
     m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 7, policy=policy, clock=lambda: 0.0,
                        core=core, num_host_blocks=8)
     paused(m, "s", list(range(14)))
