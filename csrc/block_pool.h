@@ -226,7 +226,7 @@ class Pool {
   // policy, told nothing by the raise, still has them cached (before, the references stayed
   // taken: a hit's blocks ACTIVE with no table holding them).
   template <bool Hold>
-  void reference_ids(const std::vector<int32_t>& ids, const char* why) {
+  void reference_ids(std::vector<int32_t>& ids, const char* why) {
     // The CACHED ids, marked ACTIVE as they are met so that one named twice is reclaimed
     // once (refcount 0 still: CACHED). No Python code runs until the marks are taken back
     // (recache) or the observer, a C++ queue, was told.
@@ -258,9 +258,12 @@ class Pool {
       take_cached<Hold>(reclaimed);
       return;
     }
-    // A Python hook sees them CACHED, and may re-enter the pool (and reuse buf_, buf2_).
+    // A Python hook sees them CACHED, and may re-enter the pool: the ids are this call's own
+    // meanwhile (a re-entrant call finds buf_ and buf2_ empty), and checked again after.
     recache(reclaimed);
-    std::vector<int32_t> mine(ids), told(reclaimed);
+    Lent lent_ids(ids), lent_told(reclaimed);
+    std::vector<int32_t>& mine = lent_ids.v;
+    std::vector<int32_t>& told = lent_told.v;
     notify(false, told.data(), told.size());
     for (int32_t b : mine)  // freed by a hook that re-entered the pool: refused
       if (state.data[b] == kFree) raise_state(b, why);
@@ -358,6 +361,17 @@ class Pool {
     }
     num_cached -= static_cast<int64_t>(reclaimed.size());
   }
+
+  // A scratch vector's contents lent to one call, given back when it ends (re-entrant calls
+  // meanwhile find it empty): no copy.
+  struct Lent {
+    std::vector<int32_t>& home;
+    std::vector<int32_t> v;
+    explicit Lent(std::vector<int32_t>& h) : home(h), v(std::move(h)) {}
+    ~Lent() { home = std::move(v); }
+    Lent(const Lent&) = delete;
+    Lent& operator=(const Lent&) = delete;
+  };
 
   // Takes back reference_ids' marks: `ids` CACHED again.
   void recache(const std::vector<int32_t>& ids) {

@@ -169,7 +169,7 @@ class BlockPool:
             self._uncached_many(reclaimed)
         if self._held:  # a held block hit is used: its next stay in CACHED starts anew
             self._held.difference_update(block_ids)
-        self._reference(block_ids)
+        self._reference(block_ids, reclaimed)
         if reclaimed:
             clock, cached_at, reused = self.clock, self._cached_at, self.reused_s
             for b in reclaimed:
@@ -187,7 +187,7 @@ class BlockPool:
             self._uncached_many(reclaimed)
             self._held.update(reclaimed)
             self.num_cached -= len(reclaimed)
-        self._reference(block_ids)
+        self._reference(block_ids, reclaimed)
 
     def _reclaimable(self, block_ids: list[int], op: str) -> list[int]:
         """The CACHED blocks among `block_ids`, each once, in order: those a reference makes
@@ -202,24 +202,20 @@ class BlockPool:
         if FREE in states:
             b = block_ids[states.index(FREE)]
             raise ValueError(f"free block {b}: {op} takes active or cached blocks")
-        if active:
-            reclaimed = [b for b, st in zip(block_ids, states, strict=True) if st == CACHED]
-        else:
-            reclaimed = list(block_ids)
+        reclaimed = [b for b in block_ids if state[b] == CACHED] if active else list(block_ids)
         if len(reclaimed) > 1 and len(set(reclaimed)) < len(reclaimed):
             reclaimed = list(dict.fromkeys(reclaimed))  # named twice: reclaimed once
         return reclaimed
 
-    def _reference(self, block_ids: list[int]) -> None:
-        """One more reference on each block (none FREE: a CACHED one becomes ACTIVE; the
-        caller leaves the CACHED accounting: `num_cached`, holds, reuse timing)."""
-        ref, state = self.refcount, self.state
+    def _reference(self, block_ids: list[int], reclaimed: list[int]) -> None:
+        """One more reference on each block, `reclaimed` (`_reclaimable`'s, refcount 0) made
+        ACTIVE first (the caller leaves the CACHED accounting: `num_cached`, holds, reuse
+        timing)."""
+        state, ref = self.state, self.refcount
+        for b in reclaimed:
+            state[b] = ACTIVE
         for b in block_ids:
-            if state[b] == ACTIVE:
-                ref[b] += 1
-            else:
-                state[b] = ACTIVE
-                ref[b] = 1
+            ref[b] += 1
 
     def release_many(self, block_ids: list[int], keep_unhashed: int = -1) -> None:
         """Drop one reference on each block, in order. A block reaching zero becomes CACHED
