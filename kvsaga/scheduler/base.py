@@ -311,7 +311,10 @@ class Scheduler:
 
         Raises:
             InvalidRequest: `now` not a finite number within +-`MAX_TIME_S`, a session id
-                not a non-empty str, a step of the session already waiting or running
+                not a non-empty str, a step's `arrival` not a finite number (bool
+                refused) within +-`MAX_TIME_S` (the workflow scheduler's reserve deadline,
+                wait statistics and aging read it: a NaN one turned bounded waiting off,
+                review s50 scheduler 1), a step of the session already waiting or running
                 here (it would be begun while the other holds the session open), or a
                 prompt needing more blocks than the pool has (`_check_fits`); nothing
                 changed.
@@ -320,6 +323,8 @@ class Scheduler:
         sid = getattr(req, "session_id", None)
         if not isinstance(sid, str) or not sid:
             raise InvalidRequest(f"a step's session_id must be a non-empty str, got {sid!r}")
+        check_time(f"session {sid!r}: the step's arrival", getattr(req, "arrival", None),
+                   InvalidRequest)
         if self._live_step(sid) is not None:
             raise InvalidRequest(f"session {sid!r} already has a step waiting or running "
                                  f"here; finish it before adding the next")

@@ -188,7 +188,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             room); opt-in: "once" (that growth counted once: fails the non-thrash check,
             `--fit` round 24), "remaining" (its expected reply, learned online), "prompt"
             ("remaining", and a queued step on its prompt too); else a queued step a whole step.
-            growth_reserve: z >= 0, finite: admission keeps z standard deviations of the
+            growth_reserve: 0 <= z <= 1e6: admission keeps z standard deviations of the
             admitted sessions' summed growth still to come free, so paused
             contexts stay resident when steps outgrow their means (0: off).
             paused_reserve: admission keeps room for paused sessions' next growth too

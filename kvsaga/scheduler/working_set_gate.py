@@ -35,6 +35,10 @@ from kvsaga.scheduler.working_set import (
     working_set_blocks,
 )
 
+# The largest `growth_reserve` z taken (standard deviations of the admitted sessions'
+# growth still to come): far past any use, and z x sd stays finite for any real spread.
+MAX_GROWTH_RESERVE = 1e6
+
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
 READMIT_CHARGES = ("uncached", READMIT_ROOM, READMIT_ROOM_QUEUE, READMIT_ROOM_FITS,
                    READMIT_ROOM_CONTEXTS, *READMIT_ROOM_SWAP, "context", "full", "binding",
@@ -111,10 +115,14 @@ class WorkingSetGate:
         demote for it: it is room a new session may not take, not a commitment); "short":
         the same room, kept only while the tiers are short (`_paused_reserve_applies`)."""
         self.growth_charge = check_choice("growth_charge", growth_charge, GROWTH_CHARGES)
+        # z counts standard deviations: MAX_GROWTH_RESERVE is far past any use, and keeps
+        # z x sd finite (1e308 was taken, then `_reserve_blocks` raised OverflowError
+        # mid-run once the growth's sd reached 2 tokens: review s50 scheduler 4)
         self.growth_reserve = check_float("growth_reserve", growth_reserve, 0.0)
         if self.growth_reserve == float("inf"):
             raise ValueError(f"scheduler parameter growth_reserve must be finite, got "
                              f"{growth_reserve!r}")
+        check_float("growth_reserve", growth_reserve, 0.0, maximum=MAX_GROWTH_RESERVE)
         if growth_charge in ON_REPLY and self._calibration is not None:
             raise ValueError(f"scheduler parameters growth_charge {growth_charge!r} and "
                              "growth_quantile > 0 exclude each other (the calibration "

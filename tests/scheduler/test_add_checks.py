@@ -16,6 +16,7 @@ import math
 import pytest
 
 from kvsaga import InvalidRequest, KVCacheManager, KVSpec
+from kvsaga._validate import MAX_TIME_S
 from kvsaga.scheduler import SCHEDULERS, make_scheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.helpers import scheduler_state
@@ -108,3 +109,40 @@ def test_a_prompt_larger_than_the_pool_is_refused(name):
     _drain(m, s, ex)
     s.add(ToyRequest("full", list(range(200, 248)), 1), 40.0)
     assert any(r.session_id == "full" for r in s.waiting)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+@pytest.mark.parametrize("bad", [None, "x", True, math.nan, math.inf, -math.inf,
+                                 2 * MAX_TIME_S, -2 * MAX_TIME_S])
+def test_bad_arrival_refused(name, bad):
+    """Review s50 scheduler 1: `add` checked `now` but not the step's own `arrival`, which
+    the workflow scheduler reads (reserve deadline, wait statistics, aging). None or a str
+    raised a bare TypeError after the step was queued: the next `schedule` began it and
+    raised again, leaving it running with no working set charged. NaN made the step the
+    reserve's first with a NaN deadline, so no session was ever held for (bounded waiting
+    off), and admission_wait_s went NaN for good. It is refused naming the session and the
+    value, nothing changed, and the others run."""
+    m, s, ex, b = _setup(name)
+    before = scheduler_state(s)
+    with pytest.raises(InvalidRequest, match=r"session 'c': the step's arrival must be a"):
+        s.add(ToyRequest("c", [1, 2], 1, arrival=bad), 5.0)
+    assert scheduler_state(s) == before
+    _drain(m, s, ex)
+    assert "c" not in m.sessions
+    wait = getattr(s, "admission_wait_s", 0.0)  # (workflow's statistics)
+    assert wait == wait  # not NaN
+
+
+def test_a_nan_arrival_cannot_switch_the_reserve_off():
+    """Review s50 scheduler 1 (c): with one seat held, b's reserve deadline is its arrival
+    plus max_wait_s; a NaN-arrival step queued first took the reserve with a NaN deadline."""
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 32, policy="lru", clock=lambda: 0.0)
+    s = make_scheduler("workflow", m, max_num_seqs=1, max_wait_s=5.0)
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("long", list(range(8)), max_new=10**6), 0.0)
+    s.schedule(0.0, ex)
+    with pytest.raises(InvalidRequest, match=r"session 'nan': the step's arrival must be"):
+        s.add(ToyRequest("nan", list(range(50, 54)), 2, arrival=math.nan), 0.0)
+    s.add(ToyRequest("b", list(range(100, 104)), 2, arrival=0.0), 0.0)
+    assert s.reserve_at == 5.0
+    assert s._reserved(1000.0).session_id == "b"

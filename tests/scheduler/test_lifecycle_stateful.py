@@ -67,6 +67,15 @@ class LifecycleMachine(SchedulerMachine):
                  lambda: self.s.finish(ToyRequest("nobody", [7]), bad)]
         self.refused(calls[what])
 
+    @rule(bad=st.sampled_from([math.nan, math.inf, -math.inf, 2e15, "1", None, True]),
+          resumed=st.booleans())
+    def bad_arrival(self, bad, resumed):
+        """Review s50 scheduler 1: a step whose own arrival is no time is refused at `add`
+        (a fresh session's first step, or a paused one's next)."""
+        sid = sorted(self.paused)[0] if resumed and self.paused else "fresh"
+        self.refused(lambda: self.s.add(ToyRequest(sid, [7, 7, 7, 7], 1, arrival=bad,
+                                                   resumed=sid != "fresh"), self.now))
+
     @rule()
     def finish_unknown(self):
         before = scheduler_state(self.s)

@@ -84,6 +84,7 @@ def test_every_parameter_refuses_bad_values_naming_itself(name):
     ("overcommit", 10**400),  # an int beyond float range: OverflowError, naming nothing
     ("demote_factor", -10**400),
     ("length_prior", 10**400),  # OverflowError at construction (its own check)
+    ("growth_reserve", 1e308),  # z x sd overflowed to inf inside `schedule` (review s50 4)
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_huge_values_are_refused_naming_the_parameter(param, value):
     """Review s47 sched 3: values far above any sane one (they may come through
@@ -120,3 +121,39 @@ def test_the_bounds_themselves_schedule(param, value):
         ex.run(s, s.schedule(float(t), ex), float(t))
     assert not s.has_work
     m.check_integrity()
+
+
+def _grow(growth_reserve: float) -> None:
+    """Session a's steps grow by 4 then 20 tokens (a growth spread of several tokens),
+    then b arrives: admission computes `growth_reserve` z x that spread."""
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 64, policy="lru", clock=lambda: 0.0)
+    s = make_scheduler("workflow", m, growth_reserve=growth_reserve)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", list(range(8)), 2, last=False)
+    s.add(a, 0.0)
+    for k in range(20):
+        now = float(k)
+        ex.run(s, s.schedule(now, ex), now)
+        if k in (3, 7):
+            more = list(range(100, 104)) if k == 3 else list(range(200, 220))
+            a = ToyRequest("a", a.token_ids + more, 2, last=False, resumed=True,
+                           arrival=now + 1)
+            s.add(a, now + 1)
+        if k == 11:
+            s.add(ToyRequest("b", list(range(300, 308)), 2, arrival=now + 1), now + 1)
+    m.check_integrity()
+    # (z = 0 keeps nothing; the bound keeps more room than the pool has)
+    assert (s._reserve_blocks() > m.pool.num_blocks) == (growth_reserve > 0)
+
+
+def test_growth_reserve_bound():
+    """Review s50 scheduler 4: growth_reserve=1e308 was taken (only inf was refused), then
+    `_reserve_blocks` raised OverflowError at b's admission once a's growth spread was a few
+    tokens. It is refused naming the bound; the bound itself runs that trace through."""
+    with pytest.raises(ValueError, match=r"growth_reserve must be a number <= 1e\+06, "
+                                         r"got 1e\+308"):
+        _grow(1e308)
+    with pytest.raises(ValueError, match=r"growth_reserve must be finite, got inf"):
+        make_scheduler("workflow", _manager(), growth_reserve=math.inf)
+    _grow(1e6)  # `working_set_gate.MAX_GROWTH_RESERVE`
+    _grow(0.0)
