@@ -382,7 +382,9 @@ class HostTierOps:
         resume before the copy ends waits for the remainder only, since the engine's
         forward waits on the plan's transfer. A prefetch whose room cannot be made (the
         policy raises) changes nothing but the host tier's recency: the host blocks it meant
-        to load count as just used (`HostTier.unpin`).
+        to load count as just used (`HostTier.unpin`). One whose closing release raises (the
+        pool's `blocks_cached`) is completed: its loads stay planned, and the blocks that
+        release cached, which the policy never saw, are dropped (freed and unindexed).
 
         Returns:
             Blocks whose load was planned.
@@ -427,8 +429,17 @@ class HostTierOps:
             resident += blocks
             self._prefetched_blocks += loads
         # CACHED again (hashed, or the tail kept), tails first
-        self.pool.release_many(([tail] if tail >= 0 else []) + resident[::-1],
-                               keep_unhashed=tail)
+        closing = ([tail] if tail >= 0 else []) + resident[::-1]
+        try:
+            self.pool.release_many(closing, keep_unhashed=tail)
+        except BaseException:
+            # Its `blocks_cached` raised: the blocks it cached stay unseen by the policy (the
+            # hold told it they left). Dropped as an eviction would (the loaded ones keep
+            # their host copies, their loads planned into free blocks); before, they stayed
+            # CACHED, and a hit on them raised in the policy (review s50 diff-hooks, 2).
+            state = self.pool.state
+            self._evict_unseen([b for b in closing if state[b] == CACHED])
+            raise
         return loads
 
     def take_transfers(self) -> TransferPlan:

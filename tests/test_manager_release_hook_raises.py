@@ -1,8 +1,9 @@
 """A release whose pool hook `blocks_cached` raises (`finish_step`, `preempt`, a running
 session's `end_session`): the call completes consistently, the blocks that release cached
-dropped unseen, so the session can go on (review s50 hooks, item 2); so does `discard_writes`'
-release (review s50 diff-hooks, finding 2). A paused session's `end_session` whose tail
-eviction raises changes nothing (finding 1). Both cores; LRU and a grouped policy.
+dropped unseen, so the session can go on (review s50 hooks, item 2); so do the releases of
+`discard_writes`, `drop_transfer` and `prefetch` (review s50 diff-hooks, finding 2). A paused
+session's `end_session` whose tail eviction raises changes nothing (finding 1). Both cores;
+LRU and a grouped policy.
 """
 
 from __future__ import annotations
@@ -308,4 +309,39 @@ def test_a_drop_transfer_whose_release_hook_raises_completes(core, policy):
     consistent(m, p)
     m.allocate_slots("a", 12)
     m.finish_step("a")
+    consistent(m, p)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("core", CORES)
+def test_a_prefetch_whose_closing_release_hook_raises_completes(core, policy):
+    """A prefetch loads a's offloaded block back and holds a's resident head meanwhile;
+    its closing release (which caches them all again) raises in `blocks_cached`. Before
+    the fix they stayed CACHED and indexed but unknown to the policy: a's resume hit them
+    and raised 'block N is not queued' (review s50 diff-hooks, finding 2). Now they are
+    dropped unseen (the loaded ones keep their host copies), and the error propagates."""
+    m, p = manager(policy, core, num_host_blocks=8)
+    m.begin_step("a", list(range(12)))
+    m.allocate_slots("a", 12)
+    m.finish_step("a", tool="t")
+    m.begin_step("b", list(range(100, 124)))
+    m.allocate_slots("b", 24)  # evicts a's last block to the host tier
+    m.finish_step("b", tool="t")
+    m.take_transfers()
+    found = m.lookup("a", list(range(13)))  # the prefetch holds 2 and loads 1
+    assert (found.gpu_hit_blocks, found.host_hit_blocks) == (2, 1)
+    p.fail = True
+    with pytest.raises(RuntimeError, match="blocks_cached failed"):
+        m.prefetch("a")
+    p.fail = False
+    consistent(m, p)
+    m.take_transfers()
+    start = m.begin_step("a", list(range(13)))  # goes on: its blocks from the host again
+    m.allocate_slots("a", 13 - start.num_cached_tokens)
+    m.finish_step("a")
+    consistent(m, p)
+    m.end_session("a")
+    m.end_session("b")
+    m.begin_step("c", list(range(200, 232)))  # every GPU block free or evictable
+    m.allocate_slots("c", 32)
     consistent(m, p)
