@@ -195,15 +195,29 @@ class StepOutput:
 
     def _hand_back_all(self, reqs: list[Request]) -> None:
         """Hand back `reqs` (in `_ended`): each is tried, and the first error is raised
-        after the others were."""
+        after the others were. An interrupt (a BaseException) stops at once, but first
+        takes the requests not tried out of the core scheduler (they wait in `_ended`
+        for their hand-back's retry), so none of them is scheduled again."""
         err: Exception | None = None
-        for req in reqs:
+        for i, req in enumerate(reqs):
             try:
                 self._hand_back(req)
             except Exception as e:
                 err = err or e
+            except BaseException:
+                self._leave_scheduler(reqs[i + 1:])
+                raise
         if err is not None:
             raise err
+
+    def _leave_scheduler(self, reqs: list[Request]) -> None:
+        """Take the ended `reqs` (in `_ended`) out of the core scheduler (no manager
+        call: their hand-back is retried later)."""
+        now = self.clock()
+        for req in reqs:
+            if not req.left_scheduler:
+                req.left_scheduler = True
+                self.scheduler.remove(req, now, ended=req.owns_session or req.last_step)
 
     def _retry_hand_backs(self) -> None:
         """`step` and `tick`: retry the hand-backs that raised before. One that raises
@@ -279,11 +293,22 @@ class StepOutput:
                 mgr.end_session(session_id, now=self.clock())
         finally:
             if session_id not in mgr.sessions:  # (else its hook raised: retry the end)
-                self._ended[:] = [r for r in self._ended if r.session_id != session_id]
+                self._drop_ended(session_id)
                 # A paused session has no request to abort: the scheduler must still let
                 # it go (it may hold admission room for it), e.g. when it moves away.
                 self.scheduler.forget_session(session_id, self.clock())
         return aborted
+
+    def _drop_ended(self, session_id: str) -> None:
+        """The session was forgotten: its requests leave `_ended`, each out of the core
+        scheduler first if it has not left it (an interrupt cut its step's hand-backs
+        short: else it stayed in the core's running list, and every later step raised)."""
+        now = self.clock()
+        for req in [r for r in self._ended if r.session_id == session_id]:
+            if not req.left_scheduler:
+                req.left_scheduler = True
+                self.scheduler.remove(req, now, ended=True)
+            self._ended[:] = [r for r in self._ended if r is not req]
 
     def _output(self, req: Request, delta: str, new_ids: list[int]) -> RequestOutput:
         """The request's output now. A running request's cumulative lists are read-only
