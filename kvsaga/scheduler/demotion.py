@@ -123,6 +123,7 @@ class Demotions:
         self._num_forgotten += 1  # the admitted sets changed (`refusal_until` reads it)
         info = self.sessions.pop(sid)
         self._committed -= info.blocks
+        self._context_total -= info.ctx
         self._committed_var -= info.var
         self._paused_extra -= info.extra
         left = self._tenant_blocks[info.tenant] - info.blocks
@@ -233,7 +234,7 @@ class Demotions:
         for p in passed:  # its step goes ahead of theirs (`_insert_demoted`'s count)
             self._overtaken[p] += 1
         self._set_deferred(sid, False, now)
-        info.blocks, info.var, info.extra = 0, 0.0, 0  # forgotten at the demotion
+        info.blocks, info.var, info.extra, info.ctx = 0, 0.0, 0, 0  # forgotten at the demotion
         info.active = True
         self.sessions[sid] = info
         self._set_blocks(info)

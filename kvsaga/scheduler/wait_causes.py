@@ -88,7 +88,15 @@ class WaitCauses:
             self._since = (now, waiting, self._held, fill, totals)
 
     def _context_blocks(self) -> int:
-        """Blocks of the admitted sessions' own contexts, without predicted growth."""
+        """Blocks of the admitted sessions' own contexts, without predicted growth: the
+        running total `WorkingSetGate._set_blocks` and `Demotions._forget` keep (this was
+        the sum below, read per admission attempt and per shrink check: O(admitted
+        sessions) a read, review s50 scheduler 2)."""
+        return self._context_total
+
+    def _context_blocks_summed(self) -> int:
+        """`_context_blocks` summed afresh over the admitted sessions (tests check the
+        running total against it)."""
         bs = self.manager.block_size
         return sum(-(-max(i.context - i.shared, 0) // bs) for i in self.sessions.values())
 

@@ -43,7 +43,7 @@ class _Admitted:
 
     __slots__ = ("tenant", "workflow", "context", "shared", "steps", "active",
                  "last_context", "demote_at", "blocks", "tool", "on_prompt", "var",
-                 "extra")
+                 "extra", "ctx")
 
     def __init__(self, tenant: str | None, workflow: str, context: int) -> None:
         self.tenant = tenant
@@ -59,6 +59,7 @@ class _Admitted:
         self.on_prompt = True  # `context` is its admitted step's prompt, not a finish's
         self.var = 0.0  # variance of its growth still to come (`growth_reserve`), tokens^2
         self.extra = 0  # paused: its growth kept free at admission (`paused_reserve`)
+        self.ctx = 0  # blocks of its own context, as `_set_blocks` last counted them
 
 
 class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCauses, BlockRoom,
@@ -323,6 +324,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         self._init_growth_charge(growth_charge, growth_reserve,
                                  paused_reserve)  # `WorkingSetGate`
         self._committed = 0  # sum of admitted sessions' working sets, blocks
+        self._context_total = 0  # ... of their own contexts (`WaitCauses._context_blocks`)
         self._tenant_blocks: dict[str | None, int] = {}  # ... per tenant (AFS shares)
         self._demote_at = math.inf  # no paused session is demotable before this
         self._attempt_at = -math.inf  # the last admission attempt's time

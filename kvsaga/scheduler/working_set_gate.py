@@ -523,6 +523,9 @@ class WorkingSetGate:
         self._paused_extra += extra - info.extra
         info.extra = extra
         self._committed += new - info.blocks
+        ctx = -(-max(own, 0) // self.manager.block_size)  # (`WaitCauses._context_blocks`)
+        self._context_total += ctx - info.ctx
+        info.ctx = ctx
         self._tenant_blocks[info.tenant] = self._tenant_blocks.get(info.tenant, 0) + (
             new - info.blocks)
         info.blocks = new
