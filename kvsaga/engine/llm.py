@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,6 +22,8 @@ from kvsaga.engine.sampling import SamplingParams
 from kvsaga.errors import InvalidRequest
 from kvsaga.prefix import root_hash
 from kvsaga.session import PauseHint
+
+log = logging.getLogger(__name__)
 
 Prompt = str | Sequence[int]
 Messages = Sequence[Mapping[str, Any]]
@@ -302,8 +305,8 @@ class LLM:
         try:
             for ids, kw in items:
                 reqs.append(engine.add_request(ids, params, **kw))
-        except BaseException:  # one prompt refused: none of the call's runs
-            _abort_all(engine, reqs)
+        except BaseException as e:  # one prompt refused: none of the call's runs
+            _abort_all(engine, reqs, e)
             raise
         mine = {r.request_id for r in reqs}
         backoff = AdmissionBackoff(self.ADMISSION_MAX_WAIT_S)
@@ -325,11 +328,12 @@ class LLM:
                         for out in outputs:
                             if out.request_id in mine:
                                 on_output(out)
-        except BaseException:
+        except BaseException as e:
             # on_output raised, a step failed, or the caller was interrupted: nothing will
             # read the call's requests any more, so none may stay queued (they would hold
-            # their blocks, run inside later calls and keep their sessions busy).
-            _abort_all(engine, reqs)
+            # their blocks, run inside later calls and keep their sessions busy). The
+            # caller sees its own error, whatever the aborts raise.
+            _abort_all(engine, reqs, e)
             raise
         return [engine.final_output(r) for r in reqs]
 
@@ -476,17 +480,19 @@ class AgentSession:
         self.ended = True
 
 
-def _abort_all(engine: LLMEngine, reqs: list) -> None:
-    """Abort every request of a call that failed, even where an abort raises (a policy
-    hook in its hand-back: the request is stopped anyway and its hand-back retried by
-    the engine): stopping at that one left the call's later requests queued, holding
-    their blocks, to run inside the next call. The first error is raised after the
-    others were aborted (chained to the call's own error by the caller's `raise`)."""
-    err: Exception | None = None
+def _abort_all(engine: LLMEngine, reqs: list, cause: BaseException) -> None:
+    """Abort every request of a call that failed with `cause`, even where an abort raises
+    (a policy hook in its hand-back: the request is stopped anyway and its hand-back
+    retried by the engine): stopping at that one left the call's later requests queued,
+    holding their blocks, to run inside the next call. An abort's error is logged and
+    noted on `cause` (which the caller re-raises), never raised: it replaced the call's
+    own error (a Ctrl-C, on_output's ValueError) with the hook's."""
     for r in reqs:
         try:
             engine.abort(r.request_id)  # (a no-op for a finished one)
         except Exception as e:
-            err = err or e
-    if err is not None:
-        raise err
+            msg = (f"aborting request {r.request_id!r} after the call failed raised "
+                   f"{type(e).__name__}: {e} (the request is stopped; its hand-back is "
+                   "retried by the engine)")
+            log.warning("%s", msg)
+            cause.add_note(msg)
