@@ -3,11 +3,14 @@
 `LLMEngine` is not thread-safe, so exactly one thread (the engine thread) ever touches it or
 its manager. Everything else reaches it by submitting a command (a function of the engine)
 to a thread-safe queue; the engine thread runs commands between steps. Tokens flow back per
-request into an asyncio.Queue through `loop.call_soon_threadsafe`.
+request into its `OutputStream` through `loop.call_soon_threadsafe`; a stream holds at
+most one output its reader has not taken (a reader that falls behind reads the steps since
+its last read as one, the newest, with `delta` and `new_token_ids` joined over them).
 
 Invariants:
-- A request's stream gets every output of the request, in order, and ends with one whose
-  `finish_reason` is set, or with an exception.
+- A request's stream gives its outputs in order, none lost (an output taken late carries
+  the deltas of the ones merged into it), and ends with one whose `finish_reason` is set,
+  or with an exception.
 - A stream that its consumer leaves early (client disconnect, cancellation) aborts its
   request, so its blocks go back to the pool.
 - Every command submitted gets its result or an exception: once the engine thread has
@@ -33,9 +36,10 @@ import torch
 
 from kvsaga.engine.admission_wait import AdmissionBackoff
 from kvsaga.engine.cpu_threads import ThreadGovernor, governor_for, use_threads
-from kvsaga.engine.engine import EngineStats, LLMEngine
+from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
+from kvsaga.serve.engine_snapshot import SnapshotKeeper, _retrieved
 from kvsaga.serve.output_stream import OutputStream
 
 log = logging.getLogger("kvsaga.serve")
@@ -59,16 +63,13 @@ class EngineStopped(RuntimeError):
 
 
 SHUTTING_DOWN = "the server is shutting down"
-# How long a metrics scrape or the status line waits for the engine thread to take a fresh
-# snapshot (`AsyncEngine.fresh_snapshot`) before it reads the last one.
-SNAPSHOT_WAIT_S = 2.0
 # After a step that raised, the engine thread waits (a command wakes it) this long, doubled
 # while steps keep failing, up to the max, rather than step again at once.
 FAILED_STEP_WAIT_S = 0.01
 FAILED_STEP_MAX_WAIT_S = 1.0
 
 
-class AsyncEngine:
+class AsyncEngine(SnapshotKeeper):
     """Owns the engine thread.
 
     Args:
@@ -87,12 +88,7 @@ class AsyncEngine:
             self.engine = None
             self._factory = engine_or_factory
         self.load_error: BaseException | None = None
-        # What the metrics endpoint and the status line read: `engine.stats()` copied on the
-        # engine thread once it has loaded (None until then) and again for each reader that
-        # asks (`fresh_snapshot`), never per step: `stats()` counts the manager's sessions,
-        # paused ones included, which cost every step up to milliseconds (review s50).
-        self.snapshot: EngineStats | None = None
-        self._refresh: concurrent.futures.Future[None] | None = None  # the one in flight
+        self._init_snapshot()  # `snapshot` and how it is kept (engine_snapshot.py)
         self.num_in_flight = 0  # requests submitted and not yet finished (event-loop side)
         # Seconds the engine thread has spent in `engine.step()` (its accumulated work, which
         # a Ray replica reports for routing: `ReplicaStats.busy_s`); engine thread only.
@@ -160,6 +156,7 @@ class AsyncEngine:
         # its requests' readers must not wait for it.
         self._close(SHUTTING_DOWN)
         self._end_streams(EngineStopped(SHUTTING_DOWN))
+        self._settle_refresh()  # its readers read the last snapshot now
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until the model has loaded (True), its load failed or the engine stopped
@@ -329,13 +326,22 @@ class AsyncEngine:
             while not self._stop.is_set():
                 self._run_commands(engine)
                 if engine.has_unfinished():
-                    if not self._step(engine):
+                    self._stepping = True
+                    self._answer_refresh(engine)  # after the flag: see `fresh_snapshot`
+                    stepped = self._step(engine)
+                    self._stepping = False
+                    self._dirty = True
+                    if time.perf_counter() - self._published_at >= self.snapshot_every_s:
+                        self._publish_logged(engine)  # a clock read a step; stats() once a second
+                    if not stepped:
                         self._back_off()
                     elif engine.last_step_idle:
                         self._wait_for_admission(engine)
                     else:
                         self._admission.reset()
                 else:
+                    if self._dirty or self._refresh is not None:  # gone idle, or a reader
+                        self._answer_refresh(engine, force=True)
                     start = time.perf_counter()
                     self._wake.wait(self._idle_wait_s)
                     self.idle_s += time.perf_counter() - start
@@ -355,6 +361,7 @@ class AsyncEngine:
             # takes no new one then); a failing `stats()` leaves the last one.
             with contextlib.suppress(Exception):
                 self._publish(engine)
+            self._settle_refresh()
 
     def _wait_for_admission(self, engine: LLMEngine) -> None:
         """After a step that scheduled nothing (requests wait for admission, none runs),
@@ -458,29 +465,6 @@ class AsyncEngine:
             stream.put(error)
         self._streams.clear()
 
-    def _publish(self, engine: LLMEngine) -> None:
-        self.snapshot = engine.stats()
-
-    async def fresh_snapshot(self, wait_s: float = SNAPSHOT_WAIT_S) -> EngineStats | None:
-        """`snapshot`, first taken anew on the engine thread (between steps: it waits for
-        the step under way), so that it is exact when read. Readers at the same time share
-        one command. The last snapshot where that takes over `wait_s` (a step that hangs),
-        or the engine has not loaded or has stopped."""
-        if self.snapshot is None or self.stopped:
-            return self.snapshot
-        pending = self._refresh
-        if pending is None or pending.done():
-            pending = self._refresh = self._submit(self._publish)
-            pending.add_done_callback(_log_failure)
-        waiter = asyncio.wrap_future(pending)
-        waiter.add_done_callback(_retrieved)
-        # A failure of `stats()` itself is logged (`_log_failure`): the last one is read.
-        with contextlib.suppress(Exception):
-            # The shield keeps a reader's cancel or timeout from cancelling the command
-            # that the other readers wait on.
-            await asyncio.wait_for(asyncio.shield(waiter), wait_s)
-        return self.snapshot
-
 
 def _log_failure(fut: concurrent.futures.Future) -> None:
     if fut.cancelled():
@@ -490,12 +474,6 @@ def _log_failure(fut: concurrent.futures.Future) -> None:
         log.debug("engine command not run: %s", e)
     elif e is not None:
         log.error("engine command failed", exc_info=e)
-
-
-def _retrieved(fut: asyncio.Future) -> None:
-    """Mark a shielded future's exception read (`_log_failure` reports it)."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 class RequestHandle:

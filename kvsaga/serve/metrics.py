@@ -1,10 +1,12 @@
 """Prometheus metrics of kvsaga-serve, in a registry of their own (one per app, so tests can
 build several apps in one process).
 
-Cache and queue figures are read from the snapshot that the engine thread takes for each
-scrape (`scrape`: between steps, so exact when read; the manager itself is never touched
-from the scrape thread);
-latency histograms are observed by the request handlers. Every series carries the
+Cache and queue figures are read from the engine thread's snapshot (`scrape`,
+`AsyncEngine.fresh_snapshot`; the manager itself is never touched from the scrape thread):
+taken for the scrape, so exact when read, where the thread is between steps (idle); the
+last one at once where it is in a step, taken when it went idle or at most about a second
+plus that step ago (kvsaga/serve/engine_snapshot.py); a scrape never waits for a step.
+Latency histograms are observed by the request handlers. Every series carries the
 `model_name` label, as vLLM's do.
 
 `compat="vllm"` adds, under vLLM's names, the series that vLLM-aware routers (llm-d's
@@ -280,6 +282,7 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
     async def scrape(self) -> bytes:
-        """The exposition text, the engine figures taken now (`AsyncEngine.fresh_snapshot`)."""
+        """The exposition text, the engine figures as fresh as `AsyncEngine.fresh_snapshot`
+        gives them without waiting for a step."""
         await self.engine.fresh_snapshot()
         return self.render()

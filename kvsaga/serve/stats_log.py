@@ -1,7 +1,8 @@
 """The periodic status line of kvsaga-serve, in the spirit of vLLM's: throughput, batch and
 queue, KV usage, prefix-cache hit rate and paused sessions over the last interval.
 
-It reads the same snapshot (taken anew for each line) and counters as /metrics, and stays
+It reads the same snapshot (refreshed for each line as for a scrape:
+`AsyncEngine.fresh_snapshot`) and counters as /metrics, and stays
 silent while the server is idle (nothing ran, nothing waits, no token moved), so an idle
 server's log does not grow.
 """

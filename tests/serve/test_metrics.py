@@ -244,10 +244,10 @@ def test_queue_figures_count_the_waiting_requests(tiny_dir: Path):
             tasks = [asyncio.create_task(client.post("/v1/completions", json=body))
                      for _ in range(n)]
             await _until(lambda: aengine.num_in_flight == n, "queued the requests")
-            # The scrape's snapshot is taken after the adds, before any step (commands run
-            # in order, all of them before the next step).
+            # The scrape's snapshot is taken after the adds, before any step (the engine
+            # thread runs its commands, then answers a scrape's refresh before a step).
             scrape = asyncio.create_task(client.get("/metrics"))
-            await _until(lambda: aengine._commands.qsize() == n + 1, "queued the scrape")
+            await _until(lambda: aengine._refresh is not None, "asked for the scrape")
         finally:
             hold.release.set()
         fams = {f.name: f for f in text_string_to_metric_families((await scrape).text)}
