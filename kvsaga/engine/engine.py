@@ -450,8 +450,8 @@ class LLMEngine(StepOutput):
         self._idle_sweep = IdleSweep(check_session_idle(value, error=InvalidRequest))
 
     def _end_idle_sessions(self, now: float) -> None:
-        """End the paused sessions idle past `session_idle_s` that have no request queued
-        (`IdleSweep`: at most every min(60 s, session_idle_s / 4))."""
+        """End the paused sessions idle past `session_idle_s` that have no request queued,
+        and `_end_stuck_sessions` (`IdleSweep`: at most every min(60 s, limit / 4))."""
         if not self._idle_sweep.due(now):
             return
         idle = idle_sessions(self.manager.sessions, self._idle_sweep.limit, now)
@@ -461,6 +461,7 @@ class LLMEngine(StepOutput):
                 if sid not in queued:
                     self.end_session(sid)
                     self.num_expired_sessions += 1
+        self._end_stuck_sessions(self._idle_sweep.limit, now)
 
     def stats(self) -> EngineStats:
         """Cache and queue figures, for metrics."""

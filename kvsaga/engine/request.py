@@ -123,10 +123,12 @@ class Request:
     # decode step appends it and allocates its slot in one batched `decode_step`.
     pending_token: int | None = None
     # Its hand-back (`StepOutput._hand_back`): an abort before it ran (again) withdraws its
-    # session's resume; it has left the core scheduler; retries of it that raised.
+    # session's resume; it has left the core scheduler; retries of it that raised; when
+    # it first raised (the engine's idle sweep ends a session pending that long).
     withdraws: bool = False
     left_scheduler: bool = False
     hand_back_failures: int = 0
+    hand_back_failed_at: float | None = None
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -237,6 +237,25 @@ class StepOutput:
                                 "(%d retries so far; its session waits): %s: %s",
                                 req.request_id, req.session_id, n, type(e).__name__, e)
 
+    def _end_stuck_sessions(self, limit: float, now: float) -> None:
+        """`LLMEngine._end_idle_sessions`' second part: end the sessions whose ended
+        request's hand-back has kept failing for more than `limit` seconds (its client may
+        be gone: its blocks stayed held for good). An end that raises too (a policy hook)
+        is logged and tried again at the next sweep."""
+        if not self._ended:
+            return
+        queued = {r.session_id for r in self.requests.values()}
+        stuck = {r.session_id for r in self._ended if r.hand_back_failed_at is not None
+                 and now - r.hand_back_failed_at > limit and r.session_id not in queued}
+        for sid in sorted(stuck):
+            try:
+                self.end_session(sid)
+            except Exception as e:
+                log.warning("ending session %r, whose hand-back kept failing for %.0f s, "
+                            "failed: %s: %s", sid, limit, type(e).__name__, e)
+                continue
+            self.num_expired_sessions += 1
+
     def _hand_back(self, req: Request) -> None:
         """The hand-back of an ended request (in `_ended`): its session to the manager,
         the call chosen from the manager's state (`end_session` for a one-shot or last
@@ -263,6 +282,8 @@ class StepOutput:
                 elif req.withdraws:
                     mgr.resume_withdrawn(sid, now=self.clock())
         except BaseException:
+            if req.hand_back_failed_at is None:
+                req.hand_back_failed_at = self.clock()
             now_s = mgr.sessions.get(sid)
             done = now_s is None if ended else (running and (now_s is None
                                                              or not now_s.is_running))
