@@ -280,13 +280,9 @@ def test_a_discard_writes_raising_release_still_cuts_every_session(core):
     consistent(m, p)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("core", CORES)
-def test_a_drop_transfer_whose_release_hook_raises_completes(core, policy):
-    """`drop_transfer` of a failed load cuts a's table at the loaded block; a's own hashed
-    block after it, cached by the release, is dropped unseen when `blocks_cached` raises
-    (the same `_take_back` as `discard_writes`). Before the fix it stayed CACHED and
-    indexed, unknown to the policy."""
+def a_offloaded(policy: str, core: str):
+    """A manager with a host tier where paused a's last block was evicted to the host by b's
+    step (both paused on a tool), the offload's copies taken."""
     m, p = manager(policy, core, num_host_blocks=8)
     m.begin_step("a", list(range(12)))
     m.allocate_slots("a", 12)
@@ -295,6 +291,17 @@ def test_a_drop_transfer_whose_release_hook_raises_completes(core, policy):
     m.allocate_slots("b", 24)  # evicts a's last block to the host tier
     m.finish_step("b", tool="t")
     m.take_transfers()
+    return m, p
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("core", CORES)
+def test_a_drop_transfer_whose_release_hook_raises_completes(core, policy):
+    """`drop_transfer` of a failed load cuts a's table at the loaded block; a's own hashed
+    block after it, cached by the release, is dropped unseen when `blocks_cached` raises
+    (the same `_take_back` as `discard_writes`). Before the fix it stayed CACHED and
+    indexed, unknown to the policy."""
+    m, p = a_offloaded(policy, core)
     start = m.begin_step("a", list(range(20)))  # 2 GPU hits, 1 host hit (a load)
     assert start.num_cached_tokens == 12
     m.allocate_slots("a", 8)  # a's own block 3, full: hashed
@@ -320,14 +327,7 @@ def test_a_prefetch_whose_closing_release_hook_raises_completes(core, policy):
     the fix they stayed CACHED and indexed but unknown to the policy: a's resume hit them
     and raised 'block N is not queued' (review s50 diff-hooks, finding 2). Now they are
     dropped unseen (the loaded ones keep their host copies), and the error propagates."""
-    m, p = manager(policy, core, num_host_blocks=8)
-    m.begin_step("a", list(range(12)))
-    m.allocate_slots("a", 12)
-    m.finish_step("a", tool="t")
-    m.begin_step("b", list(range(100, 124)))
-    m.allocate_slots("b", 24)  # evicts a's last block to the host tier
-    m.finish_step("b", tool="t")
-    m.take_transfers()
+    m, p = a_offloaded(policy, core)
     found = m.lookup("a", list(range(13)))  # the prefetch holds 2 and loads 1
     assert (found.gpu_hit_blocks, found.host_hit_blocks) == (2, 1)
     p.fail = True
