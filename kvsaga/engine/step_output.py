@@ -60,7 +60,15 @@ class StepOutput:
             self._cut_short(sampled, rows, len(outputs) - start, now, draws)
             raise
         if len(self._ended) > pending:
-            self._hand_back_all(self._ended[pending:])
+            failed: list[str] = []
+            try:
+                self._hand_back_all(self._ended[pending:], failed)
+            except Exception as e:
+                # Only these requests' hand-backs failed (every row is recorded, its
+                # output waits for `take_outputs` or the next step): a caller may fail
+                # just them (kvsaga-serve).
+                e.kvsaga_failed_request_ids = tuple(failed)
+                raise
 
     def _cut_short(self, sampled: list[ScheduledChunk], rows: list[_Row], k: int, now: float,
                    draws: dict[str, tuple[torch.Generator, torch.Tensor]]) -> None:
@@ -193,17 +201,20 @@ class StepOutput:
         """Hand back the session's ended requests not handed back yet."""
         self._hand_back_all([r for r in self._ended if r.session_id == session_id])
 
-    def _hand_back_all(self, reqs: list[Request]) -> None:
+    def _hand_back_all(self, reqs: list[Request], failed: list[str] | None = None) -> None:
         """Hand back `reqs` (in `_ended`): each is tried, and the first error is raised
-        after the others were. An interrupt (a BaseException) stops at once, but first
-        takes the requests not tried out of the core scheduler (they wait in `_ended`
-        for their hand-back's retry), so none of them is scheduled again."""
+        after the others were (`failed`: gets the ids of those that raised). An
+        interrupt (a BaseException) stops at once, but first takes the requests not tried
+        out of the core scheduler (they wait in `_ended` for their hand-back's retry), so
+        none of them is scheduled again."""
         err: Exception | None = None
         for i, req in enumerate(reqs):
             try:
                 self._hand_back(req)
             except Exception as e:
                 err = err or e
+                if failed is not None:
+                    failed.append(req.request_id)
             except BaseException:
                 self._leave_scheduler(reqs[i + 1:])
                 raise
@@ -354,6 +365,13 @@ class StepOutput:
             top_logprobs=tops,
             new_token_ids=new_ids,
         )
+
+    def take_outputs(self) -> list[RequestOutput]:
+        """The outputs of rows recorded by a `step` that then raised (a hand-back's policy
+        hook: the error's `kvsaga_failed_request_ids` names the requests it belongs to),
+        returned here once instead of at the head of the next step's list."""
+        outputs, self._undelivered = self._undelivered, []
+        return outputs
 
     def final_output(self, req: Request) -> RequestOutput:
         return self._output(req, "", [])

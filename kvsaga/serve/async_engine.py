@@ -419,17 +419,22 @@ class AsyncEngine(SnapshotKeeper):
         try:
             outputs = engine.step()
         except Exception as e:
-            # A bug below us; failing every request in flight (and aborting it, so its
-            # blocks are released) keeps the server and the pool consistent. A failure
-            # repeated in a row is logged at its 2nd, 4th, 8th... time, with the count.
-            self._step_failures = n = self._step_failures + 1
-            if n == 1:
-                log.exception("engine step failed; aborting every request in flight")
-            elif n & (n - 1) == 0:
-                log.error("engine step failed again (%d in a row; retried after up to "
-                          "%.1f s): %s: %s", n, FAILED_STEP_MAX_WAIT_S, type(e).__name__, e)
-            self._fail_all(engine, e)
-            return False
+            failed = getattr(e, "kvsaga_failed_request_ids", None)
+            if failed:  # only these requests' hand-backs raised: the rest of the step stands
+                outputs = self._fail_some(engine, failed, e)
+            else:
+                # A bug below us; failing every request in flight (and aborting it, so its
+                # blocks are released) keeps the server and the pool consistent. A failure
+                # repeated in a row is logged at its 2nd, 4th, 8th... time, with the count.
+                self._step_failures = n = self._step_failures + 1
+                if n == 1:
+                    log.exception("engine step failed; aborting every request in flight")
+                elif n & (n - 1) == 0:
+                    log.error("engine step failed again (%d in a row; retried after up to "
+                              "%.1f s): %s: %s", n, FAILED_STEP_MAX_WAIT_S,
+                              type(e).__name__, e)
+                self._fail_all(engine, e)
+                return False
         finally:
             self._step_started = None
             self.busy_s += time.perf_counter() - start
@@ -455,6 +460,20 @@ class AsyncEngine(SnapshotKeeper):
         puts into an ended stream then is dropped)."""
         for stream in self._streams.copy().values():
             stream.put(error)
+
+    def _fail_some(self, engine: LLMEngine, rids: tuple[str, ...],
+                   error: BaseException) -> list:
+        """A step that raised for `rids` alone (a policy hook in their hand-backs, which the
+        engine retries; they ended, out of the scheduler): their streams get `error`, and
+        the step's other outputs are returned (`take_outputs`) to be delivered as usual.
+        Failing every stream here killed every other session's request."""
+        log.error("the hand-back of request(s) %s failed (retried by the engine); "
+                  "failing only them", ", ".join(map(repr, rids)), exc_info=error)
+        for rid in rids:
+            stream = self._streams.pop(rid, None)
+            if stream is not None:
+                stream.put(error)
+        return [o for o in engine.take_outputs() if o.request_id not in rids]
 
     def _fail_all(self, engine: LLMEngine, error: BaseException) -> None:
         for rid, stream in list(self._streams.items()):
