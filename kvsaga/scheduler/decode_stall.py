@@ -206,16 +206,14 @@ class DecodeStall:
         caller means, so it is refused rather than answered)."""
         if not isinstance(need, int) or isinstance(need, bool) or need < 1:
             raise ValueError(f"_demoted_waiting: need must be an int >= 1, got {need!r}")
-        for q in self._pending.values():
-            # Every step is read: demoted steps queue ahead of new sessions under "fifo"
-            # (`_insert_demoted`), but "predicted" / "gittins" with `readmit_order`
-            # "sorted" or "session_age" sort them among the new (`_sort_queues`).
-            for r in q:
-                if r.resumed:
-                    need -= 1
-                    if not need:
-                        return True
-        return False
+        # The count `WaitingQueues._enqueue` / `_dequeue` keep: this was the scan below,
+        # every step waiting read per decode step (review s50 scheduler 3).
+        return self._pending_resumed >= need
+
+    def _demoted_waiting_scanned(self) -> int:
+        """The resumed steps in the admission queues, counted afresh (tests check
+        `_pending_resumed` with it)."""
+        return sum(1 for q in self._pending.values() for r in q if r.resumed)
 
     def _readmits_on_room(self, queued: int = 0) -> bool:
         """Whether a demoted session's step is admitted again on the pool's check alone,

@@ -55,6 +55,7 @@ class WaitingQueues:
             self._backlog_changed()
         if req.resumed:  # a demoted session's next step: its task is under way
             self._insert_demoted(q, req)
+            self._pending_resumed += 1
         else:
             q.append(req)
         self._waiting_added(req)
@@ -100,6 +101,8 @@ class WaitingQueues:
         if q is None or req not in q:
             return False
         q.remove(req)
+        if req.resumed:
+            self._pending_resumed -= 1
         self._overtaken.pop(req.session_id, None)
         self._waiting_removed(req)
         if not q:

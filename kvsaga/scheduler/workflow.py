@@ -318,6 +318,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         self._backfilled = 0  # sessions admitted ahead of it
         self._retries: set[int] = set()  # preempted steps (by id): they keep their place
         self._pending: dict[str | None, deque[Any]] = {}  # per tenant: sessions to admit
+        self._pending_resumed = 0  # ... of them resumed steps (`DecodeStall._demoted_waiting`)
         self._growth = GrowthTable(self.prior_growth_tokens, self.growth_alpha)
         self._calibration = calibration("growth_quantile", growth_quantile,
                                         "growth_prior_steps", growth_prior_steps)

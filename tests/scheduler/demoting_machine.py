@@ -59,6 +59,7 @@ class DemotingMachine(SchedulerMachine):
         s = self.s
         assert s._committed == sum(i.blocks for i in s.sessions.values())
         assert s._context_total == s._context_blocks_summed()  # (review s50 scheduler 2)
+        assert s._pending_resumed == s._demoted_waiting_scanned()  # (review s50 scheduler 3)
         per: dict = {}
         for i in s.sessions.values():
             per[i.tenant] = per.get(i.tenant, 0) + i.blocks

@@ -3,7 +3,8 @@ context blocks afresh on every read (per admission attempt, per shrink check: a 
 shrink_on="contexts" was quadratic). It is now a running total kept by `_set_blocks` and
 `Demotions._forget`. Here random small traces run through kvsaga.sim under fcfs and many
 workflow parameter sets, and every read of the total is checked against the full sum (also
-an invariant of `DemotingMachine`'s books)."""
+an invariant of `DemotingMachine`'s books). Likewise the count of resumed steps waiting
+that `DecodeStall._demoted_waiting` reads (review s50 scheduler 3)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import random
 
 import pytest
 
+from kvsaga.scheduler.decode_stall import DecodeStall
 from kvsaga.scheduler.wait_causes import WaitCauses
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.simulator import Simulator, blocks_needed
@@ -56,7 +58,7 @@ def _trace(rng: random.Random, n: int) -> list[Session]:
 
 def run_seed(seed: int) -> int:
     """One random trace and configuration through the simulator (as `Simulator.run`
-    does, checked); the number of reads of the running total."""
+    does, checked); the numbers of reads checked so far (total, count)."""
     rng = random.Random(seed)
     sessions = _trace(rng, rng.randint(2, 12))
     name = "fcfs" if rng.random() < 0.15 else "workflow"
@@ -69,10 +71,10 @@ def run_seed(seed: int) -> int:
                     policy=rng.choice(["lru", "graph", "saga", "ttl", "adaptive"]),
                     scheduler=name, scheduler_params=params)
     Simulator(sessions, cfg).run()
-    return reads[0]
+    return reads
 
 
-reads = [0]
+reads = [0, 0]
 _summed = WaitCauses._context_blocks
 
 
@@ -83,14 +85,26 @@ def _checked(self) -> int:
     return total
 
 
+_counted = DecodeStall._demoted_waiting
+
+
+def _checked_count(self, need: int) -> bool:
+    """Review s50 scheduler 3: the resumed steps waiting, counted as they queue and leave
+    (was a scan of every waiting step per decode step), checked against the scan."""
+    reads[1] += 1
+    assert self._pending_resumed == self._demoted_waiting_scanned()
+    return _counted(self, need)
+
+
 @pytest.fixture
 def checked_total(monkeypatch):
-    reads[0] = 0
+    reads[:] = [0, 0]
     monkeypatch.setattr(WaitCauses, "_context_blocks", _checked)
+    monkeypatch.setattr(DecodeStall, "_demoted_waiting", _checked_count)
 
 
 @pytest.mark.parametrize("first", range(0, 60, 20))
 def test_the_running_total_is_the_sum_at_every_read(checked_total, first):
     for seed in range(first, first + 20):
         run_seed(seed)
-    assert reads[0] > 0  # the check ran
+    assert reads[0] > 0 and reads[1] > 0  # the checks ran
