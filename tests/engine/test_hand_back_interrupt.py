@@ -8,22 +8,14 @@ from __future__ import annotations
 import pytest
 
 from kvsaga.engine.engine import LLMEngine
-from kvsaga.engine.sampling import SamplingParams
 from kvsaga.policy import make_policy
-
-PROMPT = [(7 + 13 * i) % 250 + 3 for i in range(50)]
-
-
-def greedy(n: int) -> SamplingParams:
-    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+from tests.engine.hand_back_helpers import PROMPT, greedy, tiny_engine
 
 
 @pytest.fixture
 def engine(tiny_model_dir):
     p = make_policy("lru")
-    e = LLMEngine(str(tiny_model_dir("llama_gqa4_untied")), device="cpu", progress=False,
-                  kv_memory_bytes=4 << 20, policy=p)
-    return e, p
+    return tiny_engine(tiny_model_dir, policy=p), p
 
 
 def interrupt_once(obj, name: str, when) -> None:

@@ -16,24 +16,14 @@ import itertools
 import pytest
 
 from kvsaga.engine.engine import LLMEngine
-from kvsaga.engine.sampling import SamplingParams
 from kvsaga.errors import InvalidRequest
 from kvsaga.policy import make_policy
-
-PROMPT = [(7 + 13 * i) % 250 + 3 for i in range(50)]
-
-
-def greedy(n: int) -> SamplingParams:
-    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+from tests.engine.hand_back_helpers import PROMPT, greedy, tiny_engine
 
 
 @pytest.fixture
 def make(tiny_model_dir):
-    model = str(tiny_model_dir("llama_gqa4_untied"))
-
-    def build(**kw) -> LLMEngine:
-        return LLMEngine(model, device="cpu", progress=False, kv_memory_bytes=4 << 20, **kw)
-    return build
+    return lambda **kw: tiny_engine(tiny_model_dir, **kw)
 
 
 def fail_for(policy, hook: str, sid: str | None, times: int = 10**9) -> list[int]:

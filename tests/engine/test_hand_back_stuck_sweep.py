@@ -10,8 +10,7 @@ import pytest
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.policy import make_policy
-
-PROMPT = [(7 + 13 * i) % 250 + 3 for i in range(50)]
+from tests.engine.hand_back_helpers import PROMPT
 
 
 class Clock:
