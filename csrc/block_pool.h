@@ -121,6 +121,7 @@ class Pool {
   }
 
   nb::list allocate(int64_t count) {
+    check_quiet("allocate");
     if (count < 0) throw nb::value_error("allocate: count must be >= 0");
     if (count > free_q_.size()) raise_out_of_blocks(count, free_q_.size());
     PyObject* l = PyList_New(static_cast<Py_ssize_t>(count));
@@ -135,6 +136,7 @@ class Pool {
   }
 
   void acquire_many(nb::handle ids) {
+    check_quiet("acquire_many");
     read_ids(ids, n, buf_);
     reference_ids<false>(buf_, "acquire_many takes active or cached blocks");
   }
@@ -143,17 +145,20 @@ class Pool {
   // its own evictions): a CACHED block taken adds nothing to reused_s, and when released it
   // is CACHED as of when it was before (a later hit counts its whole stay, an eviction none).
   void hold_many(nb::handle ids) {
+    check_quiet("hold_many");
     read_ids(ids, n, buf_);
     reference_ids<true>(buf_, "hold_many takes active or cached blocks");
   }
 
   void release_many(nb::handle ids, int64_t keep_unhashed) {
+    check_quiet("release_many");
     read_ids(ids, n, buf_);
     check_releasable(buf_.data(), buf_.size());
     release(buf_.data(), buf_.size(), keep_unhashed);
   }
 
   nb::list evict_many(nb::handle ids) {
+    check_quiet("evict_many");
     read_ids(ids, n, buf_);
     return evict_ids(buf_);
   }
@@ -163,12 +168,27 @@ class Pool {
   // the policy, told nothing by the raise, still has them (review s49 hooks, finding 2).
   nb::list evict_ids(const std::vector<int32_t>& ids) {
     check_evictable(ids);
-    notify(false, ids.data(), ids.size());
-    return free_ids_untold(ids);
+    notify(false, ids.data(), ids.size());  // (a hook cannot change the pool: check_quiet)
+    return free_checked(ids);
   }
 
   // Tells the observer that `ids` leave CACHED (before free_ids_untold frees them).
-  void tell_uncached(const int32_t* ids, size_t k) { notify(false, ids, k); }
+  void tell_uncached(const int32_t* ids, size_t k) {
+    check_quiet("evict_blocks");
+    notify(false, ids, k);
+  }
+
+  // The pool's mutators call this first: a RuntimeError, nothing changed, while the pool is
+  // telling its observer (a Python hook). A hook that changed the pool would leave the
+  // caller's checked ids, its told blocks and its scratch buffers wrong (review s50
+  // diff-acquire F1-F3): re-entrance is refused, not half-supported. Reads stay allowed.
+  void check_quiet(const char* op) const {
+    if (telling_) refuse_change(op);  // (a noreturn call: the compiler's cold path)
+  }
+  [[noreturn]] static void refuse_change(const char* op) {
+    PyErr_Format(PyExc_RuntimeError, "a pool observer hook may not change the pool (%s)", op);
+    throw_current();
+  }
 
   // A ValueError naming the first of `ids` that is not CACHED or is named twice.
   void check_evictable(const std::vector<int32_t>& ids) {
@@ -185,11 +205,16 @@ class Pool {
     if (why) raise_state(ids[i], why);
   }
 
-  // evict_ids without telling the observer (the manager core's checked victims, told
-  // first: tell_uncached). Checked again here: an observer told first may have re-entered
-  // the pool.
+  // evict_ids without telling the observer (the manager core's victims, told first:
+  // tell_uncached), checked here to be distinct CACHED blocks.
   nb::list free_ids_untold(const std::vector<int32_t>& ids) {
+    check_quiet("evict_blocks");
     check_evictable(ids);
+    return free_checked(ids);
+  }
+
+  // Frees `ids`, checked by check_evictable: their old hashes, in order.
+  nb::list free_checked(const std::vector<int32_t>& ids) {
     size_t k = ids.size();
     PyObject* hashes = PyList_New(static_cast<Py_ssize_t>(k));
     if (!hashes) throw_current();
@@ -211,6 +236,7 @@ class Pool {
 
   // -- internal, for the manager's hot loops (arguments already valid) ------------------
   void take(int64_t count, int32_t* out) {
+    check_quiet("allocate");
     for (int64_t i = 0; i < count; ++i) {
       int32_t b = free_q_.pop();
       ref.data[b] = 1;
@@ -254,28 +280,15 @@ class Pool {
         recache(reclaimed);
         throw;
       }
-      add_refs<Hold>(ids.data(), k);
-      take_cached<Hold>(reclaimed);
-      return;
+    } else {
+      // A Python hook sees them CACHED (it may read the pool, not change it: check_quiet,
+      // so ids and buf2_ are still this call's after it).
+      recache(reclaimed);
+      notify(false, reclaimed.data(), reclaimed.size());
+      for (int32_t b : reclaimed) state.data[b] = kActive;
     }
-    // A Python hook sees them CACHED, and may re-enter the pool: the ids are this call's own
-    // meanwhile (a re-entrant call finds buf_ and buf2_ empty), and checked again after.
-    recache(reclaimed);
-    Lent lent_ids(ids), lent_told(reclaimed);
-    std::vector<int32_t>& mine = lent_ids.v;
-    std::vector<int32_t>& told = lent_told.v;
-    notify(false, told.data(), told.size());
-    for (int32_t b : mine)  // freed by a hook that re-entered the pool: refused
-      if (state.data[b] == kFree) raise_state(b, why);
-    size_t still = 0;  // (one a re-entrant hit took is ACTIVE, and counted there)
-    for (int32_t b : told)
-      if (state.data[b] == kCached) {
-        state.data[b] = kActive;
-        told[still++] = b;
-      }
-    told.resize(still);
-    add_refs<Hold>(mine.data(), mine.size());
-    take_cached<Hold>(told);
+    add_refs<Hold>(ids.data(), k);
+    take_cached<Hold>(reclaimed);
   }
 
  private:
@@ -362,15 +375,13 @@ class Pool {
     num_cached -= static_cast<int64_t>(reclaimed.size());
   }
 
-  // A scratch vector's contents lent to one call, given back when it ends (re-entrant calls
-  // meanwhile find it empty): no copy.
-  struct Lent {
-    std::vector<int32_t>& home;
-    std::vector<int32_t> v;
-    explicit Lent(std::vector<int32_t>& h) : home(h), v(std::move(h)) {}
-    ~Lent() { home = std::move(v); }
-    Lent(const Lent&) = delete;
-    Lent& operator=(const Lent&) = delete;
+  // Sets telling_ for a Python hook's call, cleared however it ends (a raise included).
+  struct Telling {
+    bool& flag;
+    explicit Telling(bool& f) : flag(f) { flag = true; }
+    ~Telling() { flag = false; }
+    Telling(const Telling&) = delete;
+    Telling& operator=(const Telling&) = delete;
   };
 
   // Takes back reference_ids' marks: `ids` CACHED again.
@@ -378,8 +389,8 @@ class Pool {
     for (int32_t b : ids) state.data[b] = kCached;
   }
 
-  // Whether notify(cached, ...) may run Python code (which may re-enter the pool): not for a
-  // C++ queue's own method, nor without a hook.
+  // Whether notify(cached, ...) may run Python code (which may read the pool meanwhile): not
+  // for a C++ queue's own method, nor without a hook.
   bool tells_python(bool cached) const {
     const nb::object& many = cached ? many_cached_ : many_uncached_;
     if ((cached ? queue_cached_ : queue_uncached_) && !many.is_none()) return false;
@@ -397,22 +408,27 @@ class Pool {
       cached ? q->push_ids(ids, k) : q->remove_ids(ids, k);
       return;
     }
+    // Python code from here on: the pool refuses changes until it returns (check_quiet),
+    // so `ids` (often buf_) stays this call's.
     if (many.is_valid()) {
-      many(to_list(ids, k));
+      nb::object hook = many, list = to_list(ids, k);  // (owned: see below)
+      Telling telling(telling_);
+      hook(list);
       return;
     }
     const nb::object& one = cached ? one_cached_ : one_uncached_;
     if (!one.is_valid()) return;
-    nb::object undo = cached ? one_uncached_ : one_cached_;
-    std::vector<int32_t> copy(ids, ids + k);  // the callback may re-enter the pool
+    // (owned here: a hook may set another observer meanwhile)
+    nb::object hook = one, undo = cached ? one_uncached_ : one_cached_;
+    Telling telling(telling_);
     size_t told = 0;
     try {
-      for (int32_t b : copy) {
-        one(b);
+      for (size_t i = 0; i < k; ++i) {
+        hook(ids[i]);
         ++told;
       }
     } catch (nb::python_error& e) {
-      undo_told(undo, copy.data(), told, e);
+      undo_told(undo, ids, told, e);
       throw;
     }
   }
@@ -440,6 +456,7 @@ class Pool {
   std::vector<double> cached_at_;  // when each CACHED block became so (`clock` then)
   std::vector<uint8_t> held_;      // 1: taken from CACHED by hold_many, not released since
   int64_t num_held_ = 0;
+  bool telling_ = false;  // a Python hook of the observer is running (check_quiet)
 
   // Clears b's hold; returns whether it had one.
   bool unhold(int32_t b) {

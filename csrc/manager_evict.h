@@ -70,7 +70,7 @@ class EvictionPath {
     // Ours alone: the observer, called back first, may evict again (and reuse checked_).
     std::vector<int32_t> ids;
     ids.swap(checked_);
-    pool_->tell_uncached(ids.data(), ids.size());  // (notify copies the ids)
+    pool_->tell_uncached(ids.data(), ids.size());  // (its hook cannot change the pool)
     nb::list hashes = pool_->free_ids_untold(ids);
     unindex(reinterpret_cast<PyListObject*>(hashes.ptr())->ob_item, ids.data(), ids.size(),
             false);
@@ -83,6 +83,7 @@ class EvictionPath {
   // choose_victims + evict_blocks, without a Python list per step. The queue loses the
   // blocks here, which is all that the policy's blocks_uncached would have done.
   void evict_head(PyQueue& queue, int64_t num_blocks) {
+    pool_->check_quiet("evict_head");
     IntrusiveQueue& q = queue.raw();
     if (num_blocks < 0) {
       PyErr_Format(PyExc_ValueError, "evict_head: num_blocks must be >= 0, got %lld",
@@ -122,6 +123,7 @@ class EvictionPath {
   // uncaching is then not groups.py's to make here); RuntimeError (nothing changed) when the
   // runs are not `num_blocks` distinct CACHED blocks, each its group's head.
   bool evict_runs(nb::handle policy, int64_t num_blocks) {
+    pool_->check_quiet("evict_runs");
     if (!pool_->observer().is(policy)) return false;
     nb::object groups = policy.attr(n_groups_), dirty = policy.attr(n_dirty_);
     try {

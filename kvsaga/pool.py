@@ -38,7 +38,13 @@ class PoolObserver(Protocol):
     leaves every block as it was; blocks enter CACHED before it is told. A hook
     that raises must have changed nothing (a batch hook raises before it records any
     block); block by block, the pool makes it so: a raise at block k first undoes blocks
-    0..k-1 with the opposite hook.
+    0..k-1 with the opposite hook (which puts them back where that hook puts blocks, e.g. an
+    LRU's newest end: their order may change; review s50 diff-acquire F4).
+
+    A hook may read the pool but not change it: while it runs, every pool mutator raises
+    RuntimeError ("a pool observer hook may not change the pool (...)") before changing
+    anything (review s50 diff-acquire, F1-F3: a re-entrant change left the caller's checked
+    ids and told blocks wrong).
     """
 
     def block_cached(self, block_id: int) -> None: ...
@@ -108,6 +114,7 @@ class BlockPool:
         self.reused_s = 0.0
         self._cached_at = [0.0] * num_blocks
         self._held: set[int] = set()
+        self._telling = False  # an observer hook is running: mutators refuse (`_refuse`)
 
     @property
     def observer(self) -> PoolObserver:
@@ -121,6 +128,18 @@ class BlockPool:
                              or _each(one_cached, one_uncached))
         self._uncached_many = (getattr(observer, "blocks_uncached", None)
                                or _each(one_uncached, one_cached))
+
+    def _refuse(self, op: str) -> None:
+        raise RuntimeError(f"a pool observer hook may not change the pool ({op})")
+
+    def _tell(self, hook, block_ids: list[int]) -> None:
+        """Calls an observer hook (`_cached_many` / `_uncached_many`); the pool refuses
+        changes until it returns, however it ends."""
+        self._telling = True
+        try:
+            hook(block_ids)
+        finally:
+            self._telling = False
 
     # -- counts ---------------------------------------------------------------------------
     @property
@@ -144,6 +163,8 @@ class BlockPool:
             ValueError: a negative `count` (the C++ pool's check); nothing changes.
             OutOfBlocks: fewer than `count` free blocks (callers evict first); nothing changes.
         """
+        if self._telling:
+            self._refuse("allocate")
         if count < 0:
             raise ValueError("allocate: count must be >= 0")
         if count > len(self._free):
@@ -164,9 +185,11 @@ class BlockPool:
         Raises:
             ValueError: a FREE block (the C++ pool's check); nothing changes.
         """
+        if self._telling:
+            self._refuse("acquire_many")
         reclaimed = self._reclaimable(block_ids, "acquire_many")
         if reclaimed:
-            self._uncached_many(reclaimed)
+            self._tell(self._uncached_many, reclaimed)
         if self._held:  # a held block hit is used: its next stay in CACHED starts anew
             self._held.difference_update(block_ids)
         self._reference(block_ids, reclaimed)
@@ -182,9 +205,11 @@ class BlockPool:
         from its own evictions): a CACHED block taken adds nothing to `reused_s`, and when
         released it is CACHED as of when it was before, so a later hit, if any, counts its
         whole stay and an eviction none of it. Told first, as `acquire_many`."""
+        if self._telling:
+            self._refuse("hold_many")
         reclaimed = self._reclaimable(block_ids, "hold_many")
         if reclaimed:
-            self._uncached_many(reclaimed)
+            self._tell(self._uncached_many, reclaimed)
             self._held.update(reclaimed)
             self.num_cached -= len(reclaimed)
         self._reference(block_ids, reclaimed)
@@ -221,6 +246,8 @@ class BlockPool:
         """Drop one reference on each block, in order. A block reaching zero becomes CACHED
         if it holds a hash (or is `keep_unhashed`, a paused session's partial tail), else FREE.
         """
+        if self._telling:
+            self._refuse("release_many")
         ref, state, block_hash = self.refcount, self.state, self.block_hash
         to_cache: list[int] = []
         to_free: list[int] = []
@@ -247,14 +274,16 @@ class BlockPool:
                 else:
                     cached_at[b] = clock
             self.num_cached += len(to_cache)
-            self._cached_many(to_cache)
+            self._tell(self._cached_many, to_cache)
 
     def evict_many(self, block_ids: list[int]) -> list[bytes | None]:
         """Evict CACHED blocks (oldest first into the free queue); returns their old hashes.
         The observer is told first: a raising hook leaves every block as it was (CACHED,
         hashed), as the policy, told nothing by the raise, still has them (review s49 hooks,
         finding 2)."""
-        self._uncached_many(block_ids)
+        if self._telling:
+            self._refuse("evict_many")
+        self._tell(self._uncached_many, block_ids)
         state, block_hash = self.state, self.block_hash
         hashes = [block_hash[b] for b in block_ids]
         for b in block_ids:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvsaga.pool import ACTIVE, CACHED, FREE, _NullObserver
+from kvsaga.pool import ACTIVE, CACHED, FREE
 
 
 class Ordered:
@@ -117,48 +117,5 @@ def test_a_take_of_a_free_block_is_refused_alike_with_nothing_changed(core, op):
     pool.check_integrity()
 
 
-def test_a_hook_that_frees_a_block_as_it_is_taken_is_refused_by_the_cpp_pool(core):
-    """A hook that re-enters the pool and evicts a block being taken: the C++ pool, told
-    first, checks again (as evictions do) and refuses the freed block rather than hand it
-    out while it is in the free queue; nothing else changes. (The Python pool trusts its
-    callers, the observer's code included.) Before, the take came first: the hook's
-    eviction was refused and the references stayed."""
-    if core.name != "cpp":
-        pytest.skip("the Python pool trusts its callers")
-    pool, obs = pool_of(core)
-    told = obs.blocks_uncached
-
-    def evicts_first(ids):
-        told(ids)
-        pool.observer = _NullObserver()  # (the eviction goes untold)
-        pool.evict_many([2])
-
-    obs.blocks_uncached = evicts_first
-    pool.observer = obs
-    refs = list(pool.refcount)
-    with pytest.raises(ValueError, match="^free block 2: acquire_many takes"):
-        pool.acquire_many([0, 4, 2])
-    assert pool.state[2] == FREE and pool.state[4] == CACHED and list(pool.refcount) == refs
-    pool.check_integrity()
-    assert sorted(pool.allocate(2)) == [2, 5]  # each free block handed out once
-
-
-def test_a_hook_that_takes_a_block_as_it_is_taken_leaves_the_cpp_pools_counts_whole(core):
-    """A hook that re-enters the pool with a hit on a block being taken: the C++ pool counts
-    that block once as reclaimed (by the inner hit) and gives it both references."""
-    if core.name != "cpp":
-        pytest.skip("the Python pool trusts its callers")
-    pool, obs = pool_of(core)
-    told = obs.blocks_uncached
-
-    def hits_first(ids):
-        told(ids)
-        pool.observer = _NullObserver()  # (the inner hit goes untold)
-        pool.acquire_many([4])
-
-    obs.blocks_uncached = hits_first
-    pool.observer = obs
-    pool.acquire_many([2, 4])
-    assert [pool.refcount[b] for b in (2, 4)] == [1, 2] and pool.num_cached == 0
-    assert pool.reused_s == 8.0  # 2 and 4, each since 1.0, counted once
-    pool.check_integrity()
+# A hook that re-enters the pool (frees or takes a block being taken) is refused on both
+# cores: tests/test_pool_hook_reentrance.py.
