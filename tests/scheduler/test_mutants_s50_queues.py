@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kvsaga.scheduler import make_scheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest
-from tests.scheduler.helpers import manager, toks
+from tests.scheduler.helpers import manager, next_step, toks, wf
 
 
 def test_fcfs_a_preempted_request_waits_ahead_of_those_already_waiting():
@@ -29,3 +29,34 @@ def test_fcfs_a_preempted_request_waits_ahead_of_those_already_waiting():
     assert [r.session_id for r in out.preempted] == ["b"]
     assert [r.session_id for r in s.waiting] == ["b", "c"]
     m.check_integrity()
+
+
+def test_workflow_a_retried_step_at_the_head_is_not_bypassed_by_a_warm_step():
+    """A step put back at the head of the resumed queue as a retry (`_enqueue(retry=True)`,
+    as a preemption does) is picked next even with a warm step behind it within
+    `admission_window`: only a plain head may be bypassed (`max_bypass`). Without the retry
+    mark the same cold head is bypassed, which the second half checks."""
+    m = manager(64)
+    s = wf(m)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 8), max_new=1, last=False)
+    b = ToyRequest("b", toks(100, 8), max_new=1, last=False)
+    for r in (a, b):
+        s.add(r, 0.0)
+    for t in (0.0, 0.1):
+        ex.run(s, s.schedule(t, ex), t)
+    assert set(s.sessions) == {"a", "b"} and not s.running
+    # a's next step is long: the middle of its prompt is past what a has cached (cold);
+    # b's is short, its context cached (warm)
+    a2, b2 = next_step(a, toks(1000, 40), 1.0), next_step(b, toks(2000, 1), 1.0)
+    assert not s._is_warm(a2) and s._is_warm(b2)
+    s._enqueue(a2, 1.0, retry=True)
+    s._enqueue(b2, 1.0, retry=False)
+    assert list(s._resumed) == [a2, b2]
+    assert s._pick_resumed() is a2
+    s._dequeue(a2, 1.0)
+    s._enqueue(a2, 1.0, retry=False)  # the same cold step, no retry: b2 is picked first
+    s._dequeue(b2, 1.0)
+    s._enqueue(b2, 1.0, retry=False)
+    assert list(s._resumed) == [a2, b2]
+    assert s._pick_resumed() is b2
