@@ -60,7 +60,32 @@ class _NullObserver:
         pass
 
 
-def _each(fn, undo):
+def all_or_nothing(items, do, undo, what) -> None:
+    """`do(x)` for each of `items` in order; when `do` raises at item k, `undo` items
+    k-1..0 (last done first) and re-raise. An undo that raises too stops the undoing and
+    adds a note naming `what(x)` to the first error. The pool's per-block fallback and the
+    adaptive policy's fan-out to its members are both this (`PoolObserver`: a raising hook
+    has told the observer nothing)."""
+    done = 0
+    try:
+        for x in items:
+            do(x)
+            done += 1
+    except BaseException as e:
+        for x in reversed(items[:done]):
+            try:
+                undo(x)
+            except Exception as u:
+                e.add_note(f"undoing {what(x)} raised too: {u!r}")
+                break
+        raise
+
+
+def _block(b: int) -> str:
+    return f"the hook for block {b}"
+
+
+def per_block(fn, undo):
     """The per-block call of a batch transition, for an observer without the batch hook. A
     raise at block k first undoes blocks 0..k-1 (`undo`, the opposite hook, last told
     first), so that a raising hook has told the observer nothing, as a batch hook must
@@ -68,19 +93,7 @@ def _each(fn, undo):
     that raises too stops the undoing and adds a note to the hook's error."""
 
     def call(block_ids: list[int]) -> None:
-        told = 0
-        try:
-            for b in block_ids:
-                fn(b)
-                told += 1
-        except BaseException as e:
-            for b in reversed(block_ids[:told]):
-                try:
-                    undo(b)
-                except Exception as u:
-                    e.add_note(f"undoing the hook for block {b} raised too: {u!r}")
-                    break
-            raise
+        all_or_nothing(block_ids, fn, undo, _block)
 
     return call
 
@@ -125,9 +138,9 @@ class BlockPool:
         self._observer = observer
         one_cached, one_uncached = observer.block_cached, observer.block_uncached
         self._cached_many = (getattr(observer, "blocks_cached", None)
-                             or _each(one_cached, one_uncached))
+                             or per_block(one_cached, one_uncached))
         self._uncached_many = (getattr(observer, "blocks_uncached", None)
-                               or _each(one_uncached, one_cached))
+                               or per_block(one_uncached, one_cached))
 
     def _refuse(self, op: str) -> None:
         raise RuntimeError(f"a pool observer hook may not change the pool ({op})")

@@ -87,6 +87,7 @@ from kvsaga.policy.cost import CostModel, PrefillCost
 from kvsaga.policy.ghost_list import PyGhostList, make_ghost_list
 from kvsaga.policy.groups import GroupedPolicy
 from kvsaga.policy.shadow import ShadowCache
+from kvsaga.pool import all_or_nothing, per_block
 
 log = logging.getLogger("kvsaga.policy")
 
@@ -119,20 +120,11 @@ def _fan_out_undone(calls: list, undos: list) -> Callable[[object], None]:
     if len(calls) == 1:
         return calls[0]
 
+    members = range(len(calls))
+
     def call(arg) -> None:
-        done = 0
-        try:
-            for f in calls:
-                f(arg)
-                done += 1
-        except BaseException as e:
-            for u in reversed(undos[:done]):
-                try:
-                    u(arg)
-                except Exception as x:
-                    e.add_note(f"undoing a member policy's pool call raised too: {x!r}")
-                    break
-            raise
+        all_or_nothing(members, lambda j: calls[j](arg), lambda j: undos[j](arg),
+                       lambda j: "a member policy's pool call")
     return call
 
 
@@ -143,24 +135,7 @@ def _batched(policy: EvictionPolicy, one: str) -> Callable[[list[int]], None]:
         return many
     f = getattr(policy, one)
     undo = getattr(policy, "block_uncached" if one == "block_cached" else "block_cached")
-
-    def each(ids: list[int]) -> None:
-        """All or nothing, as the pool's own per-block fallback: a raise at block k undoes
-        blocks 0..k-1 with the opposite hook, last first."""
-        told = 0
-        try:
-            for b in ids:
-                f(b)
-                told += 1
-        except BaseException as e:
-            for b in reversed(ids[:told]):
-                try:
-                    undo(b)
-                except Exception as x:
-                    e.add_note(f"undoing the hook for block {b} raised too: {x!r}")
-                    break
-            raise
-    return each
+    return per_block(f, undo)  # all or nothing, as the pool's own fallback
 
 
 _POOL_CALLS = ("block_cached", "blocks_cached", "block_uncached", "blocks_uncached")
