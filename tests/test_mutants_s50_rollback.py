@@ -42,3 +42,18 @@ def test_a_taken_back_step_keeps_the_tail_its_prompt_still_extends(core):
     assert (s.num_computed, s.block_ids, s.tail) == (10, table, tail)
     assert m.begin_step("a", prompt).num_cached_tokens == 10  # the tail's 2 tokens too
     m.check_integrity()
+
+
+def test_discard_writes_inside_its_own_block_keeps_the_tokens_before_the_start(core):
+    """A start inside the session's own (written) block cuts there: 5 of the 6 computed
+    tokens stay, the partial block kept. (Inside another session's hit it would go back to
+    that block's start: a partial tail must be the session's own block.)"""
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 16, clock=lambda: 0.0, core=core.name)
+    m.begin_step("a", list(range(6)))
+    m.allocate_slots("a", 6)
+    table = list(m.sessions["a"].block_ids)
+    assert len(table) == 2 and all(m.block_owner[b] == "a" for b in table)
+    m.discard_writes({"a": 5})
+    assert m.num_computed_tokens("a") == 5
+    assert m.sessions["a"].block_ids == table
+    m.check_integrity()
