@@ -60,3 +60,23 @@ def test_workflow_a_retried_step_at_the_head_is_not_bypassed_by_a_warm_step():
     s._enqueue(b2, 1.0, retry=False)
     assert list(s._resumed) == [a2, b2]
     assert s._pick_resumed() is b2
+
+
+def test_workflow_counts_session_admissions_and_keeps_the_longest_wait():
+    """`num_session_admissions` counts each session admitted once (not its later steps),
+    and `admission_wait_max_s` is the longest wait, not the latest one."""
+    m = manager(64)
+    s = wf(m)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 8), max_new=1, last=False)
+    s.add(a, 0.0)
+    ex.run(s, s.schedule(5.0, ex), 5.0)  # a waited 5 s
+    b = ToyRequest("b", toks(100, 8), max_new=1, last=False, arrival=6.0)
+    s.add(b, 6.0)
+    ex.run(s, s.schedule(6.0, ex), 6.0)  # b waited 0 s
+    assert set(s.sessions) == {"a", "b"}
+    assert s.num_session_admissions == 2
+    assert s.admission_wait_max_s == 5.0
+    s.add(next_step(a, toks(1000, 2), 7.0), 7.0)  # a's next step: no new admission
+    ex.run(s, s.schedule(7.0, ex), 7.0)
+    assert s.num_session_admissions == 2
