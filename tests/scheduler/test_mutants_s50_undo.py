@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.helpers import BS, manager, next_step, toks, wf
+from tests.scheduler.test_undo_demotion import _demoted
 
 
 def test_one_full_block_evicted_keeps_the_demotion():
@@ -30,4 +31,15 @@ def test_one_full_block_evicted_keeps_the_demotion():
     assert s.num_undone_demotions == 0
     assert "big" not in s.sessions and "big" in s._deferred
     assert [r.session_id for r in s.waiting] == ["big"] and not s._resumed
+    m.check_integrity()
+
+
+def test_no_undo_at_the_reserve_deadline_itself():
+    """"wide" queued at 1.5 with max_wait_s 0.5: its deadline is 2.0, the very time big's
+    next step arrives. The reserve holds from the deadline on (`now >= reserve_at`), so
+    the demotion stands (tests/scheduler/test_undo_demotion.py checks either side)."""
+    m, s, ex, big2, seen = _demoted(True, wide_waiting=True, max_wait_s=0.5)
+    assert s.reserve_at == 2.0
+    assert "big" not in s.sessions and "big" in s._deferred
+    assert s.num_undone_demotions == 0
     m.check_integrity()
