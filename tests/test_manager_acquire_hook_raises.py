@@ -69,6 +69,19 @@ def test_a_tail_hit_whose_uncached_hook_raises_takes_the_step_back(core):
     m.check_integrity()
 
 
+def nothing_held(m, policy, before, at: int) -> None:
+    """After a raise at the hook's `at`-th call: the hook was called `at` times, the books
+    are as `before` (host books, eviction order), and what was taken before the raise,
+    released, is cached again as just used (a touch, as when the loads' eviction raises:
+    `_unbegin`), so the order is the same set, in the same order when nothing was taken."""
+    assert policy.calls == at
+    policy.arm(0)
+    m.check_integrity()
+    assert host_books(m) == before[0]
+    order = policy.eviction_order()
+    assert sorted(order) == sorted(before[1]) and (order == before[1] or at > 1)
+
+
 @pytest.mark.parametrize("core", CORES)
 @pytest.mark.parametrize("at", [1, 2, 3], ids=["hit", "resident", "tail"])
 def test_a_host_run_whose_uncached_hook_raises_takes_the_step_back(core, at):
@@ -82,14 +95,7 @@ def test_a_host_run_whose_uncached_hook_raises_takes_the_step_back(core, at):
     policy.arm(at)
     with pytest.raises(RuntimeError, match="blocks_uncached failed"):
         m.begin_step("s", prompt)
-    assert policy.calls == at
-    policy.arm(0)
-    m.check_integrity()
-    assert host_books(m) == before[0]
-    # What was taken before the raise, released, is cached again as just used (a touch, as
-    # when the loads' eviction raises: `_unbegin`).
-    order = policy.eviction_order()
-    assert sorted(order) == sorted(before[1]) and (order == before[1] or at > 1)
+    nothing_held(m, policy, before, at)
     assert m.begin_step("s", prompt).num_cached_tokens == 14
     m.check_integrity()
 
@@ -105,14 +111,7 @@ def test_a_prefetch_whose_uncached_hook_raises_holds_nothing(core, at):
     policy.arm(at)
     with pytest.raises(RuntimeError, match="blocks_uncached failed"):
         m.prefetch("s")
-    assert policy.calls == at
-    policy.arm(0)
-    m.check_integrity()
-    assert host_books(m) == before[0]
-    # What was taken before the raise, released, is cached again as just used (a touch, as
-    # when the loads' eviction raises: `_unbegin`).
-    order = policy.eviction_order()
-    assert sorted(order) == sorted(before[1]) and (order == before[1] or at > 1)
+    nothing_held(m, policy, before, at)
     assert m.prefetch("s") == 1
     m.check_integrity()
     assert m.begin_step("s", [*m.sessions["s"].token_ids, 5]).num_cached_tokens == 14
