@@ -39,20 +39,25 @@ class Ordered:
         self.q.remove(b)
 
 
-def pool_of(core, per_block=False):
-    """A 6-block pool: 0 and 1 ACTIVE (0 twice referenced), 2, 3 and 4 CACHED (released at
-    clock 1.0, then 3 held since 2.0), 5 FREE."""
-    pool = core.BlockPool(6)
-    obs = Ordered(core, 6, per_block)
-    pool.observer = obs
-    ids = pool.allocate(5)
-    for b in ids:
+def stage(pool) -> None:
+    """Blocks 0-4 of a fresh 6-block pool hashed, 0 and 1 ACTIVE (0 twice referenced), 2,
+    3 and 4 released to CACHED at clock 1.0, then 3 held at 2.0 (the clock left there)."""
+    for b in pool.allocate(5):
         pool.block_hash[b] = bytes([b]) * 32
     pool.acquire_many([0])
     pool.clock = 1.0
     pool.release_many([4, 2, 3])
     pool.clock = 2.0
     pool.hold_many([3])
+
+
+def pool_of(core, per_block=False):
+    """A 6-block pool: 0 and 1 ACTIVE (0 twice referenced), 2, 3 and 4 CACHED (released at
+    clock 1.0, then 3 held since 2.0), 5 FREE."""
+    pool = core.BlockPool(6)
+    obs = Ordered(core, 6, per_block)
+    pool.observer = obs
+    stage(pool)
     pool.release_many([3])  # CACHED again as of 1.0 (a hold is not a hit)
     pool.hold_many([3])
     pool.clock = 5.0

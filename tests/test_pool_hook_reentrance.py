@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from kvsaga.pool import ACTIVE, CACHED
+from tests.test_pool_acquire_hook_raises import stage
 
 REFUSED = r"^a pool observer hook may not change the pool \({}\)$"
 
@@ -42,13 +43,7 @@ def pool_of(core, per_block=False):
     pool = core.BlockPool(6)
     obs = Reentrant(core, 6, per_block)
     pool.observer = obs
-    for b in pool.allocate(5):
-        pool.block_hash[b] = bytes([b]) * 32
-    pool.acquire_many([0])
-    pool.clock = 1.0
-    pool.release_many([4, 2, 3])
-    pool.clock = 2.0
-    pool.hold_many([3])
+    stage(pool)
     pool.clock = 5.0
     return pool, obs
 
