@@ -9,8 +9,10 @@ import httpx
 
 from .conftest import MODEL, LiveServer
 
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-TEXT = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
+# ignore_eos: the assertions count tokens, and a sampled end of sequence would end early.
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+        "ignore_eos": True}
+TEXT = {"model": MODEL, "prompt": "hi", "max_tokens": 2, "ignore_eos": True}
 
 
 def _post(server: LiveServer, body: dict, path: str) -> httpx.Response:
