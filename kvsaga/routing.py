@@ -424,9 +424,14 @@ class KvsagaRouter(ArrivalBook, Router):
         balance steal once the source's queue drained, its KV migrated each way while the
         busy times stood still (review s47 routingcore 3). A home whose lead grew past the
         limit may hand it back, and a balance steal to another replica behind is not
-        blocked: only the undoing of the steal is."""
+        blocked: only the undoing of the steal is. A home without a report (under Ray
+        Serve: its engine stopped, until the health check replaces it) has no busy time to
+        compare: None (`_behind` moves nothing from such a home). Before, `stats[home]`
+        raised KeyError out of the routing decision, which Ray Serve retried for good,
+        holding every request (review s51 ray 1)."""
         thief, source = self._stolen.get(session, (None, None))
-        if thief != home or lead is None or self.busy_time(home, stats) > lead:
+        if (thief != home or lead is None or home not in stats
+                or self.busy_time(home, stats) > lead):
             return None
         return source
 
