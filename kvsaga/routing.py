@@ -46,7 +46,7 @@ from kvsaga.replica_stats import (  # noqa: F401  (re-exported: the routing API 
     SessionTokens,
     count_predicted_resumes,
 )
-from kvsaga.routing_arrivals import ArrivalBook
+from kvsaga.routing_arrivals import ArrivalBook, RefusalBook
 from kvsaga.routing_base import (  # noqa: F401  (re-exported: kvsaga.routing is the API)
     AffinityRouter,
     RoundRobinRouter,
@@ -60,7 +60,7 @@ from kvsaga.routing_base import (  # noqa: F401  (re-exported: kvsaga.routing is
 from kvsaga.routing_config import RoutingConfig
 
 
-class KvsagaRouter(ArrivalBook, Router):
+class KvsagaRouter(ArrivalBook, RefusalBook, Router):
     """Affinity + placement by predicted load + work stealing + migration + fleet fair
     share."""
 
@@ -165,30 +165,6 @@ class KvsagaRouter(ArrivalBook, Router):
         self._refused.pop((session, replica), None)
         self._refused[(session, replica)] = now
         self._forget_refusals(now)
-
-    def _cool(self, refused_at: float | None, now: float) -> bool:
-        """Whether a cool-off from a refusal at `refused_at` (None: none) still runs at
-        `now`: for `refused_move_s` from it, and over when `now` is before it (the router's
-        clock is the wall clock: a step back of X seconds would otherwise keep it X seconds
-        past its end, a step forward ends it early)."""
-        return refused_at is not None and 0 <= now - refused_at < self.refused_move_s
-
-    def _refused_lately(self, session: str, x: str, now: float) -> bool:
-        """Whether replica `x` refused an import, or a move of `session`, whose cool-off
-        still runs at `now` (`_cool`)."""
-        return (self._cool(self._cooling.get(x), now)
-                or self._cool(self._refused.get((session, x)), now))
-
-    def _forget_refusals(self, now: float) -> None:
-        """Drop the cool-offs that no longer run (`_cool`): the refusals from the oldest
-        (they are added in the order they run out, unless the wall clock stepped: then
-        `_refused_lately` tests each on its own), and the oldest beyond `_MAX_REFUSED`."""
-        refused = self._refused
-        while refused and (len(refused) > self._MAX_REFUSED
-                           or not self._cool(next(iter(refused.values())), now)):
-            refused.popitem(last=False)
-        for x in [x for x, at in self._cooling.items() if not self._cool(at, now)]:
-            del self._cooling[x]
 
     def busy_time(self, r: str, stats: Mapping[str, ReplicaStats]) -> float:
         """Replica `r`'s accumulated busy time as the balance rules compare it: what it
@@ -424,11 +400,8 @@ class KvsagaRouter(ArrivalBook, Router):
         balance steal once the source's queue drained, its KV migrated each way while the
         busy times stood still (review s47 routingcore 3). A home whose lead grew past the
         limit may hand it back, and a balance steal to another replica behind is not
-        blocked: only the undoing of the steal is. A home without a report (under Ray
-        Serve: its engine stopped, until the health check replaces it) has no busy time to
-        compare: None (`_behind` moves nothing from such a home). Before, `stats[home]`
-        raised KeyError out of the routing decision, which Ray Serve retried for good,
-        holding every request (review s51 ray 1)."""
+        blocked: only the undoing of the steal is. None for a home without a report (its
+        `stats[home]` raised KeyError, which Ray Serve retried for good: review s51 ray 1)."""
         thief, source = self._stolen.get(session, (None, None))
         if (thief != home or lead is None or home not in stats
                 or self.busy_time(home, stats) > lead):

@@ -4,6 +4,8 @@ thief's room until its report shows them (docs/cluster.md, "How a step is routed
 "Limits (known)"): two steals between two reports of one replica would otherwise both
 count the same room, and the second import be refused. Kept apart from the routing
 decisions it serves, which read it only through `_arriving`; pure Python, no torch.
+Beside it, `RefusalBook`: the cool-offs of the replicas that refused a move (when a steal may
+target them again), the other book a move's outcome writes.
 """
 
 from __future__ import annotations
@@ -188,3 +190,34 @@ class ArrivalBook:
         for s in shown:
             self._drop_arrival(s)
         return tokens
+
+
+class RefusalBook:
+    """Mixin of `KvsagaRouter` (split from kvsaga/routing.py): when the cool-off of a
+    replica that refused a move runs out. It reads `clock`-stamped entries of `_refused`
+    ((session, replica) -> when) and `_cooling` (replica -> when), which
+    `KvsagaRouter.move_refused` writes, and `refused_move_s`, `_MAX_REFUSED`."""
+
+    def _cool(self, refused_at: float | None, now: float) -> bool:
+        """Whether a cool-off from a refusal at `refused_at` (None: none) still runs at
+        `now`: for `refused_move_s` from it, and over when `now` is before it (the router's
+        clock is the wall clock: a step back of X seconds would otherwise keep it X seconds
+        past its end, a step forward ends it early)."""
+        return refused_at is not None and 0 <= now - refused_at < self.refused_move_s
+
+    def _refused_lately(self, session: str, x: str, now: float) -> bool:
+        """Whether replica `x` refused an import, or a move of `session`, whose cool-off
+        still runs at `now` (`_cool`)."""
+        return (self._cool(self._cooling.get(x), now)
+                or self._cool(self._refused.get((session, x)), now))
+
+    def _forget_refusals(self, now: float) -> None:
+        """Drop the cool-offs that no longer run (`_cool`): the refusals from the oldest
+        (they are added in the order they run out, unless the wall clock stepped: then
+        `_refused_lately` tests each on its own), and the oldest beyond `_MAX_REFUSED`."""
+        refused = self._refused
+        while refused and (len(refused) > self._MAX_REFUSED
+                           or not self._cool(next(iter(refused.values())), now)):
+            refused.popitem(last=False)
+        for x in [x for x, at in self._cooling.items() if not self._cool(at, now)]:
+            del self._cooling[x]
