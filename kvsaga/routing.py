@@ -79,7 +79,9 @@ class KvsagaRouter(ArrivalBook, RefusalBook, Router):
     _MAX_REFUSED = 4096  # refusals remembered at most (the oldest go first)
 
     def __init__(self, replicas: Iterable[str] = (), config: RoutingConfig | None = None,
-                 **kwargs):
+                 tenant_weights: Mapping[str, float] | None = None, **kwargs):
+        """`tenant_weights`: the replica schedulers' (by the replicas' tenant names, as in
+        `tenant_service`), for the fleet's fair share (`FairShare.weights`); None: 1 each."""
         # replica -> seconds added to the busy time it reports (`busy_time`), and the
         # replicas added since the last decision, which get theirs at the next one.
         self.busy_offset: dict[str, float] = {}
@@ -92,7 +94,7 @@ class KvsagaRouter(ArrivalBook, RefusalBook, Router):
                              f"{type(config).__name__} {config!r}")
         super().__init__(replicas, **kwargs)
         self.config = config if config is not None else RoutingConfig()
-        self.fair = FairShare()
+        self.fair = FairShare(weights=tenant_weights if tenant_weights is not None else {})
         self._prefix_homes: OrderedDict[str, set[str]] = OrderedDict()  # where cached
         self.num_stolen = 0
         self.num_migrated = 0

@@ -352,16 +352,34 @@ class EngineReplica(SessionHandover):
 # -- the application --------------------------------------------------------------------------
 
 
+def router_tenant_weights(settings: ServerSettings) -> dict[str, float] | None:
+    """The replicas' scheduler `tenant_weights` (`settings.scheduler_params`), keyed by the
+    router's tenant names: a replica reports a tenant's service under its salt, "anon" for
+    the anonymous tenant (the scheduler's None), as the gateway names a step's tenant.
+    None when the replicas weigh every tenant 1. Before, the router's fair share weighed
+    every tenant 1 whatever the replicas did: a tenant weighted 4:1 that got its weighted
+    share looked 1.6x over-served and was held back from idle replicas (review s51 ray 2).
+    A str "anon" key names no tenant a replica serves (salts are digests): left out."""
+    weights = (settings.scheduler_params or {}).get("tenant_weights")
+    if not weights:
+        return None
+    return {"anon" if t is None else t: float(w) for t, w in weights.items() if t != "anon"}
+
+
 def _router_config(router: str, router_kwargs: dict | None, stats_period_s: float,
-                   session_idle_s: float | None = None) -> RequestRouterConfig:
+                   session_idle_s: float | None = None,
+                   tenant_weights: dict[str, float] | None = None) -> RequestRouterConfig:
     """The engine deployment's request router: kvsaga's adapter over `kvsaga.routing`, or
     Ray Serve's default (which reads no routing stats and takes no kwargs). The adapter
     forgets a session not routed for `session_idle_s` (the replicas' idle limit; None:
-    the router's default)."""
+    the router's default); the kvsaga router weighs the fleet's fair share by
+    `tenant_weights` (`router_tenant_weights`; None: 1 each)."""
     if router == RAY_DEFAULT_ROUTER:
         return RequestRouterConfig(
             request_router_class="kvsaga.integrations.ray.router.RayDefaultRequestRouter")
     idle = {} if session_idle_s is None else {"session_idle_s": session_idle_s}
+    if tenant_weights and router == "kvsaga":
+        idle["tenant_weights"] = tenant_weights
     return RequestRouterConfig(
         request_router_class="kvsaga.integrations.ray.router.KvsagaRequestRouter",
         request_router_kwargs={"router": router, **idle, **(router_kwargs or {})},
@@ -422,6 +440,7 @@ def build_application(
         max_ongoing_requests=settings.max_num_seqs + settings.max_queue + 8,
         ray_actor_options=ray_actor_options or {},
         request_router_config=_router_config(router, router_kwargs, stats_period_s,
-                                             settings.session_idle_s),
+                                             settings.session_idle_s,
+                                             router_tenant_weights(settings)),
     ).bind(settings, factory, torch_threads, stuck_step_s)
     return KvsagaGateway.bind(engine, settings)

@@ -105,14 +105,21 @@ class KvsagaRequestRouter(RequestRouter):
     go to any available replica. Configure through the deployment's
     `request_router_config.request_router_kwargs`: `router` (a name of
     `kvsaga.routing.ROUTERS`), `session_idle_s` (how long an unrouted session is
-    remembered: the replicas' idle limit, `ServerSettings.session_idle_s`) and any
+    remembered: the replicas' idle limit, `ServerSettings.session_idle_s`),
+    `tenant_weights` (the replicas' scheduler's, for the fleet's fair share) and any
     `RoutingConfig` field."""
 
     def initialize_state(self, router: str = "kvsaga",
                          session_idle_s: float | None = DEFAULT_SESSION_IDLE_S,
+                         tenant_weights: dict[str, float] | None = None,
                          **config: Any) -> None:
         routing = routing_config(router, config)
-        kwargs = {"config": routing} if routing is not None else {}
+        kwargs: dict[str, Any] = {"config": routing} if routing is not None else {}
+        if tenant_weights is not None:  # the replicas' (`deployment.router_tenant_weights`)
+            if router != "kvsaga":
+                raise ValueError(f"tenant_weights apply to the kvsaga router only, not "
+                                 f"{router!r}")
+            kwargs["tenant_weights"] = tenant_weights
         self.kv_router = make_router(router, session_idle_s=session_idle_s, **kwargs)
         # Found by the gateway in `registry` (not in a class attribute: Ray pickles this
         # class by value, and loading it again resets or copies its attributes).
