@@ -8,13 +8,14 @@ import io
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.serve_process import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -155,12 +156,6 @@ def test_vllm_example_exports_the_model_dir_it_serves(tmp_path, default_model):
     assert config == json.loads(kv_transfer_config("ttl"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_example_reuses_the_whole_first_step(default_model):
     import httpx
 
@@ -171,13 +166,14 @@ def test_serve_example_reuses_the_whole_first_step(default_model):
     # The tuned command's flags are valid (its run would only differ in sizes).
     args = build_parser().parse_args(shlex.split(tuned.replace('"$KEY"', "k"))[1:])
     assert settings_from_args(args).metrics_compat == "vllm"
-    port = _free_port()
-    proc = subprocess.Popen(shlex.split(serve) + ["--port", str(port)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # --port 0 and the port it logs: a port probed here and passed on could be taken by
+    # another process before the server bound it (exit 2, "cannot listen on").
+    server = ServeProcess(shlex.split(serve), env=ENV, stdout=subprocess.DEVNULL)
     try:
+        port = server.port(300)
         deadline = time.monotonic() + 300
         while True:
-            assert proc.poll() is None, proc.stderr.read()
+            assert server.proc.poll() is None, server.stderr()
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
                     break
@@ -186,8 +182,7 @@ def test_serve_example_reuses_the_whole_first_step(default_model):
         (code,) = _blocks("## kvsaga-serve", "python")
         ns, out = _exec(code.replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
     m = re.fullmatch(r"(\d+) of (\d+) prompt tokens cached; step 1 was (\d+)\n", out)
     assert m is not None, out
     cached, prompt, step1 = (int(x) for x in m.groups())

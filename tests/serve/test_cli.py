@@ -120,29 +120,29 @@ def test_ctrl_c_stops_the_server_without_a_traceback(tiny_dir: Path):
     import time
     import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cmd = [sys.executable, "-m", "kvsaga.serve.cli", "--model", str(tiny_dir), "--port",
-           str(port), "--device", "cpu", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from tests.serve_process import ServeProcess
+
+    # --port 0 and the port it logs (info level): a port probed here and passed on could be
+    # taken by another process before the server bound it (exit 2, "cannot listen on").
+    server = ServeProcess([sys.executable, "-m", "kvsaga.serve.cli", "--model", str(tiny_dir),
+                           "--device", "cpu", "--log-level", "info"], stdout=subprocess.DEVNULL)
+    proc = server.proc
     try:
+        port = server.port(90)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                     break
             except OSError:
-                assert proc.poll() is None, proc.communicate()
+                assert proc.poll() is None, server.stderr()
                 time.sleep(0.2)
         else:
             pytest.fail("the server did not become healthy")
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        err = server.stderr(60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        server.stop()
     assert proc.returncode in (0, 130), err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
