@@ -10,6 +10,7 @@ answer to a routed step to a test's router (`gateway_answer`). Import it after
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 from pathlib import Path
 from types import SimpleNamespace as NS
@@ -66,6 +67,7 @@ def stub_replica(rid: str, engine, sessions: SessionRegistry, app=None) -> Engin
     (what `_pull` and `export_session` call); already started."""
     r = object.__new__(EngineReplica)
     r._seen_tokens, r._service, r._handovers = {}, {}, {}
+    r._committed = collections.OrderedDict()
     r.replica_id, r.app_name = rid, "app"
     r.app = app or NS()
     r.app.state = NS(engine=engine, server=NS(serving_if_ready=NS(sessions=sessions)))

@@ -18,6 +18,7 @@ the replica's life (start, health, routing stats) and the application that binds
 """
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -182,6 +183,9 @@ class EngineReplica(SessionHandover):
         # hold id -> the session it holds for its importer (`handover._Hold`: the timer
         # that frees it, the importer, which `SessionHandover._reclaim` asks about)
         self._handovers: dict[str, _Hold] = {}
+        # the holds this replica committed (`SessionHandover.finish_handover`: a repeated
+        # commit is answered True), the latest `handover._MAX_COMMITTED`
+        self._committed: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     async def _start(self) -> None:
         """Enter the app's lifespan (engine thread, model load) once, and wait for the model:

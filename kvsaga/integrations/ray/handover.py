@@ -54,6 +54,8 @@ _PROBE_KEPT_S = 1.0
 # update replaces it (`export_session`, `_pull`).
 _OLD_BUSY = "busy"
 _FAILED = object()  # `EngineReplica._ask`: the call raised or timed out
+# Committed holds a replica remembers (`finish_handover` answers a repeated commit True).
+_MAX_COMMITTED = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +68,16 @@ class Handover:
         context: the session's `SessionContext` fields (but `in_flight`, `last_used`).
         exported: its KV (`kvsaga.migration.SessionExport`), or None (not asked for, none
             cached, or its export failed: it is recomputed).
+        commit_idempotent: the sender answers a repeated commit of this hold True, so its
+            importer may retry a commit that failed (`_import_and_commit`). False from a
+            sender before session 51 (a rolling update: the class default, its pickle has
+            no such field), which answers it False, as for a hold that ran out.
     """
 
     id: str
     context: dict
     exported: Any
+    commit_idempotent: bool = False
 
 
 def _export_kv(engine: Any, sid: str, migrate: bool) -> Any:
@@ -203,8 +210,9 @@ class SessionHandover:
     gone importers freed (`_reclaim`, `handover_alive`). A mixin of
     `deployment.EngineReplica`, whose state it uses: `app` (the server app and its
     engine), `replica_id`, `app_name`, `_sessions`, `_start`, `_seen_tokens` (an import's
-    context is no service given here) and `_handovers` (the exporter's holds: hold id ->
-    `_Hold`)."""
+    context is no service given here), `_handovers` (the exporter's holds: hold id ->
+    `_Hold`) and `_committed` (the holds it committed, an OrderedDict of the latest
+    `_MAX_COMMITTED`: a repeated commit is answered True)."""
 
     async def _pull(self, sid: str, salt: str | None, source: str,
                     migrate: bool) -> APIError | None:
@@ -326,16 +334,26 @@ class SessionHandover:
                                     {"engine_sid": sid, "id": got.id, "commit": False})
                     return _move_failed(sid, source,
                                         f"importing its KV failed: {type(e).__name__}")
-        done = await self._ask(source, "finish_handover",
-                               {"engine_sid": sid, "id": got.id, "commit": True})
+        commit = {"engine_sid": sid, "id": got.id, "commit": True}
+        done = await self._ask(source, "finish_handover", commit)
+        if done is _FAILED and got.commit_idempotent:
+            # Timed out (`source` at its request limit, say, the call cancelled unsent) or
+            # `source` died. Taken as committed, the session lived on both replicas: the
+            # hold ran out and `source` freed its copy, which idled out there. Asked again,
+            # `source` answers True if a commit went through, False if its hold is over
+            # uncommitted (it has the session back: the import is undone below). A sender
+            # that does not say it answers so (before session 51) answers a repeated
+            # commit False too: not asked again, lest both copies go (review s51 ray 3).
+            done = await self._ask(source, "finish_handover", commit)
         if not held.held:
             return _ended_meanwhile(sid)
         if done is False:
             log.warning("kvsaga: %s no longer hands over %s; it stays there", source, sid)
             await engine.call(lambda e: self._forget(e, sid))
             return _move_failed(sid, source, "its previous replica took it back")
-        # Else committed, or `source` is gone (its copy with it) or did not answer (it frees
-        # its copy when the hold runs out; that copy idles out there).
+        # Else committed, or `source` is gone (its copy with it) or did not answer twice, or
+        # once for a sender before session 51 (it frees its copy when the hold runs out;
+        # that copy idles out there).
         for k, v in got.context.items():
             setattr(held.ctx, k, v)
         return None
@@ -410,18 +428,22 @@ class SessionHandover:
         # What the session's cache holds (exact ids and text), not its local bookkeeping.
         context = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)
                    if f.name not in ("in_flight", "last_used")}
-        return Handover(hold, context, exported)
+        return Handover(hold, context, exported, commit_idempotent=True)
 
     async def finish_handover(self, call: dict) -> bool | str:
         """Hand-over, phase two: `commit` ends the held session here (its importer has it),
-        else the session is freed and stays here. True once ended; False when not
-        committed: an abort, or the hold is over (it ran out, or the session's client
-        ended the session meanwhile); "misrouted" (the call reached another replica)."""
+        else the session is freed and stays here. True once ended, for a repeated commit
+        too (an importer whose commit call failed asks again: `Handover.commit_idempotent`);
+        False when not committed: an abort, or the hold is over (it ran out, or the
+        session's client ended the session meanwhile); "misrouted" (the call reached
+        another replica)."""
         sessions, sid, hold = self._sessions, call.get("engine_sid"), call.get("id")
         if call.get("pin") != self.replica_id or sessions is None:
             return "misrouted"
         held = self._handovers.pop(hold, None)
         if held is None:
+            if call.get("commit") and hold in self._committed:
+                return True
             log.warning("kvsaga: the hand-over of %s on %s is over already", sid,
                         self.replica_id)
             return False
@@ -431,8 +453,11 @@ class SessionHandover:
             self._release(sid, hold)
             return False
         # The record goes before the await, as the end route's does, and the engine's copy
-        # goes even if this call is cancelled (its caller gave up).
+        # goes even if this call is cancelled (its caller gave up: it asks again).
         sessions.drop(sid)
+        self._committed[hold] = None
+        while len(self._committed) > _MAX_COMMITTED:
+            self._committed.popitem(last=False)
         await asyncio.shield(self.app.state.engine.call(lambda e: self._forget(e, sid)))
         return True
 
