@@ -10,14 +10,25 @@ not asked again, lest both copies go."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 
 import pytest
 
 pytest.importorskip("ray.serve")
 
+from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.integrations.ray import handover  # noqa: E402
-from tests.cluster.ray_replicas import SID, Pinned, copy_by_bookkeeping  # noqa: E402
+from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
+from tests.cluster.ray_replicas import (  # noqa: E402
+    SID,
+    SPEC,
+    BookkeepingEngine,
+    Pinned,
+    copy_by_bookkeeping,
+    paused,
+    stub_replica,
+)
 from tests.cluster.test_ray_handover import pair  # noqa: E402
 
 
@@ -112,19 +123,17 @@ def test_a_sender_before_the_fix_is_not_asked_again(monkeypatch):
     _one_copy_on_b(a, b)  # (the lost answer's commit went through)
 
 
-def test_a_repeated_abort_or_an_unknown_hold_is_still_false():
-    import collections
-
-    from tests.cluster.ray_replicas import stub_replica
-    from kvsaga import KVCacheManager
-    from kvsaga.serve.sessions import SessionRegistry
-    from tests.cluster.ray_replicas import SPEC, BookkeepingEngine, paused
-
+def _sender():
+    """Replica a holding paused session `SID`, on its own."""
     m = KVCacheManager(SPEC, 64)
     paused(m)
     reg = SessionRegistry(tokenizer=None)
     reg.open(SID)
-    a = stub_replica("a", BookkeepingEngine(m), reg)
+    return stub_replica("a", BookkeepingEngine(m), reg), m, reg
+
+
+def test_a_repeated_abort_or_an_unknown_hold_is_still_false():
+    a, m, reg = _sender()
 
     async def go():
         got = await a.export_session({"pin": "a", "engine_sid": SID, "migrate": True})
@@ -137,3 +146,23 @@ def test_a_repeated_abort_or_an_unknown_hold_is_still_false():
     asyncio.run(go())
     assert SID in m.sessions and reg.get(SID).in_flight is None
     assert a._committed == collections.OrderedDict()
+
+
+def test_the_committed_holds_remembered_are_bounded(monkeypatch):
+    monkeypatch.setattr(handover, "_MAX_COMMITTED", 1)
+    a, m, reg = _sender()
+
+    async def hand_over() -> str:
+        got = await a.export_session({"pin": "a", "engine_sid": SID, "migrate": True})
+        assert await a.finish_handover({"pin": "a", "engine_sid": SID, "id": got.id,
+                                        "commit": True}) is True
+        return got.id
+
+    first = asyncio.run(hand_over())
+    m.begin_step(SID, list(range(100, 120)), salt="t1")  # it comes back (other tokens)
+    m.allocate_slots(SID, 20)
+    m.finish_step(SID)
+    reg.open(SID)
+    second = asyncio.run(hand_over())
+    assert list(a._committed) == [second] and first != second
+    m.check_integrity()
