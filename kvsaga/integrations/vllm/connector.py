@@ -68,6 +68,8 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   flight, is ended as a last step ends it (`session_ends` has the rule and why).
 
 Only the scheduler-side instance does anything; the worker side moves no KV (all methods no-ops).
+With vLLM's prefix caching off nothing retained could be hit again: the scheduler-side
+instance stays unbound too (one warning), retention and the gate off.
 Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default
 `kvsaga.policy.DEFAULT_POLICY`; not an offline one, `belady` or `oracle-ttl`),
 `policy_args` (keyword arguments for it: numbers and flags, never the Python objects
@@ -216,6 +218,16 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
         if self.reserve_blocks >= usable:  # kept free, it would leave nothing to retain
             raise ValueError(f"kvsaga connector: reserve_blocks must be below vLLM's "
                              f"{usable} usable KV blocks, got {self.reserve_blocks}")
+        if not getattr(gpu_block_pool, "enable_caching", True):
+            # No block is hashed, so nothing retained could be hit: retention keeps nothing,
+            # and the gate would hold sessions back for paused contexts that are not in
+            # memory (review s51, vconn HIGH-1). Left unbound, every hook does nothing, as
+            # vLLM's own CPU offload connector disables itself then.
+            logger.warning("kvsaga connector: vLLM's prefix caching is off (it was turned "
+                           "off, or the model does not allow it), so no paused session's "
+                           "blocks can be hit again: retention and the session gate are "
+                           "disabled")
+            return
         self.pool = gpu_block_pool
         # A prefix-cache reset drops every hash, so nothing retained could be hit after it:
         # give the blocks back first. vLLM resets the pool before it asks the connector

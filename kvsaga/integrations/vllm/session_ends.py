@@ -75,7 +75,10 @@ class SessionEnds:
 
     def session_active(self, sid: str, now: float) -> None:
         """Session `sid` was active `now` (a step finished, or, from `KVSagaScheduler`, one
-        arrived): its pause is timed from now."""
+        arrived): its pause is timed from now. Nothing on an unbound connector (vLLM's
+        prefix caching off: `bind_gpu_block_pool`), which no sweep would ever empty."""
+        if self.pool is None:
+            return
         self._paused.pop(sid, None)  # re-inserted last: oldest first stays true
         self._paused[sid] = now
 

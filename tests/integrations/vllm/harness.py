@@ -44,15 +44,18 @@ def make_scheduler(
     scheduling_policy: str = "fcfs",
     scheduler_cls: type[Scheduler] = Scheduler,
     kv_transfer: str | None = None,
+    prefix_caching: bool = True,
     **extra,
 ) -> Scheduler:
     """A vLLM scheduler over `num_blocks` KV blocks (one of them vLLM's null block), prefix
-    caching on, with or without the kvsaga connector (`extra`: more connector settings;
+    caching on (unless `prefix_caching` is False), with or without the kvsaga connector
+    (`extra`: more connector settings;
     `policy` None: `kv_transfer_config`'s default, `kvsaga.policy.DEFAULT_POLICY`);
     `scheduling_policy` is vLLM's ("fcfs", or "priority": requests' `priority` first);
     `scheduler_cls` what vLLM's `--scheduler-cls` names (a Scheduler subclass);
     `kv_transfer`: a whole `--kv-transfer-config` JSON instead (e.g. the offload tier's,
-    `offload_transfer_config`), taking the place of `connector`, `policy` and `extra`."""
+    `offload_transfer_config`), taking the place of `connector`, `policy` and `extra`;
+    `prefix_caching` False: vLLM's `--no-enable-prefix-caching`."""
     model_config = ModelConfig(model=str(model_dir), skip_tokenizer_init=True, dtype="float32")
     transfer = None
     if kv_transfer is not None:
@@ -70,7 +73,7 @@ def make_scheduler(
             is_encoder_decoder=False,
             policy=scheduling_policy,
         ),
-        cache_config=CacheConfig(block_size=block_size, enable_prefix_caching=True),
+        cache_config=CacheConfig(block_size=block_size, enable_prefix_caching=prefix_caching),
         device_config=DeviceConfig("cpu"),
         kv_transfer_config=transfer,
     )
