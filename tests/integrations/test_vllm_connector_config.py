@@ -39,7 +39,10 @@ def test_every_unknown_key_is_named_and_every_valid_one_listed():
 
 
 def test_the_valid_keys_pass_and_none_means_no_settings():
-    extra = {k: None for k in CONNECTOR_KEYS if k != "reserve_blocks" and k not in ARGS_KEYS}
+    # (each a valid value: before review s51 every scalar here was null, which the connector
+    # refused inside vLLM's start but for session_idle_s, and this check passed)
+    extra = {"policy": "ttl", "admission": True, "best_effort_steps": 0, "keep_demoted": False,
+             "session_idle_s": None}
     extra.update({k: {} for k in ARGS_KEYS}, reserve_blocks=0)
     assert set(extra) == set(CONNECTOR_KEYS) and check_connector_extra(extra) == extra
     assert check_connector_extra(None) == {} and check_connector_extra({}) == {}

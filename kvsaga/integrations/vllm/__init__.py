@@ -26,7 +26,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kvsaga._validate import check_one_of
+from kvsaga._validate import check_one_of, is_int
 from kvsaga.integrations.vllm.connector_config import check_connector_extra
 from kvsaga.policy import DEFAULT_POLICY
 
@@ -76,7 +76,7 @@ def offload_transfer_config(cpu_bytes: int, eviction: str = "graph",
             `kv_connector_extra_config` (e.g. `{"policy": "ttl"}`).
     """
     check_one_of("eviction", eviction, OFFLOAD_POLICIES)
-    if not isinstance(cpu_bytes, int) or cpu_bytes <= 0:
+    if not is_int(cpu_bytes) or cpu_bytes <= 0:  # (true is no byte count)
         raise ValueError(f"cpu_bytes {cpu_bytes!r}: must be a positive int")
     cls = OFFLOAD_POLICIES[eviction]
     extra: dict[str, Any] = {"cpu_bytes_to_use": cpu_bytes, "eviction_policy": cls or eviction}

@@ -108,7 +108,6 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from vllm.logger import init_logger
 from vllm.v1.request import RequestStatus
 
-from kvsaga._validate import is_number
 from kvsaga.integrations.vllm.connector_config import (
     check_connector_extra,
     make_connector_policy,
@@ -157,21 +156,14 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
         extra = check_connector_extra(self._kv_transfer_config.kv_connector_extra_config)
         self.policy = make_connector_policy(extra)  # (a bad policy_args value: ValueError)
         self.reserve_blocks: int = extra.get("reserve_blocks", 0)  # (checked: an int >= 0)
-        self.admission = extra.get("admission", True)
-        if not isinstance(self.admission, bool):
-            raise ValueError(f"admission must be true or false, got {self.admission!r}")
+        self.admission = extra.get("admission", True)  # (checked: each setting's type)
         self.gate_args = dict(extra.get("gate_args", {}))
         # KVSagaScheduler's settings, read from here when the connector sits in vLLM's
         # MultiConnector (whose own extra config holds only the connectors' list)
         self.scheduler_args = dict(extra.get("scheduler_args", {}))
         self.keep_demoted = extra.get("keep_demoted", False)
-        if not isinstance(self.keep_demoted, bool):
-            raise ValueError(f"keep_demoted must be true or false, got {self.keep_demoted!r}")
         self._demoted = KeptDemoted()  # kept demoted sessions (`keep_demoted`)
         self.best_effort_steps = extra.get("best_effort_steps", BEST_EFFORT_STEPS)
-        if not (is_number(self.best_effort_steps) and self.best_effort_steps >= 0):
-            raise ValueError(f"best_effort_steps must be a number >= 0, got "
-                             f"{self.best_effort_steps!r}")
         self.cost = StepCost(**dict(extra.get("step_cost_args", {})))
         self._idle_sweep = IdleSweep(check_session_idle(
             extra.get("session_idle_s", DEFAULT_SESSION_IDLE_S),

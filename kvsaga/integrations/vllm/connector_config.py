@@ -37,6 +37,7 @@ from kvsaga.integrations.vllm.session_ranker import (
 )
 from kvsaga.integrations.vllm.step_cost import StepCost
 from kvsaga.policy import DEFAULT_POLICY, POLICIES, EvictionPolicy, make_policy
+from kvsaga.session import check_session_idle
 
 # Each key's meaning: kvsaga/integrations/vllm/connector.py's module docstring.
 CONNECTOR_KEYS = (
@@ -71,8 +72,9 @@ def check_connector_extra(extra: object) -> dict[str, Any]:
     connector does not read (with the closest valid key, and the list of valid keys), a
     value of the wrong type (`check_values`, `check_policy_args`), an offline policy
     (`check_online`), a keyword argument that what it is for does not take (`args_taken`),
-    a key of the gate with admission off, or a gate, step-cost or scheduler setting out of
-    its range (`check_arg_values`)."""
+    a policy_args value the policy refuses (the policy is built once, a throwaway), a key of
+    the gate with admission off, or a gate, step-cost or scheduler setting out of its range
+    (`check_arg_values`)."""
     if extra is None:
         return {}
     if not isinstance(extra, Mapping):
@@ -87,6 +89,7 @@ def check_connector_extra(extra: object) -> dict[str, Any]:
         if key in extra and taken is not None:
             check_keys(key, extra[key], taken)
     check_policy_args(extra)
+    make_connector_policy(extra)  # a throwaway: the policy's own ranges (cheap, plain Python)
     if extra.get("admission", True) is False:
         gate_only = [k for k in GATE_KEYS if k in extra]
         if gate_only:
@@ -166,14 +169,33 @@ def _params(cls: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 
 def check_values(extra: Mapping[str, Any]) -> None:
-    """ValueError naming the key when `reserve_blocks` is not an int >= 0 (a bool is not one)
-    or an `ARGS_KEYS` value is not a JSON object (a mapping). The values inside are checked
+    """ValueError naming the key when `reserve_blocks` is not an int >= 0 (a bool is not one),
+    `policy` no known policy name, `admission` or `keep_demoted` not true or false,
+    `best_effort_steps` not a number >= 0, `session_idle_s` not a number > 0 or null, or an
+    `ARGS_KEYS` value not a JSON object (a mapping). Before review s51 (vconn MED-2) the
+    scalars were checked only by the connector, inside vLLM's start, and
+    `kv_transfer_config()` wrote them. The values inside are checked
     by `check_policy_args` and the policy, and by `check_arg_values`; `reserve_blocks`
     against vLLM's blocks when the connector binds them."""
     if "reserve_blocks" in extra:
         v = extra["reserve_blocks"]
         if not (is_int(v) and v >= 0):
             raise ValueError(f"kvsaga connector: reserve_blocks must be an int >= 0, got {v!r}")
+    policy = extra.get("policy", DEFAULT_POLICY)
+    if not (isinstance(policy, str) and policy in POLICIES):
+        raise ValueError(f"kvsaga connector: policy must be one of {sorted(POLICIES)}, got "
+                         f"{policy!r:.200}")
+    for key in ("admission", "keep_demoted"):
+        if key in extra and not isinstance(extra[key], bool):
+            raise ValueError(f"kvsaga connector: {key} must be true or false, got "
+                             f"{extra[key]!r:.200}")
+    if "best_effort_steps" in extra:
+        v = extra["best_effort_steps"]
+        if not (is_number(v) and v >= 0):  # nan fails too
+            raise ValueError(f"kvsaga connector: best_effort_steps must be a number >= 0, "
+                             f"got {v!r:.200}")
+    if "session_idle_s" in extra:
+        check_session_idle(extra["session_idle_s"], "kvsaga connector: session_idle_s")
     for key in ARGS_KEYS:
         if key in extra and not isinstance(extra[key], Mapping):
             raise ValueError(f"kvsaga connector: {key} must be a JSON object of keyword "

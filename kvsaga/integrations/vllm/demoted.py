@@ -63,7 +63,9 @@ class KeptDemoted:
         until `num_free()` reaches `free_wanted`. Only blocks whose release frees memory go
         (`_frees`): a block a request or a session not kept also holds stays retained, since
         dropping the reference would give up its retention and free nothing. Returns how
-        many references were dropped."""
+        many blocks the drops freed: a block two kept sessions share is dropped twice and
+        freed once (counted twice, the connector's `released_blocks` drifted from vLLM's
+        pool: review s51, vconn LOW-4)."""
         released = 0
         for sid in list(self._order):
             if num_free() >= free_wanted:
@@ -74,7 +76,7 @@ class KeptDemoted:
                     break
                 mine.remove(b)
                 drop(b, sid)
-                released += 1
+                released += blocks[b].ref_cnt == 0
             if not mine:
                 release_session(sid)  # (discards it)
         return released

@@ -16,6 +16,11 @@ HINT_KEY = "kvsaga"
 STATS_PREFIX = "kvsaga retention stats: "  # the connector's counters log line (then JSON)
 DEFAULT_WORKFLOW = "default"
 _FIELDS = ("session_id", "tool", "expected_s", "last_step", "workflow")  # the hint's keys
+# The longest session id, tool or workflow name taken, in characters: kvsaga's own server's
+# limit (kvsaga/serve/protocol.py). A request's strings are a client's: the connector keeps
+# session ids (the 4,096 latest ended ones among them) and the policies key their learning
+# by workflow and tool, so an id of megabytes held megabytes for good (review s51, vconn).
+MAX_NAME_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +50,8 @@ def step_info(
 
     Raises:
         InvalidRequest: `kv_transfer_params` or the hint is not an object, or a field has the
-            wrong type (the message names the field). Nothing else: the callers catch it to
+            wrong type, or a session id, tool or workflow is longer than `MAX_NAME_CHARS`
+            (the message names the field). Nothing else: the callers catch it to
             ignore a malformed hint, and any other error would fail vLLM's request.
     """
     if kv_transfer_params is not None and not isinstance(kv_transfer_params, Mapping):
@@ -59,23 +65,39 @@ def step_info(
                              f"{raw!r:.200}")
     unknown = [k for k in raw if k not in _FIELDS]
     if unknown:
-        raise InvalidRequest(  # keys by repr: a Python caller's keys need not be strings
+        named = sorted(f"{k!r:.50}" for k in unknown)  # (a Python caller's keys: any type)
+        more = f" and {len(named) - 10} more" if len(named) > 10 else ""
+        raise InvalidRequest(
             f"kv_transfer_params[{HINT_KEY!r}] has unknown fields "
-            f"{', '.join(sorted(repr(k) for k in unknown))} (known: {', '.join(_FIELDS)})"
+            f"{', '.join(named[:10])}{more} (known: {', '.join(_FIELDS)})"
         )
     sid = raw.get("session_id", session_id)
     if sid is None:
         return None
     if not isinstance(sid, str) or not sid:
-        raise InvalidRequest(f"session_id must be a non-empty string, got {sid!r}")
+        raise InvalidRequest(f"session_id must be a non-empty string, got {sid!r:.200}")
+    _check_length("session_id", sid)
     workflow = raw.get("workflow", DEFAULT_WORKFLOW)
     if not isinstance(workflow, str):
-        raise InvalidRequest(f"workflow must be a string, got {workflow!r}")
+        raise InvalidRequest(f"workflow must be a string, got {workflow!r:.200}")
+    _check_length("workflow", workflow)
     last = raw.get("last_step", False)
     if not isinstance(last, bool):
-        raise InvalidRequest(f"last_step must be true or false, got {last!r}")
-    hint = PauseHint(tool=raw.get("tool"), expected_s=raw.get("expected_s"), last_step=last)
+        raise InvalidRequest(f"last_step must be true or false, got {last!r:.200}")
+    tool = raw.get("tool")
+    if tool is not None:
+        if not isinstance(tool, str):
+            raise InvalidRequest(f"tool must be a string or null, got {tool!r:.200}")
+        _check_length("tool", tool)
+    hint = PauseHint(tool=tool, expected_s=raw.get("expected_s"), last_step=last)
     return StepInfo(sid, workflow, hint)
+
+
+def _check_length(field: str, value: str) -> None:
+    """InvalidRequest naming `field` when `value` is longer than `MAX_NAME_CHARS`."""
+    if len(value) > MAX_NAME_CHARS:
+        raise InvalidRequest(f"{field} must be at most {MAX_NAME_CHARS} characters, got "
+                             f"{len(value)}: {value[:50]!r}...")
 
 
 def new_session(session_id: str, workflow: str) -> Session:
