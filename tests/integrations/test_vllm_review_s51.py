@@ -136,3 +136,17 @@ def test_a_block_two_kept_sessions_share_counts_once():
     assert sorted(freed) == [1, 2, 3]
     assert n == len(freed)
     assert not holds and not holders and not len(kept)
+
+
+# -- MED-6: a session id is its tenant's (vLLM's cache_salt) --------------------------------------
+
+
+def test_a_salt_namespaces_the_session_id():
+    hint = {"kvsaga": {"session_id": "1"}}
+    a, b = step_info(hint, cache_salt="tenant-a"), step_info(hint, cache_salt="tenant-b")
+    assert a.session_id != b.session_id
+    assert a.session_id == step_info(hint, cache_salt="tenant-a").session_id
+    assert "tenant-a" not in a.session_id  # the salt is not written out
+    assert step_info(hint).session_id == "1" == step_info(hint, cache_salt="").session_id
+    # vLLM's own session_id field is namespaced the same way
+    assert step_info(None, "1", "tenant-a").session_id == a.session_id

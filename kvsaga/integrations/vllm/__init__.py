@@ -15,6 +15,10 @@ kvsaga's engine and simulator run):
 A request names its session and the pause that follows in `kv_transfer_params`:
 `{"kvsaga": {"session_id": "task-42", "tool": "run_tests", "expected_s": 8, "last_step": false,
 "workflow": "swe"}}` (vLLM's `session_id` request field is used when `session_id` is absent).
+A request with a `cache_salt` (vLLM's tenant separator) names a session of that tenant: two
+tenants' session "1" are two sessions (`hints.step_info`; the offload tier's cache policy
+sees no salt, and keys by the id alone). A session id, tool or workflow name is at most
+256 characters (`hints.MAX_NAME_CHARS`); a hint that breaks a rule is ignored (logged).
 Requests without a session are left to vLLM.
 
 This package imports vLLM only in the modules vLLM loads; `hints` and `ledger` are plain Python.

@@ -114,7 +114,7 @@ from kvsaga.integrations.vllm.connector_config import (
 )
 from kvsaga.integrations.vllm.demoted import KeptDemoted
 from kvsaga.integrations.vllm.gate import SessionGate
-from kvsaga.integrations.vllm.hints import StepInfo, session_for, step_info
+from kvsaga.integrations.vllm.hints import StepInfo, request_step_info, session_for
 from kvsaga.integrations.vllm.ledger import BlockLedger
 from kvsaga.integrations.vllm.retention import Retention
 from kvsaga.integrations.vllm.retention_stats import RetentionStats
@@ -248,7 +248,7 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
         if (info is None and request.request_id not in self._bad_hints
                 and request.request_id not in self._orphans):
             try:
-                info = step_info(request.kv_transfer_params, getattr(request, "session_id", None))
+                info = request_step_info(request)
             except ValueError as e:  # a malformed hint must not fail the request: no retention
                 logger.warning("kvsaga: ignoring request %s's hint: %s", request.request_id, e)
                 self._bad_hints.add(request.request_id)  # said once per request

@@ -5,6 +5,7 @@ Plain Python (no vLLM import), shared by the connector and the offload cache pol
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +39,16 @@ class StepInfo:
     hint: PauseHint
 
 
+def request_step_info(request: Any) -> StepInfo | None:
+    """`step_info` of a vLLM `Request`: its `kv_transfer_params`, its own `session_id` field
+    and its `cache_salt` (the tenant: see `step_info`)."""
+    return step_info(request.kv_transfer_params, getattr(request, "session_id", None),
+                     getattr(request, "cache_salt", None))
+
+
 def step_info(
-    kv_transfer_params: Mapping[str, Any] | None, session_id: Any = None
+    kv_transfer_params: Mapping[str, Any] | None, session_id: Any = None,
+    cache_salt: Any = None,
 ) -> StepInfo | None:
     """Read `kv_transfer_params["kvsaga"]`; None for a request outside any session.
 
@@ -47,6 +56,11 @@ def step_info(
         kv_transfer_params: the request's `kv_transfer_params` (None or a dict).
         session_id: the request's own session field (vLLM's `Request.session_id`), used when
             the hint names none.
+        cache_salt: the request's `cache_salt` (vLLM's tenant separator: it salts the prefix
+            hashes, so two salts never share a block). A non-empty one namespaces the session
+            id (`tenant_session_id`), as kvsaga's own server does by tenant: two tenants'
+            session "1" were one session, and one's step released the other's retained
+            context, or its last step ended it (review s51, vconn MED-6).
 
     Raises:
         InvalidRequest: `kv_transfer_params` or the hint is not an object, or a field has the
@@ -90,7 +104,16 @@ def step_info(
             raise InvalidRequest(f"tool must be a string or null, got {tool!r:.200}")
         _check_length("tool", tool)
     hint = PauseHint(tool=tool, expected_s=raw.get("expected_s"), last_step=last)
+    if isinstance(cache_salt, str) and cache_salt:
+        sid = tenant_session_id(sid, cache_salt)
     return StepInfo(sid, workflow, hint)
+
+
+def tenant_session_id(session_id: str, cache_salt: str) -> str:
+    """Session `session_id` of the tenant `cache_salt` names: the id, then a digest of the
+    salt (the salt itself is a secret of sorts: it is never logged whole)."""
+    digest = hashlib.sha256(cache_salt.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{session_id}@{digest}"
 
 
 def _check_length(field: str, value: str) -> None:

@@ -78,7 +78,7 @@ from vllm.v1.request import Request
 from kvsaga.integrations.vllm.connector import KVSagaConnector
 from kvsaga.integrations.vllm.connector_config import SCHEDULER_ARGS, check_keys
 from kvsaga.integrations.vllm.gate import SessionGate
-from kvsaga.integrations.vllm.hints import step_info
+from kvsaga.integrations.vllm.hints import request_step_info
 from kvsaga.integrations.vllm.session_ranker import (  # noqa: F401  (WORK_KINDS: re-exported)
     WORK_KINDS,
     SessionRanker,
@@ -151,7 +151,7 @@ class KVSagaScheduler(Scheduler):
             super().add_request(request)
             return
         try:
-            info = step_info(request.kv_transfer_params, getattr(request, "session_id", None))
+            info = request_step_info(request)
         except ValueError:  # a malformed hint: ranked as no session (the connector logs it)
             info = None
         now, own = self.clock(), request.priority

@@ -117,7 +117,8 @@ def _hasher(block_size: int):
 
 
 def make_request(
-    prompt: list[int], max_tokens: int, hint: dict | None = None, block_size: int = BLOCK_SIZE
+    prompt: list[int], max_tokens: int, hint: dict | None = None, block_size: int = BLOCK_SIZE,
+    cache_salt: str | None = None,
 ) -> Request:
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     if hint is not None:
@@ -128,6 +129,7 @@ def make_request(
         sampling_params=params,
         pooling_params=None,
         block_hasher=_hasher(block_size),
+        cache_salt=cache_salt,
     )
 
 
