@@ -83,7 +83,7 @@ from kvsaga._validate import check_positive_int, is_number
 from kvsaga.integrations.vllm.gate_growth import GateGrowth
 from kvsaga.integrations.vllm.gate_order import Waiting, WaitingOrder, check_finite
 from kvsaga.integrations.vllm.gate_pauses import PauseLog
-from kvsaga.integrations.vllm.gate_waits import GateWaits
+from kvsaga.integrations.vllm.gate_waits import GateWaits, WaitTable
 from kvsaga.scheduler.working_set import demote_deadline, shrink, working_set_blocks
 
 
@@ -210,7 +210,7 @@ class SessionGate(GateWaits):
         self.num_expired = 0
         self.sessions: dict[str, _Admitted] = {}  # admitted, in admission order
         self._growth = GateGrowth(prior_growth_tokens, growth_alpha, growth_charge)
-        self._waiting_since: dict[str, float] = {}  # deferred session -> first deferral
+        self._waiting_since = WaitTable()  # deferred session -> first deferral
         # deferred session whose waiting request was aborted -> its first deferral, until it
         # is resent (`_withdraw_wait`), oldest first
         self._withdrawn_waits: dict[str, float] = {}
@@ -330,9 +330,9 @@ class SessionGate(GateWaits):
         in rank order, would leave it no longer admissible. vLLM's free blocks for each are
         `spare_blocks` (`new`'s) corrected by the two steps' allocations, and each let in
         takes its allocation and a running request's block from the rest."""
-        ahead = self.order.ahead(sid, mine, self._growth.mean)
-        if not ahead:
+        if self._admissible_anyway(mine.since, now):
             return False
+        ahead = self.order.ahead(sid, mine, self._growth.mean)
         added: list[str] = []
         spare = spare_blocks
         try:
@@ -347,8 +347,12 @@ class SessionGate(GateWaits):
                 self.sessions[added[-1]] = y
                 if spare is not None:
                     spare -= _alloc(y, self.block_size) + 1
-            return bool(added) and self._reason(new, mine.since, now, spare, token_s,
-                                                self._fits_with(new)) is None
+                # each let in only makes `new` less admissible (idleness and max_wait, ruled
+                # out above, ignore it): known at the first that shuts it out (s51 vgate 2)
+                if self._reason(new, mine.since, now, spare, token_s,
+                                self._fits_with(new)) is None:
+                    return True
+            return False
         finally:
             for key in added:
                 del self.sessions[key]

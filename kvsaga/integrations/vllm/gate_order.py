@@ -45,9 +45,10 @@ median 1.20x against 1.14x.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from kvsaga._validate import check_one_of, is_number
@@ -102,12 +103,28 @@ class WaitingOrder:
         self.lengths = SessionLengths()
         self.done: dict[str, tuple[str, int]] = {}  # live session -> (workflow, steps done)
         self.waiting: dict[str, Waiting] = {}
+        # The waiting sessions ranked for `ahead`, kept between probes (review s51, vgate
+        # finding 2: ranked afresh at each probe, a step where W waiting sessions yielded
+        # cost O(W^2) keys). `_ranked`: (key, session, seq), sorted; an entry is live while
+        # `_entry[session]` is its (key, seq) and the session waits (one probed again with
+        # another key, or gone, leaves a stale entry: skipped, and purged at a rebuild).
+        # Sessions probed since are ranked at the next `ahead` (`_probed`). Every key is
+        # computed again when `_epoch` moved: a step finished (a session's steps done, the
+        # workflow's lengths and growth change only then) or a session's count was dropped.
+        self._ranked: list[tuple[float, str, int]] = []
+        self._entry: dict[str, tuple[float, int]] = {}
+        self._probed: set[str] = set()
+        self._epoch = 0
+        self._ranked_epoch = -1
+        self._seq = 0
         self.step = 0  # engine steps seen (`SessionGate.new_step`)
         self.num_yielded = 0  # probes answered "not yet" because others ranked ahead
 
     def probed(self, sid: str, w: Waiting) -> None:
         """vLLM asked about deferred session `sid` now (it keeps waiting)."""
         self.waiting[sid] = w
+        if self.order != "fifo":
+            self._probed.add(sid)
 
     def seen(self, sid: str, workflow: str) -> None:
         """vLLM asked about a step of `sid` (of `workflow`)."""
@@ -115,9 +132,12 @@ class WaitingOrder:
             self.done[sid] = (workflow, 0)
             if len(self.done) > self.TRACKED:  # sessions that ended without saying so
                 del self.done[next(iter(self.done))]
+                self._epoch += 1  # (its steps done count from 0 now)
 
     def step_finished(self, sid: str, last_step: bool) -> None:
-        """A step of `sid` finished; at its last, learn the session's length."""
+        """A step of `sid` finished; at its last, learn the session's length. (The gate
+        learns the workflow's growth only at such a finish: keys are computed again.)"""
+        self._epoch += 1
         workflow, n = self.done.pop(sid, (None, 0))
         if workflow is None:  # never asked about (or dropped): nothing to count
             return
@@ -127,7 +147,8 @@ class WaitingOrder:
             self.done[sid] = (workflow, n + 1)  # re-inserted last: oldest first stays true
 
     def forget(self, sid: str) -> None:
-        self.done.pop(sid, None)
+        if self.done.pop(sid, None) is not None:
+            self._epoch += 1
         self.waiting.pop(sid, None)
 
     def new_step(self) -> None:
@@ -145,14 +166,51 @@ class WaitingOrder:
             w.workflow, self.done.get(sid, (None, 0))[1], self.prior_steps)
         return order_key(predicted_cost(left, w.num_tokens, growth), w.since, self.aging_s)
 
-    def ahead(self, sid: str, mine: Waiting, growth: Callable[[str], float]) -> list[Waiting]:
-        """The live waiting sessions ranked ahead of `sid` (described by `mine`), best first
-        (`growth`: a workflow's expected growth per step)."""
+    def ahead(self, sid: str, mine: Waiting,
+              growth: Callable[[str], float]) -> Iterator[Waiting]:
+        """The live waiting sessions ranked ahead of `sid` (described by `mine`), best first,
+        lazily (`growth`: a workflow's expected growth per step; the gate's, which changes
+        only when a step finishes)."""
         if self.order == "fifo":
-            return []
+            return iter(())
         me = self.key(sid, mine, growth(mine.workflow))
+        self._rank(growth)
         # (Every entry was probed in this engine step or the one before: `new_step` drops
         # the others.)
-        ranked = sorted((self.key(o, w, growth(w.workflow)), o) for o, w in self.waiting.items()
-                        if o != sid)
-        return [self.waiting[o] for k, o in ranked if k < me]
+        return self._before(sid, bisect.bisect_left(self._ranked, (me,)))
+
+    def _before(self, sid: str, end: int) -> Iterator[Waiting]:
+        """The live entries of `_ranked[:end]` other than `sid`'s, in order."""
+        ranked, entry, waiting = self._ranked, self._entry, self.waiting
+        for i in range(end):
+            k, o, seq = ranked[i]
+            w = waiting.get(o)
+            if w is not None and o != sid and entry.get(o) == (k, seq):
+                yield w
+
+    def _rank(self, growth: Callable[[str], float]) -> None:
+        """Bring `_ranked` up to date: the sessions probed since ranked, or all ranked
+        again when `_epoch` moved or stale entries outnumber the live ones."""
+        if self._ranked_epoch != self._epoch or len(self._ranked) > 2 * len(self.waiting) + 64:
+            self._entry.clear()
+            self._ranked = []
+            for o, w in self.waiting.items():
+                self._seq += 1
+                k = self.key(o, w, growth(w.workflow))
+                self._entry[o] = (k, self._seq)
+                self._ranked.append((k, o, self._seq))
+            self._ranked.sort()
+            self._ranked_epoch = self._epoch
+        else:
+            for o in self._probed:
+                w = self.waiting.get(o)
+                if w is None:
+                    continue
+                k = self.key(o, w, growth(w.workflow))
+                e = self._entry.get(o)
+                if e is not None and e[0] == k:
+                    continue  # its live entry stands
+                self._seq += 1
+                self._entry[o] = (k, self._seq)
+                bisect.insort(self._ranked, (k, o, self._seq))
+        self._probed.clear()
