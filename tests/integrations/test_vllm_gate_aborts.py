@@ -141,3 +141,19 @@ def test_admit_reports_the_overdue_sessions_it_demoted():
     assert g.admit("c", "w", 8 * BS, 0, now=5.0)  # a is past 1 x 1 s + 1 s: demoted for c
     assert g.last_demoted == ["a"] and set(g.sessions) == {"b", "c"}
     assert g.admit("b", "w", 9 * BS, 0, now=6.0) and g.last_demoted == []  # the next call's
+
+
+def test_a_riding_step_whose_last_request_is_withdrawn_leaves_no_step_context():
+    """Review s51 (vgate): an unadmitted session's step rode along as two requests (vLLM's
+    n = 2); the first finished (its context kept for the step's end), the second was
+    preempted and aborted (withdrawn). No request of the step is left, so nothing of it may
+    stay behind: the context was kept for good, one entry per such session."""
+    g = _held(idle_admit_s=1e9, max_wait_s=1e9)
+    assert not g.admit("B", "w", 10 * BS, 0, now=1.5)
+    g.rode_along("B", 1.5)
+    g.started("b1", "B")
+    g.started("b2", "B")
+    assert g.finished("b1", "B", 12 * BS, 2.0, None, False) == []
+    assert g._step_context == {"B": 12 * BS}  # the step goes on: b2 runs
+    assert g.finished("b2", "B", 11 * BS, 2.5, None, False, withdrawn=True) == []
+    assert g._step_context == {} and "B" not in g._flights and g.num_in_flight == 0

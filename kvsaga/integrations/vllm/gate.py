@@ -524,6 +524,8 @@ class SessionGate(GateWaits):
             else:  # aborted while deferred: it no longer waits, but may be resent
                 self._withdraw_wait(sid)
                 self._shared.pop(sid, None)  # not admitted: nothing to keep for it
+                if sid not in self._flights:  # (a riding step's last request withdrawn)
+                    self._step_context.pop(sid, None)
             return []
         self.pauses.paused(sid, now)
         if s is None:  # e.g. it rode along unadmitted
