@@ -9,6 +9,7 @@ every waiting session afresh and walked all ranked ahead of it (`_yields`)."""
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 
@@ -166,3 +167,78 @@ def test_the_wait_table_keeps_its_sum_exactly():
             write()
     t.clear()
     assert t == {} and t.total_ns == 0 and t.waited(now) == 0.0
+
+
+# -- the admitted sessions' sums, kept between probes (review s51, vgate finding 3) -----------
+def _paused_gate(num_admitted: int) -> SessionGate:
+    """`num_admitted` paused sessions (4 blocks each, hinted back long after) fill the blocks
+    but two; something runs; session q (20 blocks) was deferred once."""
+    g = SessionGate(num_admitted * 4 + 2, BS, prior_growth_tokens=16, horizon_steps=0.0,
+                    idle_admit_s=1e9, max_wait_s=1e9, demote_min_s=1e9)
+    for i in range(num_admitted):
+        assert g.admit(f"a{i}", "w", 3 * BS, 0, 0.0)
+        g.started(f"r{i}", f"a{i}")
+        g.finished(f"r{i}", f"a{i}", 4 * BS, 0.5, 1e6, False)
+    g.started("other")
+    assert not g.admit("q", "w", 20 * BS, 0, 1.0, spare_blocks=-1, token_s=1e-3)
+    return g
+
+
+def test_a_probe_does_not_sum_the_admitted_sessions_again():
+    """A deferred probe reuses the working-set sums of the probe before (nothing changed
+    since): per admitted session it executes only the scan for overdue pauses (`_fits`),
+    a few lines; summing every working set three to five times a probe took about 90."""
+    counts = []
+    for n in (20, 200):
+        g = _paused_gate(n)
+        counts.append(_lines(lambda g=g: g.admit("q", "w", 20 * BS, 0, 2.0, spare_blocks=-1,
+                                                 token_s=1e-3)))
+    assert [admitted for _, admitted in counts] == [False, False]
+    assert (counts[1][0] - counts[0][0]) / 180 <= 10
+
+
+def _fresh(g: SessionGate, horizon: float | None) -> tuple[int, int]:
+    """committed(horizon) and next_step_blocks() summed afresh, as before they were kept."""
+    if not g.sessions:
+        return 0, 0
+    shared = max(s.shared for s in g.sessions.values())
+    committed = -(-shared // BS) + sum(g._blocks(s, horizon) for s in g.sessions.values())
+    nxt = sum(math.ceil(g._growth.tokens(s.workflow, g.room_steps, s.paused_at is None) / BS)
+              for s in g.sessions.values())
+    return committed, nxt
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_kept_sums_are_the_sums_computed_afresh(seed):
+    """Whatever the gate does between probes (admits, steps that finish, arrive, abort or
+    are withdrawn, demotions, expiries, forgotten sessions), the sums it keeps are the sums
+    computed afresh."""
+    r = random.Random(seed)
+    g = SessionGate(r.choice([20, 40]), BS, prior_growth_tokens=16,
+                    horizon_steps=r.choice([0.0, 1.0, 4.0]), idle_admit_s=r.choice([1.0, 1e9]),
+                    demote_min_s=1.0, growth_charge=r.choice(["step", "remaining"]))
+    now, flying, n = 0.0, {}, 0
+    for _ in range(300):
+        now += r.random()
+        sid = f"s{r.randint(0, 7)}"
+        op = r.random()
+        if op < 0.5:
+            n += 1
+            if g.admit(sid, "w", r.randint(1, 12) * BS, r.choice([0, BS]), now,
+                       r.choice([None, r.randint(-3, 20)]), r.choice([None, 1e-3])):
+                g.started(f"r{n}", sid)
+                flying[f"r{n}"] = sid
+        elif op < 0.8 and flying:
+            rid = r.choice(sorted(flying))
+            g.finished(rid, flying.pop(rid), r.randint(1, 16) * BS, now, r.choice([None, 2.0]),
+                       r.random() < 0.1, r.random() < 0.05)
+        elif op < 0.85 and sid in g.sessions:
+            g.arrived(sid, r.randint(1, 16) * BS, now)
+        elif op < 0.9:
+            g.expire(now)
+        elif op < 0.93:
+            g.forget(sid)
+        elif sid in g.sessions:  # a record written in place
+            g.sessions[sid].context += BS
+        for horizon in (None, 0.0, 2.0):
+            assert (g.committed(horizon), g.next_step_blocks()) == _fresh(g, horizon)

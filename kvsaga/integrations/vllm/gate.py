@@ -77,28 +77,15 @@ working-set rule itself (growth estimate, rounding, demotion deadline, shrink or
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from kvsaga._validate import check_positive_int, is_number
 from kvsaga.integrations.vllm.gate_growth import GateGrowth
 from kvsaga.integrations.vllm.gate_order import Waiting, WaitingOrder, check_finite
 from kvsaga.integrations.vllm.gate_pauses import PauseLog
+from kvsaga.integrations.vllm.gate_sessions import Admitted as _Admitted
+from kvsaga.integrations.vllm.gate_sessions import AdmittedTable, SumMemo, writes
 from kvsaga.integrations.vllm.gate_waits import GateWaits, WaitTable
 from kvsaga.scheduler.working_set import demote_deadline, shrink, working_set_blocks
-
-
-@dataclass
-class _Admitted:
-    workflow: str
-    context: int  # tokens, as of its last admission or finish
-    shared: int  # leading tokens in blocks other sessions share (a common prefix)
-    admitted_at: float
-    last_finish: int | None = None  # context at its last finish, for the growth per step
-    paused_at: float | None = None  # None: a step is queued or running
-    expected_s: float | None = None  # the hint of the current pause
-    # (context, paused_at, expected_s) before its step was admitted or arrived: restored if
-    # that step is aborted before vLLM allocated it (`finished`)
-    resumed_from: tuple[int, float, float | None] | None = None
 
 
 class SessionGate(GateWaits):
@@ -208,7 +195,8 @@ class SessionGate(GateWaits):
         self.reserve_fit_steps = float(reserve_fit_steps)
         self.pauses = PauseLog(pause_quantile, pause_min_observed)
         self.num_expired = 0
-        self.sessions: dict[str, _Admitted] = {}  # admitted, in admission order
+        self.sessions = AdmittedTable()  # admitted, in admission order (gate_sessions)
+        self._sums = SumMemo()  # sums over them, kept between probes
         self._growth = GateGrowth(prior_growth_tokens, growth_alpha, growth_charge)
         self._waiting_since = WaitTable()  # deferred session -> first deferral
         # deferred session whose waiting request was aborted -> its first deferral, until it
@@ -246,9 +234,21 @@ class SessionGate(GateWaits):
         with `horizon` steps of growth each (default `horizon_steps`)."""
         if not self.sessions:
             return 0
-        shared = max(s.shared for s in self.sessions.values())
-        return math.ceil(shared / self.block_size) + sum(
-            self._blocks(s, horizon) for s in self.sessions.values())
+        shared, blocks = self._working_sets(horizon)
+        return math.ceil(shared / self.block_size) + blocks
+
+    def _stamp(self) -> tuple[int, int, int]:
+        """What the sums over the admitted sessions read has not changed while this is the
+        same (`gate_sessions`)."""
+        return writes(), self._growth.changes, id(self.sessions)
+
+    def _working_sets(self, horizon: float | None) -> tuple[int | None, int]:
+        """The admitted sessions' largest shared prefix (None: no session) and the sum of
+        their working sets' blocks with `horizon` steps of growth each."""
+        h = self.horizon_steps if horizon is None else horizon
+        return self._sums.get(("sets", h), self._stamp(), lambda: (
+            max((s.shared for s in self.sessions.values()), default=None),
+            sum(self._blocks(s, h) for s in self.sessions.values())))
 
     # -- the decision -------------------------------------------------------------------------
     def admit(self, sid: str, workflow: str, num_tokens: int, shared_tokens: int,
@@ -361,9 +361,9 @@ class SessionGate(GateWaits):
         """Blocks the admitted sessions' next steps are expected to add: `room_steps` steps
         of their workflow's growth each (as `growth_charge` charges them), rounded up to
         blocks."""
-        return sum(math.ceil(self._growth.tokens(s.workflow, self.room_steps,
-                                                 s.paused_at is None) / self.block_size)
-                   for s in self.sessions.values())
+        return self._sums.get(("next", self.room_steps), self._stamp(), lambda: sum(
+            math.ceil(self._growth.tokens(s.workflow, self.room_steps, s.paused_at is None)
+                      / self.block_size) for s in self.sessions.values()))
 
     def _fits(self, new: _Admitted, now: float) -> bool:
         if not self.sessions:
@@ -393,9 +393,9 @@ class SessionGate(GateWaits):
     def _total_with(self, new: _Admitted, new_horizon: float, horizon: float) -> int:
         """Blocks of the admitted working sets (`horizon` steps of growth each) and `new`'s
         (`new_horizon`), the shared prefix once."""
-        shared = max([new.shared, *(s.shared for s in self.sessions.values())])
-        return math.ceil(shared / self.block_size) + self._blocks(new, new_horizon) + sum(
-            self._blocks(s, horizon) for s in self.sessions.values())
+        shared, blocks = self._working_sets(horizon)
+        shared = new.shared if shared is None else max(new.shared, shared)
+        return math.ceil(shared / self.block_size) + self._blocks(new, new_horizon) + blocks
 
     def _demote(self, sid: str) -> None:
         del self.sessions[sid]

@@ -35,6 +35,7 @@ class GateGrowth:
         self.charge = check_one_of("gate parameter growth_charge", charge, GROWTH_CHARGES)
         self.steps = GrowthTable(prior_tokens, alpha)
         self.replies = GrowthTable(prior_tokens, alpha)
+        self.changes = 0  # growths learned (the gate's sums are kept until this moves)
 
     def mean(self, workflow: str) -> float:
         """A step's mean growth, finish to finish (the waiting order's unit of work)."""
@@ -54,6 +55,7 @@ class GateGrowth:
         """A step admitted on `prompt` tokens finished at `context` tokens; `last_finish`:
         the context at the session's finish before (None: its first step here). A context
         that shrank is observed as no growth."""
+        self.changes += 1
         if last_finish is not None:
             self.steps.observe(workflow, max(context - last_finish, 0))
         self.replies.observe(workflow, max(context - prompt, 0))

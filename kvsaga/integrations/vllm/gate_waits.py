@@ -36,7 +36,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kvsaga.integrations.vllm.gate import _Admitted
+    from kvsaga.integrations.vllm.gate_sessions import Admitted as _Admitted
 
 class WaitTable(dict):
     """Deferred session -> its first deferral (a dict), which also keeps the sum of those
