@@ -242,3 +242,14 @@ def test_the_kept_sums_are_the_sums_computed_afresh(seed):
             g.sessions[sid].context += BS
         for horizon in (None, 0.0, 2.0):
             assert (g.committed(horizon), g.next_step_blocks()) == _fresh(g, horizon)
+
+
+def test_sessions_probed_and_gone_are_not_kept_until_the_next_ranking():
+    """The ranking takes in the sessions probed since it last ran, at the next `ahead`; a
+    run where no probe is admissible calls none for many steps, and the sessions deferred
+    and gone meanwhile were kept until then (one entry each, for good)."""
+    order = WaitingOrder("predicted", 20.0, 16.0)
+    for i in range(1000):
+        order.probed(f"s{i}", Waiting("w", BS, 0, float(i), False, order.step))
+        order.new_step()
+    assert len(order.waiting) <= 2 and len(order._probed) <= 2

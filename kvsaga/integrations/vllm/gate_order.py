@@ -159,6 +159,9 @@ class WaitingOrder:
         self.step += 1
         for sid in [o for o, w in self.waiting.items() if w.probed < self.step - 1]:
             del self.waiting[sid]
+        # (ranked at the next `ahead`, which may not come for many steps: the ones that
+        # still wait, so that sessions deferred and gone are not kept meanwhile)
+        self._probed.intersection_update(self.waiting)
 
     def key(self, sid: str, w: Waiting, growth: float) -> float:
         """`w`'s rank (smallest first): ln(predicted remaining token-steps) + since / aging_s."""
