@@ -6,6 +6,7 @@ the model passes it unchanged to every layer's `cache_write` and `paged_attentio
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -75,8 +76,16 @@ class AttentionMetadata:
             The metadata, with positions implied as `seq_len - q_len + j`.
 
         Raises:
-            ValueError: mismatched lengths or a block table too short for its sequence.
+            ValueError: mismatched lengths, a block_size that is not a positive int, a
+                block table too short for its sequence or with a negative id among the
+                blocks its sequence uses (the kernels skip value checks on CUDA: such an id
+                would be read, and its derived slots written, out of range), a
+                slot_mapping not of one slot per new token, or a logits index outside
+                the batch's rows.
         """
+        if (isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral)
+                or block_size < 1):
+            raise ValueError(f"block_size must be a positive int, got {block_size!r}")
         if not (len(block_tables) == len(seq_lens) == len(query_lens)):
             raise ValueError(
                 f"block_tables ({len(block_tables)}), seq_lens ({len(seq_lens)}) and "
@@ -96,6 +105,13 @@ class AttentionMetadata:
                     f"sequence {i}: {len(table)} blocks of {block_size} tokens "
                     f"cannot hold {seq_len} tokens"
                 )
+            used = -(-seq_len // block_size)  # >= 1: seq_len >= q_len > 0
+            if min(table[:used]) < 0:
+                j = next(j for j in range(used) if table[j] < 0)
+                raise ValueError(
+                    f"sequence {i}: block_tables[{i}][{j}] = {table[j]} is negative; the "
+                    f"{used} blocks holding its {seq_len} tokens must be real block ids"
+                )
             if slot_mapping is None:
                 for pos in range(seq_len - q_len, seq_len):
                     slots.append(table[pos // block_size] * block_size + pos % block_size)
@@ -107,8 +123,20 @@ class AttentionMetadata:
                                   dtype=torch.int32)
         else:
             tables = torch.zeros((0, width), dtype=torch.int32)
+        num_tokens = starts[-1]
+        if slot_mapping is not None and len(slot_mapping) != num_tokens:
+            raise ValueError(
+                f"slot_mapping has {len(slot_mapping)} slots for {num_tokens} new tokens "
+                f"(sum of query_lens): one slot per new token"
+            )
         if logits_indices is None:
             logits_indices = [s - 1 for s in starts[1:]]
+        else:
+            bad = [r for r in logits_indices if not 0 <= r < num_tokens]
+            if bad:
+                raise ValueError(
+                    f"logits_indices {bad[0]} is outside the batch's {num_tokens} rows"
+                )
         return cls(
             slot_mapping=torch.tensor(
                 slots if slot_mapping is None else list(slot_mapping),
