@@ -304,7 +304,8 @@ def linear(
 
     An input that is not fp32 on CPU (a model moved or cast after packing), or a weight
     changed since it was checked (written in place, new storage, or a new shape, strides
-    or dtype), takes F.linear; a write through `.data` is not seen (module docstring). A
+    or dtype; or an inference tensor, which `pack` never checks), takes F.linear; a write
+    through `.data` is not seen (module docstring). A
     2-D input of up to `SMALL_ROWS` rows whose rows are contiguous takes the small GEMM
     where it was checked, the bias (if any) is fp32 [N] on the CPU, and either
     one thread runs or torch's OpenMP team is joinable (else oneDNN, which has its own
@@ -314,8 +315,15 @@ def linear(
     While grad is enabled and x, weight or bias requires grad, F.linear runs: neither the
     small GEMM nor oneDNN's `_linear_pointwise` has a backward, so they would drop the graph.
     """
-    if (packed is None or not x.is_cpu or x.dtype != torch.float32
-            or packed.source != _source(weight) or _needs_graph(x, weight, bias)):
+    if packed is None or not x.is_cpu or x.dtype != torch.float32:
+        return F.linear(x, weight, bias)
+    try:
+        changed = packed.source != _source(weight)
+    except RuntimeError:
+        # An inference tensor has no version counter: `pack` never checks one, so it is not
+        # the checked weight (e.g. weights reloaded with assign=True under inference_mode).
+        changed = True
+    if changed or _needs_graph(x, weight, bias):
         return F.linear(x, weight, bias)
     if ((packed.small or packed.rows is not None) and x.dim() == 2
             and x.shape[0] <= SMALL_ROWS and x.stride(1) == 1
