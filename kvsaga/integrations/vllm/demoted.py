@@ -62,7 +62,8 @@ class KeptDemoted:
         first (`drop(block, sid)` one reference, `release_session(sid)` once it holds none),
         until `num_free()` reaches `free_wanted`. Only blocks whose release frees memory go
         (`_frees`): a block a request or a session not kept also holds stays retained, since
-        dropping the reference would give up its retention and free nothing. Returns how
+        dropping the reference would give up its retention and free nothing, and so do the
+        blocks before it (each hold stays a prefix of its context). Returns how
         many blocks the drops freed: a block two kept sessions share is dropped twice and
         freed once (counted twice, the connector's `released_blocks` drifted from vLLM's
         pool: review s51, vconn LOW-4)."""
@@ -71,10 +72,12 @@ class KeptDemoted:
             if num_free() >= free_wanted:
                 break
             mine = holds.get(sid, [])
-            for b in [b for b in reversed(mine) if self._frees(b, blocks, holders)]:
-                if num_free() >= free_wanted:
-                    break
-                mine.remove(b)
+            # Tail first, and only while the tail frees: past a tail kept in use, dropping a
+            # block before it left a hole (vLLM's prefix lookup stops at it), the tail
+            # retained for nothing (review s51, vconn LOW-7). The policy's release, which
+            # gives such a tail up too, takes the session from there.
+            while mine and num_free() < free_wanted and self._frees(mine[-1], blocks, holders):
+                b = mine.pop()
                 drop(b, sid)
                 released += blocks[b].ref_cnt == 0
             if not mine:

@@ -184,6 +184,7 @@ class Retention:
         b = hold.pop()
         if not hold:
             del self.holds[sid]
+            self._demoted.discard(sid)  # (kept demoted with nothing left: kept no more)
         self._drop(b, sid)
         return self.pool.blocks[b].ref_cnt == 0
 
