@@ -81,7 +81,11 @@ class KvsagaRouter(ArrivalBook, RefusalBook, Router):
     def __init__(self, replicas: Iterable[str] = (), config: RoutingConfig | None = None,
                  tenant_weights: Mapping[str, float] | None = None, **kwargs):
         """`tenant_weights`: the replica schedulers' (by the replicas' tenant names, as in
-        `tenant_service`), for the fleet's fair share (`FairShare.weights`); None: 1 each."""
+        `tenant_service`), for the fleet's fair share (`FairShare.weights`); None: 1 each.
+        A None tenant (the scheduler's anonymous one) is refused: the router names that
+        tenant as the replicas report it ("anon" under Ray Serve, what
+        `deployment.router_tenant_weights` maps it to; `tenant_key`'s "default" in the
+        cluster simulator), and a None key weighed nobody (review s51 diffray 3)."""
         # replica -> seconds added to the busy time it reports (`busy_time`), and the
         # replicas added since the last decision, which get theirs at the next one.
         self.busy_offset: dict[str, float] = {}
@@ -95,6 +99,11 @@ class KvsagaRouter(ArrivalBook, RefusalBook, Router):
         super().__init__(replicas, **kwargs)
         self.config = config if config is not None else RoutingConfig()
         self.fair = FairShare(weights=tenant_weights if tenant_weights is not None else {})
+        if None in self.fair.weights:
+            raise ValueError("tenant_weights: tenant None is no tenant of the router's: it "
+                             "names tenants as the replicas report them, the anonymous one "
+                             "(the scheduler's None) \"anon\" under Ray Serve; key its "
+                             "weight \"anon\"")
         self._prefix_homes: OrderedDict[str, set[str]] = OrderedDict()  # where cached
         self.num_stolen = 0
         self.num_migrated = 0

@@ -46,7 +46,7 @@ from kvsaga.sim.cluster_tenants import tenant_tct_means
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.metrics import tenant_key
 from kvsaga.sim.simulator import Simulator
-from kvsaga.sim.trace import Session
+from kvsaga.sim.trace import DEFAULT_TENANT, Session
 from kvsaga.stats import percentile
 
 # The most GPUs a cluster simulation takes. A GPU no step reaches is never built (`Fleet`),
@@ -298,6 +298,9 @@ class ClusterSimulator:
         self.gpus = Fleet(self, gpus)  # built as steps reach them (see Fleet)
         self.by_name = ByName(self.gpus)
         kwargs = {"config": routing} if router == "kvsaga" else {}
+        weights = router_weights(self.config) if router == "kvsaga" else None
+        if weights:  # the fleet's fair share weighs tenants as the GPUs' schedulers do
+            kwargs["tenant_weights"] = weights
         # The router runs on the simulation's clock (`now`), not the wall clock its
         # `clock` defaults to: a slow machine must not change whom it routes where. It
         # forgets no idle session (`session_idle_s` None): that limit stands for the
@@ -509,6 +512,23 @@ class ClusterSimulator:
             num_refused=self.num_refused,
             refused_gb=self.refused_bytes / 1e9,
         )
+
+
+def router_weights(config: SimConfig) -> dict[str, float] | None:
+    """The GPUs' scheduler `tenant_weights` (`SimConfig.scheduler_params`) keyed as the
+    cluster's router names tenants (`tenant_key`: None is "default", as in the GPUs'
+    `tenant_service` and each `RouteRequest`); None when every tenant weighs 1. Before,
+    the simulator's kvsaga router weighed every tenant 1 while its GPUs' schedulers used
+    the weights, unlike the Ray Serve deployment it stands for (review s51 diffray 4)."""
+    weights = (config.scheduler_params or {}).get("tenant_weights")
+    if not weights:
+        return None
+    keyed = {tenant_key(t): w for t, w in weights.items()}
+    if len(keyed) < len(weights):
+        raise ValueError(f"scheduler parameter tenant_weights names tenant None and "
+                         f"{DEFAULT_TENANT!r}, one tenant to the cluster's router (sessions "
+                         f"without a tenant are {DEFAULT_TENANT!r}); give one of them")
+    return keyed
 
 
 def session_prefix_key(session: Session) -> str:

@@ -148,15 +148,19 @@ class _Call:
 
 
 def gateway_answer(monkeypatch, router, route, status: int, body: bytes,
-                   refused: str | None = None) -> None:
+                   refused: str | None = None, headers: dict | None = None) -> None:
     """The gateway relaying the first message of a replica's answer `status` (with the
-    pull-refused header naming `refused`, if given) to the step of `body` that `route` (a
+    pull-refused header naming `refused`, if given, and `headers`, a replica's
+    `APIError.headers`, if given) to the step of `body` that `route` (a
     `kvsaga.routing.Route`) sent, `router` (a `kvsaga.routing.Router`) standing for the
     Ray Serve request router it tells."""
     monkeypatch.setattr(registry, "routers_here", lambda: [NS(
         kv_router=router, session_ended=router.session_ended,
         move_refused=router.move_refused, move_taken=router.move_taken)])
-    headers = [] if refused is None else [(PULL_REFUSED_HEADER.encode(), refused.encode())]
+    sent = dict(headers or {})
+    if refused is not None:
+        sent[PULL_REFUSED_HEADER] = refused
+    headers = [(k.lower().encode(), v.encode()) for k, v in sent.items()]
 
     class Stream:
         async def __anext__(self):

@@ -75,3 +75,12 @@ def test_weights_for_another_router_are_refused():
     r = KvsagaRequestRouter(DeploymentID(name="KvsagaEngine"), DeploymentHandleSource.UNKNOWN)
     with pytest.raises(ValueError, match="tenant_weights apply to the kvsaga router only"):
         r.initialize_state(router="affinity", tenant_weights={"big": 4.0})
+
+
+def test_a_none_tenant_weight_is_refused_naming_anon():
+    """The router names the anonymous tenant "anon" (the gateway, the replicas' reports):
+    a None key, the scheduler's name for it, was taken and weighed nobody (review s51
+    diffray 3)."""
+    with pytest.raises(ValueError, match=r"tenant None .*\"anon\""):
+        KvsagaRouter(["a"], tenant_weights={None: 2.0, "big": 4.0})
+    assert KvsagaRouter(["a"], tenant_weights={"anon": 2.0}).fair.weights == {"anon": 2.0}

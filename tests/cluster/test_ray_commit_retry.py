@@ -146,23 +146,3 @@ def test_a_repeated_abort_or_an_unknown_hold_is_still_false():
     asyncio.run(go())
     assert SID in m.sessions and reg.get(SID).in_flight is None
     assert a._committed == collections.OrderedDict()
-
-
-def test_the_committed_holds_remembered_are_bounded(monkeypatch):
-    monkeypatch.setattr(handover, "_MAX_COMMITTED", 1)
-    a, m, reg = _sender()
-
-    async def hand_over() -> str:
-        got = await a.export_session({"pin": "a", "engine_sid": SID, "migrate": True})
-        assert await a.finish_handover({"pin": "a", "engine_sid": SID, "id": got.id,
-                                        "commit": True}) is True
-        return got.id
-
-    first = asyncio.run(hand_over())
-    m.begin_step(SID, list(range(100, 120)), salt="t1")  # it comes back (other tokens)
-    m.allocate_slots(SID, 20)
-    m.finish_step(SID)
-    reg.open(SID)
-    second = asyncio.run(hand_over())
-    assert list(a._committed) == [second] and first != second
-    m.check_integrity()

@@ -183,9 +183,9 @@ class EngineReplica(SessionHandover):
         # hold id -> the session it holds for its importer (`handover._Hold`: the timer
         # that frees it, the importer, which `SessionHandover._reclaim` asks about)
         self._handovers: dict[str, _Hold] = {}
-        # the holds this replica committed (`SessionHandover.finish_handover`: a repeated
-        # commit is answered True), the latest `handover._MAX_COMMITTED`
-        self._committed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # the holds this replica committed -> when (`SessionHandover.finish_handover`: a
+        # repeated commit is answered True), oldest first, for `handover._commit_kept_s`
+        self._committed: collections.OrderedDict[str, float] = collections.OrderedDict()
 
     async def _start(self) -> None:
         """Enter the app's lifespan (engine thread, model load) once, and wait for the model:

@@ -45,6 +45,10 @@ _SESSION_PATHS = ("/v1/chat/completions", "/v1/completions")
 # flight on the source: 409; the import was refused: 503), with the source's id, which
 # still holds the session: the gateway has the router take the session back there.
 PULL_REFUSED_HEADER = "x-kvsaga-pull-refused"
+# Beside it on a 503: the import went through but the source refused the commit (its hold
+# was over; the receiver undid the import). The receiver had room: its router cools it off
+# for this session only, not for every session as after a refused import.
+PULL_UNCOMMITTED_HEADER = "x-kvsaga-pull-uncommitted"
 _METRICS_TIMEOUT_S = 5.0  # per replica, for the gateway's merged /metrics
 
 gateway_api = FastAPI(title="kvsaga-serve (Ray Serve)", docs_url=None, redoc_url=None)
@@ -337,9 +341,11 @@ class GatewayCore:
         refused = _header(first, PULL_REFUSED_HEADER)
         route = call.get("route")
         if refused is not None and call.get("session") is not None and route is not None:
+            import_refused = (first.get("status") == 503
+                              and _header(first, PULL_UNCOMMITTED_HEADER) is None)
             for router in registry.routers_here():  # the move did not happen
                 router.move_refused(call["session"], refused, route["replica"],
-                                    import_refused=first.get("status") == 503)
+                                    import_refused=import_refused)
         elif _moved_here(call, first):
             for router in registry.routers_here():  # whatever a sibling's refusal said
                 router.move_taken(call["session"], route["replica"], route["moved_from"])

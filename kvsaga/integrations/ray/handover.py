@@ -23,12 +23,17 @@ that reaches it meanwhile gets its own 409.
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid
 from typing import Any
 
 from ray import serve
 
-from kvsaga.integrations.ray.gateway import ENGINE_DEPLOYMENT, PULL_REFUSED_HEADER
+from kvsaga.integrations.ray.gateway import (
+    ENGINE_DEPLOYMENT,
+    PULL_REFUSED_HEADER,
+    PULL_UNCOMMITTED_HEADER,
+)
 from kvsaga.migration import export_session, import_session
 from kvsaga.serve.errors import APIError
 from kvsaga.serve.sessions import SessionContext, SessionRegistry
@@ -54,8 +59,22 @@ _PROBE_KEPT_S = 1.0
 # update replaces it (`export_session`, `_pull`).
 _OLD_BUSY = "busy"
 _FAILED = object()  # `EngineReplica._ask`: the call raised or timed out
-# Committed holds a replica remembers (`finish_handover` answers a repeated commit True).
-_MAX_COMMITTED = 4096
+# The clock of `finish_handover`'s committed holds (`_forget_commits`; tests move it).
+_clock = time.monotonic
+
+
+def _commit_kept_s() -> float:
+    """How long a replica remembers a hold it committed (`finish_handover` answers a
+    repeated commit True): past any retry of its importer. The first commit call is sent
+    at most `_PULL_TIMEOUT_S` before the retry, which waits at most `_PULL_TIMEOUT_S` for
+    its answer, so a retry reaches the sender within 2 x `_PULL_TIMEOUT_S` of the commit
+    (plus `_PULL_TIMEOUT_S` of margin): one answered later is answered to no one (the
+    importer took its call as failed and kept the import). Before, the latest 4096
+    commits were kept whatever their age: more than 4096 others within the retry's window
+    (a sender handing sessions over fast, which is when its calls time out) forgot the
+    hold, the retry was answered False, and the importer undid an import whose sender had
+    ended its copy: the session lived on neither replica (review s51 diffray 1)."""
+    return _HANDOVER_HOLD_S + _PULL_TIMEOUT_S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,13 +164,19 @@ def _busy(sid: str, cause: str, headers: dict | None = None) -> APIError:
                     param="session_id", code="session_busy", headers=headers)
 
 
-def _move_failed(sid: str, source: str, why: str) -> APIError:
+def _move_failed(sid: str, source: str, why: str, imported: bool = False) -> APIError:
     """The answer to a step whose session could not move here and stays on `source`: 503
-    (retry), with the header that has the gateway's router take the session back there."""
+    (retry), with the header that has the gateway's router take the session back there.
+    `imported`: the import here went through, `source` refused the commit (its hold was
+    over): the header that says so keeps the gateway's router from cooling this replica
+    off for every session, as it does when an import is refused for want of room (review
+    s51 diffray 2)."""
+    headers = {PULL_REFUSED_HEADER: source, "Retry-After": "1"}
+    if imported:
+        headers[PULL_UNCOMMITTED_HEADER] = "1"
     return APIError(503, f"session {sid.partition('/')[2]!r} could not move to this replica "
                     f"({why}); retry: it continues on its previous replica",
-                    param="session_id", code="session_move_failed",
-                    headers={PULL_REFUSED_HEADER: source, "Retry-After": "1"})
+                    param="session_id", code="session_move_failed", headers=headers)
 
 
 def _ended_meanwhile(sid: str) -> APIError:
@@ -211,8 +236,8 @@ class SessionHandover:
     `deployment.EngineReplica`, whose state it uses: `app` (the server app and its
     engine), `replica_id`, `app_name`, `_sessions`, `_start`, `_seen_tokens` (an import's
     context is no service given here), `_handovers` (the exporter's holds: hold id ->
-    `_Hold`) and `_committed` (the holds it committed, an OrderedDict of the latest
-    `_MAX_COMMITTED`: a repeated commit is answered True)."""
+    `_Hold`) and `_committed` (the holds it committed -> when, oldest first, kept for
+    `_commit_kept_s`: a repeated commit is answered True)."""
 
     async def _pull(self, sid: str, salt: str | None, source: str,
                     migrate: bool) -> APIError | None:
@@ -350,7 +375,8 @@ class SessionHandover:
         if done is False:
             log.warning("kvsaga: %s no longer hands over %s; it stays there", source, sid)
             await engine.call(lambda e: self._forget(e, sid))
-            return _move_failed(sid, source, "its previous replica took it back")
+            return _move_failed(sid, source, "its previous replica took it back",
+                                imported=True)
         # Else committed, or `source` is gone (its copy with it) or did not answer twice, or
         # once for a sender before session 51 (it frees its copy when the hold runs out;
         # that copy idles out there).
@@ -455,11 +481,18 @@ class SessionHandover:
         # The record goes before the await, as the end route's does, and the engine's copy
         # goes even if this call is cancelled (its caller gave up: it asks again).
         sessions.drop(sid)
-        self._committed[hold] = None
-        while len(self._committed) > _MAX_COMMITTED:
-            self._committed.popitem(last=False)
+        now = _clock()
+        self._committed[hold] = now
+        self._forget_commits(now)
         await asyncio.shield(self.app.state.engine.call(lambda e: self._forget(e, sid)))
         return True
+
+    def _forget_commits(self, now: float) -> None:
+        """Forget the committed holds older than `_commit_kept_s` (no retry of theirs can
+        still be answered to anyone); the rest are kept however many there are."""
+        committed, oldest = self._committed, now - _commit_kept_s()
+        while committed and next(iter(committed.values())) < oldest:
+            committed.popitem(last=False)
 
     def _expire(self, sid: str, hold: str) -> None:
         """The hold ran out with neither commit nor abort: the session is free here again."""
