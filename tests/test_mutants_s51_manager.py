@@ -118,3 +118,29 @@ def test_a_prompt_of_exactly_max_model_len_is_taken_and_one_more_refused(core):
     assert m.begin_step("a", list(range(10))).num_prompt_tokens == 10
     m.allocate_slots("a", 10)
     m.check_integrity()
+
+
+def test_a_context_may_grow_to_exactly_max_model_len(core):
+    """Mutants `... >= self.max_model_len` (was >) in `_append` (append_tokens) and in the
+    Python `decode_step`: a context may reach max_model_len tokens, not pass it; a refusal
+    changes nothing."""
+    import pytest
+
+    from kvsaga.errors import InvalidRequest
+
+    m = make(core, max_model_len=10)
+    m.begin_step("a", list(range(7)))
+    m.allocate_slots("a", 7)
+    m.append_tokens("a", [7, 8])  # 9 tokens
+    m.allocate_slots("a", 2)
+    assert len(m.decode_step(["a"], [9])) == 1  # 10 tokens: exactly the limit
+    with pytest.raises(InvalidRequest, match="exceeds max_model_len 10"):
+        m.decode_step(["a"], [10])
+    with pytest.raises(InvalidRequest, match="exceeds max_model_len 10"):
+        m.append_tokens("a", [10])
+    assert (len(m.session("a").token_ids), m.num_computed_tokens("a")) == (10, 10)
+    m.begin_step("b", list(range(100, 108)))  # (no hits)
+    m.allocate_slots("b", 8)
+    m.append_tokens("b", [8, 9])  # 10 tokens by append_tokens
+    assert m.allocate_slots("b", 2) is not None
+    m.check_integrity()
