@@ -144,3 +144,30 @@ def test_a_context_may_grow_to_exactly_max_model_len(core):
     m.append_tokens("b", [8, 9])  # 10 tokens by append_tokens
     assert m.allocate_slots("b", 2) is not None
     m.check_integrity()
+
+
+def test_free_blocks_that_exactly_suffice_ask_the_policy_for_no_victim(core):
+    """Mutant `need >= pool.num_free` (was >) in `_make_room`: an allocation that the free
+    blocks exactly cover evicts nothing and asks the policy nothing (it asked for 0
+    victims, and moved `cache_version` with no change)."""
+    from kvsaga.policy import LRUPolicy
+
+    class Counting(LRUPolicy):
+        def choose_victims(self, num_blocks, now):
+            self.asked.append(num_blocks)
+            return super().choose_victims(num_blocks, now)
+
+    p = Counting()
+    p.asked = []
+    m = make(core, num_blocks=4, policy=p)
+    m.begin_step("a", list(range(5)))
+    m.allocate_slots("a", 4)  # one full block
+    m.finish_step("a")
+    m.begin_step("b", list(range(100, 112)))
+    assert m.pool.num_free == 3 and m.num_blocks_needed("b", 12) == 3
+    version = m.cache_version[0]
+    m.allocate_slots("b", 12)
+    assert p.asked == [] and m.stats().num_evicted_blocks == 0
+    assert m.cache_version[0] == version
+    assert m.lookup("a", list(range(6))).gpu_hit_blocks == 1
+    m.check_integrity()
