@@ -171,3 +171,72 @@ def test_free_blocks_that_exactly_suffice_ask_the_policy_for_no_victim(core):
     assert m.cache_version[0] == version
     assert m.lookup("a", list(range(6))).gpu_hit_blocks == 1
     m.check_integrity()
+
+
+def test_the_policy_sees_a_clock_that_never_steps_back(core):
+    """Mutant `_time` not keeping the latest time (its `self._latest_now = t` removed): a
+    call whose `now` is before an earlier call's reaches the policy as that earlier time."""
+    from kvsaga.policy import LRUPolicy
+
+    class Times(LRUPolicy):
+        def step_started(self, session, now):
+            self.times.append(now)
+            super().step_started(session, now)
+
+    p = Times()
+    p.times = []
+    m = make(core, policy=p)
+    m.begin_step("a", [1, 2, 3], now=10.0)
+    m.begin_step("b", [4, 5, 6], now=5.0)  # behind: taken as still 10
+    m.begin_step("c", [7, 8, 9], now=12.0)
+    assert p.times == [10.0, 10.0, 12.0]
+
+
+def test_a_refused_begin_step_leaves_the_latest_time_as_it_was(core):
+    """Mutant `_begin` not restoring `_latest_now` when `_open` refuses: a refused call
+    saw no time, so a later call at an earlier time than the refused one's is taken as
+    it is (not as the refused call's time)."""
+    import pytest
+
+    from kvsaga.errors import InvalidRequest
+    from kvsaga.policy import LRUPolicy
+
+    class Times(LRUPolicy):
+        def step_started(self, session, now):
+            self.times.append(now)
+            super().step_started(session, now)
+
+    p = Times()
+    p.times = []
+    m = make(core, policy=p)
+    m.begin_step("a", [1, 2, 3], now=10.0)
+    with pytest.raises(InvalidRequest, match="already has an open step"):
+        m.begin_step("a", [1, 2, 3], now=100.0)
+    m.begin_step("b", [4, 5, 6], now=11.0)
+    assert p.times == [10.0, 11.0]
+
+
+def test_stats_count_the_queried_and_hit_tokens_of_each_begin_step(core):
+    """Mutant `_begin` not adding `num_cached` to the hit tokens: stats' hit_tokens."""
+    m = make(core)
+    m.begin_step("a", list(range(9)))
+    m.allocate_slots("a", 9)
+    m.finish_step("a")
+    start = m.begin_step("a", list(range(12)))
+    assert start.num_cached_tokens == 9  # 2 full blocks and the retained tail's token
+    st = m.stats()
+    assert (st.queried_tokens, st.hit_tokens) == (21, 9)
+
+
+def test_a_resumed_step_drops_the_pause_hint(core):
+    """Mutant `_begin` not clearing `s.hint`: the hint of a pause describes that pause; the
+    session's next step has none (and a preemption of it leaves none either)."""
+    m = make(core)
+    m.begin_step("a", list(range(5)))
+    m.allocate_slots("a", 5)
+    m.finish_step("a", tool="grep", expected_s=3.0)
+    assert m.session("a").hint is not None and m.session("a").paused_at == 0.0
+    m.begin_step("a", list(range(8)))
+    assert m.session("a").hint is None and m.session("a").paused_at is None
+    m.preempt("a")
+    assert m.session("a").hint is None

@@ -1,0 +1,62 @@
+"""Session 51 mutation testing of kvsaga/manager_signals.py: the session signals' state
+checks and their take-backs, where the suite's other tests let a mutant change them unseen.
+Each test names the mutant it kills."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga import KVCacheManager, KVSpec
+from kvsaga.errors import InvalidRequest
+from kvsaga.policy import LRUPolicy
+
+BS = 4
+
+
+class Told(LRUPolicy):
+    """LRU recording the session signals it is told."""
+
+    def bind(self, view):
+        super().bind(view)
+        self.told = []
+
+    def pause_hinted(self, session, now, hint):
+        self.told.append(("pause_hinted", session.session_id))
+        super().pause_hinted(session, now, hint)
+
+    def resume_hinted(self, session, now):
+        self.told.append(("resume_hinted", session.session_id))
+        super().resume_hinted(session, now)
+
+    def resume_withdrawn(self, session, now):
+        self.told.append(("resume_withdrawn", session.session_id))
+        super().resume_withdrawn(session, now)
+
+
+def make(core, num_blocks=8, **kw):
+    p = Told()
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), num_blocks, policy=p,
+                       clock=lambda: 0.0, core=core.name, **kw)
+    return m, p
+
+
+@pytest.mark.parametrize("host", [0, 4], ids=["gpu-only", "host-tier"])
+def test_a_running_session_signals_no_resume_and_takes_no_pause_hint(core, host):
+    """Mutants `if True` (was `s.state is PAUSED`) in `resume_hint` / `resume_withdrawn`,
+    and `if False` (was `is RUNNING`) in `pause_hint`: a running session's resume signals
+    are no-ops (the policy is not told), and a pause hint for it is refused."""
+    m, p = make(core, num_host_blocks=host)
+    m.begin_step("a", list(range(6)))
+    m.allocate_slots("a", 6)
+    m.resume_hint("a")
+    m.resume_withdrawn("a")
+    with pytest.raises(InvalidRequest, match="is running; hint at finish_step"):
+        m.pause_hint("a", tool="grep", expected_s=3.0)
+    assert p.told == [] and m.session("a").hint is None
+    m.finish_step("a")
+    m.pause_hint("a", tool="grep", expected_s=3.0)
+    m.resume_hint("a")
+    m.resume_withdrawn("a")
+    assert p.told == [("pause_hinted", "a"), ("resume_hinted", "a"),
+                      ("resume_withdrawn", "a")]
+    m.check_integrity()
