@@ -155,6 +155,19 @@ def client(server: LiveServer) -> openai.OpenAI:
     return server.client()
 
 
+@pytest.fixture
+def warn_once_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's logged-once sets (tool_choice values, unknown field names: module
+    globals, shared by every app in the process) empty for this test, and restored after:
+    a test that counts those warnings otherwise passed only where no earlier test in the
+    process had sent the same values (or filled a set to its bound)."""
+    from kvsaga.serve import serving
+    from kvsaga.serve.routes import completions
+
+    monkeypatch.setattr(serving, "_WARNED_TOOL_CHOICES", set())
+    monkeypatch.setattr(completions, "_WARNED_FIELDS", set())
+
+
 def asgi_post_scope(path: str, data: bytes) -> dict:
     """The ASGI scope of a JSON POST of `data` to `path`, for driving the app directly."""
     return {

@@ -222,7 +222,8 @@ def test_those_fields_at_their_defaults_are_accepted(server: LiveServer):
     server.wait_idle()
 
 
-def test_tool_choice_is_accepted_unenforced_and_logged_once(tool_server: LiveServer, caplog):
+def test_tool_choice_is_accepted_unenforced_and_logged_once(tool_server: LiveServer, caplog,
+                                                            warn_once_reset):
     """smolagents' ToolCallingAgent sends tool_choice "required"; it was served (the field
     was ignored, the agent parses calls from the text) until it became a 400. Every OpenAI
     form is accepted again, with one warning per distinct value that it is not enforced.

@@ -163,7 +163,8 @@ def test_known_fields_the_engine_cannot_honour_are_refused_by_name(
     assert err["param"] == field and field in err["message"]
 
 
-def test_no_op_values_are_served_and_unknown_fields_warned_once(server: LiveServer, caplog):
+def test_no_op_values_are_served_and_unknown_fields_warned_once(server: LiveServer, caplog,
+                                                                 warn_once_reset):
     no_ops = {"min_p": 0, "repetition_penalty": 1.0, "modalities": ["text"],
               "function_call": "auto", "functions": [], "skip_special_tokens": True}
     assert _post(server, {**CHAT, **no_ops}).status_code == 200
