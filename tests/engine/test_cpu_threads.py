@@ -146,6 +146,34 @@ def test_a_niced_job_on_this_host_is_not_counted():
     assert used - 0.15 <= with_nice - without <= len(cpus()) + 0.15
 
 
+def _window_with_child_cpu(load: ForeignLoad, cpu_s: float, bound_s: float = 120.0
+                           ) -> tuple[float | None, float]:
+    """`load`'s reading over one window inside which a busy child used at least `cpu_s` CPU
+    seconds, and the child's CPU seconds counted inside it. The window lasts as long as
+    the child needs, so the host's load changes its length, not the check (a fixed 0.8 s
+    window gave the child 0.07 cores at a load average of 23 on 2 cores). Skips where
+    /proc/stat shows zeros (a sandbox)."""
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        load.sample()  # the window opens before the child's count starts ...
+        start = _cpu_s(child.pid)
+        deadline = time.monotonic() + bound_s
+        while (used := _cpu_s(child.pid) - start) < cpu_s:
+            assert time.monotonic() < deadline, f"the child used {used} CPU-s in {bound_s} s"
+            time.sleep(0.05)
+        try:
+            return load.sample(), used  # ... and closes after it ends
+        except ValueError as e:  # a sandbox's /proc/stat with zeros
+            pytest.skip(str(e))
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_open_reads_this_host_in_cores():
     """The real reader, its tick unit included: over a window, the reading covers a busy
     child's own CPU time, and no more than the CPUs can hold; other jobs on a loaded host
@@ -153,9 +181,12 @@ def test_open_reads_this_host_in_cores():
     load = ForeignLoad.open()
     if load is None:
         pytest.skip("no /proc/stat here")
-    (cores,), used = _beside_busy_child("while True: pass", [load])
-    assert cores is not None and used > 0.1
-    assert used - 0.1 <= cores <= len(load.cpus) + 0.1
+    cores, used = _window_with_child_cpu(load, cpu_s=0.4)
+    assert cores is not None and used >= 0.4
+    # In CPU seconds over the window (its length is the host's business): ticks are 10 ms
+    # per CPU at each end, hence the 0.1 s.
+    assert used - 0.1 <= cores * load.window_s
+    assert cores <= len(load.cpus) + 0.1
 
 
 @pytest.mark.parametrize(("cpus", "foreign", "most", "want"), [
