@@ -342,6 +342,9 @@ class AsyncEngine(SnapshotKeeper):
                 else:
                     if self._dirty or self._refresh is not None:  # gone idle, or a reader
                         self._answer_refresh(engine, force=True)
+                    # Requests that waited for admission and left (aborted) leave the
+                    # backoff where it was: the next wait for admission starts afresh.
+                    self._admission.reset()
                     start = time.perf_counter()
                     self._wake.wait(self._idle_wait_s)
                     self.idle_s += time.perf_counter() - start
