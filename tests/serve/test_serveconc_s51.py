@@ -134,6 +134,14 @@ def test_an_abort_while_outputs_are_merged_gives_them_then_the_abort(tiny_dir: P
 def test_snapshot_counters_never_go_backwards_while_it_steps(tiny_dir: Path):
     aengine = AsyncEngine(make_engine(tiny_dir, max_num_seqs=4))
     aengine.snapshot_every_s = 0.0  # a publish after every step: as many as can be
+    published: list[Any] = []
+    publish = aengine._publish
+
+    def recording_publish(engine: Any) -> None:
+        publish(engine)
+        published.append(aengine.snapshot)
+
+    aengine._publish = recording_publish  # type: ignore[method-assign]
     aengine.start()
     seen: list[Any] = []
     done = threading.Event()
@@ -173,22 +181,27 @@ def test_snapshot_counters_never_go_backwards_while_it_steps(tiny_dir: Path):
         asyncio.run(main())
     finally:
         aengine.stop()
-    assert len(seen) > 2  # it read while the engine thread published
-    for a, b in zip(seen, seen[1:], strict=False):
-        assert all(x <= y for x, y in zip(figures(a), figures(b), strict=True))
-    assert figures(seen[-1]) != figures(seen[0])
+    assert len(published) > 40  # a snapshot after each step
+    assert figures(published[-1]) != figures(published[0])
+    for run in (published, seen):  # what was published, and what the other thread read
+        for a, b in zip(run, run[1:], strict=False):
+            assert all(x <= y for x, y in zip(figures(a), figures(b), strict=True))
+    ids = [id(p) for p in published]
+    assert [ids.index(id(s)) for s in seen] == sorted(ids.index(id(s)) for s in seen)
 
 
 def test_stop_with_streams_submits_and_scrapes_open_answers_each_and_ends_the_thread(
         tiny_dir: Path):
     engine = make_engine(tiny_dir, max_num_seqs=2)
-    real, hold = engine.step, threading.Event()
+    real, moved = engine.step, set()
 
-    def step() -> Any:  # once held, the requests never move again (none can finish)
-        if hold.is_set():
+    def step() -> Any:  # once two have a token, the requests never move again: none ends
+        if len(moved) >= 2:
             engine.last_step_idle = True
             return []
-        return real()
+        outs = real()
+        moved.update(o.request_id for o in outs)
+        return outs
 
     engine.step = step
     aengine = AsyncEngine(engine, idle_wait_s=0.05)
@@ -210,9 +223,9 @@ def test_stop_with_streams_submits_and_scrapes_open_answers_each_and_ends_the_th
         counts: list[list[int]] = [[] for _ in handles]
         readers = [asyncio.ensure_future(read(h, c)) for h, c in zip(handles, counts,
                                                                         strict=True)]
-        while sum(map(bool, counts)) < 2:
+        while sum(map(bool, counts)) < 2:  # the two running have their first tokens
+            # (and no more steps will run)
             await asyncio.sleep(0.001)
-        hold.set()
         late = [await aengine.submit([9, *PROMPT], params, request_id=f"late{i}")
                 for i in range(2)]
         readers += [asyncio.ensure_future(read(h, [])) for h in late]
