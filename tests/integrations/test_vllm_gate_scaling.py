@@ -185,16 +185,28 @@ def _paused_gate(num_admitted: int) -> SessionGate:
 
 
 def test_a_probe_does_not_sum_the_admitted_sessions_again():
-    """A deferred probe reuses the working-set sums of the probe before (nothing changed
-    since): per admitted session it executes only the scan for overdue pauses (`_fits`),
-    a few lines; summing every working set three to five times a probe took about 90."""
+    """A deferred probe reuses the working-set sums and the earliest demotion deadline of
+    the probe before (nothing changed since), so its work does not grow with the admitted
+    sessions; summing every working set three to five times a probe and scanning every
+    pause for one past its deadline took about 90 lines a session."""
     counts = []
     for n in (20, 200):
         g = _paused_gate(n)
         counts.append(_lines(lambda g=g: g.admit("q", "w", 20 * BS, 0, 2.0, spare_blocks=-1,
                                                  token_s=1e-3)))
     assert [admitted for _, admitted in counts] == [False, False]
-    assert (counts[1][0] - counts[0][0]) / 180 <= 10
+    assert counts[0][0] == counts[1][0]
+
+
+def test_a_pause_past_its_deadline_is_still_found_after_probes_that_found_none():
+    """The earliest demotion deadline is kept between probes: a probe after it passes
+    demotes the overdue session (the kept value is a time, not an answer)."""
+    g = _paused_gate(3)  # paused at 0.5, hinted 1e6 s: demotable after 4e6 s + 1e9 s
+    g.demote_min_s = 0.0  # (the deadline is keyed by the parameters it reads)
+    assert not g.admit("q", "w", 20 * BS, 0, 2.0, spare_blocks=-1)
+    assert g.last_demoted == []
+    assert g.admit("q", "w", 20 * BS, 0, 4e6 + 1.0, spare_blocks=-1)
+    assert sorted(g.last_demoted) == ["a0", "a1", "a2"] and set(g.sessions) == {"q"}
 
 
 def _fresh(g: SessionGate, horizon: float | None) -> tuple[int, int]:

@@ -83,7 +83,7 @@ from kvsaga.integrations.vllm.gate_growth import GateGrowth
 from kvsaga.integrations.vllm.gate_order import Waiting, WaitingOrder, check_finite
 from kvsaga.integrations.vllm.gate_pauses import PauseLog
 from kvsaga.integrations.vllm.gate_sessions import Admitted as _Admitted
-from kvsaga.integrations.vllm.gate_sessions import AdmittedTable, SumMemo, writes
+from kvsaga.integrations.vllm.gate_sessions import AdmittedTable, SumMemo, alloc, resume, writes
 from kvsaga.integrations.vllm.gate_waits import GateWaits, WaitTable
 from kvsaga.scheduler.working_set import demote_deadline, shrink, working_set_blocks
 
@@ -279,7 +279,7 @@ class SessionGate(GateWaits):
         self.order.seen(sid, workflow)
         s = self.sessions.get(sid)
         if s is not None:
-            _resume(s, num_tokens)
+            resume(s, num_tokens)
             return True
         withdrawn = self._withdrawn_waits.pop(sid, None)
         if withdrawn is not None:  # resent after an abort: the wait goes on from then
@@ -338,15 +338,15 @@ class SessionGate(GateWaits):
         try:
             for w in ahead:
                 y = _Admitted(w.workflow, w.num_tokens, min(w.shared, w.num_tokens), now)
-                y_spare = None if spare is None else spare + _alloc(new, self.block_size) - \
-                    _alloc(y, self.block_size)
+                y_spare = None if spare is None else spare + alloc(new, self.block_size) - \
+                    alloc(y, self.block_size)
                 y_fits = not self.sessions or self._fits_with(y)
                 if self._reason(y, w.since, now, y_spare, token_s, y_fits) is None:
                     continue
                 added.append(f"\0ahead{len(added)}")  # never a session id vLLM sends
                 self.sessions[added[-1]] = y
                 if spare is not None:
-                    spare -= _alloc(y, self.block_size) + 1
+                    spare -= alloc(y, self.block_size) + 1
                 # each let in only makes `new` less admissible (idleness and max_wait, ruled
                 # out above, ignore it): known at the first that shuts it out (s51 vgate 2)
                 if self._reason(new, mine.since, now, spare, token_s,
@@ -370,15 +370,21 @@ class SessionGate(GateWaits):
             return True
         if self._fits_with(new):
             return True
+        key = ("deadline", self.demote_factor, self.demote_min_s, self.default_pause_s)
+        if not now > self._sums.get(key, self._stamp(), lambda: min(
+                (self._deadline(s) for s in self.sessions.values() if s.paused_at is not None),
+                default=math.inf)):
+            return False  # (no pause is past its deadline: the scan below would demote none)
         for sid, s in list(self.sessions.items()):
-            if s.paused_at is None:
-                continue
-            expected = self.default_pause_s if s.expected_s is None else s.expected_s
-            if now > demote_deadline(s.paused_at, expected, self.demote_factor,
-                                     self.demote_min_s):
+            if s.paused_at is not None and now > self._deadline(s):
                 self._demote(sid)
                 self.last_demoted.append(sid)
         return not self.sessions or self._fits_with(new)
+
+    def _deadline(self, s: _Admitted) -> float:
+        """When paused session `s` becomes demotable (`demote_deadline`)."""
+        expected = self.default_pause_s if s.expected_s is None else s.expected_s
+        return demote_deadline(s.paused_at, expected, self.demote_factor, self.demote_min_s)
 
     def _fits_with(self, new: _Admitted) -> bool:
         return self._total_with(new, self.horizon_steps, self.horizon_steps) <= self.capacity
@@ -449,7 +455,7 @@ class SessionGate(GateWaits):
         s = self.sessions.get(sid)
         if s is not None and s.paused_at is not None:
             self.pauses.back(sid, s.workflow, now)
-            _resume(s, num_tokens)
+            resume(s, num_tokens)
 
     # -- what the connector reports -------------------------------------------------------------
     def started(self, request_id: str, sid: str | None = None) -> None:
@@ -586,15 +592,3 @@ class SessionGate(GateWaits):
         sessions vLLM has not asked about since the step before no longer hold others back."""
         self.order.new_step()
 
-
-def _resume(s: _Admitted, num_tokens: int) -> None:
-    """Admitted session `s`'s next step (`num_tokens` of prompt) is queued or running."""
-    if s.paused_at is not None:
-        s.resumed_from = (s.context, s.paused_at, s.expected_s)
-    s.context, s.paused_at = max(s.context, num_tokens), None
-
-
-def _alloc(s: _Admitted, block_size: int) -> int:
-    """Blocks vLLM's allocation of `s`'s step takes from its free count: its uncached
-    tokens' blocks and one more."""
-    return math.ceil(max(s.context - s.shared, 1) / block_size) + 1

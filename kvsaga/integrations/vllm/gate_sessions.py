@@ -14,6 +14,7 @@ growth the gate learns (`GateGrowth.changes`), moves the stamp the sums are kept
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -95,3 +96,16 @@ class SumMemo:
             self._kept.clear()
         self._kept[key] = (stamp, value)
         return value
+
+
+def resume(s: Admitted, num_tokens: int) -> None:
+    """Admitted session `s`'s next step (`num_tokens` of prompt) is queued or running."""
+    if s.paused_at is not None:
+        s.resumed_from = (s.context, s.paused_at, s.expected_s)
+    s.context, s.paused_at = max(s.context, num_tokens), None
+
+
+def alloc(s: Admitted, block_size: int) -> int:
+    """Blocks vLLM's allocation of `s`'s step takes from its free count: its uncached
+    tokens' blocks and one more."""
+    return math.ceil(max(s.context - s.shared, 1) / block_size) + 1
