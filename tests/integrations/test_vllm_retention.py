@@ -209,9 +209,8 @@ def test_a_tail_block_a_request_uses_is_given_up_but_not_counted_as_freed():
 def test_a_kept_demoted_session_keeps_a_prefix_when_its_tail_is_in_use():
     """Review s51 (vconn LOW-7), hypothesis's example: a kept demoted session's tail is in a
     request's use, its head is not. The kept sessions' release skipped the tail and dropped
-    the head: a hold of [5], past a hole no prefix lookup crosses. The release stops at the
-    tail in use; the policy's release (tails first, the tail's reference given up too)
-    frees the head."""
+    the head: a hold of [5], past a hole no prefix lookup crosses. The release gives up the
+    tail's retention with the head (tails first), as the policy's release does."""
     pool = FakePool()
     h = _retained(pool, {"b": [1, 5]})
     h._demoted.keep("b")
@@ -219,9 +218,15 @@ def test_a_kept_demoted_session_keeps_a_prefix_when_its_tail_is_in_use():
     requests = [0] * NUM_BLOCKS
     requests[5] = 1
     free = pool.get_num_free_blocks()
+    assert h._demoted_only() == 1  # block 1: the gate counts it as room
     assert h._release_until(free + 1, 0.0, "admit") == 1
     assert h.holds == {} and pool.get_num_free_blocks() == free + 1
-    assert h.stats.by_reason == {"admit": 1}  # not by the kept sessions' release
+    # Freed by the kept sessions' release, which gives up the tail's retention (it frees
+    # nothing: the request keeps the block) to free the head the gate counted as room. It
+    # stopped at the tail ({"admit": 1}): the policy's release took the block, here the
+    # same one, and with an admitted session retaining too, that session's (review s51,
+    # diffvconn LOW-1; test_kept_demoted_room_is_what_their_release_frees).
+    assert h.stats.by_reason == {"demoted": 1}
     check(h, requests)
 
 
@@ -237,3 +242,62 @@ def test_kept_demoted_sessions_sharing_a_block_count_it_freed_once():
     assert pool.get_num_free_blocks() == free + 3 and h.holds == {}
     assert h.stats.by_reason == {"demoted": 3} and h.stats.released_blocks == 3
     check(h, [0] * NUM_BLOCKS)
+
+
+def test_a_kept_demoted_session_with_nothing_freeable_keeps_its_whole_hold():
+    """Neither block of the kept session would free (block 1 is an admitted session's too,
+    block 2 a request's): its release drops nothing, and the gate counts no room for it."""
+    pool = FakePool()
+    h = _retained(pool, {"a": [1], "b": [1, 2]})
+    h._demoted.keep("b")
+    pool.touch([pool.blocks[2]])
+    requests = [0] * NUM_BLOCKS
+    requests[2] = 1
+    assert h._demoted_only() == 0
+    freed = h._demoted.release(pool.blocks, h._holders, pool.get_num_free_blocks, NUM_BLOCKS,
+                               h.holds, h._drop, h._release_session)
+    assert freed == 0 and h.holds == {"a": [1], "b": [1, 2]} and "b" in h._demoted
+    check(h, requests)
+
+
+contexts = st.dictionaries(
+    st.sampled_from(SIDS),
+    st.lists(st.integers(1, NUM_BLOCKS - 1), min_size=1, max_size=5, unique=True),
+    min_size=1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(contexts, st.lists(st.integers(1, NUM_BLOCKS - 1), max_size=4),
+       st.sets(st.sampled_from(SIDS), min_size=1))
+def test_kept_demoted_room_is_what_their_release_frees(holds, in_use, kept):
+    """Review s51 (diffvconn LOW-1). The gate adds kept demoted sessions' room
+    (`_demoted_only`) to vLLM's free blocks: memory their release, first under any need,
+    frees. Contexts share blocks (common prefixes) and requests use some (vLLM's duplicate
+    cached blocks of one hash: a later block reached through another copy of the blocks
+    before it). Asked for exactly that room, the release frees it alone (the policy took
+    the rest from sessions still admitted: the kept release stopped at a tail in use) and
+    leaves every hold a prefix of its context; asked for more, it frees that room and no
+    more."""
+    pool = FakePool()
+    h = _retained(pool, holds)
+    requests = [0] * NUM_BLOCKS
+    for b in in_use:
+        pool.touch([pool.blocks[b]])
+        requests[b] += 1
+    for sid in kept:
+        h._demoted.keep(sid)
+    admitted = {sid: list(held) for sid, held in h.holds.items() if sid not in kept}
+    room = h._demoted_only()
+    free = pool.get_num_free_blocks()
+    assert h._release_until(free + room, 0.0, "admit") == room
+    assert pool.get_num_free_blocks() == free + room
+    assert h.stats.by_reason == ({"demoted": room} if room else {}), (holds, in_use, kept)
+    assert {sid: h.holds[sid] for sid in admitted} == admitted
+    for sid, held in h.holds.items():
+        assert held == holds[sid][:len(held)], f"{sid}: {holds[sid]} -> {held}, a hole"
+    check(h, requests)
+    assert h._demoted_only() == 0  # all of it freed
+    freed = h._demoted.release(pool.blocks, h._holders, pool.get_num_free_blocks, NUM_BLOCKS,
+                               h.holds, h._drop, h._release_session)
+    assert freed == 0 and pool.get_num_free_blocks() == free + room
+    check(h, requests)

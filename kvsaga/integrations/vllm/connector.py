@@ -244,6 +244,8 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
                                     **self.gate_args)
 
     def _step(self, request: Request) -> StepInfo | None:
+        if self.pool is None:  # unbound (prefix caching off): no hint is read, nor logged
+            return None
         info = self._steps.get(request.request_id)
         if (info is None and request.request_id not in self._bad_hints
                 and request.request_id not in self._orphans):

@@ -42,15 +42,18 @@ class KeptDemoted:
              holders: Mapping[int, list[str]], exclude: str | None = None) -> int:
         """Distinct retained blocks that kept demoted sessions (not `exclude`, a session
         being admitted) alone hold and no request references (`blocks`: vLLM's, by id): vLLM's
-        room in all but name, since any need for memory releases them before anything else.
-        A block two of them share counts once."""
+        room in all but name, since any need for memory releases them before anything else
+        (`release` frees every one of them when asked for enough). A block two of them share
+        counts once."""
         return len({b for sid in self._order if sid != exclude for b in holds.get(sid, ())
                     if self._frees(b, blocks, holders, exclude)})
 
     def _frees(self, b: int, blocks: Sequence[Any], holders: Mapping[int, list[str]],
                exclude: str | None = None) -> bool:
         """Whether block `b` is kept demoted sessions' alone (not `exclude`'s) and no request
-        references it: dropping their references frees it."""
+        references it: dropping their references frees it. Dropping one of its holders'
+        references leaves the answer as it was (the count and the holders fall by one), and
+        so does any drop on another block."""
         return (blocks[b].ref_cnt == len(holders[b])
                 and all(h in self._order and h != exclude for h in holders[b]))
 
@@ -60,26 +63,37 @@ class KeptDemoted:
                 release_session: Callable[[str], None]) -> int:
         """Give back kept sessions' blocks, the oldest demotion first and each session's tail
         first (`drop(block, sid)` one reference, `release_session(sid)` once it holds none),
-        until `num_free()` reaches `free_wanted`. Only blocks whose release frees memory go
-        (`_frees`): a block a request or a session not kept also holds stays retained, since
-        dropping the reference would give up its retention and free nothing, and so do the
-        blocks before it (each hold stays a prefix of its context). Returns how
-        many blocks the drops freed: a block two kept sessions share is dropped twice and
-        freed once (counted twice, the connector's `released_blocks` drifted from vLLM's
-        pool: review s51, vconn LOW-4)."""
+        until `num_free()` reaches `free_wanted`. A session gives back its blocks down to the
+        last one whose release frees memory (`_frees`), each hold staying a prefix of its
+        context: the blocks after that one go too though they free nothing (a request or a
+        session not kept also holds them: the first keeps them in memory, the second its own
+        retention), since no prefix lookup reaches them past the hole the freed block leaves.
+        A hold with no such block is left whole. So asked for enough, the release frees
+        every block `room` counts (review s51, diffvconn LOW-1: it stopped at a tail in use,
+        and the gate counted the blocks before it as room the policy then found by
+        releasing an admitted session's). Returns how many blocks the drops freed: a block
+        two kept sessions share is dropped twice and freed once (counted twice, the
+        connector's `released_blocks` drifted from vLLM's pool: review s51, vconn LOW-4)."""
         released = 0
         for sid in list(self._order):
             if num_free() >= free_wanted:
                 break
             mine = holds.get(sid, [])
-            # Tail first, and only while the tail frees: past a tail kept in use, dropping a
-            # block before it left a hole (vLLM's prefix lookup stops at it), the tail
-            # retained for nothing (review s51, vconn LOW-7). The policy's release, which
-            # gives such a tail up too, takes the session from there.
-            while mine and num_free() < free_wanted and self._frees(mine[-1], blocks, holders):
-                b = mine.pop()
-                drop(b, sid)
-                released += blocks[b].ref_cnt == 0
+            while mine and num_free() < free_wanted:
+                # The last block whose drop frees memory: it and every block after it go.
+                # (Scanned from the tail: what is scanned is dropped, or the hold is kept.)
+                # Dropping the freeable head alone left a hole before a tail in use (review
+                # s51, vconn LOW-7); stopping at that tail left the head counted as room
+                # and not freed (diffvconn LOW-1).
+                last = len(mine) - 1
+                while last >= 0 and not self._frees(mine[last], blocks, holders):
+                    last -= 1
+                if last < 0:
+                    break  # nothing here would free: keep the whole hold (a prefix still)
+                while len(mine) > last:
+                    b = mine.pop()
+                    drop(b, sid)
+                    released += blocks[b].ref_cnt == 0
             if not mine:
                 release_session(sid)  # (discards it)
         return released

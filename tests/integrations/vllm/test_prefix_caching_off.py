@@ -15,6 +15,7 @@ from .harness import (  # noqa: E402
     make_request,
     make_scheduler,
     reset_request_ids,
+    run,
     step,
 )
 
@@ -65,3 +66,35 @@ def test_with_kvsaga_scheduler_no_session_record_stays(hf_model_dir):
     _sessions(s)
     c = s.connector
     assert c.pool is None and not c._paused and not c._sessions and not c._steps
+
+
+def test_an_unbound_connector_reads_no_hint(hf_model_dir, monkeypatch):
+    """Review s51 (diffvconn's nit): unbound, the connector still parsed each request's hint
+    (for nothing) and logged a malformed one, once per request. It reads none now."""
+    import logging
+
+    import kvsaga.integrations.vllm.connector as connector
+
+    parsed, warned = [], []
+    real = connector.request_step_info
+
+    def counted(request):
+        parsed.append(request.request_id)
+        return real(request)
+
+    class Warned(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warned.append(record.getMessage())
+
+    monkeypatch.setattr(connector, "request_step_info", counted)
+    handler = Warned(logging.WARNING)
+    connector.logger.addHandler(handler)
+    try:
+        s = make_scheduler(hf_model_dir, 40, connector=True, prefix_caching=False)
+        run(s, [make_request(_prompt(0, 2), 2, {"session_id": "x" * 300}),
+                make_request(_prompt(1, 2), 2, {"session_id": "s", "expected_s": "soon"}),
+                make_request(_prompt(2, 2), 2, {"session_id": "s", "tool": "t"})])
+    finally:
+        connector.logger.removeHandler(handler)
+    assert s.connector.pool is None
+    assert parsed == [] and not [w for w in warned if "hint" in w], (parsed, warned)
