@@ -1,0 +1,62 @@
+"""Session 51 mutation testing of kvsaga/manager_reads.py: `lookup`'s count of a paused
+session's retained tail, which must be what `begin_step` then takes. Each test names the
+mutant it kills."""
+
+from __future__ import annotations
+
+from kvsaga import KVCacheManager, KVSpec
+
+BS = 4
+
+
+def make(core, num_blocks=8):
+    return KVCacheManager(KVSpec(1, 1, 4, block_size=BS), num_blocks, clock=lambda: 0.0,
+                          core=core.name)
+
+
+def computed_and_paused(m, sid, tokens):
+    start = m.begin_step(sid, tokens)
+    m.allocate_slots(sid, len(tokens) - start.num_cached_tokens)
+    m.finish_step(sid)
+
+
+def test_a_tail_after_hits_of_another_context_is_not_counted(core):
+    """Mutants `(p == 1 or ...)` and `(p >= 0 or ...)` (was `p == 0`): a's context is
+    [0 1 2 3 | 8 9] (its tail, 2 tokens, at block 1); c's is [50 51 52 53]. a's prompt
+    [50 51 52 53 8 9 10] hits c's block, which ends where a's tail starts, but a's tail
+    followed another block ([0 1 2 3]): its K/V is not the prompt's. No tail tokens: 4
+    cached, as begin_step takes."""
+    m = make(core)
+    computed_and_paused(m, "a", [0, 1, 2, 3, 8, 9])
+    computed_and_paused(m, "c", [50, 51, 52, 53])
+    assert m.session("a").tail is not None
+    prompt = [50, 51, 52, 53, 8, 9, 10]
+    found = m.lookup("a", prompt)
+    assert (found.gpu_hit_blocks, found.tail_tokens, found.num_cached_tokens) == (1, 0, 4)
+    assert m.begin_step("a", prompt).num_cached_tokens == found.num_cached_tokens
+    m.check_integrity()
+
+
+def test_a_tail_after_hits_of_another_context_deeper_is_not_counted(core):
+    """The same at block 2 (`p >= 0` there too): a [0..3 | 4..7 | 8 9], c [0..3 | 60..63];
+    the prompt [0..3 60..63 8 9 10] hits 2 blocks, a's tail followed [4..7]."""
+    m = make(core)
+    computed_and_paused(m, "a", [*range(8), 8, 9])
+    computed_and_paused(m, "c", [*range(4), 60, 61, 62, 63])
+    prompt = [*range(4), 60, 61, 62, 63, 8, 9, 10]
+    found = m.lookup("a", prompt)
+    assert (found.gpu_hit_blocks, found.tail_tokens, found.num_cached_tokens) == (2, 0, 8)
+    assert m.begin_step("a", prompt).num_cached_tokens == 8
+    m.check_integrity()
+
+
+def test_lookup_leaves_the_last_prompt_token_out_of_the_tail(core):
+    """Mutant `limit = min(ntok, len(old) - start)` (was also `max_hit - start`): the
+    prompt is a's whole context [0..3 | 4 5]; its last token is left to compute, so the
+    tail counts 1 token, as begin_step takes: 5 cached, not 6."""
+    m = make(core)
+    computed_and_paused(m, "a", list(range(6)))
+    found = m.lookup("a", list(range(6)))
+    assert (found.tail_tokens, found.num_cached_tokens) == (1, 5)
+    assert m.begin_step("a", list(range(6))).num_cached_tokens == 5
+    m.check_integrity()
