@@ -60,3 +60,24 @@ def test_a_running_session_signals_no_resume_and_takes_no_pause_hint(core, host)
     assert p.told == [("pause_hinted", "a"), ("resume_hinted", "a"),
                       ("resume_withdrawn", "a")]
     m.check_integrity()
+
+
+def test_ending_a_session_whose_tail_block_was_reused_keeps_the_new_content(core):
+    """Mutant `end_session` dropping the retained tail's block when CACHED without its
+    generation check: a's tail (block 1) was evicted and reused by c, whose full block it
+    now is, cached; ending a must leave it (and its owner) as it is: c still hits 3."""
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 4, clock=lambda: 0.0,
+                       core=core.name)
+    m.begin_step("a", list(range(6)))
+    m.allocate_slots("a", 6)
+    m.finish_step("a")
+    tail = m.session("a").tail[0]
+    prompt = list(range(100, 113))
+    m.begin_step("c", prompt)
+    m.allocate_slots("c", 12)  # evicts a's tail block, and takes it again
+    m.finish_step("c")
+    assert tail in m.session("c").block_ids and m.is_cached(tail)
+    assert m.lookup("c", prompt).gpu_hit_blocks == 3
+    m.end_session("a")
+    assert m.lookup("c", prompt).gpu_hit_blocks == 3 and m.block_owner[tail] == "c"
+    m.check_integrity()
