@@ -60,3 +60,19 @@ def test_lookup_leaves_the_last_prompt_token_out_of_the_tail(core):
     assert (found.tail_tokens, found.num_cached_tokens) == (1, 5)
     assert m.begin_step("a", list(range(6))).num_cached_tokens == 5
     m.check_integrity()
+
+
+def test_can_allocate_when_the_need_is_exactly_the_available_blocks(core):
+    """Mutant `can_allocate`'s `<` (was <=): 3 blocks needed for 11 tokens; with a's
+    block held by its running step, 2 are available: it cannot; once a pauses, 3 are (2
+    free, 1 evictable): it can, and allocate_slots does."""
+    m = make(core, num_blocks=3)
+    m.begin_step("a", [0, 1, 2, 3, 4])
+    m.allocate_slots("a", 4)
+    m.begin_step("b", list(range(100, 112)))
+    assert m.num_blocks_needed("b", 11) == 3 and m.pool.num_available == 2
+    assert not m.can_allocate("b", 11)
+    m.finish_step("a")
+    assert m.pool.num_available == 3 and m.can_allocate("b", 11)
+    m.allocate_slots("b", 11)
+    m.check_integrity()
