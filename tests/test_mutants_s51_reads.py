@@ -76,3 +76,43 @@ def test_can_allocate_when_the_need_is_exactly_the_available_blocks(core):
     assert m.pool.num_available == 3 and m.can_allocate("b", 11)
     m.allocate_slots("b", 11)
     m.check_integrity()
+
+
+def test_a_gpu_block_past_a_host_block_counts_as_cached_in_lookup(core):
+    """Mutant `lookup` not counting the host run's GPU blocks that are CACHED: a's block 0
+    was evicted to the host, its block 1 is still cached on the GPU; the lookup counts
+    that hit as cached, so `blocks_to_admit` is the free-or-evictable blocks that
+    begin_step and the last token's slot then take (3, not 2)."""
+    from tests.test_mutants_s51_survivors import Picky
+
+    p = Picky()
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 4, policy=p, clock=lambda: 0.0,
+                       core=core.name, num_host_blocks=4)
+    computed_and_paused(m, "a", list(range(8)))
+    first = m.session("a").block_ids[0]
+    m.begin_step("b", list(range(100, 112)))
+    p.pick = [first]  # a's block 0 is offloaded and freed, its block 1 stays
+    m.allocate_slots("b", 12)
+    p.pick = None
+    m.finish_step("b")
+    m.take_transfers()
+    prompt = [*range(8), 9]
+    found = m.lookup("a", prompt)
+    assert (found.gpu_hit_blocks, found.gpu_cached_blocks, found.host_hit_blocks) == (1, 1, 1)
+    available = m.pool.num_available
+    start = m.begin_step("a", prompt)
+    m.allocate_slots("a", len(prompt) - start.num_cached_tokens)
+    assert available - m.pool.num_available == found.blocks_to_admit(len(prompt)) == 3
+    m.check_integrity()
+
+
+def test_lookup_of_a_whole_block_prompt_leaves_its_last_block_to_compute(core):
+    """Mutant `max_hit = len(tokens)` (was - 1) in `lookup`: a prompt of exactly 2 full
+    blocks, both cached, hits only the first (its last token is computed for logits), as
+    begin_step takes."""
+    m = make(core)
+    computed_and_paused(m, "c", list(range(9)))
+    found = m.lookup("a", list(range(8)))
+    assert (found.gpu_hit_blocks, found.num_cached_tokens) == (1, 4)
+    assert m.begin_step("a", list(range(8))).num_cached_tokens == 4
+    m.check_integrity()
