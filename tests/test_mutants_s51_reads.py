@@ -116,3 +116,16 @@ def test_lookup_of_a_whole_block_prompt_leaves_its_last_block_to_compute(core):
     assert (found.gpu_hit_blocks, found.num_cached_tokens) == (1, 4)
     assert m.begin_step("a", list(range(8))).num_cached_tokens == 4
     m.check_integrity()
+
+
+def test_lookup_of_a_prompt_that_rewrites_the_context_hits_only_the_common_prefix(core):
+    """Mutant `s.block_hashes[: max(keep // bs, max_blocks)]` (was min) in `lookup`: a's
+    context is 3 full blocks; its prompt keeps the first and rewrites the rest, so only
+    that block hits (the old hashes past the common prefix are not the prompt's)."""
+    m = make(core)
+    computed_and_paused(m, "a", list(range(13)))
+    prompt = [0, 1, 2, 3, *range(50, 58), 9]
+    found = m.lookup("a", prompt)
+    assert (found.gpu_hit_blocks, found.num_cached_tokens) == (1, 4)
+    assert m.begin_step("a", prompt).num_cached_tokens == 4
+    m.check_integrity()
