@@ -129,3 +129,12 @@ def test_lookup_of_a_prompt_that_rewrites_the_context_hits_only_the_common_prefi
     assert (found.gpu_hit_blocks, found.num_cached_tokens) == (1, 4)
     assert m.begin_step("a", prompt).num_cached_tokens == 4
     m.check_integrity()
+
+
+def test_stats_count_running_and_paused_sessions_apart(core):
+    """Mutant `num_paused_sessions=len(self.sessions)` (was less the running ones)."""
+    m = make(core)
+    computed_and_paused(m, "a", [0, 1, 2])
+    m.begin_step("b", [5, 6, 7])
+    st = m.stats()
+    assert (st.num_running_sessions, st.num_paused_sessions) == (1, 1)
