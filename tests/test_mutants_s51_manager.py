@@ -4,7 +4,11 @@ the suite's other tests let a mutant change unseen. Each test names the mutant i
 
 from __future__ import annotations
 
+import pytest
+
 from kvsaga import KVCacheManager, KVSpec
+from kvsaga.errors import InvalidRequest
+from kvsaga.policy import LRUPolicy
 
 BS = 4
 
@@ -49,10 +53,6 @@ def test_the_same_prompt_again_leaves_its_last_token_to_compute(core):
 def test_a_resumed_session_with_another_salt_is_refused_and_the_same_salt_taken(core):
     """Mutant `root_hash(salt) == s.root` (was !=): a paused session resumed with another
     salt is refused (nothing changes), with its own salt it resumes."""
-    import pytest
-
-    from kvsaga.errors import InvalidRequest
-
     m = make(core)
     m.begin_step("a", list(range(6)), salt="x")
     m.allocate_slots("a", 6)
@@ -104,10 +104,6 @@ def test_a_prompt_ending_where_the_tail_starts_loads_its_host_blocks(core):
 def test_a_prompt_of_exactly_max_model_len_is_taken_and_one_more_refused(core):
     """Mutant `len(tokens) >= self.max_model_len` (was >) in `_check_prompt`: a prompt of
     exactly max_model_len tokens is looked up and begun; one token more is refused."""
-    import pytest
-
-    from kvsaga.errors import InvalidRequest
-
     m = make(core, max_model_len=10)
     with pytest.raises(InvalidRequest, match="exceeds max_model_len 10"):
         m.lookup("a", list(range(11)))
@@ -124,10 +120,6 @@ def test_a_context_may_grow_to_exactly_max_model_len(core):
     """Mutants `... >= self.max_model_len` (was >) in `_append` (append_tokens) and in the
     Python `decode_step`: a context may reach max_model_len tokens, not pass it; a refusal
     changes nothing."""
-    import pytest
-
-    from kvsaga.errors import InvalidRequest
-
     m = make(core, max_model_len=10)
     m.begin_step("a", list(range(7)))
     m.allocate_slots("a", 7)
@@ -150,8 +142,6 @@ def test_free_blocks_that_exactly_suffice_ask_the_policy_for_no_victim(core):
     """Mutant `need >= pool.num_free` (was >) in `_make_room`: an allocation that the free
     blocks exactly cover evicts nothing and asks the policy nothing (it asked for 0
     victims, and moved `cache_version` with no change)."""
-    from kvsaga.policy import LRUPolicy
-
     class Counting(LRUPolicy):
         def choose_victims(self, num_blocks, now):
             self.asked.append(num_blocks)
@@ -176,8 +166,6 @@ def test_free_blocks_that_exactly_suffice_ask_the_policy_for_no_victim(core):
 def test_the_policy_sees_a_clock_that_never_steps_back(core):
     """Mutant `_time` not keeping the latest time (its `self._latest_now = t` removed): a
     call whose `now` is before an earlier call's reaches the policy as that earlier time."""
-    from kvsaga.policy import LRUPolicy
-
     class Times(LRUPolicy):
         def step_started(self, session, now):
             self.times.append(now)
@@ -196,11 +184,6 @@ def test_a_refused_begin_step_leaves_the_latest_time_as_it_was(core):
     """Mutant `_begin` not restoring `_latest_now` when `_open` refuses: a refused call
     saw no time, so a later call at an earlier time than the refused one's is taken as
     it is (not as the refused call's time)."""
-    import pytest
-
-    from kvsaga.errors import InvalidRequest
-    from kvsaga.policy import LRUPolicy
-
     class Times(LRUPolicy):
         def step_started(self, session, now):
             self.times.append(now)
