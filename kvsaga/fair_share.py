@@ -123,9 +123,12 @@ class FairShare:
         over the `live` tenants and `tenant`; `holds_back` reads them only while someone
         below their share has work waiting."""
         tenants = (set(self.usage) if self.live is None else set(self.live)) | {tenant}
-        total = sum(self._service(t) for t in tenants)
+        # fsum: correctly rounded whatever the order, and a set of str iterates in an order
+        # PYTHONHASHSEED picks (with sum, a tenant exactly at its share read 1.0 in one
+        # process and 0.9999999999999999 in another, and holds_back decided differently)
+        total = math.fsum(self._service(t) for t in tenants)
         if total <= 0:
             return 0.0
-        wsum = sum(self.weights.get(t, 1.0) for t in tenants)
+        wsum = math.fsum(self.weights.get(t, 1.0) for t in tenants)
         fair = self.weights.get(tenant, 1.0) / wsum
         return (self._service(tenant) / total) / fair

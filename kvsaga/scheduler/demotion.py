@@ -272,7 +272,7 @@ class Demotions:
         if len(present) < 2:
             return None
         weight = self._fair.weight
-        total = sum(weight(t) for t in present)
+        total = math.fsum(weight(t) for t in present)  # the same in any (hash) order
         return {t: limit * weight(t) / total for t in present}
 
     def _room_after(self, need: Need, whole: int | None, limit: float,
