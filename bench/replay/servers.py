@@ -1,5 +1,7 @@
 """The servers under test: kvsaga-serve (one engine, or --replicas N behind Ray Serve) and
-vLLM, each in a subprocess on a free loopback port and stopped through its handle."""
+vLLM, each in a subprocess on a loopback port and stopped through its handle. kvsaga-serve
+picks its own port (`--port 0`), so no other process can take it first; a server given a
+probed port (vLLM, Ray Serve's proxy) is started once more if that port was taken."""
 
 from __future__ import annotations
 
@@ -75,10 +77,49 @@ def parse_metrics(text: str, want: dict[str, str]) -> dict[str, float]:
 
 
 def _free_port() -> int:
+    """A port free now: another process can take it before a server binds it; only for
+    servers that cannot pick their own (Ray Serve's proxy; vLLM), which retry on that."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+def _address_in_use(text: str) -> bool:
+    """Whether a server's log says it could not bind its port (kvsaga-serve: "cannot listen
+    on ...: Address already in use"; uvicorn under vLLM: "[Errno 98] ... address already in
+    use")."""
+    return "address already in use" in text.lower()
+
+
+def listening_port(pid: int) -> int | None:
+    """The TCP port process `pid` listens on (IPv4 or IPv6; the lowest if several), read from
+    /proc; None while it listens on none. A server started with `--port 0` binds a port no
+    other process can take between a probe and the bind, and this reads which it got without
+    the info-level log line (the bench runs the servers at warning: no per-request log)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    inodes = set()
+    try:
+        fds = list(fd_dir.iterdir())
+    except OSError:  # it has exited (the caller sees that next)
+        return None
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed since the listing
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = []
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # st 0A: LISTEN
+                ports.append(int(f[1].rsplit(":", 1)[1], 16))
+    return min(ports) if ports else None
 
 
 
@@ -111,16 +152,16 @@ def connector_arm(name: str) -> tuple[str, dict[str, Any]]:
     return policy, (dict(CONNECTOR_SUFFIXES[suffix]) if plus else {})
 
 class Server:
-    """`kvsaga-serve` in a subprocess on a free loopback port; stopped through its handle."""
+    """`kvsaga-serve` in a subprocess on a loopback port (`--port 0`, read back by
+    `wait_ready`; behind Ray Serve a probed one), stopped through its handle; `url` is known
+    once `wait_ready` returns."""
 
     def __init__(self, args: argparse.Namespace, policy: str, kv_bytes: int, log: Path,
                  scheduler: str | None = None, extra: Sequence[str] = (),
                  env: Mapping[str, str] | None = None) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         cmd = [sys.executable, "-m", "kvsaga.serve.cli", "--host", "127.0.0.1",
-               "--port", str(self.port), "--policy", policy, "--kv-memory", str(kv_bytes),
+               "--policy", policy, "--kv-memory", str(kv_bytes),
                "--block-size", str(args.block_size), "--max-num-seqs", str(args.max_num_seqs),
                "--device", "cpu", "--served-model-name", SERVED_NAME, "--log-level", "warning"]
         if args.model:
@@ -132,11 +173,26 @@ class Server:
         cmd += list(extra)
         self.replicas = args.replicas if "--replicas" in extra else 0
         self.stop_s = 120 if self.replicas else 20  # Ray's local cluster shuts down too
-        self.cmd = cmd
+        self._base_cmd = cmd
+        self._env = {**os.environ, **env} if env else None
+        self._retried = False
         self._log = log.open("w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=Path(__file__).resolve().parents[2],
-                                     env={**os.environ, **env} if env else None)
+        self._start()
+
+    def _start(self) -> None:
+        """Start the server: with `--port 0` (it binds a port of its own choosing, which
+        `wait_ready` reads back: nothing can take it between), or, behind Ray Serve (whose
+        proxy is given a port), on a probed free port, retried once if it was taken."""
+        self.port = _free_port() if self.replicas else None
+        self.cmd = self._base_cmd + ["--port", str(self.port or 0)]
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=Path(__file__).resolve().parents[2], env=self._env)
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("kvsaga-serve's port is not known before wait_ready")
+        return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout_s: float) -> None:
         import httpx
@@ -144,8 +200,18 @@ class Server:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                tail = self.log_tail()
+                if self.replicas and not self._retried and _address_in_use(tail):
+                    self._retried = True  # the probed port was taken first: once more
+                    self._start()
+                    continue
                 raise RuntimeError(f"kvsaga-serve exited with {self.proc.returncode}:\n"
-                                   + self.log_tail())
+                                   + tail)
+            if self.port is None:
+                self.port = listening_port(self.proc.pid)
+                if self.port is None:  # not bound yet
+                    time.sleep(0.1)
+                    continue
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     if self.replicas:
@@ -199,7 +265,18 @@ class VLLMArm:
         self.connector_stats: dict[str, float] = {}
 
     def wait_ready(self, timeout_s: float) -> None:
-        self.server.start(timeout_s)
+        """Start vLLM; once more on a fresh port if the probed one was taken before vLLM
+        bound it (its server cannot bind port 0 and say which port it got)."""
+        from kvsaga.integrations.vllm.launch import free_port
+
+        try:
+            self.server.start(timeout_s)
+        except RuntimeError as e:
+            if not _address_in_use(str(e)):
+                raise
+            self.server.port = free_port()
+            self.url = self.server.base_url
+            self.server.start(timeout_s)
 
     def metrics(self) -> dict[str, float]:
         return scrape_metrics(self.url, VLLM_METRICS)
