@@ -114,8 +114,10 @@ def predicted_growth(horizon_steps: float, growth_tokens: float,
 
 def demote_deadline(paused_at: float, expected_s: float, factor: float, min_s: float) -> float:
     """When a pause that began at `paused_at`, expected to last `expected_s`, becomes long
-    enough to demote the session: factor x the expected pause + min_s."""
-    return paused_at + factor * expected_s + min_s
+    enough to demote the session: factor x the expected pause + min_s. A factor of 0 ignores
+    the expected pause (paused_at + min_s), even an endless one (`expected_s` inf), where
+    0 x inf would make the deadline nan: never due, and never less than another."""
+    return paused_at + (factor * expected_s if factor else 0.0) + min_s
 
 
 def shrink(sessions: Mapping[str, T], order: Iterable[str], over: Callable[[], bool],

@@ -372,8 +372,8 @@ class SessionGate(GateWaits):
             return True
         key = ("deadline", self.demote_factor, self.demote_min_s, self.default_pause_s)
         if not now > self._sums.get(key, self._stamp(), lambda: min(
-                (self._deadline(s) for s in self.sessions.values() if s.paused_at is not None),
-                default=math.inf)):
+                (d for s in self.sessions.values() if s.paused_at is not None
+                 if (d := self._deadline(s)) < math.inf), default=math.inf)):
             return False  # (no pause is past its deadline: the scan below would demote none)
         for sid, s in list(self.sessions.items()):
             if s.paused_at is not None and now > self._deadline(s):
