@@ -44,8 +44,14 @@ class WaitTable(dict):
     at every probe, a step of vLLM's (which asks about every waiting request) cost O(W^2)
     in the W waiting sessions (review s51, vgate finding 1: 2.9 s a step at W = 5,000).
     The sum is kept in integer nanoseconds, so an entry's add and remove cancel exactly
-    and it never drifts. Only the writes the gate makes are supported (`__setitem__`,
-    `setdefault`, `pop`, `__delitem__`, `clear`); the others raise."""
+    and it never drifts. It is exact in nanoseconds, not equal to the float sum of the
+    waits that it replaced: each time is rounded to the nanosecond, so the two can differ
+    by up to about n/2 ns for n entries, and a wait within that of the reservation rule's
+    threshold can decide the other way (0.3 - 0.1 is 0.19999999999999998 in floats, 0.2
+    here, which meets a threshold of 0.2). Only the writes the gate makes are supported
+    (`__setitem__`, `setdefault`, `pop`, `__delitem__`, `clear`); the others raise.
+    Pickles and copies as its items (`__reduce__`): unpickling a dict subclass restores
+    the items through `__setitem__` before the attributes, so `total_ns` would be missing."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,6 +89,9 @@ class WaitTable(dict):
 
     update = popitem = __ior__ = _unsupported  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple:
+        return _wait_table, (dict(self),)
+
     def waited(self, now: float) -> float:
         """Seconds the sessions in the table have waited, together, at `now`."""
         return (len(self) * _ns(now) - self.total_ns) / 1e9
@@ -90,6 +99,14 @@ class WaitTable(dict):
 
 def _ns(t: float) -> int:
     return round(t * 1e9)
+
+
+def _wait_table(items: dict[str, float]) -> WaitTable:
+    """A WaitTable of `items` (unpickling, `WaitTable.__reduce__`)."""
+    table = WaitTable()
+    for sid, since in items.items():
+        table[sid] = since
+    return table
 
 
 # How many deferred sessions whose waiting request was aborted (say, on a client's timeout,
