@@ -83,12 +83,13 @@ from kvsaga.integrations.vllm.gate_growth import GateGrowth
 from kvsaga.integrations.vllm.gate_order import Waiting, WaitingOrder, check_finite
 from kvsaga.integrations.vllm.gate_pauses import PauseLog
 from kvsaga.integrations.vllm.gate_sessions import Admitted as _Admitted
-from kvsaga.integrations.vllm.gate_sessions import AdmittedTable, SumMemo, alloc, resume, writes
+from kvsaga.integrations.vllm.gate_sessions import AdmittedTable, SumMemo, resume, writes
 from kvsaga.integrations.vllm.gate_waits import GateWaits, WaitTable
+from kvsaga.integrations.vllm.gate_yields import GateYields
 from kvsaga.scheduler.working_set import demote_deadline, shrink, working_set_blocks
 
 
-class SessionGate(GateWaits):
+class SessionGate(GateWaits, GateYields):
     """Session-level admission over `capacity` KV blocks (see the module docstring).
 
     Args:
@@ -322,40 +323,6 @@ class SessionGate(GateWaits):
         if now - since >= self.max_wait_s:
             return "max_wait"
         return None
-
-    def _yields(self, sid: str, new: _Admitted, mine: Waiting, now: float,
-                spare_blocks: int | None, token_s: float | None) -> bool:
-        """Whether `new` (session `sid`, admissible now) waits for sessions ranked ahead of it
-        (`admission_order` "predicted", `gate_order`): those admissible now, let in greedily
-        in rank order, would leave it no longer admissible. vLLM's free blocks for each are
-        `spare_blocks` (`new`'s) corrected by the two steps' allocations, and each let in
-        takes its allocation and a running request's block from the rest."""
-        if self._admissible_anyway(mine.since, now):
-            return False
-        ahead = self.order.ahead(sid, mine, self._growth.mean)
-        added: list[str] = []
-        spare = spare_blocks
-        try:
-            for w in ahead:
-                y = _Admitted(w.workflow, w.num_tokens, min(w.shared, w.num_tokens), now)
-                y_spare = None if spare is None else spare + alloc(new, self.block_size) - \
-                    alloc(y, self.block_size)
-                y_fits = not self.sessions or self._fits_with(y)
-                if self._reason(y, w.since, now, y_spare, token_s, y_fits) is None:
-                    continue
-                added.append(f"\0ahead{len(added)}")  # never a session id vLLM sends
-                self.sessions[added[-1]] = y
-                if spare is not None:
-                    spare -= alloc(y, self.block_size) + 1
-                # each let in only makes `new` less admissible (idleness and max_wait, ruled
-                # out above, ignore it): known at the first that shuts it out (s51 vgate 2)
-                if self._reason(new, mine.since, now, spare, token_s,
-                                self._fits_with(new)) is None:
-                    return True
-            return False
-        finally:
-            for key in added:
-                del self.sessions[key]
 
     def next_step_blocks(self) -> int:
         """Blocks the admitted sessions' next steps are expected to add: `room_steps` steps

@@ -69,6 +69,11 @@ class Waiting:
     probed: int  # the gate's engine step of the latest question
 
 
+def _judged(w: Waiting) -> tuple:
+    """What ranks `w` and what the gate judges it by (all but `probed`)."""
+    return w.workflow, w.num_tokens, w.shared, w.since, w.last_step
+
+
 def check_finite(label: str, v: object, low: float, also: str = "",
                  low_open: bool = False) -> float:
     """`v` as a float if it is a finite number >= `low` (> `low` when `low_open`), else
@@ -117,13 +122,21 @@ class WaitingOrder:
         self._epoch = 0
         self._ranked_epoch = -1
         self._seq = 0
+        # `SessionGate._yields`' prefix of `_ranked` whose live entries were all found unable
+        # to get in (its last entry, and what it was found under), or None: dropped at a
+        # rebuild and when an entry up to it is ranked or replaced (review s51, diffvgate 1).
+        self.skip: tuple | None = None
         self.step = 0  # engine steps seen (`SessionGate.new_step`)
         self.num_yielded = 0  # probes answered "not yet" because others ranked ahead
 
     def probed(self, sid: str, w: Waiting) -> None:
         """vLLM asked about deferred session `sid` now (it keeps waiting)."""
+        old = self.waiting.get(sid)
         self.waiting[sid] = w
-        if self.order != "fifo":
+        # (asked again as it was, its key and its live entry stand: not ranked again, and
+        # a kept `skip` prefix holding it stands too; a waiting session is ranked or in
+        # `_probed`, so one asked as it was already is)
+        if self.order != "fifo" and (old is None or _judged(old) != _judged(w)):
             self._probed.add(sid)
 
     def seen(self, sid: str, workflow: str) -> None:
@@ -174,22 +187,35 @@ class WaitingOrder:
         """The live waiting sessions ranked ahead of `sid` (described by `mine`), best first,
         lazily (`growth`: a workflow's expected growth per step; the gate's, which changes
         only when a step finishes)."""
+        return (w for _, w in self.ahead_entries(sid, mine, growth) if w is not None)
+
+    def ahead_entries(self, sid: str, mine: Waiting, growth: Callable[[str], float],
+                      after: tuple | None = None) -> Iterator[tuple[tuple, Waiting | None]]:
+        """`ahead`'s sessions with their `_ranked` entries, past the entry `after` (None:
+        from the first); `sid`'s own live entry among them as (entry, None)."""
         if self.order == "fifo":
             return iter(())
         me = self.key(sid, mine, growth(mine.workflow))
         self._rank(growth)
         # (Every entry was probed in this engine step or the one before: `new_step` drops
         # the others.)
-        return self._before(sid, bisect.bisect_left(self._ranked, (me,)))
+        start = 0 if after is None else bisect.bisect_right(self._ranked, after)
+        return self._before(sid, start, bisect.bisect_left(self._ranked, (me,)))
 
-    def _before(self, sid: str, end: int) -> Iterator[Waiting]:
-        """The live entries of `_ranked[:end]` other than `sid`'s, in order."""
+    def _before(self, sid: str, start: int,
+                end: int) -> Iterator[tuple[tuple, Waiting | None]]:
+        """The live entries of `_ranked[start:end]`, in order, `sid`'s without its Waiting."""
         ranked, entry, waiting = self._ranked, self._entry, self.waiting
-        for i in range(end):
+        for i in range(start, end):
             k, o, seq = ranked[i]
             w = waiting.get(o)
-            if w is not None and o != sid and entry.get(o) == (k, seq):
-                yield w
+            if w is not None and entry.get(o) == (k, seq):
+                yield ranked[i], (w if o != sid else None)
+
+    def rank(self, growth: Callable[[str], float]) -> None:
+        """Bring the ranking up to date now (`_rank`; "fifo" ranks nothing)."""
+        if self.order != "fifo":
+            self._rank(growth)
 
     def _rank(self, growth: Callable[[str], float]) -> None:
         """Bring `_ranked` up to date: the sessions probed since ranked, or all ranked
@@ -204,6 +230,7 @@ class WaitingOrder:
                 self._ranked.append((k, o, self._seq))
             self._ranked.sort()
             self._ranked_epoch = self._epoch
+            self.skip = None
         else:
             for o in self._probed:
                 w = self.waiting.get(o)
@@ -211,9 +238,11 @@ class WaitingOrder:
                     continue
                 k = self.key(o, w, growth(w.workflow))
                 e = self._entry.get(o)
-                if e is not None and e[0] == k:
-                    continue  # its live entry stands
-                self._seq += 1
-                self._entry[o] = (k, self._seq)
-                bisect.insort(self._ranked, (k, o, self._seq))
+                if e is None or e[0] != k:
+                    self._seq += 1
+                    e = self._entry[o] = (k, self._seq)
+                    bisect.insort(self._ranked, (k, o, self._seq))
+                # (else its live entry stands, with `w` perhaps new)
+                if self.skip is not None and (k, o, e[1]) <= self.skip[0]:
+                    self.skip = None
         self._probed.clear()
