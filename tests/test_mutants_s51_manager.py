@@ -163,16 +163,22 @@ def test_free_blocks_that_exactly_suffice_ask_the_policy_for_no_victim(core):
     m.check_integrity()
 
 
+class _Times(LRUPolicy):
+    """LRU that records the `now` of each step_started it sees, in `times`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def step_started(self, session, now):
+        self.times.append(now)
+        super().step_started(session, now)
+
+
 def test_the_policy_sees_a_clock_that_never_steps_back(core):
     """Mutant `_time` not keeping the latest time (its `self._latest_now = t` removed): a
     call whose `now` is before an earlier call's reaches the policy as that earlier time."""
-    class Times(LRUPolicy):
-        def step_started(self, session, now):
-            self.times.append(now)
-            super().step_started(session, now)
-
-    p = Times()
-    p.times = []
+    p = _Times()
     m = make(core, policy=p)
     m.begin_step("a", [1, 2, 3], now=10.0)
     m.begin_step("b", [4, 5, 6], now=5.0)  # behind: taken as still 10
@@ -184,13 +190,7 @@ def test_a_refused_begin_step_leaves_the_latest_time_as_it_was(core):
     """Mutant `_begin` not restoring `_latest_now` when `_open` refuses: a refused call
     saw no time, so a later call at an earlier time than the refused one's is taken as
     it is (not as the refused call's time)."""
-    class Times(LRUPolicy):
-        def step_started(self, session, now):
-            self.times.append(now)
-            super().step_started(session, now)
-
-    p = Times()
-    p.times = []
+    p = _Times()
     m = make(core, policy=p)
     m.begin_step("a", [1, 2, 3], now=10.0)
     with pytest.raises(InvalidRequest, match="already has an open step"):

@@ -15,8 +15,13 @@ import pytest
 pytest.importorskip("ray.serve")
 
 from kvsaga.integrations.ray import handover  # noqa: E402
-from tests.cluster.ray_replicas import SID, Pinned, copy_by_bookkeeping  # noqa: E402
-from tests.cluster.test_ray_commit_retry import _one_copy_on_b, _sender, commits  # noqa: E402
+from tests.cluster.ray_replicas import SID, copy_by_bookkeeping  # noqa: E402
+from tests.cluster.test_ray_commit_retry import (  # noqa: E402
+    FirstCommitFails,
+    _one_copy_on_b,
+    _sender,
+    commits,
+)
 from tests.cluster.test_ray_handover import pair  # noqa: E402
 
 OTHERS = 4097  # one more than the old bound
@@ -39,27 +44,16 @@ async def hand_over(a, sid: str, importer: str = "c") -> str:
     return got.id
 
 
-class OthersCommitWhileTheAnswerIsLost(Pinned):
+class OthersCommitWhileTheAnswerIsLost(FirstCommitFails):
     """The first commit lands on the sender, which then commits `OTHERS` other hand-overs
     before the answer is lost (the call fails, as one that timed out); every other call
     goes through."""
 
-    def options(self, method_name):
-        call = super().options(method_name)
-        remote, pinned = call.remote, self
-
-        async def first_lost(ask):
-            if method_name == "finish_handover" and not getattr(pinned, "failed", False):
-                pinned.failed = True
-                pinned.asked.append((method_name, ask))
-                assert await pinned.target.finish_handover(ask) is True
-                for i in range(OTHERS):
-                    await hand_over(pinned.target, f"t1/other{i}")
-                raise ConnectionError("the answer was lost")
-            return await remote(ask)
-
-        call.remote = first_lost
-        return call
+    async def first_commit(self, ask) -> None:
+        assert await self.target.finish_handover(ask) is True
+        for i in range(OTHERS):
+            await hand_over(self.target, f"t1/other{i}")
+        raise ConnectionError("the answer was lost")
 
 
 def test_a_retry_after_many_other_commits_is_still_answered_true(monkeypatch):

@@ -8,37 +8,22 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 
 import pytest
 
 from kvsaga.integrations.vllm.gate import SessionGate
+from tests.integrations.test_vllm_gate_scaling import _lines
 
 BS = 16
 
 
-def _lines(fn) -> tuple[int, object]:
-    count = 0
-
-    def tracer(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return tracer
-
-    sys.settrace(tracer)
-    try:
-        result = fn()
-    finally:
-        sys.settrace(None)
-    return count, result
-
-
-def _gate(num_big: int, num_small: int) -> SessionGate:
-    """Room for one small session once `hold` finishes; `num_big` sessions of 100 blocks
-    (capacity 40: they never get in) hinted last, so ranked first."""
+def _gate(num_big: int, num_small: int, max_wait_s: float = 1e9,
+          small_at: float = 1.0) -> SessionGate:
+    """Room for one small session once `hold` finishes (half a second after the small ones
+    asked, at `small_at`); `num_big` sessions of 100 blocks (capacity 40: they never get
+    in by fit) hinted last, so ranked first, asking at 1.0."""
     g = SessionGate(40, BS, prior_growth_tokens=16, horizon_steps=1.0, idle_admit_s=1e9,
-                    max_wait_s=1e9, reserve_wait_factor=None, room_admit=False)
+                    max_wait_s=max_wait_s, reserve_wait_factor=None, room_admit=False)
     assert g.admit("keep", "w", 4 * BS, 0, 0.0)
     g.started("k0", "keep")
     assert g.admit("hold", "w", 30 * BS, 0, 0.0)
@@ -46,9 +31,9 @@ def _gate(num_big: int, num_small: int) -> SessionGate:
     for i in range(num_big):
         assert not g.admit(f"big{i}", "w", 100 * BS, 0, 1.0, last_step=True)
     for i in range(num_small):
-        assert not g.admit(f"q{i}", "w", 20 * BS + i, 0, 1.0)
+        assert not g.admit(f"q{i}", "w", 20 * BS + i, 0, small_at)
     g.new_step()
-    g.finished("h0", "hold", 31 * BS, 1.5, None, True)
+    g.finished("h0", "hold", 31 * BS, small_at + 0.5, None, True)
     return g
 
 
@@ -115,18 +100,7 @@ def test_a_session_in_the_kept_prefix_that_reaches_max_wait_is_judged_again():
     # The big sessions (ranked first, never fitting) wait from 1.0, the small ones from 5.0.
     # q1's probe at 6.0 keeps the bigs as unable to get in; at 11.5 they have waited
     # max_wait_s (10) and may go in, so q0, admissible by fit, yields to them.
-    g = SessionGate(40, BS, prior_growth_tokens=16, horizon_steps=1.0, idle_admit_s=1e9,
-                    max_wait_s=10.0, reserve_wait_factor=None, room_admit=False)
-    assert g.admit("keep", "w", 4 * BS, 0, 0.0)
-    g.started("k0", "keep")
-    assert g.admit("hold", "w", 30 * BS, 0, 0.0)
-    g.started("h0", "hold")
-    for i in range(3):
-        assert not g.admit(f"big{i}", "w", 100 * BS, 0, 1.0, last_step=True)
-    for i in range(3):
-        assert not g.admit(f"q{i}", "w", 20 * BS + i, 0, 5.0)
-    g.new_step()
-    g.finished("h0", "hold", 31 * BS, 5.5, None, True)
+    g = _gate(3, 3, max_wait_s=10.0, small_at=5.0)
     assert not g.admit("q1", "w", 20 * BS + 1, 0, 6.0)  # yields to q0
     assert g.order.skip is not None  # (the bigs are kept as unable to get in)
     assert not g.admit("q0", "w", 20 * BS, 0, 11.5)  # yields to big0, past max_wait

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,14 @@ from .conftest import MODEL, asgi_post_scope, make_engine
 from .test_session_race import _run, _sessions, _until
 
 
-async def _post_until_gone(app: Any, path: str, body: dict, gone: asyncio.Event) -> None:
-    """POST through the ASGI app directly; the client disconnects once `gone` is set."""
+async def _ignore(message: dict) -> None:
+    pass
+
+
+async def _post_until_gone(app: Any, path: str, body: dict, gone: asyncio.Event,
+                           send: Callable[[dict], Awaitable[None]] = _ignore) -> None:
+    """POST through the ASGI app directly, its response messages given to `send`; the
+    client disconnects once `gone` is set."""
     data = json.dumps(body).encode()
     scope = asgi_post_scope(path, data)
     pending = [{"type": "http.request", "body": data, "more_body": False}]
@@ -27,9 +34,6 @@ async def _post_until_gone(app: Any, path: str, body: dict, gone: asyncio.Event)
             return pending.pop()
         await gone.wait()
         return {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        pass
 
     await app(scope, receive, send)
 

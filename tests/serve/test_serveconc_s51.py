@@ -16,12 +16,9 @@ Tests that count tokens send ignore_eos."""
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import random
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,7 +27,10 @@ from kvsaga.engine.admission_wait import AdmissionBackoff
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.serve.async_engine import AsyncEngine, EngineStopped, RequestAborted
 
-from .conftest import MODEL, asgi_post_scope, make_engine
+from .conftest import MODEL, make_engine
+from .test_admission_wait import IdleEngine
+from .test_disconnect_release import _post_until_gone
+from .test_failed_step_backoff import _RecordingEvent
 from .test_session_race import _idle, _run, _sessions
 
 PROMPT = [5, 6, 7, 8, 9]
@@ -303,34 +303,15 @@ def test_after_failed_steps_a_working_step_resets_the_backoff_and_requests_finis
         aengine.stop()
 
 
-class _Waits(threading.Event):
-    """`AsyncEngine._wake` that records each timeout asked for (and waits at most 1 ms)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.timeouts: list[float | None] = []
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.timeouts.append(timeout)
-        return super().wait(0.001)
-
-
-class _Waiting:
+class _Waiting(IdleEngine):
     """Requests that wait for admission while `waiting` (every step schedules nothing, and
     the scheduler's wake time has passed: the backoff alone paces the steps)."""
 
-    device = SimpleNamespace(type="fake")  # no thread governor
-    wake_time = 5.0
-
-    def __init__(self, waits: _Waits) -> None:
+    def __init__(self, waits: _RecordingEvent) -> None:
+        super().__init__()
         self.waits = waits
         self.waiting = False
-        self.steps: list[int] = []  # at each step: the waits recorded before it
-        self.last_step_idle = False
-        self.last_step_time = -math.inf
-
-    def clock(self) -> float:
-        return 10.0
+        self.steps: list[int] = []  # at each step: the waits recorded before it (not a count)
 
     def has_unfinished(self) -> bool:
         return self.waiting
@@ -340,21 +321,12 @@ class _Waiting:
         self.last_step_idle, self.last_step_time = True, self.clock()
         return []
 
-    def abort(self, request_id: str) -> None:
-        pass
-
-    def tick(self) -> None:
-        pass
-
-    def stats(self) -> None:
-        return None
-
 
 def test_the_admission_backoff_starts_again_after_an_idle_period():
     """Requests that waited for admission until the backoff reached its cap, then left
     (aborted): the next wait for admission, after the thread went idle, starts at the
     first wait again. Before the fix it went on from the cap (idle_wait_s)."""
-    waits = _Waits()
+    waits = _RecordingEvent()
     fake = _Waiting(waits)
     aengine = AsyncEngine(lambda: fake, idle_wait_s=0.05)  # type: ignore[arg-type,return-value]
     aengine._wake = waits
@@ -385,17 +357,8 @@ def test_the_admission_backoff_starts_again_after_an_idle_period():
 async def _stream_and_leave(app: Any, body: dict, leave_after: int) -> None:
     """POST a streamed `body` through the ASGI app; the client disconnects once it has been
     sent `leave_after` body chunks, or reads to the end."""
-    data = json.dumps(body).encode()
-    scope = asgi_post_scope("/v1/completions", data)
-    pending = [{"type": "http.request", "body": data, "more_body": False}]
     gone = asyncio.Event()
     sent = [0]
-
-    async def receive() -> dict:
-        if pending:
-            return pending.pop()
-        await gone.wait()
-        return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
         if message["type"] == "http.response.body" and message.get("body"):
@@ -404,7 +367,7 @@ async def _stream_and_leave(app: Any, body: dict, leave_after: int) -> None:
                 gone.set()
         await asyncio.sleep(0)
 
-    await app(scope, receive, send)
+    await _post_until_gone(app, "/v1/completions", body, gone, send)
 
 
 def test_clients_leaving_at_random_points_leak_nothing_and_count_once(tiny_dir: Path):
