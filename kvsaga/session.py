@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 from kvsaga._validate import is_number
 from kvsaga.errors import InvalidRequest
 
+# The longest session id, tool or workflow name a client may send, in characters: kvsaga-serve's
+# request fields and X-Session-ID header and the vLLM connector's hints all take this limit
+# (a client's string is kept: session ids for a while after they end, names as keys of what
+# the policies learn).
+MAX_NAME_CHARS = 256
+
 
 @dataclass(frozen=True, slots=True)
 class PauseHint:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
 from kvsaga.engine.tokenizer import Tokenizer
+from kvsaga.session import MAX_NAME_CHARS
 
 
 def new_id(prefix: str) -> str:
@@ -128,10 +129,10 @@ class KVSagaHint(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tool: str | None = Field(default=None, max_length=256)
+    tool: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     expected_s: Float | None = Field(default=None, ge=0, allow_inf_nan=False)
     last_step: Bool = False
-    workflow: str | None = Field(default=None, max_length=256)
+    workflow: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
 
 
 class StreamOptions(BaseModel):
@@ -171,11 +172,11 @@ class _Common(BaseModel):
     ignore_eos: Bool = False
     user: str | None = None
     # Sessions and tenancy (see sessions.py for the order of precedence).
-    session_id: str | None = Field(default=None, min_length=1, max_length=256)
+    session_id: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
     # OpenAI's caching hint, shared by unrelated requests: never a session (the prefix
     # cache needs no hint; the cluster gateway routes by it for affinity).
-    prompt_cache_key: str | None = Field(default=None, min_length=1, max_length=256)
-    cache_salt: str | None = Field(default=None, min_length=1, max_length=256)
+    prompt_cache_key: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
     kvsaga: KVSagaHint | None = None
     # OpenAI fields the engine cannot honour: accepted at their defaults (clients send
     # those), refused otherwise by `refused_field` rather than silently ignored.

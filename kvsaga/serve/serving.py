@@ -31,9 +31,10 @@ from kvsaga.serve.protocol import ChatCompletionRequest, CompletionRequest, _Com
 from kvsaga.serve.run import ClosingStream, Run, abort_on_disconnect
 from kvsaga.serve.sessions import SessionContext, SessionRegistry, resolve_session_id, tenant_salt
 from kvsaga.serve.settings import ServerSettings
+from kvsaga.session import MAX_NAME_CHARS
 
 log = logging.getLogger("kvsaga.serve")
-MAX_SESSION_ID = 256  # characters, as the body's session_id field allows
+MAX_SESSION_ID = MAX_NAME_CHARS  # characters, as the body's session_id field allows
 # Prompts at least this long are tokenized on a worker thread through `tokenizers`'
 # `encode_batch`, which releases the GIL (its `encode` does not), so the event loop goes on
 # writing other requests' streams meanwhile: `python bench/tokenize_off_loop.py` prints the

@@ -11,17 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvsaga.errors import InvalidRequest
-from kvsaga.session import PauseHint, Session
+from kvsaga.session import MAX_NAME_CHARS, PauseHint, Session
 
 HINT_KEY = "kvsaga"
 STATS_PREFIX = "kvsaga retention stats: "  # the connector's counters log line (then JSON)
 DEFAULT_WORKFLOW = "default"
 _FIELDS = ("session_id", "tool", "expected_s", "last_step", "workflow")  # the hint's keys
-# The longest session id, tool or workflow name taken, in characters: kvsaga's own server's
-# limit (kvsaga/serve/protocol.py). A request's strings are a client's: the connector keeps
-# session ids (the 4,096 latest ended ones among them) and the policies key their learning
-# by workflow and tool, so an id of megabytes held megabytes for good (review s51, vconn).
-MAX_NAME_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
