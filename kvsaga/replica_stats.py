@@ -82,8 +82,12 @@ class ReplicaStats:
                 f"ReplicaStats: free ({self.free_blocks}) + evictable "
                 f"({self.evictable_blocks}) blocks exceed total ({self.total_blocks})"
             )
-        if not is_number(self.busy_s) or not self.busy_s >= 0:
-            raise ValueError(f"ReplicaStats.busy_s must be a number >= 0, got {self.busy_s!r}")
+        # Finite (review s52 routing 2): an inf busy_s made the fleet's mean inf, and the
+        # replica's lead (inf - inf, nan) passed the balance tests: it gave every session
+        # away; an inf service made every tenant's share ratio nan or 0.
+        if not is_number(self.busy_s) or not 0 <= self.busy_s < math.inf:
+            raise ValueError("ReplicaStats.busy_s must be a finite number >= 0, got "
+                             f"{self.busy_s!r}")
         if self.taken_at is not None and not (is_number(self.taken_at)
                                               and math.isfinite(self.taken_at)):
             raise ValueError("ReplicaStats.taken_at must be a finite number of seconds or "
@@ -92,9 +96,9 @@ class ReplicaStats:
             raise ValueError("ReplicaStats.tenant_service must be a mapping tenant -> "
                              f"service, got {type(self.tenant_service).__name__}")
         for t, v in self.tenant_service.items():
-            if not isinstance(t, str) or not is_number(v) or not v >= 0:
-                raise ValueError(f"ReplicaStats.tenant_service[{t!r}] must be a number >= 0 "
-                                 f"keyed by a str tenant, got {v!r}")
+            if not isinstance(t, str) or not is_number(v) or not 0 <= v < math.inf:
+                raise ValueError(f"ReplicaStats.tenant_service[{t!r}] must be a finite number "
+                                 f">= 0 keyed by a str tenant, got {v!r}")
         if not isinstance(self.session_tokens, Mapping):
             raise ValueError("ReplicaStats.session_tokens must be a mapping session -> "
                              f"tokens, got {type(self.session_tokens).__name__}")

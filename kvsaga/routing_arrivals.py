@@ -10,6 +10,7 @@ target them again), the other book a move's outcome writes.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import replace
 
@@ -190,6 +191,17 @@ class ArrivalBook:
         for s in shown:
             self._drop_arrival(s)
         return tokens
+
+    def _roomiest(self, idle: list[str], stats) -> str | None:
+        """Of `idle`, the replica whose report shows the most room beside the sessions
+        arriving there (`KvsagaRouter._room_for`'s test): if it has no room for a session,
+        none has (`KvsagaRouter._could_go`)."""
+        def room(y: str) -> float:
+            st = stats.get(y)
+            if st is None:
+                return -math.inf
+            return (st.free_blocks + st.evictable_blocks) * st.block_size - self._arriving(y, st)
+        return max(idle, key=room, default=None)
 
 
 class RefusalBook:

@@ -189,6 +189,9 @@ class Router:
         self.tenant_steps: dict[str, dict[str, int]] = {}
         # session -> replica -> this router's steps of that session there, not yet finished
         self.session_steps: dict[str, dict[str, int]] = {}
+        # replica -> session -> the same counts (`session_steps` turned round): a decision
+        # reads one replica's sessions without a pass over every session in flight
+        self.replica_sessions: dict[str, dict[str, int]] = {}
         # session remembered (`_last_routed`) -> its tenant, and tenant -> how many
         # (`live_tenants`)
         self._session_tenant: dict[str, str] = {}
@@ -229,6 +232,7 @@ class Router:
         for steps in (self.tenant_steps, self.session_steps):
             for k in [k for k, where in steps.items() if replica in where]:
                 _count(steps, k, replica, -steps[k][replica])
+        self.replica_sessions.pop(replica, None)
         for s, (source, _) in [(s, m) for s, m in self._unanswered.items() if m[1] == replica]:
             del self._unanswered[s]
             if self.homes.get(s) == replica:  # not routed elsewhere since
@@ -247,8 +251,9 @@ class Router:
     def sync(self, live: Iterable[str]) -> list[str]:
         """Make the replica set equal `live`; returns sessions lost with removed replicas."""
         live = _replica_names(live)
+        keep = set(live)
         lost: list[str] = []
-        for r in [r for r in self.replicas if r not in set(live)]:
+        for r in [r for r in self.replicas if r not in keep]:
             lost += self.remove_replica(r)
         for r in live:
             self.add_replica(r)
@@ -271,6 +276,7 @@ class Router:
                 _count(self.tenant_steps, route.tenant, r, -1)
             if route.session is not None and self.session_steps.get(route.session, {}).get(r):
                 _count(self.session_steps, route.session, r, -1)
+                _count(self.replica_sessions, r, route.session, -1)
             if not math.isnan(route.sent_at):
                 # A report taken between its sending and now counts it still (`busy`).
                 self._done[r].append((route.sent_at, self.clock()))
@@ -515,6 +521,7 @@ class Router:
         self.routed[route.replica] += 1
         if s is not None:
             _count(self.session_steps, s, route.replica, 1)
+            _count(self.replica_sessions, route.replica, s, 1)
             self.homes[s] = route.replica
             self._voided.pop(s, None)  # a refused move's late sibling answers change nothing
             self._last_routed.pop(s, None)
