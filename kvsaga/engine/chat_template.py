@@ -135,9 +135,14 @@ class ChatTemplate:
             The prompt text (special tokens spelled out, not yet tokenized).
 
         Raises:
-            ChatTemplateError: the template raised or failed.
+            ChatTemplateError: no messages (as HF refuses them: a template renders nothing,
+                or a lone generation prompt), or the template raised or failed.
         """
         from jinja2 import TemplateError
+
+        if not messages:
+            raise ChatTemplateError("cannot render an empty conversation: give at least "
+                                    "one message")
 
         # As transformers' apply_chat_template: `tools` and `documents` always defined (None
         # when absent), and message keys set to None dropped (OpenAI-style `content: null`

@@ -80,7 +80,8 @@ def build_gguf_backend(meta: Mapping[str, Any], source: str = "GGUF file") -> Ba
         if not merges:
             raise ModelLoadError(f"{source}: a byte-level BPE tokenizer without merges")
         backend = _byte_level_bpe(
-            tokens, merges, token_types, _pre_name(meta.get("tokenizer.ggml.pre"), source)
+            tokens, merges, token_types, _pre_name(meta.get("tokenizer.ggml.pre"), source),
+            source,
         )
         add_bos_default = False
     elif kind == "llama":
@@ -93,6 +94,7 @@ def build_gguf_backend(meta: Mapping[str, Any], source: str = "GGUF file") -> Ba
             token_types,
             add_space_prefix=meta.get("tokenizer.ggml.add_space_prefix", True),
             unk_token=tokens[unk] if unk is not None and 0 <= unk < len(tokens) else None,
+            source=source,
         )
         add_bos_default = True  # llama.cpp's default for SentencePiece vocabularies
     else:
@@ -117,7 +119,8 @@ def build_gguf_backend(meta: Mapping[str, Any], source: str = "GGUF file") -> Ba
 
 
 def _byte_level_bpe(
-    tokens: list[str], merges: list[str], token_types: list[int], pre: str | None
+    tokens: list[str], merges: list[str], token_types: list[int], pre: str | None,
+    source: str = "GGUF file",
 ) -> Backend:
     """A byte-level BPE pipeline (GPT-2 style) from GGUF vocabulary pieces."""
     alphabet = set(pre_tokenizers.ByteLevel.alphabet())
@@ -127,8 +130,8 @@ def _byte_level_bpe(
         # A token outside the byte alphabet is stored as raw text: spell it in bytes.
         key = tok if set(tok) <= alphabet else "".join(byte_spelling[b] for b in tok.encode())
         vocab.setdefault(key, i)
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    backend = Backend(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
+    pairs = _merge_pairs(merges, vocab, source)
+    backend = _bpe(source, vocab, pairs, fuse_unk=False, byte_fallback=False)
     backend.pre_tokenizer = _pre_tokenizer(pre)
     backend.decoder = decoders.ByteLevel()
     # A control token outside the byte alphabet cannot be a real vocabulary entry, so it is
@@ -169,6 +172,7 @@ def _sentencepiece_bpe(
     token_types: list[int],
     add_space_prefix: bool,
     unk_token: str | None,
+    source: str = "GGUF file",
 ) -> Backend:
     """A SentencePiece-style BPE pipeline: spaces spelled as U+2581, unknown bytes as
     `<0xNN>` tokens."""
@@ -176,12 +180,10 @@ def _sentencepiece_bpe(
     for i, tok in enumerate(tokens):
         vocab.setdefault(tok, i)
     if merges:
-        pairs = [tuple(m.split(" ", 1)) for m in merges]
+        pairs = _merge_pairs(merges, vocab, source)
     else:
         pairs = _merges_from_scores(tokens, scores, vocab)
-    backend = Backend(
-        models.BPE(vocab, pairs, unk_token=unk_token, fuse_unk=True, byte_fallback=True)
-    )
+    backend = _bpe(source, vocab, pairs, unk_token=unk_token, fuse_unk=True, byte_fallback=True)
     backend.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement=_SPACE, prepend_scheme="first" if add_space_prefix else "never", split=False
     )
@@ -191,6 +193,48 @@ def _sentencepiece_bpe(
     backend.decoder = decoders.Sequence(steps)
     _add_marked_tokens(backend, tokens, token_types, vocab, lambda tok: True)
     return backend
+
+
+def _merge_pairs(
+    merges: list[str], vocab: Mapping[str, int], source: str
+) -> list[tuple[str, str]]:
+    """`tokenizer.ggml.merges` ("left right") as pairs, checked against the vocabulary:
+    `tokenizers` fails on a bad one with its own error, or with a Rust panic (a
+    BaseException that no `except Exception` catches) where the merged token is missing,
+    as it is in a corrupt file. ModelLoadError names the first bad merge."""
+    try:
+        pairs = [(left, right) for left, right in (m.split(" ", 1) for m in merges)]
+    except (AttributeError, ValueError):  # (not a str; no space)
+        pairs = []
+    # (the merged token's lookup is the one check `tokenizers` panics on; it reports the
+    # others as errors, which `_bpe` turns into ModelLoadError, less clearly)
+    if len(pairs) == len(merges) and all(left + right in vocab for left, right in pairs):
+        return pairs
+    for i, merge in enumerate(merges):  # (the first bad one, to name it)
+        left, space, right = merge.partition(" ") if isinstance(merge, str) else ("", "", "")
+        problem = None
+        if not (space and left and right):
+            problem = "is not two tokens joined by a space"
+        elif left not in vocab or right not in vocab:
+            problem = f"merges {left if left not in vocab else right!r}, which is not a token"
+        elif left + right not in vocab:
+            problem = f"makes {left + right!r}, which is not a token"
+        if problem:
+            raise ModelLoadError(
+                f"{source}: tokenizer.ggml.merges[{i}] {merge!r} {problem}; the file's "
+                "tokenizer is corrupt"
+            )
+    return pairs
+
+
+def _bpe(source: str, vocab: dict[str, int], pairs: list[tuple[str, str]],
+         **options: Any) -> Backend:
+    """A `tokenizers` BPE pipeline, its own errors (on what `_merge_pairs` does not check)
+    as ModelLoadError."""
+    try:
+        return Backend(models.BPE(vocab, pairs, **options))
+    except Exception as e:
+        raise ModelLoadError(f"{source}: cannot build the file's tokenizer: {e}") from e
 
 
 def _merges_from_scores(

@@ -146,7 +146,7 @@ def test_template_sandbox_and_raise_exception():
         t.render([{"role": "assistant", "content": "x"}])
     unsafe = ChatTemplate("{{ ''.__class__.__mro__[1].__subclasses__() }}")
     with pytest.raises(ChatTemplateError, match="unsafe|not safely|access"):
-        unsafe.render([])
+        unsafe.render([{"role": "user", "content": "x"}])
     with pytest.raises(ChatTemplateError, match="invalid chat template"):
         ChatTemplate("{% for %}")
 
