@@ -164,6 +164,17 @@ def _target(out_dir: str | Path) -> Path:
     return out.parent.resolve() / out.name
 
 
+_MOUNT_REFUSAL = (
+    "{out} is a mount point that is not empty: overwrite=True replaces a directory by "
+    "renaming a new one into its place, which a mount point refuses; empty it (an empty "
+    "one is filled) or export into a directory inside it"
+)
+
+
+def _is_mount(out: Path) -> bool:
+    return not out.is_symlink() and out.is_dir() and os.path.ismount(out)
+
+
 def _check_target(out: Path, overwrite: bool) -> None:
     """Refuse, before the source is read, a target that would mix with what is there (stale
     shards, an index or a chat_template.jinja left behind win on reload) or cannot be made."""
@@ -178,6 +189,8 @@ def _check_target(out: Path, overwrite: bool) -> None:
             f"{out} exists and is {what}; choose a new or empty directory, or pass "
             "overwrite=True to replace it"
         )
+    if overwrite and _is_mount(out) and any(out.iterdir()):
+        raise ModelLoadError(_MOUNT_REFUSAL.format(out=out))
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
@@ -213,7 +226,8 @@ def _with_llama3_rope(config: ModelConfig, factors: torch.Tensor) -> ModelConfig
 def _write_dir(out: Path, overwrite: bool, write: Callable[[Path], None]) -> None:
     """Run `write` on a new sibling directory and rename that to `out`: a failure or a
     crash leaves `out` as it was, never half written. An empty directory at `out` that
-    cannot be renamed over (a mount point) is filled instead (`_fill`); one that was the
+    cannot be renamed over (a mount point) is filled instead (`_fill`), with `overwrite`
+    too (a mount point that is not empty is refused: it cannot be replaced); one that was the
     working directory (`.`) is entered again once replaced, or the working directory would
     be the removed one."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -222,9 +236,14 @@ def _write_dir(out: Path, overwrite: bool, write: Callable[[Path], None]) -> Non
     tmp.mkdir()
     try:
         write(tmp)
-        if overwrite and (out.is_symlink() or out.exists()):
+        if overwrite and (out.is_symlink() or out.exists()) and not _is_empty_dir(out):
             old = tmp.with_suffix(".old")
-            os.replace(out, old)
+            try:
+                os.replace(out, old)
+            except OSError as e:  # (a bind mount that ismount did not see)
+                if e.errno == errno.EBUSY:
+                    raise ModelLoadError(_MOUNT_REFUSAL.format(out=out)) from e
+                raise
             try:
                 os.replace(tmp, out)
             except BaseException:  # an interrupt too: the finally below removes `tmp`
@@ -245,6 +264,12 @@ def _write_dir(out: Path, overwrite: bool, write: Callable[[Path], None]) -> Non
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _is_empty_dir(out: Path) -> bool:
+    """An empty directory at `out` (not a link to one): replaced as when `overwrite` is
+    False, by renaming over it, or filled where it is a mount point."""
+    return not out.is_symlink() and out.is_dir() and not any(out.iterdir())
 
 
 def _fill(tmp: Path, out: Path) -> None:

@@ -258,6 +258,53 @@ def test_export_fills_an_empty_directory_it_cannot_rename_over(tiny_model_dir, t
     assert os.listdir(tmp_path) == ["mnt"]
 
 
+def _mount_at(monkeypatch, mount, seen=True) -> None:
+    """`mount` behaves as a mount point: renaming it, or over it, is EBUSY; `seen`:
+    os.path.ismount says so (a bind mount on the same file system it misses)."""
+    real_replace, real_ismount = os.replace, os.path.ismount
+
+    def busy(a, b):
+        for p in (a, b):
+            if os.path.exists(p) and os.path.samefile(p, mount):
+                raise OSError(errno.EBUSY, "Device or resource busy")
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", busy)
+    monkeypatch.setattr(os.path, "ismount",
+                        lambda p: (seen and os.path.samefile(p, mount)) or real_ismount(p))
+
+
+def test_export_overwrite_fills_an_empty_mount_point(tiny_model_dir, tmp_path, monkeypatch):
+    """overwrite=True renamed the target aside first, which a mount point refuses: an empty
+    one that the same call without overwrite fills failed with a bare EBUSY."""
+    src = tiny_model_dir("llama_gqa4_untied")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    _mount_at(monkeypatch, mount)
+    export_hf(src, mount, with_tokenizer=False, overwrite=True)
+    assert sorted(os.listdir(mount)) == ["config.json", "generation_config.json",
+                                         "model.safetensors"]
+    assert os.listdir(tmp_path) == ["mnt"]
+
+
+@pytest.mark.parametrize("seen", [True, False], ids=["ismount", "bind-mount"])
+def test_export_overwrite_refuses_a_mount_point_that_is_not_empty(tiny_model_dir, tmp_path,
+                                                                  monkeypatch, seen):
+    """A mount point with files cannot be replaced: a clear refusal (before the source is
+    read where ismount sees it), its files as they were, no temporaries left."""
+    src = tiny_model_dir("llama_gqa4_untied")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    (mount / "model.safetensors").write_bytes(b"old")
+    _mount_at(monkeypatch, mount, seen)
+    with pytest.raises(ModelLoadError, match="mount point that is not empty.*empty it"):
+        export_hf(src if not seen else tmp_path / "no-such-model", mount, with_tokenizer=False,
+                  overwrite=True)
+    assert os.listdir(mount) == ["model.safetensors"]
+    assert (mount / "model.safetensors").read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["mnt"]
+
+
 def test_export_overwrite_interrupted_between_the_renames_keeps_the_old(tiny_model_dir,
                                                                        tmp_path, monkeypatch):
     """An interrupt after the old directory was moved aside and before the new one took its
