@@ -115,15 +115,18 @@ class Pool {
   }
 
   // -- transitions (the Python twin's API) ----------------------------------------------
-  [[noreturn]] void raise_out_of_blocks(int64_t needed, int64_t available) const {
+  [[noreturn]] void raise_out_of_blocks(nb::handle needed, int64_t available) const {
     raise_instance(g_errors->out_of_blocks,
                    g_errors->out_of_blocks(needed, available, nb::str(tier.c_str())));
   }
 
-  nb::list allocate(int64_t count) {
+  // `count`: any int, as the Python twin's (one past 2^63 is OutOfBlocks naming it, not a
+  // TypeError from the binding: review s52 csrc, finding 3).
+  nb::list allocate(nb::handle count_obj) {
     check_quiet("allocate");
+    Py_ssize_t count = clamped_index(count_obj.ptr());
     if (count < 0) throw nb::value_error("allocate: count must be >= 0");
-    if (count > free_q_.size()) raise_out_of_blocks(count, free_q_.size());
+    if (count > free_q_.size()) raise_out_of_blocks(count_obj, free_q_.size());
     PyObject* l = PyList_New(static_cast<Py_ssize_t>(count));
     if (!l) throw_current();
     nb::list out = nb::steal<nb::list>(l);

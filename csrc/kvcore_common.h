@@ -64,6 +64,18 @@ inline long as_long(PyObject* o) {
   return small_long(o, v) ? v : PyLong_AsLong(o);
 }
 
+// An integer argument read as a slice bound is: an int (a bool, or any object with
+// __index__) as Py_ssize_t, clamped to its range (a limit past it limits nothing, as in the
+// Python twins' min(limit, len(...))); TypeError, as theirs, for anything else. nb::cast
+// raised "RuntimeError: std::bad_cast" past 2^63 (review s52 csrc, finding 2).
+inline Py_ssize_t clamped_index(PyObject* o) {
+  long v;
+  if (small_long(o, v)) return static_cast<Py_ssize_t>(v);
+  Py_ssize_t r = PyNumber_AsSsize_t(o, nullptr);
+  if (r == -1 && PyErr_Occurred()) throw_current();
+  return r;
+}
+
 // -- id lists -----------------------------------------------------------------------------
 
 // Reads a sequence of block ids into `out`, each checked against [0, n).

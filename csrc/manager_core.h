@@ -256,7 +256,7 @@ class ManagerCore : public EvictionPath {
   void hits_into(nb::handle table, nb::handle hashes, nb::handle limit) {
     nb::object fast = steal_or_throw(PySequence_Fast(hashes.ptr(), "hashes must be a sequence"));
     Py_ssize_t k = PySequence_Fast_GET_SIZE(fast.ptr());
-    if (!limit.is_none()) k = std::min<Py_ssize_t>(k, nb::cast<Py_ssize_t>(limit));
+    if (!limit.is_none()) k = std::min(k, clamped_index(limit.ptr()));
     PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
     ids_.clear();
     if (PyList_Check(table.ptr())) {
@@ -341,8 +341,9 @@ class ManagerCore : public EvictionPath {
 
   static void check_context(Py_ssize_t length, nb::handle max_model_len) {
     if (max_model_len.is_none()) return;
-    Py_ssize_t limit = PyLong_AsSsize_t(max_model_len.ptr());
-    if (limit == -1 && PyErr_Occurred()) throw_current();
+    // (clamped: the manager takes any positive int, and one past 2^63 limits nothing; read
+    // with PyLong_AsSsize_t, it raised OverflowError at every step: review s52 csrc, F1)
+    Py_ssize_t limit = clamped_index(max_model_len.ptr());
     if (length > limit) {
       PyErr_Format(g_errors->invalid.ptr(), "context of %zd tokens exceeds max_model_len %S",
                    length, max_model_len.ptr());

@@ -88,7 +88,7 @@ class Hasher {
     Py_ssize_t ntok = PySequence_Size(token_ids.ptr());
     if (ntok < 0) throw_current();
     Py_ssize_t full = ntok / block_size;
-    if (!num_blocks.is_none()) full = std::min(full, nb::cast<Py_ssize_t>(num_blocks));
+    if (!num_blocks.is_none()) full = std::min(full, clamped_index(num_blocks.ptr()));
     if (full <= have) return;
     const uint8_t* parent = digest_of(have ? PyList_GET_ITEM(hl, have - 1) : root.ptr());
     std::memcpy(buf_.data(), parent, 32);
@@ -176,7 +176,7 @@ class Index {
   void scan_prefix(nb::handle hashes, nb::handle limit, std::vector<int32_t>& out) const {
     nb::object fast = steal_or_throw(PySequence_Fast(hashes.ptr(), "hashes must be a sequence"));
     Py_ssize_t k = PySequence_Fast_GET_SIZE(fast.ptr());
-    if (!limit.is_none()) k = std::min<Py_ssize_t>(k, nb::cast<Py_ssize_t>(limit));
+    if (!limit.is_none()) k = std::min(k, clamped_index(limit.ptr()));
     out.clear();
     scan_items(PySequence_Fast_ITEMS(fast.ptr()), 0, k, out);
   }
