@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kvsaga import __version__
+from kvsaga import __version__, envs
 from kvsaga._validate import check_unicode
 from kvsaga.errors import InvalidRequest
 from kvsaga.logs import StderrHandler
@@ -106,8 +106,14 @@ def load_llm(args: argparse.Namespace):
     """Load the model the flags name, after checking the device (cheap) first.
 
     The weight-loading bar shows only on a terminal: piped into a log it would print one
-    line per update.
+    line per update. A bad KVSAGA_* variable exits 2 before the load (most are read as the
+    model loads or runs: until session 52 a typo cost the whole load, then exited 1).
     """
+    try:
+        envs.check()
+    except ValueError as e:
+        print(f"kvsaga: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         from kvsaga.engine.llm import LLM, resolve_device
     except ImportError as e:  # installed without the extra

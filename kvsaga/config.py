@@ -6,6 +6,7 @@ simulator and the tests never need torch.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -78,7 +79,7 @@ def parse_bytes(text: str) -> int:
     Returns:
         The size in bytes.
     Raises:
-        ValueError: not a size, or a negative one (named as such).
+        ValueError: not a size, or a negative one or one past any float (named as such).
     """
     m = _SIZE.match(text)
     if m is None:
@@ -89,7 +90,10 @@ def parse_bytes(text: str) -> int:
     if not unit and "." in number:  # "1.5" meant 1.5G, not one byte
         raise ValueError(f"not a memory size: {text!r} is a fraction of a byte; give a unit, "
                          f"e.g. {number}G")
-    return int(float(number) * _UNITS[unit])
+    size = float(number) * _UNITS[unit]
+    if size == math.inf:  # int(inf) raised OverflowError, which argparse does not catch
+        raise ValueError(f"not a memory size: {text!r} is too large")
+    return int(size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,21 @@ _VARIABLES: dict[str, Callable[[], Any]] = {
 CPU_SERIAL_BELOW_SHARED = 8 << 20
 
 
+def check() -> None:
+    """Read every variable now. Raises ValueError naming each one whose value is bad (one
+    line, "; " between them). A command calls this before it loads or serves anything: most
+    are read only when a model loads or a kernel first runs, where a typo would surface
+    late (after a long load, or as an error on every request of a server that looks up)."""
+    bad = []
+    for read in _VARIABLES.values():
+        try:
+            read()
+        except ValueError as e:
+            bad.append(str(e))
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
 def __getattr__(name: str) -> Any:
     if name in _VARIABLES:
         return _VARIABLES[name]()

@@ -433,10 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     if chosen:
         log.debug("--cpu-host %s set %s", args.cpu_host,
                   " ".join(f"{k}={v}" for k, v in chosen.items()))
-    try:  # read once the model has loaded, or only past the model's context: refuse a
-        # bad one now, whatever --max-model-len is
-        envs.KVSAGA_CPU_THREADS  # noqa: B018
-        envs.KVSAGA_ALLOW_LONG_MAX_MODEL_LEN  # noqa: B018
+    try:  # most are read only as the model loads, KVSAGA_KERNELS at the first request's
+        # attention (until session 52 a bad one gave a server whose /health said ok and
+        # every request failed): refuse a bad one now, whatever the other flags are
+        envs.check()
     except ValueError as e:
         print(f"kvsaga-serve: error: {e}", file=sys.stderr)
         return 2

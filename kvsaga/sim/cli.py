@@ -28,7 +28,14 @@ from kvsaga.policy import DEFAULT_POLICY, POLICIES
 from kvsaga.routing import ROUTERS
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 from kvsaga.sim.cli_outputs import check_outputs, plot_format, save, write_json
-from kvsaga.sim.cli_types import positive_type, report_period_type, seed_type, size_type
+from kvsaga.sim.cli_types import (
+    comma_names,
+    path_type,
+    positive_type,
+    report_period_type,
+    seed_type,
+    size_type,
+)
 from kvsaga.sim.cluster import MAX_GPUS, format_rows, simulate_cluster
 from kvsaga.sim.cluster_tenants import add_cluster_tenant_slowdowns
 from kvsaga.sim.compare import (
@@ -94,7 +101,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "default: 1)")
     p.add_argument("--arrival-rate", type=positive_type(float), default=GENERATE["arrival_rate"],
                    help="sessions per second (default: the family's)")
-    p.add_argument("--trace", default=None,
+    p.add_argument("--trace", type=path_type, default=None,
                    help="replay this JSON Lines trace instead (--workload, --sessions, "
                    "--seed, --scale and --arrival-rate then do not apply: a note names those "
                    "given; the --json config records them as null)")
@@ -145,8 +152,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "up to that old and a steal may be refused; the rows then count the "
                    "refused imports. Default (or 0): live reports, as every recorded "
                    "cluster figure")
-    p.add_argument("--json", default=None, help="write the results to this JSON file")
-    p.add_argument("--plot", default=None,
+    p.add_argument("--json", type=path_type, default=None,
+                   help="write the results to this JSON file")
+    p.add_argument("--plot", type=path_type, default=None,
                    help="sweep KV capacity and plot recomputation against it (the "
                    "format by the suffix: .png, .svg, .pdf, ...; PNG without one)")
     p.add_argument("--jobs", type=positive_type(int), default=None,
@@ -317,26 +325,18 @@ def check_distinct_runs(specs: list[str], base: SimConfig,
         seen[key] = spec
 
 
-def comma_names(flag: str, value: str, what: str) -> list[str]:
-    """A comma-separated flag's names, in order: ValueError naming the flag when it names
-    none or one twice (a repeated name would run and print the same rows again)."""
-    names = [s.strip() for s in value.split(",") if s.strip()]
-    if not names:
-        raise ValueError(f"{flag} names no {what}")
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"{flag} names {', '.join(map(repr, twice))} more than once")
-    return names
-
-
 def _schedulers(args) -> list[str]:
     """The --scheduler names, checked (ValueError naming an unknown one)."""
-    names = comma_names("--scheduler", args.scheduler, "scheduler")
-    for name in names:
-        if name not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {name!r}; choose from "
-                             f"{', '.join(sorted(SCHEDULERS))}")
-    return names
+    return comma_names("--scheduler", args.scheduler, "scheduler", sorted(SCHEDULERS))
+
+
+def _parse_policy(spec: str) -> tuple:
+    """`parse_policy(spec)`, its ValueError (an unknown name, listing the known) naming
+    --policy."""
+    try:
+        return parse_policy(spec)
+    except ValueError as e:
+        raise ValueError(f"--policy: {e}") from None
 
 
 def format_table(rows: list[dict]) -> str:
@@ -376,8 +376,8 @@ def cmd_sim(args) -> int:
                                               args.slo_factor != DEFAULT_SLO_FACTOR))
                    if given]
         if ignored:
-            print(f"kvsaga sim: {' and '.join(ignored)} do not apply to the cluster run "
-                  "(--gpus/--router): ignored", file=sys.stderr)
+            print(f"kvsaga sim: {' and '.join(ignored)} {'does' if len(ignored) == 1 else 'do'}"
+                  " not apply to the cluster run (--gpus/--router): ignored", file=sys.stderr)
         return cmd_cluster(args)
     if args.report_period is not None:
         print("kvsaga sim: --report-period applies to the cluster run (--gpus/--router) "
@@ -385,7 +385,7 @@ def cmd_sim(args) -> int:
     try:
         specs = comma_names("--policy", args.policy, "policy")
         for spec in specs:
-            parse_policy(spec)
+            _parse_policy(spec)
         schedulers = _schedulers(args)
         if args.trace is None:
             WORKLOADS[args.workload]  # unknown family: lists the known ones
@@ -507,13 +507,11 @@ def _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs,
 def cmd_cluster(args) -> int:
     """`kvsaga sim --gpus N --router a,b`: one row per router x scheduler x policy."""
     try:
-        routers = comma_names("--router", args.router or ",".join(ROUTERS), "router")
-        for r in routers:
-            if r not in ROUTERS:
-                raise ValueError(f"unknown router {r!r}; choose from {', '.join(ROUTERS)}")
+        routers = comma_names("--router", ",".join(ROUTERS) if args.router is None
+                              else args.router, "router", list(ROUTERS))
         policies, offline = [], []
         for spec in comma_names("--policy", args.policy, "policy"):
-            name, host = parse_policy(spec)  # ValueError listing the known names
+            name, host = _parse_policy(spec)  # ValueError listing the known names
             if host is not None:
                 raise ValueError(f"--policy {spec!r}: a +host/-host suffix applies without "
                                  "--gpus; with --gpus every policy gets --host-memory's tier")

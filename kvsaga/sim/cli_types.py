@@ -3,14 +3,15 @@ parsed, so that a bad one exits 2 naming the flag (argparse prefixes "argument -
 before any simulation runs.
 
 Split from kvsaga/sim/cli.py in session 49, unchanged but for their public names and the
-type of --report-period, so that cli.py stays under 600 lines.
+type of --report-period, so that cli.py stays under 600 lines; `path_type` and `comma_names`
+(moved from cli.py, now checking the names it is given too) joined in session 52.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kvsaga.config import parse_bytes
 
@@ -57,3 +58,29 @@ def report_period_type(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got "
                                          f"{text!r}")
     return value
+
+
+def path_type(text: str) -> str:
+    """An argparse type: a file path, not empty (an empty one, as an unset shell variable
+    gives, was read as the current folder: "--trace '': Is a directory")."""
+    if not text:
+        raise argparse.ArgumentTypeError("names no file (an empty path)")
+    return text
+
+
+def comma_names(flag: str, value: str, what: str, known: Sequence[str] | None = None,
+                ) -> list[str]:
+    """A comma-separated flag's names, in order: ValueError naming the flag when it names
+    none, one twice (a repeated name would run and print the same rows again) or, given
+    `known` (in the order to list them), one not in it."""
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"{flag} names no {what}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{flag} names {', '.join(map(repr, twice))} more than once")
+    for name in names:
+        if known is not None and name not in known:
+            raise ValueError(f"{flag}: unknown {what} {name!r}; choose from "
+                             f"{', '.join(known)}")
+    return names
