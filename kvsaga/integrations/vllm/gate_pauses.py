@@ -45,6 +45,7 @@ allocate) is learned as part of its pause: nothing tells the connector of the st
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from kvsaga._validate import check_positive_int, is_number
@@ -74,6 +75,7 @@ class PauseLog:
         self.observed: dict[str, deque[float]] = {}  # workflow -> observed pauses, latest
         self.paused_since: dict[str, float] = {}  # session -> its last step's finish
         self._limits: dict[str, float | None] = {}  # workflow -> limit, until a pause ends
+        self.changes = 0  # pauses observed so far: a limit may differ once this moved
 
     def paused(self, sid: str, now: float) -> None:
         """A step of `sid` finished `now`: its pause starts."""
@@ -91,6 +93,7 @@ class PauseLog:
                   TRACKED_WORKFLOWS, lambda wf, _: self._limits.pop(wf, None)).append(
                 now - since)
             self._limits.pop(workflow, None)
+            self.changes += 1
 
     def forget(self, sid: str) -> None:
         self.paused_since.pop(sid, None)
@@ -106,3 +109,15 @@ class PauseLog:
             self._limits[workflow] = (percentile(list(seen), 100.0 * self.quantile)
                                       if len(seen) >= self.min_observed else None)
         return self._limits[workflow]
+
+
+def expiry_bound(paused_at: float, limit: float) -> float:
+    """A time before which a pause from `paused_at` has not run past `limit` as
+    `SessionGate.expire` tests it (`now - paused_at > limit`, in floats): the float just
+    below `paused_at + limit`. Exact reals: a time up to `paused_at + limit` gives a
+    difference up to `limit`, which rounds to at most `limit` (rounding is monotone), so
+    the first time that passes lies above that sum, hence above the float sum less half an
+    ulp, hence above the float below it. At most a few floats early (a nan sum: -inf, a
+    bound that holds for anything)."""
+    t = paused_at + limit
+    return math.nextafter(t, -math.inf) if t == t else -math.inf
