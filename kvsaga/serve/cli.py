@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="max_tokens of requests that set none")
     a("--session-idle", type=float, default=d.session_idle_s,
       help="seconds after which a silent session is ended (inf: never)")
+    a("--graceful-shutdown-s", type=float, default=d.graceful_shutdown_s,
+      help="on SIGTERM or Ctrl-C, seconds the requests in flight get to finish; then each "
+      "stream still open ends with a final error event (code server_shutting_down) and "
+      "data: [DONE], a request not streamed gets a 503, and the server exits (0: at once)")
     a("--metrics-compat", default=None, choices=["vllm"],
       help="also export vLLM's metric names (vllm:num_requests_waiting, ...) (default: "
       "kvsaga's names only)")
@@ -251,6 +255,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_tokens_limit=args.max_tokens_limit,
         default_max_tokens=args.default_max_tokens,
         session_idle_s=args.session_idle,
+        graceful_shutdown_s=args.graceful_shutdown_s,
         metrics_compat=args.metrics_compat,
         metrics_auth=args.metrics_auth,
         log_stats_interval_s=args.log_stats_interval,
@@ -457,9 +462,8 @@ def main(argv: list[str] | None = None) -> int:
             return report_failure("kvsaga-serve", e, debug)
         return 0
     try:
-        import uvicorn
-
         from kvsaga.serve.app import build_app, model_name_for
+        from kvsaga.serve.shutdown import DrainingServer, uvicorn_config
     except ImportError as e:  # installed without the extra
         print(f"kvsaga-serve: error: {e}; install the server's dependencies: "
               "pip install 'kvsaga[serve]'", file=sys.stderr)
@@ -477,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
              model_name_for(settings), ", ".join(u + "/v1" for u in bound_urls(socks)),
              settings.policy, settings.scheduler,
              f" {json.dumps(changed, sort_keys=True)}" if changed else "", auth)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                           log_level=args.log_level))
+    config = uvicorn_config(app, settings.graceful_shutdown_s, host=settings.host,
+                            port=settings.port, log_level=args.log_level)
+    server = DrainingServer(config, app.state.engine, settings.graceful_shutdown_s)
     failed: list[BaseException] = []
     watcher = threading.Thread(target=_exit_on_load_failure, args=(app, server, failed),
                                daemon=True)

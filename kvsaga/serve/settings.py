@@ -86,6 +86,11 @@ class ServerSettings:
     log_stats_interval_s: float = 10.0
     """Seconds between status lines in the log (throughput, queue, KV usage, hit rate);
     0 turns them off. An idle server logs nothing."""
+    graceful_shutdown_s: float = 5.0
+    """On SIGTERM or Ctrl-C, seconds the requests in flight get to finish; then the engine
+    stops and each stream still open ends with a final error event (`server_shutting_down`)
+    and `data: [DONE]` (a non-streamed request gets a 503), and the process exits
+    (`kvsaga.serve.shutdown`). 0: end them at once."""
     retry_after_s: int = 1
     """Retry-After sent with 429 responses, in seconds."""
     routing_config: Mapping[str, Any] | None = field(default=None, hash=False)
@@ -130,6 +135,10 @@ class ServerSettings:
         need(is_number(self.log_stats_interval_s) and 0 <= self.log_stats_interval_s < math.inf,
              f"log_stats_interval_s must be a number >= 0 (0: off), got "
              f"{self.log_stats_interval_s!r}")
+        need(is_number(self.graceful_shutdown_s)
+             and 0 <= self.graceful_shutdown_s < math.inf,  # nan fails too
+             f"graceful_shutdown_s must be a number >= 0 (0: end requests at once), got "
+             f"{self.graceful_shutdown_s!r}")
         need(self.metrics_compat in (None, "vllm"),
              f"metrics_compat {self.metrics_compat!r}: only 'vllm' is known")
         need(all(isinstance(k, str) and k for k in self.api_keys), "api keys must be non-empty")
