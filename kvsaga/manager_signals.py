@@ -135,7 +135,8 @@ class SessionSignals:
         s.paused_at = now
         self._release_table(s, keep_tail=False)
 
-    def end_session(self, session_id: str, *, now: float | None = None) -> None:
+    def end_session(self, session_id: str, *, now: float | None = None,
+                    force: bool = False) -> None:
         """Forget a session. Its full blocks stay as plain prefix cache for anyone (no block
         stays owned by it: those that left its table while it owned them included).
 
@@ -144,7 +145,14 @@ class SessionSignals:
         then the policy is told the end (a raise there leaves the session paused, less that
         tail, as if the policy had evicted it). A running session's release raising in
         `blocks_cached` (told after the end) still leaves the session ended, the blocks
-        that release cached dropped (`_release_table`)."""
+        that release cached dropped (`_release_table`).
+
+        `force=True` (an owner's sweep of a session whose end keeps failing): an Exception
+        of `session_ended` does not keep the session: it is ended all the same (its blocks
+        released, as above), then the hook's error propagates. A policy whose hook raised
+        may keep what it held for the session; the blocks are the pool's again either way.
+        """
+        check_bool("force", force, InvalidRequest)
         s = self._session(session_id)
         now = self._time(now)
         if s.state is not SessionState.RUNNING and s.tail is not None:
@@ -153,9 +161,15 @@ class SessionSignals:
                 self._drop(b)
             s.tail = None
         self._changes += 1
+        hook_error: Exception | None = None
         try:
             self.policy.session_ended(s, now)
-        except BaseException:  # nothing else changed yet
+        except Exception as e:
+            if not force:  # nothing else changed yet
+                self._changes -= 1
+                raise
+            hook_error = e
+        except BaseException:  # an interrupt: nothing else changed yet, forced or not
             self._changes -= 1
             raise
         if s.state is SessionState.RUNNING:
@@ -165,6 +179,8 @@ class SessionSignals:
                 self._forget(s)
         else:
             self._forget(s)
+        if hook_error is not None:
+            raise hook_error
 
     def _forget(self, s: Session) -> None:
         """Disown `s`'s blocks (those that left its table while it owned them included) and

@@ -257,6 +257,7 @@ class LLMEngine(StepOutput):
         self._ids = itertools.count()
         self._idle_sweep = IdleSweep(session_idle_s)
         self.num_expired_sessions = 0
+        self._expiry_errors_logged: set[tuple[bool, str]] = set()  # (`_expire_session`)
         # Where step() spends its wall time, by kind of step and phase (`stats().step_times`).
         self.step_clock = StepClock()
         # The last step scheduled no chunk and preempted nobody: the next one decides the
@@ -458,9 +459,8 @@ class LLMEngine(StepOutput):
         if idle:
             queued = {r.session_id for r in self.requests.values()}
             for sid in idle:
-                if sid not in queued:
-                    self.end_session(sid)
-                    self.num_expired_sessions += 1
+                if sid not in queued:  # (`StepOutput`: a failing hook ends it too)
+                    self._expire_session(sid)
         self._end_stuck_sessions(self._idle_sweep.limit, now)
 
     def stats(self) -> EngineStats:

@@ -251,21 +251,38 @@ class StepOutput:
     def _end_stuck_sessions(self, limit: float, now: float) -> None:
         """`LLMEngine._end_idle_sessions`' second part: end the sessions whose ended
         request's hand-back has kept failing for more than `limit` seconds (its client may
-        be gone: its blocks stayed held for good). An end that raises too (a policy hook)
-        is logged and tried again at the next sweep."""
+        be gone: its blocks stayed held for good), by `_expire_session`."""
         if not self._ended:
             return
         queued = {r.session_id for r in self.requests.values()}
         stuck = {r.session_id for r in self._ended if r.hand_back_failed_at is not None
                  and now - r.hand_back_failed_at > limit and r.session_id not in queued}
         for sid in sorted(stuck):
-            try:
-                self.end_session(sid)
-            except Exception as e:
-                log.warning("ending session %r, whose hand-back kept failing for %.0f s, "
-                            "failed: %s: %s", sid, limit, type(e).__name__, e)
-                continue
-            self.num_expired_sessions += 1
+            self._expire_session(sid)
+
+    def _expire_session(self, session_id: str) -> None:
+        """End a session a sweep found abandoned (idle past `session_idle_s`, or its
+        hand-back failing that long), even where the policy's `session_ended` hook raises:
+        the manager forgets it all the same (`end_session(force=True)`), so its blocks go
+        back to the pool; a one-shot session whose end always raised was kept RUNNING with
+        its blocks for good, the sweep's retry logged at every sweep. The hook's error is
+        logged once per engine for each error type (then at debug level). Only a failure
+        before the policy is told (the eviction of a paused session's tail) keeps the
+        session, for the next sweep."""
+        try:
+            self._end_session(session_id, force=True)
+        except Exception as e:
+            ended = session_id not in self.manager.sessions
+            key = (ended, type(e).__qualname__)
+            seen = self._expiry_errors_logged
+            level = logging.DEBUG if key in seen else logging.WARNING
+            seen.add(key)
+            log.log(level, "ending abandoned session %r: a policy hook raised (%s): %s: %s",
+                    session_id, "the session was ended all the same" if ended
+                    else "tried again at the next sweep", type(e).__name__, e)
+            if not ended:
+                return
+        self.num_expired_sessions += 1
 
     def _hand_back(self, req: Request) -> None:
         """The hand-back of an ended request (in `_ended`): its session to the manager,
@@ -306,7 +323,7 @@ class StepOutput:
             if done:
                 self._ended[:] = [r for r in self._ended if r is not req]
 
-    def _end_session(self, session_id: str) -> list[str]:
+    def _end_session(self, session_id: str, force: bool = False) -> list[str]:
         """`LLMEngine.end_session` (after its check): abort the session's requests in
         flight, then forget the session in the manager (`end_session`), which also
         completes the hand-backs of its requests that raised (theirs are not retried
@@ -322,7 +339,7 @@ class StepOutput:
         mgr = self.manager
         try:
             if session_id in mgr.sessions:
-                mgr.end_session(session_id, now=self.clock())
+                mgr.end_session(session_id, now=self.clock(), force=force)
         finally:
             if session_id not in mgr.sessions:  # (else its hook raised: retry the end)
                 self._drop_ended(session_id)

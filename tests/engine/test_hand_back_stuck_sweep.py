@@ -55,11 +55,7 @@ def test_a_hand_back_that_keeps_failing_is_ended_by_the_idle_sweep(tiny_model_di
     assert e._ended and e.manager.stats().num_used_blocks == held
     assert e.num_expired_sessions == 0
     clock.t += 6.0
-    e.tick()
-    if hook == "session_ended":  # its end keeps failing too: logged, tried again later
-        assert e._ended and a.session_id in e.manager.sessions
-        assert e.num_expired_sessions == 0
-        return
+    e.tick()  # session_ended: its end keeps failing too, and ends it all the same
     assert not e._ended and a.session_id not in e.manager.sessions
     assert e.num_expired_sessions == 1
     assert e.manager.stats().num_used_blocks == 0
