@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import httpx
 import openai
@@ -23,7 +24,11 @@ def _step(client: openai.OpenAI, messages: list[dict], **extra):
 
 
 def test_session_survives_tool_pause_and_hits_cache(client: openai.OpenAI, server: LiveServer):
-    msgs = [{"role": "system", "content": "You are an agent with tools. " * 3},
+    # The server (session-scoped) keeps an ended session's blocks as prefix cache, as it
+    # should: a fixed prompt hit the previous run's blocks when this ran twice in one
+    # process, so step 1 opens with a prompt of its own.
+    msgs = [{"role": "system", "content": f"Run {uuid.uuid4().hex}. "
+             + "You are an agent with tools. " * 3},
             {"role": "user", "content": "List the files, then read the first one."}]
     hint = {"tool": "ls", "expected_s": 0.1}
     r1 = _step(client, msgs, session_id="agent-1", kvsaga=hint)
@@ -41,6 +46,15 @@ def test_session_survives_tool_pause_and_hits_cache(client: openai.OpenAI, serve
     assert r2.usage.prompt_tokens_details.cached_tokens >= (step1 - 1) // 16 * 16
     assert server.call(lambda e: "anon/agent-1" in e.manager.sessions) is False  # last step
     server.wait_idle()
+
+
+def test_the_tool_pause_test_repeats_on_one_server(client: openai.OpenAI, server: LiveServer):
+    """Run twice on the session's one server (as a second run in one process does), the
+    test above found its step 1 cached by the first run: the test's state, not the
+    library's (the prefix cache is per engine, and keeping an ended session's blocks for
+    others is its purpose)."""
+    for _ in range(2):
+        test_session_survives_tool_pause_and_hits_cache(client, server)
 
 
 def test_session_id_from_header(server: LiveServer):
