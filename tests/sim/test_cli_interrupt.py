@@ -40,13 +40,18 @@ def _group(pgid: int) -> list[int]:
 
 
 def _wait_for_workers(proc: subprocess.Popen, count: int, bound_s: float) -> None:
-    """Until `proc` has `count` workers (a Ctrl-C that meets a worker before its handler is
-    set kills that worker, and the parent's KeyboardInterrupt still ends the run: the test's
-    checks hold either way)."""
+    """Until `proc` has `count` workers. The Ctrl-C must come after that: one that came
+    while the command was still importing (before `main` catches KeyboardInterrupt) ended
+    it with a traceback and status -2, not 130 (a Ctrl-C that meets a worker before its
+    handler is set only kills that worker; the parent's KeyboardInterrupt still ends the
+    run, and the checks hold). The bound only turns a command that never starts its
+    workers into a failure instead of a hang."""
     deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len([p for p in _group(proc.pid) if p != proc.pid]) >= count:
-            return
+    while len([p for p in _group(proc.pid) if p != proc.pid]) < count:
+        if proc.poll() is not None:
+            pytest.fail(f"exited {proc.returncode} before its workers started: "
+                        f"{proc.stderr.read().decode()}")
+        assert time.monotonic() < deadline, f"no {count} workers within {bound_s} s"
         time.sleep(0.1)
 
 
@@ -65,7 +70,7 @@ def test_one_ctrl_c_stops_the_run_and_its_workers():
                             start_new_session=True,  # its own group, as a terminal's job
                             preexec_fn=_default_sigint)
     try:
-        _wait_for_workers(proc, 2, bound_s=20)
+        _wait_for_workers(proc, 2, bound_s=300)
         assert proc.poll() is None, proc.stderr.read().decode()
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole group gets it
         try:
