@@ -1,10 +1,10 @@
 """The routers' common part (split from kvsaga/routing.py, whose docstring says what routing
-is for): a step's routing request and decision (`RouteRequest`, `Route`), the session and
-prefix keys read from a request body, and `Router`, the bookkeeping every router shares (each
-session's home and its steps in flight, replicas joining and leaving, sessions forgotten
-after the idle limit, moves until confirmed, the load of a replica), with the two baselines
-built on it alone: `RoundRobinRouter` and `AffinityRouter`. kvsaga's own router, with work
-stealing, migration and the fleet's fair share, is `kvsaga.routing.KvsagaRouter`.
+is for): a step's routing request and decision (`RouteRequest`, `Route`; the keys read from
+a request body are in kvsaga/routing_keys.py), and `Router`, the bookkeeping every router
+shares (each session's home and its steps in flight, replicas joining and leaving, sessions
+forgotten after the idle limit, moves until confirmed, the load of a replica), with the two
+baselines built on it alone: `RoundRobinRouter` and `AffinityRouter`. kvsaga's own router,
+with work stealing, migration and the fleet's fair share, is `kvsaga.routing.KvsagaRouter`.
 Pure Python, no torch."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from kvsaga.replica_stats import ReplicaStats
+from kvsaga.routing_keys import affinity_key, prefix_key, session_key  # noqa: F401 (re-exported)
 from kvsaga.session import DEFAULT_SESSION_IDLE_S, check_session_idle
 
 
@@ -80,47 +81,6 @@ class Route:
     tokens: int = field(default=0, compare=False, repr=False)
 
 
-def session_key(body: Mapping, headers: Mapping[str, str] | None = None) -> str | None:
-    """The session a request continues: `session_id`, else the `X-Session-ID` header (the
-    server's precedence, `resolve_session_id`: an empty one is skipped). None for a
-    one-shot request (or a non-str id, which the server refuses)."""
-    header = None
-    if headers is not None:
-        header = next((v for k, v in headers.items() if k.lower() == "x-session-id"), None)
-    return _first_id((body.get("session_id"), header))
-
-
-def affinity_key(body: Mapping, headers: Mapping[str, str] | None = None) -> str | None:
-    """What a request is routed by to stay where its cache is: its session
-    (`session_key`), else its `prompt_cache_key`, OpenAI's caching hint, which unrelated
-    requests share: they go to one replica, but the server does not make it a session."""
-    sid = session_key(body, headers)
-    return sid if sid is not None else _first_id((body.get("prompt_cache_key"),))
-
-
-def _first_id(ids) -> str | None:
-    """The first non-empty id; None if there is none or it is not a str."""
-    for sid in ids:
-        if sid:
-            return sid if isinstance(sid, str) else None
-    return None
-
-
-def prefix_key(body: Mapping) -> str | None:
-    """A key of a request's shared prefix: its system message (chat) or its first 256
-    characters (completions); None when there is nothing to share."""
-    msgs = body.get("messages")
-    if isinstance(msgs, list) and msgs and isinstance(msgs[0], Mapping):
-        first = msgs[0]
-        if first.get("role") == "system" and isinstance(first.get("content"), str):
-            return hashlib.sha256(first["content"].encode()).hexdigest()[:16]
-        return None
-    prompt = body.get("prompt")
-    if isinstance(prompt, str) and prompt:
-        return hashlib.sha256(prompt[:256].encode()).hexdigest()[:16]
-    return None
-
-
 def _count(counts: dict[str, dict[str, int]], key: str, replica: str, add: int) -> None:
     """Add `add` to counts[key][replica], dropping entries that reach 0."""
     per = counts.setdefault(key, {})
@@ -131,6 +91,14 @@ def _count(counts: dict[str, dict[str, int]], key: str, replica: str, add: int) 
         per.pop(replica, None)
         if not per:
             del counts[key]
+
+
+def _count_in(index: dict, replica: str, tenant: str | None, session: str, add: int) -> None:
+    """Add `add` to index[replica][tenant][session] (`Router.replica_sessions`), dropping
+    entries that reach 0."""
+    _count(index.setdefault(replica, {}), tenant, session, add)
+    if not index[replica]:
+        del index[replica]
 
 
 def _replica_names(replicas: Iterable[str]) -> list[str]:
@@ -189,9 +157,9 @@ class Router:
         self.tenant_steps: dict[str, dict[str, int]] = {}
         # session -> replica -> this router's steps of that session there, not yet finished
         self.session_steps: dict[str, dict[str, int]] = {}
-        # replica -> session -> the same counts (`session_steps` turned round): a decision
-        # reads one replica's sessions without a pass over every session in flight
-        self.replica_sessions: dict[str, dict[str, int]] = {}
+        # replica -> the session's tenant (`_session_tenant`, None: none) -> session -> the
+        # same counts: a decision reads one tenant's sessions on one replica, no more
+        self.replica_sessions: dict[str, dict[str | None, dict[str, int]]] = {}
         # session remembered (`_last_routed`) -> its tenant, and tenant -> how many
         # (`live_tenants`)
         self._session_tenant: dict[str, str] = {}
@@ -276,7 +244,8 @@ class Router:
                 _count(self.tenant_steps, route.tenant, r, -1)
             if route.session is not None and self.session_steps.get(route.session, {}).get(r):
                 _count(self.session_steps, route.session, r, -1)
-                _count(self.replica_sessions, r, route.session, -1)
+                _count_in(self.replica_sessions, r, self._session_tenant.get(route.session),
+                          route.session, -1)
             if not math.isnan(route.sent_at):
                 # A report taken between its sending and now counts it still (`busy`).
                 self._done[r].append((route.sent_at, self.clock()))
@@ -358,8 +327,12 @@ class Router:
         self._set_tenant(session, None)
 
     def _set_tenant(self, session: str, tenant: str | None) -> None:
-        """Record `session`'s tenant (None: the session is forgotten), for `live_tenants`."""
+        """Record `session`'s tenant (None: the session is forgotten), for `live_tenants`;
+        its steps in flight move to that tenant in `replica_sessions`."""
         old = self._session_tenant.pop(session, None)
+        for x, n in self.session_steps.get(session, {}).items():
+            _count_in(self.replica_sessions, x, old, session, -n)
+            _count_in(self.replica_sessions, x, tenant, session, n)
         if old is not None:
             self._tenant_sessions[old] -= 1
             if not self._tenant_sessions[old]:
@@ -521,7 +494,7 @@ class Router:
         self.routed[route.replica] += 1
         if s is not None:
             _count(self.session_steps, s, route.replica, 1)
-            _count(self.replica_sessions, route.replica, s, 1)
+            _count_in(self.replica_sessions, route.replica, self._session_tenant.get(s), s, 1)
             self.homes[s] = route.replica
             self._voided.pop(s, None)  # a refused move's late sibling answers change nothing
             self._last_routed.pop(s, None)
