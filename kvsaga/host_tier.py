@@ -157,16 +157,43 @@ class HostTier:
 
     def take_plan(self, gpu_generation: Sequence[int] | None = None) -> TransferPlan:
         """The pending copies; unpins their host blocks (later plans run after them).
-        `gpu_generation`: the GPU pool's, to record the loads' targets' generations."""
+        `gpu_generation`: the GPU pool's, to record the loads' targets' generations.
+
+        All or nothing: an exception (an interrupt) propagates with the plan still pending,
+        whole and pinned, for the next take to hand over. A plan taken out of the pending
+        lists before its pins were settled was lost on a raise: its host copies stayed
+        indexed, their bytes never written (lane s52 takeplan)."""
+        offloads, loads, pinned = self._offloads, self._loads, self._pinned
         gen = self.pool.generation
         plan = TransferPlan(
-            self._offloads, self._loads, [gen[h] for _, h in self._offloads],
-            [] if gpu_generation is None else [gpu_generation[g] for _, g in self._loads])
-        self._offloads, self._loads = [], []
-        if self._pinned:
-            self.pool.release_many(self._pinned)
-            self._pinned = []
+            offloads, loads, [gen[h] for _, h in offloads],
+            [] if gpu_generation is None else [gpu_generation[g] for _, g in loads])
+        if pinned:
+            try:
+                self.pool.release_many(pinned)
+            except BaseException:
+                self._repin(pinned)
+                raise
+        # No call from here on: the plan is handed over whole.
+        self._offloads, self._loads, self._pinned = [], [], []
         return plan
+
+    def _repin(self, pinned: list[int]) -> None:
+        """Undo what `release_many(pinned)` did before it raised, wherever that was: before
+        its loop, inside it (an interrupt between two blocks), after it or in its observer
+        hook. The host tier's books say what was there: each pinned block's refcount was its
+        count in `pinned` (so the entries already released are the first `len(pinned) -
+        sum(refcounts)`), each was hashed (released, it became CACHED, never FREE) and the
+        CACHED blocks were the order's, which a raising hook leaves untold (`PoolObserver`).
+        So: those entries referenced again, their blocks ACTIVE, and `num_cached` the
+        order's length. (A CACHED block's `cached_at` is set again when it is released.)"""
+        pool = self.pool
+        ref, state = pool.refcount, pool.state
+        done = len(pinned) - sum(ref[b] for b in dict.fromkeys(pinned))
+        for b in pinned[:done]:
+            ref[b] += 1
+            state[b] = ACTIVE
+        pool.num_cached = len(self.order)
 
     def drop_copy(self, host_block: int) -> bool:
         """Forget a CACHED host block's copy (its bytes were never written): unindexed and
