@@ -29,9 +29,12 @@ workflow dropped past that bound is forecast, like one never seen, from the pool
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from itertools import accumulate
+
+from kvsaga._validate import check_number, is_number
 
 # Workflows with a record of their own in `WorkflowWaits`, at most: past this many, the least
 # recently updated one is forgotten. The bench traces have a handful of workflows, so no
@@ -49,6 +52,9 @@ class WaitSamples:
     """
 
     def __init__(self, size: int = 256) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            # (0: the first add failed on the empty deque with an IndexError naming nothing)
+            raise ValueError(f"size must be an int >= 1, got {size!r}")
         self._recent: deque[float] = deque(maxlen=size)
         self._sorted: list[float] = []
         self._suffix: list[float] | None = None  # suffix sums of _sorted, built on demand
@@ -57,7 +63,12 @@ class WaitSamples:
         return len(self._recent)
 
     def add(self, wait_s: float, workflow: str | None = None) -> None:
-        """One observed wait (`workflow`: whose; this pooled record ignores it)."""
+        """One observed wait (`workflow`: whose; this pooled record ignores it): a finite
+        number of seconds >= 0, else ValueError and nothing changes (a NaN sample, once it
+        aged out, deleted another sample from `_sorted`; an infinite one made every mean
+        forecast below it inf)."""
+        if not (is_number(wait_s) and 0 <= wait_s < math.inf):
+            raise ValueError(f"wait_s must be a finite number of seconds >= 0, got {wait_s!r}")
         if len(self._recent) == self._recent.maxlen:
             del self._sorted[bisect_left(self._sorted, self._recent[0])]
         self._recent.append(wait_s)
@@ -104,8 +115,7 @@ class WorkflowWaits(WaitSamples):
 
     def __init__(self, prior: float, size: int = 256,
                  workflows: int = TRACKED_WORKFLOWS) -> None:
-        if not prior > 0:
-            raise ValueError(f"prior must be > 0, got {prior!r}")
+        check_number("prior", prior, lambda v: v > 0, "> 0")  # (inf: mean_residual NaN)
         if isinstance(workflows, bool) or not isinstance(workflows, int) or workflows < 1:
             raise ValueError(f"workflows must be an int >= 1, got {workflows!r}")
         super().__init__(size)
@@ -116,9 +126,7 @@ class WorkflowWaits(WaitSamples):
         self.by_workflow: dict[str, WaitSamples] = {}
 
     def add(self, wait_s: float, workflow: str | None = None) -> None:
-        if not wait_s >= 0:
-            raise ValueError(f"wait_s must be >= 0, got {wait_s!r}")
-        super().add(wait_s)
+        super().add(wait_s)  # (checks `wait_s` before anything changes)
         if workflow is not None:
             own = self.by_workflow.pop(workflow, None)
             if own is None:
@@ -156,7 +164,10 @@ class WorkflowWaits(WaitSamples):
                 x, got, i = own_xs[i], got + 1.0, i + 1
             else:
                 x, got, j = pool[j], got + w_pool, j + 1
-            if got >= half - 1e-12 or (i >= len(own_xs) and j >= len(pool)):
+            # (the slack for rounding is relative below a total weight of 2: an absolute
+            # 1e-12 stopped at the first sample once a prior under 2e-12 made `half` tiny)
+            if (got >= half - 1e-12 * (half if half < 1.0 else 1.0)
+                    or (i >= len(own_xs) and j >= len(pool))):
                 return x - waited_s
 
     def mean_residual(self, waited_s: float, workflow: str | None = None) -> float | None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-from kvsaga._validate import check_bool, is_number
+from kvsaga._validate import check_bool, check_number, is_number
 from kvsaga.policy.bounded import TRACKED_WORKFLOWS, touch
 
 STATES = ("paused", "queued", "demoted")
@@ -56,8 +56,10 @@ class PredictionTrust:
     """
 
     def __init__(self, prior: float, clip: float = 5.0, floor_s: float = 1e-3) -> None:
-        if not prior > 0:
-            raise ValueError(f"prior must be > 0, got {prior!r}")
+        # (unchecked, floor_s=0 made `add` fail on log(0) after creating its record, and a
+        # clip <= 0 or NaN inverted or poisoned the clamp)
+        for name, x in (("prior", prior), ("clip", clip), ("floor_s", floor_s)):
+            check_number(name, x, lambda v: v > 0, "> 0")
         self.prior = prior
         self.clip = clip
         self.floor_s = floor_s
