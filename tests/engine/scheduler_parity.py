@@ -93,16 +93,24 @@ def run_sim(sessions, synth, scheduler, params=None, demotions=None) -> list:
     return log
 
 
+def frozen_clock() -> float:
+    """An engine clock that never advances: every wait, pause and queue time reads 0 s,
+    however slow the machine (`run_engine`'s `clock`)."""
+    return 0.0
+
+
 def run_engine(model_dir, sessions, synth, scheduler, params=None,
-               held: str | None = None) -> list:
+               held: str | None = None, clock=None) -> list:
     """Drive `sessions` through a real LLMEngine and return its admission log; with
     `held`, that session's second step is submitted only once the engine has nothing
-    else unfinished (the simulator's long tool call)."""
+    else unfinished (the simulator's long tool call). `clock`: the engine's (None: its
+    default, the wall clock)."""
     probe = LLMEngine(model_dir, device="cpu", progress=False, kv_memory_bytes=2**20)
+    timing = {} if clock is None else {"clock": clock}
     engine = LLMEngine(model_dir, device="cpu", progress=False, max_num_seqs=8,
                        max_num_batched_tokens=BUDGET, scheduler=scheduler, policy="lru",
                        scheduler_params=params,
-                       kv_memory_bytes=NUM_BLOCKS * probe.spec.bytes_per_block)
+                       kv_memory_bytes=NUM_BLOCKS * probe.spec.bytes_per_block, **timing)
     assert engine.manager.num_gpu_blocks == NUM_BLOCKS
     cls = {"fcfs": FCFSScheduler, "workflow": WorkflowScheduler}[scheduler]
     assert type(engine.scheduler.core) is cls

@@ -11,6 +11,7 @@ from kvsaga.scheduler.decode_stall import DecodeStall
 from kvsaga.sim.tokens import TokenSynthesizer
 from tests.engine.helpers import TINY_VOCAB
 from tests.engine.scheduler_parity import (
+    frozen_clock,
     run_engine,
     run_sim,
     stream,
@@ -26,8 +27,8 @@ UNDO = {"undo_demotion": True, "prior_growth_tokens": 16, "growth_charge": "step
 # through the gate's re-admission charge (`readmit_charge`), which these rows set. On this
 # stream "full" charges it its whole context and "binding" / "binding_short" answer
 # "uncached" (other steps wait); "cost" / "cost_ends" / "cost_leave" / "cost_leave_waits"
-# price the trade (their answers read the clock, the engine's the wall clock: on this stream
-# no return has found its context lost and no demoted session was admitted again before the
+# price the trade (their answers read the clock, the engine's `frozen_clock` there: on this
+# stream no return has found its context lost and no demoted session was admitted again before the
 # one return, so the churn is priced at 0 s and all answer "uncached" whatever the clock;
 # "room_queue" too: one demoted session's step waits at a time, never the two it needs, so
 # its room branch is tested on `stream_queue()` below);
@@ -74,8 +75,14 @@ def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler
     again (asserted on the simulator's counts), so the engine must demote and undo alike;
     with `shrink_after` the same demotion is withheld (the session had been away 0 s), so
     parity covers the withholding. Not covered: a demotion `shrink_after` allows (the
-    stream has none, and the engine's clock is the wall clock, so `now - paused_at`
-    against an expected pause would differ between the executors)."""
+    stream has none, and the engine's clock here reads 0 s throughout, so `now - paused_at`
+    against an expected pause would differ between the executors).
+
+    The engine runs on `frozen_clock`, not the wall clock: the simulator's clock is simulated
+    time (well under `aging_s` on this stream), and on a loaded machine a step that waited
+    over 1 s of wall time aged ahead of the others in the engine alone (the `aging_s` 1.0
+    row's logs then differed at the 9th admission; with the wall clock run 200x fast its
+    logs differ from the first)."""
     sessions = stream()
     synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
     model_dir = tiny_model_dir("llama_gqa4_untied")
@@ -92,7 +99,7 @@ def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler
         assert sim_log != run_sim(sessions, synth, scheduler, CAP_BASE)
         if params != CAP[0]:
             assert sim_log != run_sim(sessions, synth, scheduler, CAP[0])
-    engine_log = run_engine(model_dir, sessions, synth, scheduler, params)
+    engine_log = run_engine(model_dir, sessions, synth, scheduler, params, clock=frozen_clock)
     admitted = [sid for a, _ in sim_log for sid in a]
     assert len(admitted) >= 12  # every step admitted, retries included
     if scheduler == "fcfs":
