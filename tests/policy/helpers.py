@@ -148,3 +148,12 @@ def fed_at_random(w, rng: random.Random, n: int, sigma: float, size: int):
         own[wf] = (own[wf] + [x])[-size:]  # each record forgets its oldest past `size`
         pool = (pool + [x])[-size:]
         yield own, pool
+
+
+def assert_index_matches_scan(m: KVCacheManager, k: int, now: float) -> None:
+    """The policy's indexed eviction order equals its brute-force scan at `now`, and its
+    first `k` victims are that order's head."""
+    m.policy.check_integrity()
+    got = m.policy.eviction_order(now)
+    assert got == m.policy.scan_order(now)
+    assert m.policy.choose_victims(k, now) == got[:k]

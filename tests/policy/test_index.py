@@ -14,7 +14,7 @@ from kvsaga import OutOfBlocks
 from kvsaga.policy import POLICIES
 from kvsaga.policy.groups import PLAIN, GroupedPolicy
 from kvsaga.policy.search import GRID_RATIO, GRID_S, elapsed_grid
-from tests.policy.helpers import build, make, run_step, tokens
+from tests.policy.helpers import assert_index_matches_scan, build, make, run_step, tokens
 from tests.policy.test_properties import apply, op_lists
 
 INDEXED = sorted(n for n, c in POLICIES.items() if getattr(c, "indexed", False))
@@ -47,11 +47,7 @@ def test_index_matches_a_brute_force_scan(name, ops, steps, num_host_blocks):
         with contextlib.suppress(OutOfBlocks):
             now = apply(m, op, i, n, x, now)
         now += dt
-        m.policy.check_integrity()
-        got = m.policy.eviction_order(now)
-        assert got == m.policy.scan_order(now)
-        k = (n + x) % 5
-        assert m.policy.choose_victims(k, now) == got[:k]
+        assert_index_matches_scan(m, (n + x) % 5, now)
 
 
 @pytest.mark.parametrize("name", INDEXED)

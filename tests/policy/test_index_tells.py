@@ -15,7 +15,7 @@ from hypothesis import given, settings
 
 from kvsaga import OutOfBlocks
 from kvsaga.policy import make_policy
-from tests.policy.helpers import make, run_step, tokens
+from tests.policy.helpers import assert_index_matches_scan, make, run_step, tokens
 from tests.policy.test_properties import OPS, apply
 
 # (policy, options): every indexed policy's tells, graph's with each option that reads one.
@@ -73,11 +73,7 @@ def test_index_matches_a_brute_force_scan_under_the_schedulers_tells(spec, ops, 
             else:
                 now = apply(m, op, i, n, x, now)
         now += dt
-        m.policy.check_integrity()
-        got = m.policy.eviction_order(now)
-        assert got == m.policy.scan_order(now)
-        k = (n + x) % 5
-        assert m.policy.choose_victims(k, now) == got[:k]
+        assert_index_matches_scan(m, (n + x) % 5, now)
 
 
 @pytest.mark.parametrize("hook", ["session_admission_rank", "session_admission_room"])
