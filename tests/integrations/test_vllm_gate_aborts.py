@@ -157,3 +157,116 @@ def test_a_riding_step_whose_last_request_is_withdrawn_leaves_no_step_context():
     assert g._step_context == {"B": 12 * BS}  # the step goes on: b2 runs
     assert g.finished("b2", "B", 11 * BS, 2.5, None, False, withdrawn=True) == []
     assert g._step_context == {} and "B" not in g._flights and g.num_in_flight == 0
+
+
+# -- a multi-request step whose last request is withdrawn (review s51 vgate LOW 5) ----------------
+
+def _admitted_step_of_two(last_withdrawn: bool) -> SessionGate:
+    """Admitted session B completes a step, is admitted again and runs its next step as two
+    requests (vLLM's n = 2), driven as the connector drives the gate: the first finishes at
+    20 blocks of context, the second is preempted and then aborted while requeued
+    (`withdrawn`), or (the control) finishes too, with a shorter context."""
+    g = SessionGate(100, BS, room_admit=False, reserve_wait_factor=None, idle_admit_s=1e9,
+                    max_wait_s=1e9)
+    assert g.admit("B", "w", 10 * BS, 0, now=0.0)
+    g.started("b0", "B")
+    g.finished("b0", "B", 12 * BS, 1.0, 5.0, False)
+    g.started("other")  # (something else runs throughout)
+    assert g.admit("B", "w", 14 * BS, 0, now=3.0)
+    g.started("b1", "B")
+    g.started("b2", "B")
+    assert g.finished("b1", "B", 20 * BS, 4.0, 2.0, False) == []
+    g.finished("b2", "B", 17 * BS, 4.5, 2.0, False, withdrawn=last_withdrawn)
+    return g
+
+
+def _state(g: SessionGate) -> tuple:
+    s = g.sessions["B"]
+    growth = [g._growth.tokens("w", 1.0, running) for running in (False, True)]
+    return (vars(s), growth, g._growth.changes, g.order.done, g.pauses.paused_since,
+            g._step_context, dict(g._flights), g.committed(), g.num_in_flight)
+
+
+def test_a_step_whose_last_request_is_withdrawn_ran_with_the_requests_that_finished():
+    """B's step ran (its first request finished at 20 blocks): the last request's withdrawal
+    ends that step. Before, `finished` took it for a step that never ran: B's pause and
+    context were put back as before the step (12 blocks, paused since 1.0), the step's growth
+    was not learned nor the step counted, and no pause began."""
+    g = _admitted_step_of_two(True)
+    control = _admitted_step_of_two(False)
+    assert _state(g) == _state(control)
+    s = g.sessions["B"]
+    assert (s.context, s.paused_at, s.expected_s) == (20 * BS, 4.5, 2.0)
+    assert g.order.done["B"][1] == 2 and g.pauses.paused_since == {"B": 4.5}
+
+
+def _riding_step_of_two(last_withdrawn: bool) -> SessionGate:
+    g = _held(idle_admit_s=1e9, max_wait_s=1e9)
+    assert not g.admit("B", "w", 10 * BS, 0, now=1.5)
+    g.rode_along("B", 1.5)
+    g.started("b1", "B")
+    g.started("b2", "B")
+    g.finished("b1", "B", 12 * BS, 2.0, None, False)
+    g.finished("b2", "B", 11 * BS, 2.5, None, False, withdrawn=last_withdrawn)
+    return g
+
+
+def test_a_riding_step_whose_last_request_is_withdrawn_ran_too():
+    """The same for an unadmitted session's step that rode along: its pause begins and the
+    step is counted, as when the last request finishes (before: it was taken for an abort
+    while deferred, and no pause began)."""
+    g, control = _riding_step_of_two(True), _riding_step_of_two(False)
+    assert (g.pauses.paused_since, g.order.done, g._withdrawn_waits, g._step_context) == (
+        control.pauses.paused_since, control.order.done, control._withdrawn_waits,
+        control._step_context)
+    assert g.pauses.paused_since["B"] == 2.5 and g.order.done["B"][1] == 1
+
+
+# -- every request of a step withdrawn (review s52 diffvleft finding 1) ----------------------------
+
+def test_a_step_whose_every_request_is_withdrawn_is_undone():
+    """Both of B's requests were preempted and then aborted; the connector flags each one
+    withdrawn (no blocks at its finish), not only the last. No request of the step ran to
+    its end: B is paused again as before the step (its context, pause and hint), nothing is
+    learned or counted, and the client's resend 0.2 s later is no pause of ~0 s."""
+    g = SessionGate(100, BS, room_admit=False, reserve_wait_factor=None, idle_admit_s=1e9,
+                    max_wait_s=1e9, pause_min_observed=1)
+    assert g.admit("B", "w", 10 * BS, 0, now=0.0)
+    g.started("b0", "B")
+    g.finished("b0", "B", 12 * BS, 1.0, 5.0, False)
+    g.started("other")
+    s = g.sessions["B"]
+    before = (dict(vars(s)), g._growth.changes, dict(g.order.done))
+    assert g.admit("B", "w", 14 * BS, 0, now=3.0)
+    g.started("b1", "B")
+    g.started("b2", "B")
+    assert g.finished("b1", "B", 19 * BS, 4.0, None, False, withdrawn=True) == []
+    assert g._step_context == {}  # its partial output is no context of the step
+    assert g.finished("b2", "B", 18 * BS, 4.0, None, False, withdrawn=True) == []
+    assert (dict(vars(s)), g._growth.changes, dict(g.order.done)) == before
+    assert "B" not in g.pauses.paused_since  # no pause began at the aborts (its pause from
+    # 1.0 was learned at the admission, 3.0)
+    assert (s.context, s.paused_at, s.expected_s) == (12 * BS, 1.0, 5.0)
+    assert g.admit("B", "w", 14 * BS, 0, now=4.2)  # the client resends
+    assert list(g.pauses.observed["w"]) == [2.0]  # 1.0 -> 3.0, B's one true pause
+
+
+def test_a_riding_step_whose_every_request_is_withdrawn_starts_no_pause():
+    """The same for an unadmitted session R riding along: no pause begins, so the resend
+    0.1 s later teaches no pause of 0.1 s, and A (paused, unhinted) does not expire on it."""
+    g = SessionGate(20, BS, room_admit=False, reserve_wait_factor=None, idle_admit_s=1e9,
+                    max_wait_s=1e9, pause_min_observed=1)
+    assert g.admit("A", "w", 15 * BS, 0, 0.0)
+    g.started("a0", "A")
+    g.finished("a0", "A", 15 * BS, 1.0, None, False)
+    g.started("other")
+    assert not g.admit("R", "w", 10 * BS, 0, 1.0)
+    g.rode_along("R", 1.0)
+    g.started("r1", "R")
+    g.started("r2", "R")
+    assert g.finished("r1", "R", 12 * BS, 2.0, None, False, withdrawn=True) == []
+    assert g.finished("r2", "R", 11 * BS, 2.0, None, False, withdrawn=True) == []
+    assert g.pauses.paused_since == {"A": 1.0} and g.order.done.get("R", ("w", 0))[1] == 0
+    assert g._step_context == {} and not g._flights
+    g.admit("R", "w", 10 * BS, 0, 2.1)
+    assert list(g.pauses.observed.get("w", [])) == [] and g.expire(2.2) == []

@@ -399,6 +399,12 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
                 self._end_session(info.session_id, session_for(self._sessions, info), now)
                 self._orphan_steps(info.session_id)
             else:
+                # Allocated, yet no blocks at its finish: vLLM preempted it (freeing them)
+                # and it was aborted while requeued. Each such request of a step, not only
+                # its last, ran none of it: the gate learns nothing of its partial output
+                # (flagged on the last alone, an earlier one's was learned as the step's
+                # context, and the step counted, when every request of it was withdrawn).
+                withdrawn = not block_ids and rid in self._flights.get(info.session_id, ())
                 ended = self._land(rid, info.session_id)
                 # A step that never got blocks (aborted while it waited: the gate held it, or
                 # vLLM had no room) leaves the session's kept context as it was.
@@ -419,6 +425,8 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
                         session.block_ids = list(self.holds.get(info.session_id, ()))
                     self.policy.step_finished(session, now, info.hint)
                     self.stats.retained_steps += held
+                    # (held, this last request withdrawn: an earlier one of the step ran
+                    # and kept its blocks; the gate ends the step at what those reached)
                 elif ended or (held and info.session_id not in self._flights):
                     # Allocated, then preempted (vLLM freed its blocks and told us nothing)
                     # and aborted while requeued: the policy saw its step running, the gate
@@ -427,7 +435,6 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
                     # keep. Or aborted unallocated, after a probe that told the policy its
                     # blocks are needed now. Either way they are not: the session is paused
                     # as after its last completed step.
-                    withdrawn = ended and not block_ids
                     session = session_for(self._sessions, info)
                     self.policy.resume_withdrawn(session, now)
         if self.gate is not None:

@@ -483,7 +483,11 @@ class SessionGate(GateWaits, GateYields):
         allocated, then preempted (vLLM freed its blocks) and aborted while requeued (the
         connector tells the policy `resume_withdrawn`): no step either, though it ran, so
         nothing of its partial output is learned and the session is restored as if it had
-        never been allocated.
+        never been allocated. The connector flags every such request of a step, not only
+        its last (review s52 diffvleft: an earlier one's partial output was learned as the
+        step's context). The last request of a step whose others ran and finished ends
+        that step, withdrawn or not: it is learned at what those reached (review s51, vgate
+        finding 5: it was undone as if no request of it had run).
 
         A session's requests in flight together (vLLM's n > 1 children of one request, or
         concurrent steps; the connector says whose each is at `started`) are one step: it is
@@ -503,6 +507,10 @@ class SessionGate(GateWaits, GateYields):
             return []
         if ran:
             context_tokens = max(context_tokens, self._step_context.pop(sid, 0))
+        elif sid not in self._flights and sid in self._step_context:
+            # the last of a step whose other requests ran and finished: the step ran, with
+            # what they reached (this one's partial output is not learned)
+            ran, context_tokens = True, self._step_context.pop(sid)
         s = self.sessions.get(sid)
         late = ran and s is not None and s.paused_at is not None  # its step ended before
         if ran and not late:  # an aborted step is no step done, nor a session's end

@@ -1,0 +1,107 @@
+"""Review s52 (diffvleft): a session's step run as two requests (vLLM's n = 2 children, or
+two concurrent steps) through vLLM's real scheduler and BlockPool, where vLLM preempts a
+child (freeing its blocks) and the client aborts it while requeued. The connector flags
+each such request `withdrawn`, not only the step's last: none of its partial output is
+learned by the gate."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from vllm.v1.request import RequestStatus  # noqa: E402
+
+from .harness import BLOCK_SIZE, TOKEN, make_request, make_scheduler, run, step  # noqa: E402
+
+
+def _prompt(tag: int, blocks: int) -> list[int]:
+    return [10_000 + tag * 500 + i for i in range(blocks * BLOCK_SIZE)]
+
+
+def _two_children(hf_model_dir, max_tokens: tuple[int, int], until):
+    """B completes a step (at t=100, hinted 30 s); at t=110 a session-less request that
+    outgrows the blocks and B's next step as two requests arrive; vLLM runs them, with the
+    clock advancing, until `until(kids)` holds (B's children preempted as wanted). Also
+    returns the gate's state after step 1 (`_gate_state`)."""
+    s = make_scheduler(hf_model_dir, 40, connector=True, policy="ttl")
+    t = [100.0]
+    s.connector.clock = lambda: t[0]
+    a1 = _prompt(97, 6)
+    run(s, [make_request(a1, 2, {"session_id": "B", "tool": "t", "expected_s": 30})])
+    g = s.connector.gate
+    before = _gate_state(g)
+    t[0] = 110.0
+    other = make_request(_prompt(2, 16), 300)
+    s.add_request(other)
+    step(s)
+    kids = [make_request(a1 + [TOKEN] * 2 + _prompt(99, 1), n, {"session_id": "B"})
+            for n in max_tokens]
+    for k in kids:
+        s.add_request(k)
+    for _ in range(2000):
+        t[0] += 0.01
+        step(s)
+        if until(kids):
+            break
+        assert not other.is_finished(), "the scenario must preempt B's children"
+    else:
+        raise AssertionError("B's children were not preempted")
+    return s, t, kids, a1, before
+
+
+def _gate_state(g) -> tuple:
+    b = g.sessions["B"]
+    return ((b.context, b.last_finish, b.paused_at, b.expected_s), g.order.done["B"],
+            g._growth.changes, g._growth.mean("default"))
+
+
+def _resend(s, t, a1) -> list[float]:
+    """B's client resends the step 0.5 s after the aborts: the workflow's observed pauses."""
+    t[0] += 0.5
+    s.add_request(make_request(a1 + [TOKEN] * 2 + _prompt(99, 1), 2, {"session_id": "B"}))
+    step(s)
+    return list(s.connector.gate.pauses.observed.get("default", ()))
+
+
+def test_a_step_whose_every_request_was_preempted_then_aborted_is_undone(hf_model_dir):
+    """Both children preempted, then both aborted (the client gave up on the n = 2 request).
+    The first abort reached the gate as a finish (flagged withdrawn only if last), its
+    partial output became the step's context, and with the gate's branch for a withdrawn
+    last request the step was counted, its growth learned, B paused at the abort while the
+    policy put it back at 100, and the resend learned as a tool pause of 0.5 s."""
+    s, t, kids, a1, before = _two_children(
+        hf_model_dir, (300, 300),
+        lambda kids: all(k.status == RequestStatus.PREEMPTED for k in kids))
+    g = s.connector.gate
+    observed = list(g.pauses.observed["default"])  # B's pause 100 -> 110, at its admission
+    assert all(k.num_tokens > before[0][0] for k in kids)  # partial output, to be discarded
+    t[0] = 120.0
+    s.finish_requests([k.request_id for k in kids], RequestStatus.FINISHED_ABORTED)
+    assert _gate_state(g) == before
+    assert before[0][2:] == (100.0, 30.0)  # paused since step 1's end, with its hint
+    assert "B" not in g.pauses.paused_since and not g._step_context and not g._flights
+    assert s.connector.policy.views["B"].paused_at == 100.0  # the gate and policy agree
+    assert _resend(s, t, a1) == observed  # no pause of ~0 s learned
+
+
+def test_a_held_step_whose_last_request_was_withdrawn_ends_at_what_the_first_reached(
+        hf_model_dir):
+    """The first child finished (its blocks retained: B held), the second was preempted and
+    aborted. The step ran, at the first child's context: the gate learned the withdrawn
+    child's prompt and discarded partial output as B's context (and growth) instead."""
+    s, t, kids, a1, _ = _two_children(
+        hf_model_dir, (4, 300),
+        lambda kids: kids[0].is_finished() and kids[1].status == RequestStatus.PREEMPTED)
+    c, g = s.connector, s.connector.gate
+    assert "B" in c.holds
+    reached = kids[0].num_tokens
+    assert kids[1].num_tokens > reached
+    done = g.order.done["B"][1]
+    t[0] = 120.0
+    s.finish_requests([kids[1].request_id], RequestStatus.FINISHED_ABORTED)
+    b = g.sessions["B"]
+    assert (b.context, b.last_finish, b.paused_at) == (reached, reached, 120.0)
+    assert g.order.done["B"][1] == done + 1 and g.pauses.paused_since["B"] == 120.0
+    assert c.policy.views["B"].paused_at == 120.0 and "B" in c.holds
+    assert not g._step_context and not g._flights
