@@ -24,6 +24,7 @@ from kvsaga.serve.errors import APIError
 from kvsaga.serve.guard import ContainErrors, Guard
 from kvsaga.serve.routes import completions, sessions, system
 from kvsaga.serve.settings import ServerSettings
+from kvsaga.serve.shutdown import STOP_JOIN_S
 from kvsaga.serve.state import ServerState, model_name_for
 from kvsaga.serve.stats_log import StatsLogger
 
@@ -128,7 +129,10 @@ def build_app(engine_or_factory: LLMEngine | EngineFactory, settings: ServerSett
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.to_thread(aengine.stop)
+            # Once stopped (the drain past --graceful-shutdown-s, kvsaga/serve/shutdown.py),
+            # the engine thread has ended or is stuck in a step and its requests were told:
+            # a second long join would only hold the exit past the documented bound.
+            await asyncio.to_thread(aengine.stop, STOP_JOIN_S if aengine.stopped else 10.0)
 
     app = FastAPI(title="kvsaga-serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = aengine

@@ -169,10 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="max_tokens of requests that set none")
     a("--session-idle", type=float, default=d.session_idle_s,
       help="seconds after which a silent session is ended (inf: never)")
-    a("--graceful-shutdown-s", type=float, default=d.graceful_shutdown_s,
+    a("--graceful-shutdown-s", type=float, default=None,
       help="on SIGTERM or Ctrl-C, seconds the requests in flight get to finish; then each "
       "stream still open ends with a final error event (code server_shutting_down) and "
-      "data: [DONE], a request not streamed gets a 503, and the server exits (0: at once)")
+      "data: [DONE], a request not streamed gets a 503, and the server exits (0: at once) "
+      f"(default: {d.graceful_shutdown_s:g}; one process only, not with --replicas)")
     a("--metrics-compat", default=None, choices=["vllm"],
       help="also export vLLM's metric names (vllm:num_requests_waiting, ...) (default: "
       "kvsaga's names only)")
@@ -255,7 +256,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_tokens_limit=args.max_tokens_limit,
         default_max_tokens=args.default_max_tokens,
         session_idle_s=args.session_idle,
-        graceful_shutdown_s=args.graceful_shutdown_s,
+        graceful_shutdown_s=(ServerSettings.graceful_shutdown_s
+                             if args.graceful_shutdown_s is None else args.graceful_shutdown_s),
         metrics_compat=args.metrics_compat,
         metrics_auth=args.metrics_auth,
         log_stats_interval_s=args.log_stats_interval,
@@ -419,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args)
         if args.replicas is not None and args.replicas < 1:
             raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
+        if args.graceful_shutdown_s is not None and args.replicas is not None:
+            raise ValueError("--graceful-shutdown-s bounds the shutdown of one kvsaga-serve "
+                             "process; --replicas' shutdown is Ray Serve's (its deployments' "
+                             "graceful_shutdown_timeout_s): leave --graceful-shutdown-s out")
         if args.router is not None and args.replicas is None:
             raise ValueError(f"--router {args.router} routes between replicas; give "
                              "--replicas N too, or leave --router out")
