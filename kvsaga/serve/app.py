@@ -19,12 +19,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kvsaga.engine.engine import LLMEngine
-from kvsaga.serve.async_engine import AsyncEngine, EngineFactory
+from kvsaga.serve.async_engine import STOP_JOIN_S, AsyncEngine, EngineFactory
 from kvsaga.serve.errors import APIError
 from kvsaga.serve.guard import ContainErrors, Guard
 from kvsaga.serve.routes import completions, sessions, system
 from kvsaga.serve.settings import ServerSettings
-from kvsaga.serve.shutdown import STOP_JOIN_S
 from kvsaga.serve.state import ServerState, model_name_for
 from kvsaga.serve.stats_log import StatsLogger
 

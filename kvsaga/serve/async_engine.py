@@ -67,6 +67,11 @@ SHUTTING_DOWN = "the server is shutting down"
 # while steps keep failing, up to the max, rather than step again at once.
 FAILED_STEP_WAIT_S = 0.01
 FAILED_STEP_MAX_WAIT_S = 1.0
+# How long kvsaga-serve's shutdown drain (kvsaga/serve/shutdown.py) waits for the engine
+# thread to leave the step it is in before `stop` ends the streams itself: a step that
+# hangs must not use up the time the final events have. The app's own stop after it joins
+# no longer than this either.
+STOP_JOIN_S = 0.5
 
 
 class AsyncEngine(SnapshotKeeper):

@@ -19,17 +19,13 @@ from typing import Any
 
 import uvicorn
 
-from kvsaga.serve.async_engine import AsyncEngine
+from kvsaga.serve.async_engine import STOP_JOIN_S, AsyncEngine
 
 log = logging.getLogger("kvsaga.serve")
 
 # Seconds between the end of the grace (the engine stopped, the streams told) and uvicorn's
 # cancel of the responses still running: room to write their final event.
 FINAL_EVENT_S = 2.0
-# How long the drain waits for the engine thread to leave the step it is in before it ends
-# the streams itself (`AsyncEngine.stop`'s timeout): a step that hangs must not use up the
-# time the final events have.
-STOP_JOIN_S = 0.5
 
 
 def uvicorn_config(app: Any, graceful_shutdown_s: float, **kwargs: Any) -> uvicorn.Config:
