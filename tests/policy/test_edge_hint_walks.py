@@ -108,13 +108,7 @@ def test_the_index_gives_the_scans_order_at_the_edges(spec, walk):
     name, kw = spec
     m = make(make_policy(name, relearn_share=0.0, **kw), num_blocks=14)
     p = m.policy
-
-    def after(now, k):
-        got = p.eviction_order(now)
-        assert got == p.scan_order(now)
-        assert p.choose_victims(k, now) == got[:k]
-
-    _run(m, walk, after)
+    _run(m, walk, lambda now, k: _check_order(p, now, k))
 
 
 @pytest.mark.parametrize("spec", [("ttl", {}), ("graph", {}), ("graph", {"trust": 1})],
