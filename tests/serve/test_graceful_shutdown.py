@@ -54,10 +54,15 @@ def _wait_healthy(server: ServeProcess, port: int) -> None:
         time.sleep(0.2)
 
 
-def _read_stream(port: int, events: list[str], started: threading.Event) -> None:
+def _read_stream(port: int, events: list[str], started: threading.Event,
+                 max_tokens: int = 200, include_usage: bool = False) -> None:
+    """The stream's `data:` payloads into `events` (its status first); `started` once
+    tokens arrive (or the stream ended)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    body = {"model": "tiny", "prompt": "hello", "max_tokens": 200, "ignore_eos": True,
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": max_tokens, "ignore_eos": True,
             "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
     try:
         conn.request("POST", "/v1/completions", json.dumps(body),
                      {"Content-Type": "application/json"})
@@ -76,6 +81,29 @@ def _read_stream(port: int, events: list[str], started: threading.Event) -> None
         started.set()
 
 
+def _stream_running(server: ServeProcess, port: int, max_tokens: int = 200,
+                    include_usage: bool = False) -> tuple[list[str], threading.Thread]:
+    """A stream read on a thread, once its tokens arrive (not cut, not yet done)."""
+    events: list[str] = []
+    started = threading.Event()
+    reader = threading.Thread(target=_read_stream, daemon=True,
+                              args=(port, events, started, max_tokens, include_usage))
+    reader.start()
+    assert started.wait(120), server.stderr_so_far()
+    assert events[0] == "status 200", events
+    assert not any(e.startswith("cut") or e == "[DONE]" for e in events), events
+    return events, reader
+
+
+def _sigterm_and_wait(server: ServeProcess, limit_s: float) -> None:
+    """SIGTERM to the server, then its exit within `limit_s` (else the test fails)."""
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        server.proc.wait(limit_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {limit_s:.0f} s after SIGTERM: {server.stderr_so_far()}")
+
+
 @pytest.mark.parametrize("flag", [[], ["--graceful-shutdown-s", "1"]])
 def test_sigterm_ends_a_running_stream_with_a_final_event_and_exits(tiny_dir: Path, flag):
     """Without the flag (the default grace) and with one: SIGTERM while a stream runs ends
@@ -86,24 +114,13 @@ def test_sigterm_ends_a_running_stream_with_a_final_event_and_exits(tiny_dir: Pa
                            "--device", "cpu", "--served-model-name", "tiny",
                            "--log-stats-interval", "0", "--log-level", "info", *flag],
                           stdout=subprocess.DEVNULL)
-    events: list[str] = []
     try:
         port = server.port(120)
         _wait_healthy(server, port)
-        started = threading.Event()
-        reader = threading.Thread(target=_read_stream, args=(port, events, started),
-                                  daemon=True)
-        reader.start()
-        assert started.wait(120), server.stderr_so_far()
-        assert events[0] == "status 200", events
-        assert not any(e.startswith("cut") or e == "[DONE]" for e in events), events
-        server.proc.send_signal(signal.SIGTERM)
+        events, reader = _stream_running(server, port)
         # The bound: the grace (5 s by default) plus the final event's 2 s, and room for a
         # loaded machine; the stream alone would need 200 * STEP_S = 100 s more.
-        try:
-            server.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running 60 s after SIGTERM: {server.stderr_so_far()}")
+        _sigterm_and_wait(server, 60)
         reader.join(30)
         err = server.stderr()
     finally:

@@ -6,19 +6,17 @@ the flag is refused where it would do nothing (--replicas)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from kvsaga.serve.cli import build_parser, main, settings_from_args
-from tests.serve.test_graceful_shutdown import _wait_healthy
+from tests.serve.test_graceful_shutdown import _sigterm_and_wait, _stream_running, _wait_healthy
 from tests.serve_process import ServeProcess
 
 HUNG_STEP_S = 30.0  # past the old second join of the engine thread (10 s)
@@ -56,43 +54,6 @@ def _start(script: str, tiny_dir: Path, grace: str) -> ServeProcess:
                          "--graceful-shutdown-s", grace], stdout=subprocess.DEVNULL)
 
 
-def _read_stream(port: int, max_tokens: int, events: list[str],
-                 started: threading.Event) -> None:
-    """The stream's `data:` payloads into `events` (its status first); `started` once
-    tokens arrive (or the stream ended)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    body = {"model": "tiny", "prompt": "hello", "max_tokens": max_tokens, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
-    try:
-        conn.request("POST", "/v1/completions", json.dumps(body),
-                     {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        events.append(f"status {resp.status}")
-        for raw in resp:
-            line = raw.decode().strip()
-            if line.startswith("data: "):
-                events.append(line[len("data: "):])
-                if len(events) >= 3:
-                    started.set()
-    except (OSError, http.client.HTTPException) as e:
-        events.append(f"cut: {type(e).__name__}")
-    finally:
-        conn.close()
-        started.set()
-
-
-def _stream_running(server: ServeProcess, port: int, max_tokens: int):
-    events: list[str] = []
-    started = threading.Event()
-    reader = threading.Thread(target=_read_stream, args=(port, max_tokens, events, started),
-                              daemon=True)
-    reader.start()
-    assert started.wait(120), server.stderr_so_far()
-    assert events[0] == "status 200", events
-    assert not any(e.startswith("cut") or e == "[DONE]" for e in events), events
-    return events, reader
-
-
 def _payloads(events: list[str]) -> list[dict]:
     return [json.loads(e) for e in events[1:] if e != "[DONE]" and not e.startswith("cut")]
 
@@ -107,7 +68,7 @@ def test_sigterm_exits_within_the_bound_while_a_step_hangs(tiny_dir: Path, tmp_p
     try:
         port = server.port(120)
         _wait_healthy(server, port)
-        events, reader = _stream_running(server, port, 200)
+        events, reader = _stream_running(server, port, 200, include_usage=True)
         flag.touch()
         deadline = time.monotonic() + 60
         while not in_step.exists():  # the engine thread is now inside the long step
@@ -115,11 +76,7 @@ def test_sigterm_exits_within_the_bound_while_a_step_hangs(tiny_dir: Path, tmp_p
                 server.stderr_so_far())
             time.sleep(0.05)
         sent = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running 60 s after SIGTERM: {server.stderr_so_far()}")
+        _sigterm_and_wait(server, 60)
         exit_s = time.monotonic() - sent
         reader.join(30)
         err = server.stderr()
@@ -142,12 +99,8 @@ def test_the_grace_decides_whether_a_running_stream_finishes(tiny_dir: Path, gra
     try:
         port = server.port(120)
         _wait_healthy(server, port)
-        events, reader = _stream_running(server, port, 16)
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(90)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running 90 s after SIGTERM: {server.stderr_so_far()}")
+        events, reader = _stream_running(server, port, 16, include_usage=True)
+        _sigterm_and_wait(server, 90)
         reader.join(30)
         err = server.stderr()
     finally:
