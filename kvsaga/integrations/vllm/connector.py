@@ -193,6 +193,8 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
         self._probes: dict[str, int] = {}  # request id -> admission probes since its last alloc
         # session -> its requests allocated and not finished: one session step (`_land`)
         self._flights: dict[str, set[str]] = {}
+        # sessions whose step under way has a request that ran and finished (not withdrawn)
+        self._step_ran: set[str] = set()
         # session -> when its pause began (its last step's finish or arrival), oldest first
         self._paused: dict[str, float] = {}
         self.stats = RetentionStats()
@@ -404,8 +406,14 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
                 # its last, ran none of it: the gate learns nothing of its partial output
                 # (flagged on the last alone, an earlier one's was learned as the step's
                 # context, and the step counted, when every request of it was withdrawn).
-                withdrawn = not block_ids and rid in self._flights.get(info.session_id, ())
+                allocated = rid in self._flights.get(info.session_id, ())
+                withdrawn = not block_ids and allocated
+                # An earlier request of the step ran and finished: the step ran (the gate
+                # ends it at what they reached), held or not.
+                others_ran = info.session_id in self._step_ran
                 ended = self._land(rid, info.session_id)
+                if allocated and not ended and not withdrawn:
+                    self._step_ran.add(info.session_id)
                 # A step that never got blocks (aborted while it waited: the gate held it, or
                 # vLLM had no room) leaves the session's kept context as it was.
                 kept = not unretained and bool(block_ids) and self._retain(info, block_ids)
@@ -416,10 +424,14 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
                     # sweep ended it as `abandoned`
                     self._paused.pop(info.session_id, None)
                 held = info.session_id in self.holds  # kept by the step's requests
-                if ended and (held or (block_ids and request.status != ABORTED)):
+                if ended and (held or others_ran
+                              or (block_ids and request.status != ABORTED)):
                     # The step ran: its session pauses, with what its requests kept (nothing
                     # for a context under one block, or a step run unretained: still a
-                    # pause, which the policy learns and its hints act on).
+                    # pause, which the policy learns and its hints act on). Also when this
+                    # last request was withdrawn but an earlier one ran, kept or not (review
+                    # s52 diffvleft 3: unheld, the policy was told `resume_withdrawn` and put
+                    # the pause back to the step before, while the gate counted the step).
                     session = session_for(self._sessions, info)
                     if not kept:  # (else `_retain` set them) its hits went with the request
                         session.block_ids = list(self.holds.get(info.session_id, ()))
@@ -474,6 +486,7 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
         if flights:
             return False
         del self._flights[sid]
+        self._step_ran.discard(sid)
         return True
 
     def _forget_ride(self, request_id: str) -> None:

@@ -487,7 +487,8 @@ class SessionGate(GateWaits, GateYields):
         its last (review s52 diffvleft: an earlier one's partial output was learned as the
         step's context). The last request of a step whose others ran and finished ends
         that step, withdrawn or not: it is learned at what those reached (review s51, vgate
-        finding 5: it was undone as if no request of it had run).
+        finding 5: it was undone as if no request of it had run); the connector tells the
+        policy `step_finished` then, held or not (review s52 diffvleft 3).
 
         A session's requests in flight together (vLLM's n > 1 children of one request, or
         concurrent steps; the connector says whose each is at `started`) are one step: it is

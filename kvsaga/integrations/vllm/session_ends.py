@@ -67,6 +67,7 @@ class SessionEnds:
         self._sessions.pop(sid, None)
         self._paused.pop(sid, None)
         self._flights.pop(sid, None)  # its other requests are of no session from now on
+        self._step_ran.discard(sid)
 
     @property
     def session_idle_s(self) -> float | None:

@@ -105,3 +105,52 @@ def test_a_held_step_whose_last_request_was_withdrawn_ends_at_what_the_first_rea
     assert g.order.done["B"][1] == done + 1 and g.pauses.paused_since["B"] == 120.0
     assert c.policy.views["B"].paused_at == 120.0 and "B" in c.holds
     assert not g._step_context and not g._flights
+
+
+def test_an_unheld_step_whose_last_request_was_withdrawn_ran_for_the_policy_as_for_the_gate(
+        hf_model_dir):
+    """Review s52 diffvleft 3: B's step runs as two requests; the first finishes with no full
+    block to keep (nothing held), the second is preempted and aborted. The step ran (the
+    first finished): the gate ended it at the abort, but the connector told the policy
+    `resume_withdrawn`, which put B's pause back at step 1's end (100 against the gate's
+    120): the policy learned one step fewer and, at the resend, a pause longer by the step's
+    run. Both now end the step at the abort, as in the held case."""
+    s = make_scheduler(hf_model_dir, 40, connector=True, policy="ttl")
+    c, g = s.connector, s.connector.gate
+    t = [100.0]
+    c.clock = lambda: t[0]
+    calls: list[str] = []
+    for name in ("step_finished", "resume_withdrawn"):
+        told = getattr(c.policy, name)
+        setattr(c.policy, name, lambda *a, _t=told, _n=name, **k: (calls.append(_n), _t(*a, **k)))
+    a1 = [20_000 + i for i in range(8)]  # B's context stays under one block: nothing kept
+    run(s, [make_request(a1, 2, {"session_id": "B", "tool": "t", "expected_s": 30})])
+    assert calls == ["step_finished"] and "B" not in c.holds
+    t[0] = 110.0
+    other = make_request(_prompt(2, 16), 300)
+    s.add_request(other)
+    step(s)
+    kids = [make_request(a1 + [TOKEN] * 2 + [1], 2, {"session_id": "B"}),
+            make_request(a1 + [TOKEN] * 2 + _prompt(99, 1), 300, {"session_id": "B"})]
+    for k in kids:
+        s.add_request(k)
+    for _ in range(2000):
+        t[0] += 0.01
+        step(s)
+        if kids[0].is_finished() and kids[1].status == RequestStatus.PREEMPTED:
+            break
+        assert not other.is_finished(), "the scenario must preempt B's second request"
+    else:
+        raise AssertionError("B's second request was not preempted")
+    assert "B" not in c.holds and c.stats.retained_steps == 0
+    done = g.order.done["B"][1]
+    t[0] = 120.0
+    s.finish_requests([kids[1].request_id], RequestStatus.FINISHED_ABORTED)
+    b = g.sessions["B"]
+    assert (b.context, b.paused_at, b.expected_s) == (kids[0].num_tokens, 120.0, None)
+    assert g.order.done["B"][1] == done + 1 and g.pauses.paused_since["B"] == 120.0
+    assert calls == ["step_finished"] * 2
+    view = c.policy.views["B"]
+    assert view.paused_at == 120.0 and not view.running
+    assert not g._step_context and not g._flights and "B" not in c._flights
+    assert not c._step_ran
