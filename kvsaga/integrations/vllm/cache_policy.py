@@ -14,6 +14,12 @@ Enable it through the offloading connector's extra config, e.g.
 "cache_policy_module_path": "kvsaga.integrations.vllm.cache_policy"}}`.
 `KVSagaCachePolicy` ranks with kvsaga's `ttl` policy; `KVSagaGraphCachePolicy` with `graph`.
 
+A session's requests in flight together (vLLM's n > 1 children, concurrent steps) are one
+step, from the first one's `touch` to the last one's finish (`_running`, by request id);
+vLLM calls the policy for a request first at its first store miss, so a child that stores
+nothing is seen at its finish only, and one finishing after its sibling ended the step adds
+no step (`_late_child`). docs/integrations.md (CPU offload) says what that leaves.
+
 A paused session none of whose chunks is left (all evicted, or none stored) is forgotten
 (`session_forgotten`): a client that sends only its session id never says which step is the
 last, and 20,000 such sessions kept 20,000 records here and in the kvsaga policy. Forgotten,
@@ -66,7 +72,13 @@ class KVSagaCachePolicy(CachePolicy):
         self._owner: dict[OffloadKey, tuple[str | None, int]] = {}  # key -> (session, position)
         self._owned: dict[str, int] = {}  # session -> its chunks (in `_owner`)
         self._sessions: dict[str, Session] = {}
-        self._running: set[str] = set()
+        # session -> its requests (`ReqContext.req_id`) between their first `touch` and their
+        # finish: one step of the session (vLLM's n > 1 children, or concurrent steps)
+        self._running: dict[str, set[str]] = {}
+        self._orphans: set[str] = set()  # requests in flight when their session ended
+        # session -> the n > 1 request (parent id) one of whose children ended its last step,
+        # for the ENDED_TRACKED latest (its late children add no step: `_late_child`)
+        self._step_parent: dict[str, str] = {}
         self._ended: dict[str, None] = {}  # ended session ids, oldest first (a bounded set)
         self.policy = make_policy(self.policy_name)
         self.ledger = BlockLedger(self.policy, self.cache_capacity, CHUNK_TOKENS, self._usage)
@@ -95,15 +107,23 @@ class KVSagaCachePolicy(CachePolicy):
             self._forget_if_idle(owner)
 
     def touch(self, keys: Iterable[OffloadKey], req_context: ReqContext) -> None:
-        """A request reads or offers these chunks: its session's step has begun."""
+        """A request reads or offers these chunks: its session's step has begun (with the
+        first of the session's requests in flight together: they are one step)."""
         info = self._info(req_context)
-        if info is not None:
-            # A step of an id whose session ended is a new session of that id.
-            self._ended.pop(info.session_id, None)
-        if info is not None and info.session_id not in self._running:
-            now = self.clock()
-            self._running.add(info.session_id)
-            self.policy.step_started(session_for(self._sessions, info), now)
+        rid = req_context.req_id
+        if info is None or rid in self._orphans:
+            return
+        sid = info.session_id
+        running = self._running.get(sid)
+        if running is not None and rid in running:
+            return  # (touched before)
+        # A step of an id whose session ended is a new session of that id.
+        self._ended.pop(sid, None)
+        if running is None:
+            running = self._running[sid] = set()
+            self._step_parent.pop(sid, None)
+            self.policy.step_started(session_for(self._sessions, info), self.clock())
+        running.add(rid)
 
     def on_request_finished(
         self,
@@ -112,10 +132,16 @@ class KVSagaCachePolicy(CachePolicy):
         reused_keys: set[OffloadKey],
         req_context: ReqContext,
     ) -> None:
-        """File the request's chunks under its session, then pause or end the session."""
+        """File the request's chunks under its session, then pause or end the session (with
+        the last of its requests in flight together; a `last_step` one ends it at once, and
+        the others are of no session from then on)."""
         info = self._info(req_context)
         keys = order_request_keys(key_groups, req_context)
-        sid = None if info is None or info.session_id in self._ended else info.session_id
+        rid = req_context.req_id
+        orphan = rid in self._orphans
+        self._orphans.discard(rid)
+        sid = (None if info is None or orphan or info.session_id in self._ended
+               else info.session_id)
         for pos, key in enumerate(keys):
             if key not in self.chunks:  # never stored (no room, below the store threshold,
                 continue  # a failed store) or evicted since: nothing to file
@@ -124,12 +150,18 @@ class KVSagaCachePolicy(CachePolicy):
             self._file(key, new_owner, pos)
         if info is None or sid is None:
             return
+        running = self._running.get(sid)
+        if running is None and self._late_child(sid, rid):
+            return
         now = self.clock()
         session = session_for(self._sessions, info)
-        if sid not in self._running:
+        if running is None:  # none touched: a step of its own (it stored and read nothing)
             self.policy.step_started(session, now)
-        self._running.discard(sid)
+        else:
+            running.discard(rid)
         if info.hint.last_step:
+            self._orphans.update(self._running.pop(sid, ()))
+            self._step_parent.pop(sid, None)
             self.policy.session_ended(session, now)
             self._ended[sid] = None
             if len(self._ended) > ENDED_TRACKED:
@@ -139,7 +171,16 @@ class KVSagaCachePolicy(CachePolicy):
                     self._owner[key] = (None, pos)
             self._owned.pop(sid, None)
             self._sessions.pop(sid, None)
+        elif running:
+            return  # others of its step still run: the step finishes with the last
         else:
+            self._running.pop(sid, None)
+            self._step_parent.pop(sid, None)  # (re-inserted last: oldest first stays true)
+            parent = _parent(rid)
+            if parent is not None:
+                self._step_parent[sid] = parent
+                if len(self._step_parent) > ENDED_TRACKED:
+                    del self._step_parent[next(iter(self._step_parent))]
             self.policy.step_finished(session, now, info.hint)
             self._forget_if_idle(sid)  # (its step stored nothing, or it was evicted since)
 
@@ -180,6 +221,18 @@ class KVSagaCachePolicy(CachePolicy):
             logger.warning("kvsaga: ignoring request %s's hint: %s", req_context.req_id, e)
             return None
 
+    def _late_child(self, sid: str, rid: str) -> bool:
+        """Whether request `rid` of session `sid`, finishing with no request of the session
+        in flight, is a late child: another child of its n > 1 request ended the session's
+        step. A child that stores no chunk of its own (vLLM offloads prompts only by
+        default, and the children share theirs) never reaches `touch`, so the step ended
+        with the first child to finish; the later ones add no step (each was a step of
+        its own: n steps, and pauses as short as the gaps between the children's
+        finishes). Its chunks are filed under the session all the same."""
+        parent = _parent(rid)
+        return (parent is not None and self._step_parent.get(sid) == parent
+                and sid in self._sessions)
+
     def _track(self, key: OffloadKey) -> None:
         owner, pos = self._owner.get(key, (None, 0))
         self.ledger.cache(self.chunks[key].chunk_id, owner, pos)
@@ -215,6 +268,13 @@ class KVSagaCachePolicy(CachePolicy):
         session = self._sessions.pop(sid, None)
         if session is not None:  # not seen to end: no abandonment to learn
             self.policy.session_forgotten(session, self.clock())
+
+
+def _parent(req_id: str) -> str | None:
+    """The request whose n > 1 child `req_id` is (vLLM names a child `{index}_{parent id}`:
+    `vllm.v1.engine.parallel_sampling.ParentRequest.get_child_info`), or None."""
+    head, sep, rest = req_id.partition("_")
+    return rest if sep and rest and head.isdigit() else None
 
 
 class KVSagaGraphCachePolicy(KVSagaCachePolicy):
