@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from kvsaga._validate import is_int
 from kvsaga.replica_stats import ReplicaStats
 from kvsaga.routing_keys import affinity_key, prefix_key, session_key  # noqa: F401 (re-exported)
 from kvsaga.session import DEFAULT_SESSION_IDLE_S, check_session_idle
@@ -48,6 +49,36 @@ class RouteRequest:
     context_tokens: int = 0
     stay: bool = False
     affinity_only: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse a field of the wrong kind, by name: a negative or fractional
+        `context_tokens` went into the steal's room test and a move's size, and a None
+        tenant into the fair share's tenants, without a word (review s52 routing 4)."""
+        # One test for the common case (the callers' own: str ids, an int count >= 0,
+        # bools); the field-by-field messages only when it fails: it runs every step.
+        if not (type(self.tenant) is str and type(self.context_tokens) is int
+                and self.context_tokens >= 0
+                and (self.session is None or type(self.session) is str)
+                and (self.prefix_key is None or type(self.prefix_key) is str)
+                and type(self.stay) is bool and type(self.affinity_only) is bool):
+            _refuse_request(self)
+
+
+def _refuse_request(req: RouteRequest) -> None:
+    """ValueError naming the first field of `req` that is not what `RouteRequest` takes."""
+    for name in ("session", "prefix_key"):
+        v = getattr(req, name)
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"RouteRequest.{name} must be a str or None, got {v!r}")
+    if not isinstance(req.tenant, str):
+        raise ValueError(f"RouteRequest.tenant must be a str (the anonymous tenant is named, "
+                         f"\"anon\" under Ray Serve), got {req.tenant!r}")
+    if not is_int(req.context_tokens) or req.context_tokens < 0:
+        raise ValueError("RouteRequest.context_tokens must be an int >= 0, got "
+                         f"{req.context_tokens!r}")
+    for name in ("stay", "affinity_only"):
+        if not isinstance(getattr(req, name), bool):
+            raise ValueError(f"RouteRequest.{name} must be a bool, got {getattr(req, name)!r}")
 
 
 @dataclass(frozen=True, slots=True)
