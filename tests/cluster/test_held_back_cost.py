@@ -11,6 +11,8 @@ stays `session_steps` turned round and keyed by each session's tenant."""
 
 from __future__ import annotations
 
+import functools
+import operator
 import random
 
 import pytest
@@ -180,11 +182,23 @@ def test_idle_replicas_are_ranked_by_room_net_of_arrivals(z_room, held):
     assert router._held_back("big", ["y", "z"], stats) is held
 
 
-def _reference_held_back(router: KvsagaRouter, tenant: str, idle: list[str], stats) -> bool:
+def _reference_held_back(router: KvsagaRouter, tenant: str, idle: list[str], stats,
+                         arrivals: bool = True) -> bool:
     """The rule as written before session 52: a tenant but `tenant` has work waiting that
     an idle replica could take when, on a replica with steps waiting, it has a one-shot
     step, a session not listed (or not an int) in that replica's report, or one that some
-    idle replica has room for."""
+    idle replica has room for: its report's free and evictable blocks hold the session
+    beside the sessions a steal moved there that the report does not show yet
+    (`_arriving`; left out with `arrivals=False`). Spelled out here, not read from
+    `_room_for`: a router whose room test ignored the arrivals passed as its own reference
+    (routing3)."""
+    def has_room(y, tokens):
+        st = stats.get(y)
+        if st is None:
+            return False
+        coming = router._arriving(y, st) if arrivals else 0
+        return (st.free_blocks + st.evictable_blocks) * st.block_size >= tokens + coming
+
     def could_go(t, x, steps):
         st = stats.get(x)
         for s, where in router.session_steps.items():
@@ -192,7 +206,7 @@ def _reference_held_back(router: KvsagaRouter, tenant: str, idle: list[str], sta
                 continue
             steps -= where[x]
             tokens = st.session_tokens.get(s) if st is not None else None
-            if not is_int(tokens) or any(router._room_for(y, tokens, stats) for y in idle):
+            if not is_int(tokens) or any(has_room(y, tokens) for y in idle):
                 return True
         return steps > 0
 
@@ -276,3 +290,76 @@ def test_held_back_answers_as_the_rule_says(seed):
             answers.append(held)
     assert len(answers) == 900 and any(answers) and not all(answers)
     assert router.num_stolen > 0 and arriving > 0
+
+
+def _steal_to_idle(router: KvsagaRouter, now: list[float], session: str, tokens: int,
+                   rooms: dict[str, int], service: dict[str, float]) -> Route:
+    """Place tenant "big"'s `session` on h, then route its next step while h is loaded and
+    the idle replicas show `rooms` (tokens): a real steal, whose `tokens` count in its
+    thief's room until the thief's report shows the session (`_arriving`)."""
+    first = router.route(RouteRequest(session, tenant="big"), {"h": ReplicaStats()})
+    router.finished(first)
+    now[0] += 0.01
+    stats = {"h": ReplicaStats(total_blocks=4000, free_blocks=0, queue_depth=9, running=4,
+                               session_tokens={session: tokens}, tenant_service=service,
+                               taken_at=now[0])}
+    for y, room in rooms.items():
+        stats[y] = ReplicaStats(total_blocks=4000, free_blocks=room // 16, taken_at=now[0])
+    return router.route(RouteRequest(session, tenant="big", context_tokens=tokens), stats)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_held_back_counts_arrivals_as_the_rule_says(seed):
+    """Random fleets where the sessions real steals moved to the idle replicas decide the
+    answer: tenant "big" (above its share) has sessions stolen from h for the idle
+    replicas y0..y3, whose reports, stamped before or after the steals, then show more
+    room than is left; tenants "small" and "mid" (below their share) have sessions of
+    random sizes waiting on x1, x2. `_held_back` answers as the rule written out, with the
+    room net of what is arriving. The test before it saw a decision that the arrivals
+    decided too rarely to catch a router whose idle replicas were ranked by room without
+    them (`_roomiest`; review s52 diffrouting 2, routing3), or whose room test ignored
+    them (`_room_for`: the rule as written read it too)."""
+    rng = random.Random(seed)
+    idle_names = ["y0", "y1", "y2", "y3"]
+    sizes = [100, 500, 2000, 5000, 20000]
+    answers, decided, stolen = [], 0, 0
+    for trial in range(120):
+        router = KvsagaRouter(["h", "x1", "x2", *idle_names])
+        now = [1000.0]
+        router.clock = functools.partial(operator.itemgetter(0), now)
+        service = {"big": 1e6, "small": 10.0, "mid": 100.0}
+        steals_at = now[0]
+        for k in range(rng.randrange(4)):
+            rooms = {y: rng.choice([0, 800, 5200, 21000]) for y in idle_names}
+            route = _steal_to_idle(router, now, f"B{k}", rng.choice(sizes[:4]), rooms, service)
+            stolen += route.reason == "steal"
+            if route.reason == "steal" and rng.random() < 0.5:
+                router.finished(route, ran=rng.choice([True, None]))
+        now[0] += 0.5
+        listed: dict[str, dict[str, int]] = {"x1": {}, "x2": {}}
+        for k in range(rng.randrange(1, 5)):
+            x = rng.choice(["x1", "x2"])
+            router.route(RouteRequest(f"S{k}", tenant=rng.choice(["small", "mid"])),
+                         {x: ReplicaStats()})
+            if rng.random() < 0.95:  # else unlisted: it could go anywhere
+                listed[x][f"S{k}"] = rng.choice(sizes)
+        stats = {x: ReplicaStats(total_blocks=4000, free_blocks=0, queue_depth=3, running=1,
+                                 session_tokens=listed[x], tenant_service=service)
+                 for x in ("x1", "x2")}
+        stats["h"] = ReplicaStats(total_blocks=4000, free_blocks=0, queue_depth=9,
+                                  running=4, tenant_service=service)
+        for y in idle_names:
+            if rng.random() < 0.9:  # stamped before the steals (they count) or after
+                taken = steals_at - 1.0 if rng.random() < 0.7 else now[0]
+                stats[y] = ReplicaStats(total_blocks=4000, taken_at=taken,
+                                        free_blocks=rng.choice([0, 10, 40, 130, 320, 1300]))
+        router.fair.observe((stats.get(r) for r in router.replicas),
+                            router.live_tenants() | {"big"})
+        idle = [y for y in idle_names if rng.random() < 0.8]
+        held = router._held_back("big", idle, stats)
+        assert held == _reference_held_back(router, "big", idle, stats), trial
+        answers.append(held)
+        decided += held != _reference_held_back(router, "big", idle, stats, arrivals=False)
+        _check_turned_round(router)
+    assert any(answers) and not all(answers)
+    assert stolen > 0 and decided > 0  # the arrivals decided some answers
