@@ -118,6 +118,30 @@ class FairShare:
             return False
         return any(t != tenant and self.share_ratio(t) < 1.0 for t in waiting)
 
+    def share_ratios(self, tenants: Iterable[str]) -> dict[str, float]:
+        """`share_ratio` of each of `tenants`, equal to it bit for bit: the total service
+        and weight of the live tenants are summed once for all those among them (each
+        `share_ratio` sums them over every live tenant: a router's steal decision with 64
+        tenants read 64 x 64 services, routing3), the others alone."""
+        base = set(self.usage) if self.live is None else self.live
+        sums = None
+        out: dict[str, float] = {}
+        for t in tenants:
+            if t not in base:
+                out[t] = self.share_ratio(t)
+                continue
+            if sums is None:
+                sums = (math.fsum(self._service(u) for u in base),
+                        math.fsum(self.weights.get(u, 1.0) for u in base))
+            out[t] = self._ratio(t, *sums)
+        return out
+
+    def _ratio(self, tenant: str, total: float, wsum: float) -> float:
+        if total <= 0:
+            return 0.0
+        fair = self.weights.get(tenant, 1.0) / wsum
+        return (self._service(tenant) / total) / fair
+
     def share_ratio(self, tenant: str) -> float:
         """Received share / fair share (1.0: exactly fair; 0.0: unserved or no usage yet),
         over the `live` tenants and `tenant`; `holds_back` reads them only while someone
@@ -126,9 +150,5 @@ class FairShare:
         # fsum: correctly rounded whatever the order, and a set of str iterates in an order
         # PYTHONHASHSEED picks (with sum, a tenant exactly at its share read 1.0 in one
         # process and 0.9999999999999999 in another, and holds_back decided differently)
-        total = math.fsum(self._service(t) for t in tenants)
-        if total <= 0:
-            return 0.0
-        wsum = math.fsum(self.weights.get(t, 1.0) for t in tenants)
-        fair = self.weights.get(tenant, 1.0) / wsum
-        return (self._service(tenant) / total) / fair
+        return self._ratio(tenant, math.fsum(self._service(t) for t in tenants),
+                           math.fsum(self.weights.get(t, 1.0) for t in tenants))

@@ -35,7 +35,6 @@ one went (`Router.route`): moved, it would pull the session from a replica still
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
@@ -59,9 +58,10 @@ from kvsaga.routing_base import (  # noqa: F401  (re-exported: kvsaga.routing is
     session_key,
 )
 from kvsaga.routing_config import RoutingConfig
+from kvsaga.routing_share import ShareCheck
 
 
-class KvsagaRouter(ArrivalBook, RefusalBook, Router):
+class KvsagaRouter(ShareCheck, ArrivalBook, RefusalBook, Router):
     """Affinity + placement by predicted load + work stealing + migration + fleet fair
     share."""
 
@@ -372,45 +372,6 @@ class KvsagaRouter(ArrivalBook, RefusalBook, Router):
         if st is not None:
             tokens += self._arriving(x, st)
         return self._has_room(x, tokens, stats)
-
-    def _held_back(self, tenant: str, idle: list[str], stats) -> bool:
-        """Fair share holds a steal back for `tenant` (`FairShare.holds_back`): it is above
-        `steal_max_share` while another tenant below its fair share has work waiting that
-        one of `idle` could take (`_could_go`), as this router sees it: a step it sent
-        there, not finished, on a replica with steps waiting. Work that no idle replica
-        has room for held back every steal for the tenants above their share, the idle
-        replicas taking nothing for as long as it waited (review s48 roomdiff 1). Only the
-        tenants below their share are looked at: `holds_back` drops the others unread."""
-        roomiest = functools.cache(lambda: self._roomiest(idle, stats))
-        waiting = (t for t, where in self.tenant_steps.items()
-                   if t != tenant and self.fair.share_ratio(t) < 1.0
-                   and any(self.waiting(x, stats) > 0 and self._could_go(t, x, n, roomiest, stats)
-                           for x, n in where.items() if x in self.in_flight))
-        return self.fair.holds_back(tenant, waiting, self.config.steal_max_share)
-
-    def _could_go(self, tenant: str, x: str, steps: int, roomiest, stats) -> bool:
-        """Whether one of `tenant`'s `steps` unfinished steps on replica `x` could go to an
-        idle replica: a one-shot step (the tenant's next one is placed afresh, no KV to
-        import), or a session's that the idle replica with the most room (`roomiest()`,
-        `_roomiest`) shows room for (`_room_for`) at its size in `x`'s report (not listed
-        there: it could). It reads `tenant`'s sessions on `x` only (`replica_sessions`), and
-        the idle replicas' room once a decision: it walked every session in flight for each
-        replica with work waiting, each session's room tested on every idle replica (64
-        replicas, 4,000 sessions in flight: 38 ms a decision; review s52 routing 1), then
-        every tenant's sessions on `x` for each tenant (16 tenants: 11 ms; diffrouting 1)."""
-        st = stats.get(x)
-        least = None  # the smallest of its sessions there: if it has no room, none has
-        for s, n in self.replica_sessions.get(x, {}).get(tenant, {}).items():
-            steps -= n
-            tokens = st.session_tokens.get(s) if st is not None else None
-            if not is_int(tokens):
-                return True
-            if least is None or tokens < least:
-                least = tokens
-        if steps > 0 or least is None:
-            return steps > 0
-        y = roomiest()
-        return y is not None and self._room_for(y, least, stats)
 
     def _steal_source(self, session: str | None, home: str, lead: float | None,
                       stats) -> str | None:

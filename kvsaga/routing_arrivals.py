@@ -192,16 +192,20 @@ class ArrivalBook:
             self._drop_arrival(s)
         return tokens
 
-    def _roomiest(self, idle: list[str], stats) -> str | None:
-        """Of `idle`, the replica whose report shows the most room beside the sessions
-        arriving there (`KvsagaRouter._room_for`'s test): if it has no room for a session,
-        none has (`KvsagaRouter._could_go`)."""
-        def room(y: str) -> float:
+    def _most_room(self, idle: list[str], stats) -> float:
+        """The most room (tokens) an idle replica's report shows beside the sessions
+        arriving there (`KvsagaRouter._room_for`'s test: it has room for `tokens` exactly
+        when `tokens` <= its room); -inf when no replica of `idle` reports. If it has no
+        room for a session, none has (`KvsagaRouter._could_go`)."""
+        most = -math.inf
+        for y in idle:
             st = stats.get(y)
-            if st is None:
-                return -math.inf
-            return (st.free_blocks + st.evictable_blocks) * st.block_size - self._arriving(y, st)
-        return max(idle, key=room, default=None)
+            if st is not None:
+                room = (st.free_blocks + st.evictable_blocks) * st.block_size \
+                    - self._arriving(y, st)
+                if room > most:
+                    most = room
+        return most
 
 
 class RefusalBook:

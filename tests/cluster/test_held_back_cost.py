@@ -224,19 +224,22 @@ def _check_turned_round(router: KvsagaRouter) -> None:
     assert router.replica_sessions == turned
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_held_back_answers_as_the_rule_says(seed):
-    """Random fleets and steps in flight (sessions of three tenants, one-shot steps,
-    sessions a report lists or not, idle replicas with and without room, replicas added
-    and removed, reports stamped before and after real steals, whose sessions then count
-    in their thief's room): `_held_back` answers as the rule written out, and
-    `replica_sessions` matches `session_steps` throughout."""
+@pytest.mark.parametrize("seed,many", [(s, False) for s in range(6)]
+                         + [(s, True) for s in (6, 7, 8, 10)])
+def test_held_back_answers_as_the_rule_says(seed, many):
+    """Random fleets and steps in flight (sessions of three tenants, or twelve of random
+    weights: `many`, one-shot steps, sessions a report lists or not, idle replicas with
+    and without room, replicas added and removed, reports stamped before and after real
+    steals, whose sessions then count in their thief's room): `_held_back` answers as the
+    rule written out, whose share ratios are `FairShare.share_ratio`'s, one tenant at a
+    time, and `replica_sessions` matches `session_steps` throughout."""
     rng = random.Random(seed)
     names = [f"r{i}" for i in range(6)]
-    router = KvsagaRouter(names)
+    tenants = [f"T{i}" for i in range(12)] if many else ["A", "B", "C"]
+    weights = {t: rng.choice([0.5, 1.0, 3.0]) for t in tenants} if many else None
+    router = KvsagaRouter(names, tenant_weights=weights)
     now = [1000.0]
     router.clock = lambda: now[0]
-    tenants = ["A", "B", "C"]
     live: list = []
     answers = []
     arriving = 0  # decisions taken while a steal's tokens counted in its thief's room
@@ -288,7 +291,7 @@ def test_held_back_answers_as_the_rule_says(seed):
             held = router._held_back(tenant, idle, stats)
             assert held == _reference_held_back(router, tenant, idle, stats)
             answers.append(held)
-    assert len(answers) == 900 and any(answers) and not all(answers)
+    assert len(answers) == 300 * len(tenants) and any(answers) and not all(answers)
     assert router.num_stolen > 0 and arriving > 0
 
 
