@@ -318,10 +318,10 @@ def test_held_back_counts_arrivals_as_the_rule_says(seed):
     replicas y0..y3, whose reports, stamped before or after the steals, then show more
     room than is left; tenants "small" and "mid" (below their share) have sessions of
     random sizes waiting on x1, x2. `_held_back` answers as the rule written out, with the
-    room net of what is arriving. The test before it saw a decision that the arrivals
-    decided too rarely to catch a router whose idle replicas were ranked by room without
-    them (`_roomiest`; review s52 diffrouting 2, routing3), or whose room test ignored
-    them (`_room_for`: the rule as written read it too)."""
+    room net of what is arriving. The test before it saw no decision that the arrivals
+    decided, and passed a router whose idle replicas were ranked by room without them
+    (`_most_room`, then `_roomiest`; review s52 diffrouting 2); its reference read the
+    router's own room test (`_room_for`), so one that ignored them passed too (routing3)."""
     rng = random.Random(seed)
     idle_names = ["y0", "y1", "y2", "y3"]
     sizes = [100, 500, 2000, 5000, 20000]
