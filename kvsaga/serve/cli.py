@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--graceful-shutdown-s", type=float, default=None,
       help="on SIGTERM or Ctrl-C, seconds the requests in flight get to finish; then each "
       "stream still open ends with a final error event (code server_shutting_down) and "
-      "data: [DONE], a request not streamed gets a 503, and the server exits (0: at once) "
+      "data: [DONE], a request not streamed gets a 503, and the server exits (0: at once; "
+      "a second Ctrl-C ends the wait at once) "
       f"(default: {d.graceful_shutdown_s:g}; one process only, not with --replicas)")
     a("--metrics-compat", default=None, choices=["vllm"],
       help="also export vLLM's metric names (vllm:num_requests_waiting, ...) (default: "
