@@ -135,13 +135,14 @@ inline TableKey ttl_key(const double* f, double lo, TtlMemo& memo) {
 }
 
 // graph's rate P(reuse) / E[time to reuse] at elapsed grid point lo (graph.py
-// `_predict_session`, `_session_base`; aeg.py `predict`).
+// `_predict_session`, `_session_base`; aeg.py `predict`): f = (mu, sigma, p0, wait, corr,
+// min_wait, hedge), the time multiplied by corr, then divided by hedge, as Python does.
 inline double graph_rate(const double* f, double lo, const InvCdf& inv_cdf) {
   LogNormal d{f[0], f[1]};
   double p0 = f[2];
   double s = d.sf(lo);
   double p = p0 < 1.0 ? mul(p0, s) / (mul(p0, s) + (1.0 - p0)) : 1.0;
-  double t = mul(d.median_residual(lo, inv_cdf) + f[3], f[4]);
+  double t = mul(d.median_residual(lo, inv_cdf) + f[3], f[4]) / f[6];
   double w = f[5] > t ? f[5] : t;
   return p / w;
 }

@@ -64,7 +64,7 @@ inline Pushed read_push(nb::handle sid, nb::handle key, int64_t tie, int64_t siz
       PyObject* f = PyTuple_GET_ITEM(o, 3);
       Py_ssize_t want = fields.size, skip = tk.mode == 4 ? 1 : 0;
       if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != want)
-        raise_type_error("timed modes 2, 3, 4: value must be a tuple of 4, 8, 7 numbers");
+        raise_type_error("timed modes 2, 3, 4: value must be a tuple of 4, 8, 8 numbers");
       formula.mode = tk.mode;
       formula.k0 = tk.k0;
       double read[8];

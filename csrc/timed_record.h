@@ -30,7 +30,7 @@ struct alignas(64) Timed {
 // A class's key at every grid point: mode 2, p = (w, s, a, b): (k0, -((w * min(grid(k) /
 // s, 1) + a) + b)), saga's score of an entry idle grid(k) seconds; mode 3 (ttl), p = (mu,
 // sigma, p0, cost, rent, n, r, ttl): `ttl_key`; mode 4 (graph), p = (mu, sigma, p0, wait,
-// corr, min_wait): (1, graph_rate(...) * mult).
+// corr, min_wait, hedge): (1, graph_rate(...) * mult).
 struct Formula {
   int64_t mode;
   double k0;
@@ -39,13 +39,21 @@ struct Formula {
   TtlMemo memo;  // mode 3: what its keys share (`ttl_key`)
 };
 
+// timed_keys.py `first_past`: the first clock value T at which `T - t0 > x` as computed (no
+// later than it where the subtraction rounds): t0 + x when that rounded up past it, else the
+// next float.
+inline double first_past(double t0, double x) {
+  double r = t0 + x;
+  return r - t0 > x ? r : std::nextafter(r, std::numeric_limits<double>::infinity());
+}
+
 // session_heap.py `_class_limits`: a record's (limit, deadline cap) in a formula's class.
 inline void class_limits(const Formula& f, double t0, double& limit, double& extra) {
   const double inf = std::numeric_limits<double>::infinity();
   if (f.mode == 3) {
     limit = f.p[7], extra = t0 + f.p[7];
   } else if (f.mode == 2 && f.limit < inf) {
-    limit = f.limit, extra = std::nextafter(t0 + std::nextafter(f.limit, -inf), inf);
+    limit = f.limit, extra = first_past(t0, std::nextafter(f.limit, -inf));
   } else {
     limit = inf, extra = inf;
   }
@@ -90,9 +98,9 @@ inline const FormulaFields kFormulaFields[] = {
     {8, {"mode 3 mu", "mode 3 sigma", "mode 3 p0", "mode 3 cost", "mode 3 rent", "mode 3 n",
          "mode 3 r", "mode 3 ttl"},
      {kFinite, kNonNeg, kShare, kFinite, kFinite, kPos, kPos, kFinite}},
-    {7, {"mode 4 base", "mode 4 mu", "mode 4 sigma", "mode 4 p0", "mode 4 wait", "mode 4 corr",
-         "mode 4 min_wait"},
-     {kFinite, kFinite, kNonNeg, kShare, kFinite, kFinite, kPos}},
+    {8, {"mode 4 base", "mode 4 mu", "mode 4 sigma", "mode 4 p0", "mode 4 wait", "mode 4 corr",
+         "mode 4 min_wait", "mode 4 hedge"},
+     {kFinite, kFinite, kNonNeg, kShare, kFinite, kFinite, kPos, kPos}},
 };
 
 // A number as the index reads one (session_heap.py `_is_real`): a float, or an object with

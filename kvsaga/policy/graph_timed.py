@@ -58,18 +58,20 @@ class GraphTimedKeys:
 
     def _formula(self, sid: str, sig: tuple, v, now: float) -> tuple[float, ...]:
         """The numbers `_predict_session` reads for an unhinted pause of class `sig` (mu,
-        sigma, p0, admission wait, correction, min_wait_s; timed_keys.py `graph_rate`),
-        kept in `_memo` with the class keys (forgotten with them when the statistics
-        change)."""
+        sigma, p0, admission wait, correction, min_wait_s, trust's hedge; timed_keys.py
+        `graph_rate`), kept in `_memo` with the class keys (forgotten with them when the
+        statistics change). The hedge is a number of its own, not folded into the
+        correction: `_predict_session` multiplies, then divides, and the product of the
+        two rounds differently."""
         f = self._memo.get(sig)
         if f is None:
             kind = NO_TOOL if v.tool is None else v.tool
             dist = self.graph.pause_dist(v.workflow, kind)
             corr = 1.0 if self.calib_prior is None else self.correction(v.workflow, v.tool)
-            if self.trust is not None:  # `_predict_session(hedged=True)`
-                corr /= self.trust.factor(v.workflow, "paused")
+            # `_predict_session(hedged=True)`
+            hedge = 1.0 if self.trust is None else self.trust.factor(v.workflow, "paused")
             f = self._memo[sig] = (dist.mu, dist.sigma,
                                    self.graph.resume_share(v.workflow, kind),
                                    self._expected_wait(sid, now, False)[0], corr,
-                                   self.min_wait_s)
+                                   self.min_wait_s, hedge)
         return f

@@ -341,7 +341,11 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         if exact > ttl:  # (`_score`'s test) expired: for good, keyed by its score alone
             return (1, -score), until, ((*sig, True), k, 1, formula, 2, v.paused_at, math.inf,
                                         math.inf, 1.0)
-        t = math.nextafter(v.paused_at + ttl, math.inf)
+        # When the entry expires: the first clock value with now - paused_at > ttl
+        # (timed_keys.py `first_past`, inline: run per keyed entry)
+        t = v.paused_at + ttl
+        if not t - v.paused_at > ttl:
+            t = math.nextafter(t, math.inf)
         until = t if t < until else until  # min(until, t)
         if not ttl >= 0.0:  # (a negative hint: the limit below would not say "not expired")
             return (2, -score), until, None

@@ -31,9 +31,9 @@ Python call per session. Mode 2 gives a class's key at every grid point at once,
 being (w, s, a, b): (k0, -((w * min(grid(j) / s, 1) + a) + b)) (saga's score). Modes 3
 and 4 give a class's key at every grid point from the log-normal pause model the policies
 learn (lognormal.py, aeg.py): mode 3, `value` (mu, sigma, p0, cost, rent, n, r, ttl), is
-ttl's key (`ttl_window_key`); mode 4, `value` (base, mu, sigma, p0, wait, corr, min_wait),
-graph's: (1, `graph_rate` x mult), `base` being the session's rate when pushed (both in
-kvsaga/policy/timed_keys.py, with the records' checks). The C++
+ttl's key (`ttl_window_key`); mode 4, `value` (base, mu, sigma, p0, wait, corr, min_wait,
+hedge), graph's: (1, `graph_rate` x mult), `base` being the session's rate when pushed (both
+in kvsaga/policy/timed_keys.py, with the records' checks). The C++
 index computes them (csrc/session_keys.h) operation for operation with the same libm
 functions, so that a session paused for long re-keys at every grid point without Python,
 not only at the points its class's table holds; each key so computed enters the table

@@ -33,7 +33,7 @@ FORMULA_FIELDS: dict[int, tuple[tuple[str, str], ...]] = {
     3: (("mu", _F), ("sigma", _NONNEG), ("p0", _SHARE), ("cost", _F), ("rent", _F),
         ("n", _POS), ("r", _POS), ("ttl", _F)),
     4: (("base", _F), ("mu", _F), ("sigma", _NONNEG), ("p0", _SHARE), ("wait", _F),
-        ("corr", _F), ("min_wait", _POS)),
+        ("corr", _F), ("min_wait", _POS), ("hedge", _POS)),
 }
 _RULES = {"not NaN": lambda v: not math.isnan(v), _F: math.isfinite,
           _POS: lambda v: math.isfinite(v) and v > 0,
@@ -95,7 +95,7 @@ def check_timed(timed: Any) -> tuple:
     else:
         fields = FORMULA_FIELDS[mode]
         if not isinstance(value, tuple) or len(value) != len(fields):
-            raise TypeError("timed modes 2, 3, 4: value must be a tuple of 4, 8, 7 numbers")
+            raise TypeError("timed modes 2, 3, 4: value must be a tuple of 4, 8, 8 numbers")
         value = tuple(_real(x, f"mode {mode} {name}", rule)
                       for x, (name, rule) in zip(value, fields, strict=True))
     t0, limit, extra, mult = (_real(timed[i], name) for i, name in
@@ -169,12 +169,16 @@ def ttl_window_key(f: tuple[float, ...], t0: float, lo: float) -> Key:
 
 def graph_rate(f: tuple[float, ...], lo: float) -> float:
     """graph's rate P(reuse) / E[time to reuse] of a session judged `lo` seconds into an
-    unhinted pause, from its class's formula f = (mu, sigma, p0, wait, corr, min_wait):
-    graph.py `_predict_session` and `_session_base` over aeg.py `predict`."""
-    mu, sigma, p0, wait, corr, min_wait = f
+    unhinted pause, from its class's formula f = (mu, sigma, p0, wait, corr, min_wait,
+    hedge): graph.py `_predict_session` and `_session_base` over aeg.py `predict`. The time
+    is multiplied by `corr` (the self-correction), then divided by `hedge` (trust's factor,
+    1.0 without), in that order as `_predict_session` does: a product corr / hedge in one
+    number rounds differently (session 53: the index's keys one ulp off the scan's)."""
+    mu, sigma, p0, wait, corr, min_wait, hedge = f
     p, t = resume_prediction(LogNormalDist(mu, sigma), p0, lo)
     t = t + wait
     t *= corr
+    t /= hedge
     w = min_wait if min_wait > t else t
     return p / w
 
@@ -189,5 +193,16 @@ def _class_limits(formula: tuple, t0: float) -> tuple[float, float]:
     if mode == 3:
         return f[7], t0 + f[7]
     if mode == 2 and limit < math.inf:
-        return limit, math.nextafter(t0 + math.nextafter(limit, -math.inf), math.inf)
+        return limit, first_past(t0, math.nextafter(limit, -math.inf))
     return math.inf, math.inf
+
+
+def first_past(t0: float, x: float) -> float:
+    """The deadline of "more than x seconds since t0" (saga's TTL): the first clock value T
+    at which `T - t0 > x`, as the policy computes it, holds; no later than that wherever the
+    subtraction rounds (an early deadline only re-keys the entry to the same key and re-arms).
+    fl(t0 + x) when it rounded up past t0 + x (that clock value is already past: nextafter
+    of it, the deadline before session 53, fired one ulp late there), else the next float.
+    csrc/timed_record.h `first_past` is its twin; saga.py `_timed_base` inlines it."""
+    t = t0 + x
+    return t if t - t0 > x else math.nextafter(t, math.inf)

@@ -1,8 +1,10 @@
 """The walk with which tests/policy/test_edge_hint_walks.py found saga's index and its full scan
 disagreeing in session 52's CI (hypothesis; both cores): with pause hints of 1e9 to inf and
-clock jumps of 1e6 s, and `choose_victims(k)` asked between the calls as the test does, the
-index yields blocks 9, 8 before 11, 10, the scan after. Run without those partial searches the
-same calls agree, so a partial search leaves the index out of step at these edges."""
+clock jumps of 1e6 s, the index yielded blocks 9, 8 before 11, 10, the scan after (step 39).
+The cause (session 53, /work/lanes/findings/s53/edgewalk.md) was no partial search: entry n22,
+paused at 1000007.05 with a TTL of 7.050000000000002, is past its TTL at the clock
+1000014.1000000001 = fl(1000007.05 + 7.050000000000002) (that sum rounded up), and its expiry
+deadline was the float after it, one ulp late (saga.py `_timed_base`, now `first_past`)."""
 
 import math
 

@@ -1,7 +1,10 @@
 """The walk with which tests/policy/test_edge_hint_walks.py found graph[trust=1]'s index and its
 full scan disagreeing (session 52's CI, hypothesis): at step 52 (the clock at 4e6 s after
 jumps of 1e6 s, pause hints of 1e9, 1e300 and inf) the index ranks blocks 10 and 9 last, the
-scan third and fourth. Plain graph runs the same walk without a difference."""
+scan third and fourth. Plain graph runs the same walk without a difference. The cause
+(session 53): the index's formula divided the time by trust's factor folded into the
+correction (t * (c / f)), the scan by the factor after it ((t * c) / f); the keys of sessions
+the scan ties differed in the last bit (timed_keys.py `graph_rate`'s `hedge` now)."""
 
 import math
 

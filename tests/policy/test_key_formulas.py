@@ -42,8 +42,10 @@ elapsed = st.one_of(st.floats(0.0, 1e4), st.sampled_from([0.0, 1e-3, 2.5e-3, 7.0
 ttl_formulas = st.tuples(mus, sigmas, p0s, st.floats(1e-4, 10.0), st.floats(1e-6, 1.0),
                          st.integers(1, 64).map(float), st.floats(1e-7, 1e-2),
                          st.floats(1e-3, 1e5))
+# (the last number, trust's hedge: 1.0 without trust, else within e^-5..e^5)
 graph_formulas = st.tuples(mus, sigmas, p0s, st.floats(0.0, 50.0),
-                           st.floats(0.01, 100.0), st.sampled_from([1e-3, 0.5]))
+                           st.floats(0.01, 100.0), st.sampled_from([1e-3, 0.5]),
+                           st.one_of(st.just(1.0), st.floats(math.exp(-5), math.exp(5))))
 
 
 def _key_after(index, t0: float, e: float, mode: int, f: tuple, mult: float):

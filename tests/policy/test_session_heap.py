@@ -49,7 +49,7 @@ timed = st.one_of(st.none(), st.tuples(
     st.just(6), grid_points, st.just(1), st.tuples(
         st.sampled_from([0.5, 2.0]), st.sampled_from([-1.0, 0.5]), st.sampled_from([0.3, 1.5]),
         st.sampled_from([0.6, 1.0]), st.sampled_from([0.0, 0.4]), st.sampled_from([1.0, 1.3]),
-        st.just(1e-3)), st.just(4), *record_ends))
+        st.just(1e-3), st.sampled_from([1.0, 20.085536923187668])), st.just(4), *record_ends))
 ops = st.one_of(
     st.tuples(st.just("push"), sids, keys, st.integers(0, 9), st.integers(1, 5),
               st.sampled_from([math.inf, 0.0, 0.5, 1.0, 3.0]), times, timed),
@@ -144,7 +144,7 @@ GOOD = {
     2: (1, 3, 2, (0.3, 1.0, 0.0, 0.2), 2, 0.0, math.inf, math.inf, 1.0),
     3: (1, 3, 1, (0.5, 1.5, 0.6, 0.2, 1e-3, 4.0, 2.5e-4, 4.0), 3, 0.0, math.inf, math.inf,
         1.0),
-    4: (1, 3, 1, (0.5, 0.5, 1.5, 0.6, 0.4, 1.3, 1e-3), 4, 0.0, math.inf, math.inf, 1.0),
+    4: (1, 3, 1, (0.5, 0.5, 1.5, 0.6, 0.4, 1.3, 1e-3, 1.0), 4, 0.0, math.inf, math.inf, 1.0),
 }
 BAD_FIELDS = ["0.5", "x", None, math.nan, math.inf, -math.inf, 0.0, -1.0, 1.5, 0, True, 2.0]
 
@@ -210,6 +210,7 @@ def test_timed_formulas_are_checked_at_push(cpp):
         (_with(GOOD[3], 3, 1.5, 2), ValueError, "timed: mode 3 p0 must be finite and in [0, 1]"),
         (_with(GOOD[4], 3, -0.1, 2), ValueError, "timed: mode 4 sigma must be finite and >= 0"),
         (_with(GOOD[4], 3, 0.0, 6), ValueError, "timed: mode 4 min_wait must be finite and > 0"),
+        (_with(GOOD[4], 3, 0.0, 7), ValueError, "timed: mode 4 hedge must be finite and > 0"),
         (_with(GOOD[2], 3, 0.0, 1), ValueError, "timed: mode 2 s must be finite and > 0"),
         (_with(GOOD[0], 5, math.nan), ValueError, "timed: t0 must be not NaN, got nan"),
     ]

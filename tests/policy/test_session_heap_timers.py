@@ -135,7 +135,8 @@ def _fail_once(monkeypatch) -> dict:
 
 
 # A mode-4 timed record of graph's: its re-key calls the normal quantile.
-_MODE4 = (1, -1, 1, (0.5, 0.5, 1.5, 0.6, 0.4, 1.3, 1e-3), 4, 0.0, math.inf, math.inf, 1.0)
+_MODE4 = (1, -1, 1, (0.5, 0.5, 1.5, 0.6, 0.4, 1.3, 1e-3, 1.0), 4, 0.0, math.inf, math.inf,
+          1.0)
 
 
 def _after_a_rekey_raises(monkeypatch, push, read) -> tuple:
