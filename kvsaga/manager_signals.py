@@ -151,46 +151,70 @@ class SessionSignals:
         of `session_ended` does not keep the session: it is ended all the same (its blocks
         released, as above), then the hook's error propagates. A policy whose hook raised
         may keep what it held for the session; the blocks are the pool's again either way.
+
+        An interrupt (KeyboardInterrupt) cut into it leaves the session either ended or
+        known, for a retry of `end_session` to end: an end the policy was told is marked
+        (`Session.ending`: the retry does not tell it again), a table released is marked so
+        (PAUSED: never released again), and the forgetting is restartable. Until that retry
+        the session is for `end_session` only. Not covered: a cut exactly at the pool
+        release's return (taken as its `blocks_cached` raising), and under
+        KVSAGA_CORE=python one inside the pure-Python pool's release (its entry, its loop).
         """
         check_bool("force", force, InvalidRequest)
         s = self._session(session_id)
         now = self._time(now)
+        hook_error: Exception | None = None
+        if not s.ending:  # (else a retry of an end an interrupt cut: the policy was told)
+            hook_error = self._tell_end(s, now, force)
+        if s.state is SessionState.RUNNING:
+            try:  # (`_release_table` marks it PAUSED once its table is released)
+                self._release_table(s, keep_tail=False)
+            finally:  # the policy was told the end: once released, the session ends, then
+                if s.state is not SessionState.RUNNING:  # the error rises (a cut before
+                    self._forget(s)  # the release keeps it RUNNING: a retry releases)
+        else:
+            self._forget(s)
+        if hook_error is not None:
+            raise hook_error
+
+    def _tell_end(self, s: Session, now: float, force: bool) -> Exception | None:
+        """`end_session`'s part before the release: evict a paused session's retained tail,
+        tell the policy the end, mark `s.ending`. Returns the hook's Exception that `force`
+        let pass. No call separates the hook's return from the mark (an interrupt, which
+        CPython raises only at a call, a loop's jump back or a function's entry, cannot
+        land in between; one at the hook's return is taken as the hook's own)."""
         if s.state is not SessionState.RUNNING and s.tail is not None:
             b, gen, _ = s.tail
             if self.pool.state[b] == CACHED and self.pool.generation[b] == gen:
                 self._drop(b)
             s.tail = None
         self._changes += 1
-        hook_error: Exception | None = None
         try:
             self.policy.session_ended(s, now)
         except Exception as e:
             if not force:  # nothing else changed yet
                 self._changes -= 1
                 raise
-            hook_error = e
+            s.ending = True
+            return e
         except BaseException:  # an interrupt: nothing else changed yet, forced or not
             self._changes -= 1
             raise
-        if s.state is SessionState.RUNNING:
-            try:
-                self._release_table(s, keep_tail=False)
-            finally:  # the policy was told the end: the session ends, then the error rises
-                self._forget(s)
-        else:
-            self._forget(s)
-        if hook_error is not None:
-            raise hook_error
+        s.ending = True
+        return None
 
     def _forget(self, s: Session) -> None:
         """Disown `s`'s blocks (those that left its table while it owned them included) and
-        forget it (`end_session`, once the policy was told)."""
+        forget it (`end_session`, once the policy was told). Restartable: an interrupt
+        before its last two statements (which no call separates) leaves `s` known with
+        its leftovers, for `end_session`'s retry to disown again."""
         owner, sid = self.block_owner, s.session_id
-        for blocks in (s.block_ids, self._left_owned.pop(sid, ())):
+        for blocks in (s.block_ids, self._left_owned.get(sid, ())):
             for b in blocks:
                 if owner[b] == sid:
                     owner[b] = None
         del self.sessions[sid]
+        self._left_owned.pop(sid, None)
 
     def _release_table(self, s: Session, keep_tail: bool) -> None:
         """Drop the step's references, tail first, so that policies see tails go first.
@@ -207,9 +231,11 @@ class SessionSignals:
         tail = table[-1] if partial and keep_tail else -1
         try:
             pool.release_many(table[::-1], keep_unhashed=tail)
-        except BaseException:
+        except BaseException:  # (an interrupt at the call's return lands here too)
+            s.state = SessionState.PAUSED  # no longer holds the references: never again
             self._drop_released(s)
             raise
+        s.state = SessionState.PAUSED  # (already so for finish_step and preempt)
         s.tail = None
         if tail >= 0 and pool.state[tail] == CACHED:
             s.tail = (tail, pool.generation[tail], partial)

@@ -74,6 +74,9 @@ class Session:
         importing: True during the policy's `step_started` of an import's step
             (kvsaga.migration), which computes no token: every full block of it may hit,
             the last one too (a shadow cache replays it so, `ShadowCache.step_started`).
+        ending: the policy was told the session ended, but `end_session` was cut (an
+            interrupt) before it forgot the session: a retry of `end_session` only
+            finishes it (releases the table if `state` is still RUNNING, then forgets).
     """
 
     session_id: str
@@ -89,6 +92,7 @@ class Session:
     hint: PauseHint | None = None
     tail: tuple[int, int, int] | None = None
     importing: bool = False
+    ending: bool = False
 
     @property
     def is_running(self) -> bool:
