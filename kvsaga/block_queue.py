@@ -53,25 +53,35 @@ class BlockQueue:
     def push_many(self, block_ids: list[int]) -> None:
         """Append blocks at the tail, in order. None may be linked, none named twice
         (ValueError, nothing changed). The check is the link loop's own: a block reached
-        with `prev` set was linked before or earlier in this batch."""
+        with `prev` set was linked before or earlier in this batch. An interrupt between
+        two blocks (or after the loop) unlinks the batch again: nothing changed."""
         if not block_ids:
             return
         nxt, prv, s = self._next, self._prev, self._sentinel
         tail = start = prv[s]
-        for b in block_ids:
-            if prv[b] != -1:
-                self._unpush(b, start, tail)
-            nxt[tail] = b
-            prv[b] = tail
-            tail = b
-        nxt[tail] = s
-        prv[s] = tail
-        self._size += len(block_ids)
+        try:
+            for b in block_ids:
+                if prv[b] != -1:
+                    break
+                nxt[tail] = b
+                prv[b] = tail
+                tail = b
+            else:
+                nxt[tail] = s
+                prv[s] = tail
+                self._size += len(block_ids)
+                return
+        except BaseException:
+            self._unpush(start, tail)
+            raise
+        done = self._unpush(start, tail)
+        raise ValueError(f"block {b} appears twice" if b in done else
+                         f"block {b} is already queued")
 
-    def _unpush(self, bad: int, start: int, tail: int) -> None:
-        """Unlink what `push_many` linked (`start`'s successors up to `tail`) before it
-        reached `bad`, then refuse `bad`."""
-        nxt, prv = self._next, self._prev
+    def _unpush(self, start: int, tail: int) -> list[int]:
+        """Unlink what `push_many` linked (`start`'s successors up to `tail`), the old tail
+        `start` the tail again; returns those blocks."""
+        nxt, prv, s = self._next, self._prev, self._sentinel
         done = []
         b = start
         while b != tail:
@@ -79,40 +89,49 @@ class BlockQueue:
             done.append(b)
         for b in done:
             prv[b] = nxt[b] = -1
-        nxt[start] = self._sentinel
-        raise ValueError(f"block {bad} appears twice" if bad in done else
-                         f"block {bad} is already queued")
+        nxt[start] = s
+        prv[s] = start
+        return done
 
     def remove_many(self, block_ids: list[int]) -> None:
         """Unlink linked blocks, none named twice (ValueError, nothing changed). The check is
         the unlink loop's own (`prev` -1: not linked, or unlinked earlier in this batch), and
         `next` is left as it was (an unlinked block's `next` means nothing) so that a refusal
-        can relink what the loop had unlinked."""
+        can relink what the loop had unlinked. An interrupt between two blocks (or after
+        the loop) relinks them so: nothing changed."""
         nxt, prv = self._next, self._prev
         it = iter(block_ids)
-        for b in it:
-            p = prv[b]
-            if p == -1:
-                self._unremove(block_ids, len(block_ids) - length_hint(it) - 1)
-            n = nxt[b]
-            nxt[p] = n
-            prv[n] = p
-            prv[b] = -1
-        self._size -= len(block_ids)
+        try:
+            for b in it:
+                p = prv[b]
+                if p == -1:
+                    break
+                n = nxt[b]
+                nxt[p] = n
+                prv[n] = p
+                prv[b] = -1
+            else:
+                self._size -= len(block_ids)
+                return
+        except BaseException:  # (each block the iterator gave was unlinked)
+            self._unremove(block_ids, len(block_ids) - length_hint(it))
+            raise
+        stop = len(block_ids) - length_hint(it) - 1
+        self._unremove(block_ids, stop)
+        bad = block_ids[stop]
+        raise ValueError(f"block {bad} appears twice" if bad in block_ids[:stop] else
+                         f"block {bad} is not queued")
 
     def _unremove(self, block_ids: list[int], stop: int) -> None:
-        """Relink, newest first, the blocks `remove_many` unlinked before it reached
-        `block_ids[stop]` (each one's `next` is still its successor, whose `prev` is then
-        its predecessor again: dancing links), then refuse that block."""
+        """Relink, newest first, the blocks `remove_many` unlinked, `block_ids[:stop]` (each
+        one's `next` is still its successor, whose `prev` is then its predecessor again:
+        dancing links)."""
         nxt, prv = self._next, self._prev
         for b in reversed(block_ids[:stop]):
             n = nxt[b]
             p = prv[b] = prv[n]
             nxt[p] = b
             prv[n] = b
-        bad = block_ids[stop]
-        raise ValueError(f"block {bad} appears twice" if bad in block_ids[:stop] else
-                         f"block {bad} is not queued")
 
     def remove(self, block_id: int) -> None:
         """Unlink a linked block (ValueError for one not linked)."""
@@ -163,13 +182,29 @@ class BlockQueue:
         nxt, prv, s = self._next, self._prev, self._sentinel
         out = [0] * count
         b = nxt[s]
-        for i in range(count):
-            out[i] = b
-            n = nxt[b]
-            prv[b] = -1
-            nxt[b] = -1
-            b = n
+        i = -1
+        try:  # (`next[sentinel]` still names the first: an interrupt relinks those unlinked)
+            for i in range(count):
+                out[i] = b
+                n = nxt[b]
+                prv[b] = -1
+                nxt[b] = -1
+                b = n
+        except BaseException:
+            self._unpop(out[: i + 1], b)
+            raise
         nxt[s] = b
         prv[b] = s
         self._size -= count
         return out
+
+    def _unpop(self, popped: list[int], b: int) -> None:
+        """Relink the blocks `pop_many` unlinked, `popped`, before `b` (the first it left)."""
+        nxt, prv = self._next, self._prev
+        p = self._sentinel
+        for x in popped:
+            nxt[p] = x
+            prv[x] = p
+            p = x
+        nxt[p] = b
+        prv[b] = p

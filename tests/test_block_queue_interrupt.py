@@ -1,0 +1,99 @@
+"""An interrupt inside one of the pure-Python BlockQueue's loops changes nothing.
+
+Before (lane s52 takeplan, "not fixed"): a KeyboardInterrupt between two blocks of
+`push_many` left the batch half linked (its blocks marked queued, unreachable from the head,
+the tail and the length unchanged), `remove_many` left a prefix unlinked with the length
+unchanged, and `pop_many` left the head naming a block marked unqueued. Now each takes its
+batch back in an exception handler (no cost on the normal path).
+
+CPython raises a signal handler's exception (KeyboardInterrupt) only where its eval loop
+checks for pending work: a function's entry, a loop's jump back, and the return of a call.
+The tracer (tests/interrupts.py) raises at each such point of one method's frame in turn (at
+the jump itself, or at the instruction after the call: the state is the same), with opcode
+tracing, and each test checks the queue afterwards: the same blocks, order and length, each block's
+membership, and a queue that still works.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.block_queue import BlockQueue
+from tests.interrupts import Cut
+
+CAP = 12
+
+
+def _queue(order: list[int]) -> BlockQueue:
+    q = BlockQueue(CAP)
+    for b in order:
+        q.push(b)
+    return q
+
+
+def _walk(links: list[int], s: int) -> list[int]:
+    """The blocks from the sentinel `s` along `links`, at most CAP + 1 (a broken queue may
+    loop)."""
+    out = []
+    b = links[s]
+    while b != s and len(out) <= CAP:
+        out.append(b)
+        b = links[b]
+    return out
+
+
+def _state(q: BlockQueue):
+    """Oldest to newest, newest to oldest, the length, each block's membership."""
+    s = q._sentinel
+    return _walk(q._next, s), _walk(q._prev, s), len(q), [b in q for b in range(CAP)]
+
+
+def _still_works(q: BlockQueue) -> None:
+    """Every block can be queued, and the queue pops them back in order."""
+    assert _walk(q._next, q._sentinel)[::-1] == _walk(q._prev, q._sentinel)
+    missing = [b for b in range(CAP) if b not in q]
+    q.push_many(missing)
+    order = list(q)
+    assert sorted(order) == list(range(CAP)) and len(q) == CAP
+    assert q.pop_many(CAP) == order
+    assert len(q) == 0 and list(q) == [] and q.peek() == -1
+
+
+CASES = {
+    "push_many": ([3, 7, 1], lambda q: q.push_many([5, 0, 9, 2])),
+    "remove_many": ([3, 7, 1, 5, 0, 9, 2], lambda q: q.remove_many([7, 5, 9, 3])),
+    "pop_many": ([3, 7, 1, 5, 0, 9, 2], lambda q: q.pop_many(5)),
+}
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_an_interrupt_at_each_point_changes_nothing(method):
+    start, call = CASES[method]
+    code = getattr(BlockQueue, method).__code__
+    with Cut(code, k=-1) as probe:  # counts the points one uninterrupted call reaches
+        call(_queue(start))
+    assert probe.hits >= 4  # a jump back per block, at least
+    for k in range(probe.hits):
+        q = _queue(start)
+        before = _state(q)
+        with Cut(code, k) as cut, pytest.raises(KeyboardInterrupt):
+            call(q)
+        assert cut.fired
+        assert _state(q) == before, k  # was: the batch half linked / unlinked
+        call(q)  # the call goes through on a retry
+        _still_works(q)
+
+
+def test_a_refused_batch_still_changes_nothing():
+    """The ValueError paths (a block queued twice, not queued, named twice) as before."""
+    q = _queue([3, 7, 1])
+    before = _state(q)
+    for bad in ([5, 0, 7], [5, 0, 5]):
+        with pytest.raises(ValueError, match="already queued|appears twice"):
+            q.push_many(bad)
+        assert _state(q) == before
+    for bad in ([3, 4], [3, 3]):
+        with pytest.raises(ValueError, match="not queued|appears twice"):
+            q.remove_many(bad)
+        assert _state(q) == before
+    _still_works(q)
