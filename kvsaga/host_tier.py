@@ -172,7 +172,14 @@ class HostTier:
             try:
                 self.pool.release_many(pinned)
             except BaseException:
-                self._repin(pinned)
+                while True:  # a second interrupt cuts the restartable rollback: restart it
+                    try:
+                        self._repin(pinned)
+                        break
+                    except Exception:
+                        raise
+                    except BaseException:
+                        continue
                 raise
         # No call from here on: the plan is handed over whole.
         self._offloads, self._loads, self._pinned = [], [], []
@@ -186,11 +193,14 @@ class HostTier:
         sum(refcounts)`), each was hashed (released, it became CACHED, never FREE) and the
         CACHED blocks were the order's, which a raising hook leaves untold (`PoolObserver`).
         So: those entries referenced again, their blocks ACTIVE, and `num_cached` the
-        order's length. (A CACHED block's `cached_at` is set again when it is released.)"""
+        order's length. (A CACHED block's `cached_at` is set again when it is released.)
+        Restartable: it references them again last first, so that, cut between two blocks
+        (a second interrupt: `take_plan` restarts it), the entries still released are again
+        the first `len(pinned) - sum(refcounts)`."""
         pool = self.pool
         ref, state = pool.refcount, pool.state
         done = len(pinned) - sum(ref[b] for b in dict.fromkeys(pinned))
-        for b in pinned[:done]:
+        for b in reversed(pinned[:done]):
             ref[b] += 1
             state[b] = ACTIVE
         pool.num_cached = len(self.order)
