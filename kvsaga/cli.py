@@ -19,6 +19,7 @@ from typing import Any
 
 from kvsaga import __version__, envs
 from kvsaga._validate import check_unicode
+from kvsaga.ascii_numbers import hint, is_plain
 from kvsaga.errors import InvalidRequest
 from kvsaga.logs import StderrHandler
 
@@ -47,13 +48,17 @@ def accept_negative_values(parser: argparse.ArgumentParser) -> argparse.Argument
 
 
 def checked(kind: Callable[[str], Any], ok: Callable[[Any], bool], what: str):
-    """An argparse type: parse with `kind`, reject (naming the rule) what fails `ok`."""
+    """An argparse type: parse with `kind` (int or float: ASCII digits only, as
+    kvsaga.ascii_numbers says why), reject (naming the rule) what fails `ok`."""
 
     def parse(text: str) -> Any:
         try:
+            if not is_plain(text):  # int() and float() take any Unicode digit
+                raise ValueError(text)
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}"
+                                             f"{hint(text)}") from None
         if not ok(value):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value

@@ -67,7 +67,10 @@ class KVSpec:
 # `--kv-memory SIZE` and `--host-memory SIZE`, sizes as `parse_bytes` reads them.
 DEFAULT_KV_MEMORY_FRACTION = 0.9
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+# ASCII only (re.ASCII: `\d` and `\s` would take any Unicode digit or space, "٤G" read as 4
+# GiB); a unit K/M/G/T, each with an optional "i" and "B" ("4G", "4GiB", "4GB", "4Gi"), or a
+# bare "B" for bytes; no "i" without a unit ("4iB" was read as 4 bytes).
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])i?B?|B)?\s*$", re.IGNORECASE | re.ASCII)
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -75,18 +78,23 @@ def parse_bytes(text: str) -> int:
     """Parse a memory size: plain bytes or a K/M/G/T suffix (binary: 1K = 1024).
 
     Args:
-        text: e.g. "4G", "512M", "1.5GiB", "1048576".
+        text: e.g. "4G", "512M", "1.5GiB", "1048576": ASCII digits 0-9, a whole number of
+            bytes or a decimal number of K/M/G/T (each may be followed by "i" and/or "B").
     Returns:
         The size in bytes.
     Raises:
-        ValueError: not a size, or a negative one or one past any float (named as such).
+        ValueError: not a size, or a negative one or one past any float (named as such),
+            or one written with other than ASCII characters.
     """
+    if not text.isascii():
+        raise ValueError(f"not a memory size: {text!r}: write it with the ASCII digits 0-9 "
+                         "and a unit K, M, G or T (e.g. 4G, 512M, 1048576)")
     m = _SIZE.match(text)
     if m is None:
         if _SIZE.match(text.strip().removeprefix("-")):
             raise ValueError(f"a memory size cannot be negative, got {text!r}")
         raise ValueError(f"not a memory size: {text!r} (use e.g. 4G, 512M, 1048576)")
-    number, unit = m.group(1), m.group(2).upper()
+    number, unit = m.group(1), (m.group(2) or "").upper()
     if not unit and "." in number:  # "1.5" meant 1.5G, not one byte
         raise ValueError(f"not a memory size: {text!r} is a fraction of a byte; give a unit, "
                          f"e.g. {number}G")

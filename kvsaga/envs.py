@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from kvsaga.ascii_numbers import hint, parse_int
+
 
 def _choice(name: str, default: str, choices: tuple[str, ...]) -> Callable[[], str]:
     def read() -> str:
@@ -28,11 +30,12 @@ def _bytes(name: str, default: int) -> Callable[[], int]:
         if not text:
             return default
         try:
-            value = int(text)
+            value = parse_int(text)  # ASCII digits: int() took "٨" as 8
         except ValueError:
             value = -1
         if value < 0:
-            raise ValueError(f"{name}={text!r}: expected a whole number of bytes >= 0")
+            raise ValueError(f"{name}={text!r}: expected a whole number of bytes >= 0"
+                             f"{hint(text)}")
         return value
 
     return read

@@ -359,9 +359,10 @@ def team_ceiling() -> int:
 
 def _omp_num_threads() -> int | None:
     """OMP_NUM_THREADS's count for the outermost team (its first field), None where it is
-    unset or not a count."""
+    unset or not a count (ASCII digits, as libgomp reads it: "²" passed str.isdigit, then
+    int() raised)."""
     first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    return int(first) if first.isdigit() and int(first) > 0 else None
+    return int(first) if first.isascii() and first.isdigit() and int(first) > 0 else None
 
 
 def threads_for(cpus: int, foreign_cores: float, max_threads: int,

@@ -26,6 +26,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from multiprocessing import get_context  # noqa: E402
 
+from kvsaga.ascii_numbers import int_arg  # noqa: E402
 from kvsaga.workers import worker_pool  # noqa: E402
 
 MODULES = ("kvsaga.kernels.attention", "kvsaga.kernels.kv_write", "kvsaga.kernels.blocks")
@@ -86,11 +87,11 @@ def compile_one(module: str, index: int, arch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90],
+    parser.add_argument("--arch", type=int_arg, nargs="+", default=[80, 90],
                         choices=sorted(SHARED_LIMITS), metavar="ARCH",
                         help="CUDA compute capabilities to compile for, of "
                              f"{sorted(SHARED_LIMITS)} (default: 80 90, i.e. sm_80, sm_90)")
-    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--jobs", type=int_arg, default=min(4, os.cpu_count() or 1),
                         help="kernels compiled in parallel (processes)")
     parser.add_argument("--json", help="write the report rows here")
     parser.add_argument("--filter", default="", help="only kernels whose name contains this")

@@ -19,6 +19,7 @@ import threading
 import time
 
 from kvsaga import envs
+from kvsaga.ascii_numbers import float_arg, int_arg
 from kvsaga.cli import (
     HelpFormatter,
     accept_negative_values,
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--served-model-name", default=None,
       help="model name clients send and /v1/models lists (default: the model's name)")
     a("--host", default=d.host, help="address to bind (loopback unless you mean to expose it)")
-    a("--port", type=int, default=d.port, help="TCP port")
+    a("--port", type=int_arg, default=d.port, help="TCP port")
     # Offline policies (Belady, oracles) read the future from a trace: not servable.
     online = sorted(n for n in POLICIES if n != "belady" and not n.startswith("oracle"))
     a("--policy", default=d.policy, choices=online, help="KV eviction policy")
@@ -126,17 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     a("--host-memory", type=_bytes, default=None,
       help="host memory for KV blocks offloaded from the device, e.g. 8G (default: none, "
       "no offload)")
-    a("--block-size", type=int, default=d.block_size, help="tokens per KV block")
+    a("--block-size", type=int_arg, default=d.block_size, help="tokens per KV block")
     a("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    a("--max-num-seqs", type=int, default=d.max_num_seqs, help="most requests per batch")
-    a("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
+    a("--max-num-seqs", type=int_arg, default=d.max_num_seqs, help="most requests per batch")
+    a("--max-num-batched-tokens", type=int_arg, default=d.max_num_batched_tokens,
       help="token budget of one forward pass (chunked prefill)")
-    a("--max-model-len", type=int, default=None,
+    a("--max-model-len", type=int_arg, default=None,
       help="longest context in tokens (default: the model's; at most its context length, "
       "or mistral's sliding window)")
     a("--enforce-eager", action="store_true",
       help="on CUDA, run every step eagerly instead of replaying CUDA graphs")
-    a("--max-graph-tokens", type=int, default=d.max_graph_tokens,
+    a("--max-graph-tokens", type=int_arg, default=d.max_graph_tokens,
       help="on CUDA, the most tokens a step with prefill tokens may hold to replay a CUDA "
       "graph (0: decode steps only; at most 2048)")
     a("--graph-capture", choices=("startup", "lazy"), default=d.graph_capture,
@@ -160,16 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
       help="require 'Authorization: Bearer KEY' on every endpoint but /health and /metrics "
       "(/metrics too with --metrics-auth); comma-separated for several tenants "
       "(default: $KVSAGA_API_KEY; unset: no auth)")
-    a("--max-queue", type=int, default=d.max_queue,
+    a("--max-queue", type=int_arg, default=d.max_queue,
       help="requests that may wait beyond the running batch; more get 429 + Retry-After")
     a("--max-body", type=_bytes, default=d.max_body_bytes, help="largest request body (413)")
-    a("--max-tokens-limit", type=int, default=None,
+    a("--max-tokens-limit", type=int_arg, default=None,
       help="largest max_tokens a request may ask for (default: the context)")
-    a("--default-max-tokens", type=int, default=d.default_max_tokens,
+    a("--default-max-tokens", type=int_arg, default=d.default_max_tokens,
       help="max_tokens of requests that set none")
-    a("--session-idle", type=float, default=d.session_idle_s,
+    a("--session-idle", type=float_arg, default=d.session_idle_s,
       help="seconds after which a silent session is ended (inf: never)")
-    a("--graceful-shutdown-s", type=float, default=None,
+    a("--graceful-shutdown-s", type=float_arg, default=None,
       help="on SIGTERM or Ctrl-C, seconds the requests in flight get to finish; then each "
       "stream still open ends with a final error event (code server_shutting_down) and "
       "data: [DONE], a request not streamed gets a 503, and the server exits (0: at once; "
@@ -181,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--metrics-auth", action="store_true",
       help="require the API key on /metrics too (needs --api-key or $KVSAGA_API_KEY; "
       "default: /metrics is open)")
-    a("--log-stats-interval", type=float, default=d.log_stats_interval_s,
+    a("--log-stats-interval", type=float_arg, default=d.log_stats_interval_s,
       help="seconds between status lines (throughput, queue, KV usage, hit rate); 0: none")
-    a("--replicas", type=int, default=None,
+    a("--replicas", type=int_arg, default=None,
       help="run N engine replicas behind this endpoint on Ray Serve (needs kvsaga[cluster]; "
       "a GPU each, or a share of the CPU cores; RAY_ADDRESS joins an existing cluster) "
       "(default: one engine in this process, no Ray)")

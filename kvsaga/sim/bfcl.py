@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from kvsaga.ascii_numbers import int_arg
 from kvsaga.sim.family import ToolSpec, _check_args, _check_arrivals
 from kvsaga.sim.trace import Session, SharedPrefix, Step
 
@@ -303,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Summaries of the BFCL v4 trace (needs `pip install --no-deps bfcl-eval`).")
     ap.add_argument("--summary", action="store_true", required=True,
                     help="mean function-result input tokens per data set, all entries")
-    ap.add_argument("--seed", type=int, default=1, help="the trace's seed (default 1)")
+    ap.add_argument("--seed", type=int_arg, default=1, help="the trace's seed (default 1)")
     a = ap.parse_args(argv)
     try:
         total, means = result_input_means(a.seed)

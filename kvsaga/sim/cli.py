@@ -23,6 +23,7 @@ import os
 import sys
 from dataclasses import replace
 
+from kvsaga.ascii_numbers import float_arg
 from kvsaga.logs import StderrHandler
 from kvsaga.policy import DEFAULT_POLICY, POLICIES
 from kvsaga.routing import ROUTERS
@@ -130,7 +131,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "presets' 2 MiB blocks): the simulator keeps per-block lists")
     p.add_argument("--kv-gib", type=positive_type(float), default=None,
                    help="deprecated: use --kv-memory (--kv-gib N is --kv-memory NG)")
-    p.add_argument("--host-gib", type=float, default=None,
+    p.add_argument("--host-gib", type=float_arg, default=None,
                    help="deprecated: use --host-memory (--host-gib N is --host-memory NG)")
     p.add_argument("--hints", default="tool", choices=("tool", "oracle", "none"),
                    help="what the engine tells the policy at each pause (default: tool)")

@@ -13,6 +13,7 @@ import argparse
 import math
 from collections.abc import Callable, Sequence
 
+from kvsaga.ascii_numbers import hint, is_plain, parse_float, parse_int
 from kvsaga.config import parse_bytes
 
 
@@ -20,9 +21,12 @@ def positive_type(kind: type) -> Callable[[str], float]:
     """An argparse type: `kind(text)`, finite and > 0."""
     def parse(text: str):
         try:
+            if not is_plain(text):  # int() and float() take any Unicode digit
+                raise ValueError(text)
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}{hint(text)}"
+                                             ) from None
         if not (math.isfinite(value) and value > 0):
             raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
         return value
@@ -32,9 +36,10 @@ def positive_type(kind: type) -> Callable[[str], float]:
 def seed_type(text: str) -> int:
     """An argparse type: a trace seed, an integer >= 0 (as `generate` takes)."""
     try:
-        value = int(text)
+        value = parse_int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}{hint(text)}"
+                                         ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
     return value
@@ -51,9 +56,10 @@ def size_type(text: str) -> int:
 def report_period_type(text: str) -> float:
     """An argparse type: seconds between the cluster's load reports, finite and >= 0."""
     try:
-        value = float(text)
+        value = parse_float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}"
+                                         f"{hint(text)}") from None
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got "
                                          f"{text!r}")

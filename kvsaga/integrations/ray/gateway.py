@@ -262,8 +262,9 @@ async def read_capped(request: Request, limit: int) -> bytes:
     Raises:
         APIError: 413 `request_too_large` for a declared or read size over `limit`.
     """
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = request.headers.get("content-length")  # latin-1: "²" passes str.isdigit
+    if (declared is not None and declared.isascii() and declared.isdigit()
+            and int(declared) > limit):
         raise too_large(int(declared), limit)
     chunks, total = [], 0
     async for chunk in request.stream():
