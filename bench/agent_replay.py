@@ -106,6 +106,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from ascii_args import float_arg, int_arg
+
 # bench/ holds the replay package; a test or another script may load this file by path.
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -161,38 +163,39 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     a = p.add_argument
     a("--workload", default="swe", help="a kvsaga.sim workload (swe, web, bfcl, assistant)")
-    a("--sessions", type=int, default=6, help="agent sessions replayed per policy")
-    a("--steps", type=int, default=8, help="most steps replayed per session (the rest cut)")
-    a("--seed", type=int, default=0,
+    a("--sessions", type=int_arg, default=6, help="agent sessions replayed per policy")
+    a("--steps", type=int_arg, default=8, help="most steps replayed per session (the rest cut)")
+    a("--seed", type=int_arg, default=0,
       help="the generator's seed (held out: a seed any fit read, bench/fit_seeds.py, the "
            "default 0 among them, is refused where the run writes results, --write-results "
            "or --json, without --fit-seeds)")
     a("--fit-seeds", action="store_true",
       help="a diagnosis on a seed a fit read (those of bench/fit_seeds.py only), labelled "
            "fit seeds, not held out, in the output, the JSON and the RESULTS section")
-    a("--token-scale", type=float, default=0.02, help="multiplies every token count")
-    a("--time-scale", type=float, default=20.0, help="multiplies every tool latency")
-    a("--max-tool-s", type=float, default=10.0, help="cap on one (shortened) tool pause")
-    a("--arrival-gap", type=float, default=1.0, help="seconds between session arrivals")
+    a("--token-scale", type=float_arg, default=0.02, help="multiplies every token count")
+    a("--time-scale", type=float_arg, default=20.0, help="multiplies every tool latency")
+    a("--max-tool-s", type=float_arg, default=10.0, help="cap on one (shortened) tool pause")
+    a("--arrival-gap", type=float_arg, default=1.0, help="seconds between session arrivals")
     a("--ignore-eos", action="store_true",
       help="every reply runs to its step's output tokens (the model's EOS ignored), so the "
            "contexts grow as the sampled trace and the working set say")
     a("--hint", choices=("median", "exact", "none"), default="median",
       help="expected_s sent: the tool's median latency, the exact pause, or none")
     a("--policies", default=",".join(POLICIES), help="comma-separated, run in this order")
-    a("--kv-fraction", type=float, default=0.5,
+    a("--kv-fraction", type=float_arg, default=0.5,
       help="KV budget as a share of the working set")
-    a("--kv-memory", type=int, default=None, help="KV budget in bytes (overrides --kv-fraction)")
-    a("--host-memory", type=int, default=0,
+    a("--kv-memory", type=int_arg, default=None,
+      help="KV budget in bytes (overrides --kv-fraction)")
+    a("--host-memory", type=int_arg, default=0,
       help="host-tier bytes for offloaded KV blocks, given to every kvsaga-serve arm (0: no "
            "host tier); not with --engine vllm, whose vLLM arms would have none")
-    a("--block-size", type=int, default=16, help="tokens per KV block")
-    a("--max-num-seqs", type=int, default=16, help="the server's batch limit")
+    a("--block-size", type=int_arg, default=16, help="tokens per KV block")
+    a("--max-num-seqs", type=int_arg, default=16, help="the server's batch limit")
     a("--model", default=None, help="model path (default: the bundled SmolLM2-135M)")
-    a("--start-timeout", type=float, default=180.0, help="seconds to wait for a server")
-    a("--request-timeout", type=float, default=300.0, help="seconds per request")
+    a("--start-timeout", type=float_arg, default=180.0, help="seconds to wait for a server")
+    a("--request-timeout", type=float_arg, default=300.0, help="seconds per request")
     a("--json", default=None, help="write the results here as JSON")
-    a("--replicas", type=int, default=None,
+    a("--replicas", type=int_arg, default=None,
       help="compare routers on kvsaga-serve --replicas N (a local Ray cluster; needs "
            "kvsaga[cluster]), one arm per --replica-routers; replaces --policies; not with "
            "--kvsaga-arms or --engine vllm")
@@ -206,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="kvsaga-serve arms as scheduler+policy pairs, the first the baseline (e.g. "
            "fcfs+lru,workflow+graph; with --only-arms leaving it out, no goal is judged); "
            "replaces --policies; not with --replicas or --engine vllm")
-    a("--repeat", type=int, default=1,
+    a("--repeat", type=int_arg, default=1,
       help="rounds of every arm; the order alternates (forward, backward, ...) so that load "
            "drift weighs on every arm alike; figures are per-arm medians")
     a("--write-results", action="store_true",

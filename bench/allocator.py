@@ -74,6 +74,7 @@ import time
 from pathlib import Path
 
 import results_blocks
+from ascii_args import int_arg
 
 from kvsaga import KVCacheManager, KVSpec
 from kvsaga._core import cpp_available, get_core
@@ -402,8 +403,8 @@ def write_results(section: str, path: Path = RESULTS) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--json", help="write the figures here")
-    ap.add_argument("--blocks", type=int, default=16384, help="blocks in each pool measured")
-    ap.add_argument("--repeat", type=int, default=5,
+    ap.add_argument("--blocks", type=int_arg, default=16384, help="blocks in each pool measured")
+    ap.add_argument("--repeat", type=int_arg, default=5,
                     help="runs of each measurement; the best is reported")
     ap.add_argument("--vllm-venv", type=Path, default=ROOT / ".venv-vllm",
                     help="virtual environment with vLLM (created when it has none)")
@@ -417,20 +418,20 @@ def main() -> None:
     ap.add_argument("--profile", metavar="POLICY",
                     help="with --eviction-scaling: cProfile one policy's timed allocations "
                          "at the first --paused count instead of the tables")
-    ap.add_argument("--miss-split", metavar="COUNT", type=int,
+    ap.add_argument("--miss-split", metavar="COUNT", type=int_arg,
                     help="with --eviction-scaling: instead of the tables, last-level cache "
                          "misses per allocated block at COUNT paused sessions split by where "
                          "they occur (callgrind; minutes)")
-    ap.add_argument("--search-split", metavar="COUNT", type=int,
+    ap.add_argument("--search-split", metavar="COUNT", type=int_arg,
                     help="with --eviction-scaling: instead of the tables, misses per block "
                          "at COUNT paused sessions with each policy's victim search (and "
                          "its Python keying) made outside the counted allocation "
                          "(bench/eviction_split.py; callgrind, minutes)")
-    ap.add_argument("--call-split", metavar="COUNT", type=int,
+    ap.add_argument("--call-split", metavar="COUNT", type=int_arg,
                     help="with --eviction-scaling: instead of the tables, misses per block "
                          "over lru's at COUNT paused sessions by the call that makes them "
                          "(bench/eviction_split.py; callgrind, minutes)")
-    ap.add_argument("--sweep-mib", metavar="MIB", type=int,
+    ap.add_argument("--sweep-mib", metavar="MIB", type=int_arg,
                     help="with --eviction-scaling: the read that leaves the caches cold before "
                          "each timed call, in MiB (default 64: twice the 32 MiB L3 the tables "
                          "were first taken on; a host with a larger L3 needs twice its size, "
@@ -448,7 +449,7 @@ def main() -> None:
                          "allocated block (callgrind's cache simulation, each allocation "
                          "after a flush) at these paused-session counts (e.g. 4000; slower "
                          "than --instructions)")
-    ap.add_argument("--paired", metavar="ROUNDS", type=int,
+    ap.add_argument("--paired", metavar="ROUNDS", type=int_arg,
                     help="with --eviction-scaling: instead of the tables, the paired reading "
                          "(bench/eviction_paired.py): every policy of --policies at every "
                          "--paused count, plus a second lru arm (the A/A control), timed in "
@@ -456,10 +457,10 @@ def main() -> None:
                          "the median over rounds of each arm's ns per block / lru's in the "
                          "same round, its interquartile range and the rounds over 2x, and the "
                          "growth relative to lru's from 1,000 (or the lowest) to the highest")
-    ap.add_argument("--rounds-per-build", metavar="N", type=int,
+    ap.add_argument("--rounds-per-build", metavar="N", type=int_arg,
                     help="with --paired: build every arm's cache again every N rounds "
                          "(default 32; each round's allocations change the state)")
-    ap.add_argument("--paired-seed", metavar="SEED", type=int,
+    ap.add_argument("--paired-seed", metavar="SEED", type=int_arg,
                     help="with --paired: seed of the arms' shuffled order (default 0)")
     ap.add_argument("--write", action="store_true",
                     help="with --eviction-scaling: write its section of bench/RESULTS.md "

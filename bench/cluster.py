@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 from allocator import refuse_early, write_section
+from ascii_args import ascii_int, float_arg, int_arg
 from cluster_baselines import baseline_rows, same_experiment
 from fit_seeds import CLUSTER_FIT_SEEDS, diagnosis_header, fit_seed_error
 
@@ -358,7 +359,7 @@ def baseline_title(args) -> str:
 
 
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in str(text).split(",") if x.strip()]
+    return [ascii_int(x) for x in str(text).split(",") if x.strip()]
 
 
 def family_loads(args, pool) -> tuple[dict[str, float], list[str], frozenset[str]]:
@@ -434,9 +435,9 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpus", default="8", help="comma-separated GPU counts")
     p.add_argument("--family", default=",".join(FAMILIES), help="comma-separated families")
-    p.add_argument("--sessions-per-gpu", type=int, default=DEFAULT_SPG,
+    p.add_argument("--sessions-per-gpu", type=int_arg, default=DEFAULT_SPG,
                    help="sessions in the trace per GPU of the fleet")
-    p.add_argument("--scale", type=float, default=0.2,
+    p.add_argument("--scale", type=float_arg, default=0.2,
                    help="multiplies the traces' token counts and tool times")
     p.add_argument("--load", default="thrash",
                    help="arrivals per GPU, x the family's default rate, or 'thrash': each "
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
                         "bench/fit_seeds.py only): said so in the output; with --no-write or "
                         "a --results file other than bench/RESULTS.md")
     p.add_argument("--kv-memory", default="3G", help="KV capacity of each GPU")
-    p.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
+    p.add_argument("--workers", type=int_arg, default=2, help="simulations run in parallel")
     p.add_argument("--fit", action="store_true", help="rank RoutingConfig knobs (no write)")
     p.add_argument("--runs", choices=("all", "goal"), default="goal",
                    help="goal: round-robin + fcfs + lru, affinity + fcfs + lru and kvsaga + "
@@ -469,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="print the tables only; leave --results as it is")
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="the file whose section is written (after each finished case)")
-    p.add_argument("--report-period", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--report-period", type=float_arg, default=None, metavar="SECONDS",
                    help="the GPUs report their load to the router every this many seconds "
                         "of simulated time, as a Ray Serve replica's report lags (0.5 s "
                         "there), instead of live at every decision; its rows go to a section "

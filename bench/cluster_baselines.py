@@ -70,3 +70,8 @@ def _cell(text: str, fmt: str):
     if fmt == "{:,}" or (fmt == "{}" and text.isdigit()):
         return int(text.replace(",", ""))
     return float(text) if fmt != "{}" else text
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/cluster.py"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 
+from ascii_args import float_arg, int_arg
 from cluster import trace
 
 from kvsaga.config import parse_bytes
@@ -141,7 +142,7 @@ def _knob(text: str) -> tuple[str, float]:
     if not eq or name not in RoutingConfig.__dataclass_fields__:
         raise argparse.ArgumentTypeError(f"--knob wants NAME=VALUE with a RoutingConfig "
                                          f"field, got {text!r}")
-    return name, float(value)
+    return name, float_arg(value)
 
 
 def time_split(sim: WatchedCluster, sessions, res, mean_busy: float) -> list[str]:
@@ -172,19 +173,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", default="swe", help="workload family of the trace")
-    p.add_argument("--gpus", type=int, default=16, help="GPUs in the fleet")
-    p.add_argument("--sessions-per-gpu", type=int, default=8,
+    p.add_argument("--gpus", type=int_arg, default=16, help="GPUs in the fleet")
+    p.add_argument("--sessions-per-gpu", type=int_arg, default=8,
                    help="sessions in the trace per GPU")
-    p.add_argument("--scale", type=float, default=0.2,
+    p.add_argument("--scale", type=float_arg, default=0.2,
                    help="multiplies the trace's token counts and tool times")
-    p.add_argument("--load", type=float, default=2.0,
+    p.add_argument("--load", type=float_arg, default=2.0,
                    help="arrivals per GPU, a multiple of the family's default rate")
-    p.add_argument("--seed", type=int, default=1, help="trace seed")
+    p.add_argument("--seed", type=int_arg, default=1, help="trace seed")
     p.add_argument("--kv-memory", default="3G", help="KV capacity of each GPU")
     p.add_argument("--router", default="kvsaga", help="the fleet's router")
     p.add_argument("--scheduler", default="workflow", help="each GPU's scheduler")
     p.add_argument("--policy", default="lru", help="each GPU's eviction policy")
-    p.add_argument("--timeline", type=float, default=0.0, metavar="S",
+    p.add_argument("--timeline", type=float_arg, default=0.0, metavar="S",
                    help="also sample every GPU's busy time every S s of the run and print "
                         "the busiest GPUs' share of the mean over time, and count what the "
                         "balance steal found at each GPU's decisions while it was ahead")

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from ascii_args import int_arg
 
 from kvsaga.kernels import inplace, reference, sdpa
 from kvsaga.kernels.args import CacheWriteArgs, PagedAttentionArgs
@@ -132,9 +133,9 @@ def _cpu_ms(fn: Callable[[], object], repeat: int) -> float:
 
 def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=300, help="calls per timed round")
-    ap.add_argument("--block-size", type=int, default=32, help="tokens per KV block")
-    ap.add_argument("--layers", type=int, default=30, help="layers of the tier (its strides)")
+    ap.add_argument("--repeat", type=int_arg, default=300, help="calls per timed round")
+    ap.add_argument("--block-size", type=int_arg, default=32, help="tokens per KV block")
+    ap.add_argument("--layers", type=int_arg, default=30, help="layers of the tier (its strides)")
     args = ap.parse_args(argv)
     if not inplace.available():
         raise SystemExit("kvsaga._paged_attn is not built: nothing to time")

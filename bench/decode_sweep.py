@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from ascii_args import ascii_int, int_arg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernels as kbench  # noqa: E402  (bench/kernels.py)
@@ -79,14 +80,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="write every reading here")
-    ap.add_argument("--repeat", type=int, default=20, help="timed runs per configuration")
+    ap.add_argument("--repeat", type=int_arg, default=20, help="timed runs per configuration")
     ap.add_argument("--block-n", default="32,64,128", help="BLOCK_N values")
     ap.add_argument("--warps", default="2,4,8", help="num_warps values")
     ap.add_argument("--stages", default="1,2,3", help="num_stages values")
     ap.add_argument("--per-sm", default="2,4,8", help="split-K programs per SM targets")
     ap.add_argument("--cases", default=",".join(c[0] for c in CASES),
                     help="comma-separated case names (default: all)")
-    ap.add_argument("--bound", type=int, default=0,
+    ap.add_argument("--bound", type=int_arg, default=0,
                     help="host bound max_seq_len passed to the kernel, as a CUDA graph's "
                     "max_model_len (0: each case's own context)")
     ap.add_argument("--small", action="store_true",
@@ -106,7 +107,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from kvsaga.kernels import attention  # after TRITON_INTERPRET is settled
     name, peak = kbench.peak_gbps(device)
-    ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
+    ints = lambda text: [ascii_int(x) for x in text.split(",")]  # noqa: E731
     grid = list(itertools.product(ints(args.block_n), ints(args.warps), ints(args.stages),
                                   ints(args.per_sm)))
     default_config, default_per_sm = attention.decode_config, attention._PROGRAMS_PER_SM

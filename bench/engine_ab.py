@@ -23,6 +23,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from ascii_args import int_arg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from extend_step import Worker, build_parser, parse_cases, worker_config  # noqa: E402
@@ -35,9 +37,9 @@ def main() -> None:
     ap.add_argument("--cases", default="1024:128:1:2,1024:384:2:2,1536:256:1:0",
                     help="P:N:S:D,...: prefix tokens, new tokens, extending sessions, "
                     "decoding sessions (as bench/extend_step.py)")
-    ap.add_argument("--repeat", type=int, default=4,
+    ap.add_argument("--repeat", type=int_arg, default=4,
                     help="timed repeats of every case on each tree")
-    ap.add_argument("--threads", type=int, default=2, help="threads of each engine")
+    ap.add_argument("--threads", type=int_arg, default=2, help="threads of each engine")
     a = ap.parse_args()
     if not (Path(a.before) / "kvsaga" / "__init__.py").is_file():
         raise SystemExit(f"--before {a.before}: no kvsaga package there")

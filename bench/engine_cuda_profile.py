@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from ascii_args import ascii_int, int_arg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import _engine, _greedy, batch_prompts, sync  # noqa: E402
@@ -133,11 +134,11 @@ def main() -> None:
     ap.add_argument("--arms", default="eager,graphs",
                     help="eager, graphs and/or decode-graphs (the last two CUDA only)")
     ap.add_argument("--batch", default="1,16", help="comma-separated batch sizes")
-    ap.add_argument("--kv-gib", type=int, default=8, help="KV budget of each engine (GiB)")
-    ap.add_argument("--steps", type=int, default=20, help="steps timed per reading")
-    ap.add_argument("--mixed", type=int, default=0,
+    ap.add_argument("--kv-gib", type=int_arg, default=8, help="KV budget of each engine (GiB)")
+    ap.add_argument("--steps", type=int_arg, default=20, help="steps timed per reading")
+    ap.add_argument("--mixed", type=int_arg, default=0,
                     help="tokens of a fresh prompt each timed step carries (0: decode steps)")
-    ap.add_argument("--top", type=int, default=25, help="profile rows printed")
+    ap.add_argument("--top", type=int_arg, default=25, help="profile rows printed")
     ap.add_argument("--json", help="write the readings here")
     args = ap.parse_args()
     dtype = args.dtype if args.device == "cuda" else "float32"
@@ -161,7 +162,7 @@ def main() -> None:
             captures.append(startup)
             print(f"== {arm}: every graph recorded at start-up in {startup['seconds']:.2f} s "
                   f"({', '.join(f'{n} {kind}' for kind, n in done.items()) or 'none'})")
-        for b in (int(x) for x in args.batch.split(",")):
+        for b in (ascii_int(x) for x in args.batch.split(",")):
             r = profile_batch(llm, args.device, b, args.steps, args.top, args.mixed)
             r["arm"] = arm
             rows.append(r)

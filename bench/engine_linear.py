@@ -32,6 +32,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from ascii_args import int_arg
 
 from kvsaga.engine import cpu_linear
 from kvsaga.engine.loader import default_model_path
@@ -52,10 +53,10 @@ def cpu_ms(fn, repeat: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", help="HF directory or .gguf (default: SmolLM2-135M-Instruct)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--rows", type=int, nargs="+", default=[1, 16, 256, 1024],
+    ap.add_argument("--threads", type=int_arg, default=1, help="torch intra-op threads")
+    ap.add_argument("--rows", type=int_arg, nargs="+", default=[1, 16, 256, 1024],
                     help="row counts (tokens a call) to time")
-    ap.add_argument("--repeat", type=int, default=5,
+    ap.add_argument("--repeat", type=int_arg, default=5,
                     help="timed calls (--step, --modes: passes); the best, or the median "
                     "pass, is reported")
     ap.add_argument("--step", action="store_true",

@@ -30,6 +30,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from ascii_args import int_arg
+
 # bench/kernels.py would shadow the `kernels` package that transformers probes for
 _HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [p for p in sys.path if p not in (_HERE, "")]
@@ -63,14 +65,14 @@ def timed(acc: dict[str, float], owner: object, name: str, key: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seqs", type=int, default=3, help="requests decoding together")
-    ap.add_argument("--context", type=int, default=1040,
+    ap.add_argument("--seqs", type=int_arg, default=3, help="requests decoding together")
+    ap.add_argument("--context", type=int_arg, default=1040,
                     help="random prompt tokens of each request")
-    ap.add_argument("--steps", type=int, default=40, help="decode steps timed a round")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--steps", type=int_arg, default=40, help="decode steps timed a round")
+    ap.add_argument("--rounds", type=int_arg, default=3,
                     help="timed rounds; the median round is reported")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--kv-mib", type=int, default=256, help="KV cache budget (MiB)")
+    ap.add_argument("--threads", type=int_arg, default=1, help="torch intra-op threads")
+    ap.add_argument("--kv-mib", type=int_arg, default=256, help="KV cache budget (MiB)")
     ap.add_argument("--model", help="HF directory or .gguf (default: SmolLM2-135M-Instruct)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -38,6 +38,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ascii_args import ascii_int, int_arg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from extend_step import Worker, parse_cases, worker_config  # noqa: E402
@@ -74,23 +76,23 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
     a("--cases", default="1024:128:1:2", help="P:N:S:D,... as bench/extend_step.py")
-    a("--repeat", type=int, default=3, help="timed repeats of every case on each arm")
-    a("--threads", type=int, default=2, help="torch threads of each worker")
+    a("--repeat", type=int_arg, default=3, help="timed repeats of every case on each arm")
+    a("--threads", type=int_arg, default=2, help="torch threads of each worker")
     a("--spins", default="10000",
       help="GOMP_SPINCOUNT values, one arm each (comma-separated)")
     a("--libgomp-default", action="store_true", help="add the arm with neither setting")
     a("--serial-below", help="KVSAGA_CPU_SERIAL_BELOW values, one team arm each, instead "
       "of the wait-policy arms (comma-separated bytes)")
-    a("--load", type=int, default=0, help="busy background processes during the repeats")
-    a("--max-tokens", type=int, default=16, help="greedy tokens per extending request")
-    a("--max-num-batched-tokens", type=int, default=2048, help="token budget per step")
+    a("--load", type=int_arg, default=0, help="busy background processes during the repeats")
+    a("--max-tokens", type=int_arg, default=16, help="greedy tokens per extending request")
+    a("--max-num-batched-tokens", type=int_arg, default=2048, help="token budget per step")
     a("--model", help="HF directory (default: SmolLM2-135M-Instruct from the GGUF)")
-    a("--seed", type=int, default=0, help="seed of the random prompt tokens of every case")
+    a("--seed", type=int_arg, default=0, help="seed of the random prompt tokens of every case")
     a("--json", metavar="PATH", help="also write the cases and results to this JSON file")
     args = ap.parse_args(argv)
     cases = parse_cases(args.cases)
-    spins = [int(k) for k in args.spins.split(",") if k.strip()]
-    serial = ([int(b) for b in args.serial_below.split(",") if b.strip()]
+    spins = [ascii_int(k) for k in args.spins.split(",") if k.strip()]
+    serial = ([ascii_int(b) for b in args.serial_below.split(",") if b.strip()]
               if args.serial_below else None)
     cfg = worker_config(args, cases, args.repeat)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))

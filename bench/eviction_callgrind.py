@@ -242,3 +242,9 @@ def _dump_figure(text: str, cache_misses: bool) -> int | None:
     names = re.search(r"^events: (.+)$", text, re.M).group(1).split()
     got = dict(zip(names, values + [0] * (len(names) - len(values)), strict=True))
     return got["ILmr"] + got["DLmr"] + got["DLmw"]
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(
+        __file__, __doc__, "bench/eviction_scaling.py", "bench/allocator.py"))

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from allocator import BS, RESULTS, SPEC, clock, refuse_early, write_section
+from ascii_args import ascii_int, int_arg
 
 from kvsaga import KVCacheManager
 from kvsaga.policy import POLICIES, EvictionPolicy, make_policy
@@ -298,7 +299,7 @@ def parse_counts(flag: str, value: str) -> list[int]:
     naming the flag and the value: `scaling_main` parses every COUNTS list before timing,
     so a typo such as '4k' is not found minutes later as a bare ValueError."""
     try:
-        counts = [int(x) for x in value.split(",") if x.strip()]
+        counts = [ascii_int(x) for x in value.split(",") if x.strip()]
     except ValueError:
         counts = []
     if not counts or min(counts) < 1:
@@ -466,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="comma-separated counts of paused sessions in the cache")
     ap.add_argument("--policies", default="saga,ttl,graph",
                     help="comma-separated eviction policy specs")
-    ap.add_argument("--repeat", type=int, default=32,
+    ap.add_argument("--repeat", type=int_arg, default=32,
                     help="allocations counted (1 ms apart) for each policy and count")
     args = ap.parse_args(argv)
     from policies import split_specs

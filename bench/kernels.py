@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from ascii_args import int_arg
 
 import kvsaga.kernels as kernels
 from kvsaga.kernels import reference
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--small", action="store_true", help="scaled-down shapes (CPU default)")
-    parser.add_argument("--repeat", type=int, default=None, help="timed runs per row")
+    parser.add_argument("--repeat", type=int_arg, default=None, help="timed runs per row")
     parser.add_argument("--only", default="", help="only cases whose name contains this")
     parser.add_argument("--interpret", action="store_true",
                         help="on CPU, also run the Triton kernels under the interpreter")

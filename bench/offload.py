@@ -15,6 +15,7 @@ import json
 import time
 
 import torch
+from ascii_args import int_arg
 
 from kvsaga.config import KVSpec
 from kvsaga.host_tier import TransferPlan
@@ -84,7 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu, cuda or cuda:N (default: cuda where available)")
-    ap.add_argument("--repeat", type=int, default=5,
+    ap.add_argument("--repeat", type=int_arg, default=5,
                     help="timed runs of each plan and copy; the best is reported")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()

@@ -21,6 +21,8 @@ import os
 import subprocess
 import sys
 
+from ascii_args import int_arg
+
 CHILD = r"""
 import json, sys, time
 import torch
@@ -56,9 +58,9 @@ def run(policy: str | None, threads: int, repeat: int) -> dict[str, list[float]]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    ap.add_argument("--repeat", type=int, default=50, help="calls per op")
-    ap.add_argument("--rounds", type=int, default=2, help="alternations of the two policies")
+    ap.add_argument("--threads", type=int_arg, default=2, help="torch intra-op threads")
+    ap.add_argument("--repeat", type=int_arg, default=50, help="calls per op")
+    ap.add_argument("--rounds", type=int_arg, default=2, help="alternations of the two policies")
     args = ap.parse_args()
     print(f"{args.threads} threads, {args.repeat} calls per op, load average "
           f"{os.getloadavg()[0]:.1f} at start")

@@ -33,6 +33,7 @@ import sys
 from statistics import mean
 
 import policies as P  # bench/ is on the path when run as a script
+from ascii_args import ascii_int, float_arg, int_arg
 
 from kvsaga.policy import make_policy
 from kvsaga.sim.simulator import SimConfig, Simulator
@@ -127,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", default="swe-slow",
                    help="a family or held-out trace of bench/policies.py (default swe-slow)")
-    p.add_argument("--seed", type=int, default=1,
+    p.add_argument("--seed", type=int_arg, default=1,
                    help="a fit seed or a seen evaluation seed; fresh ones are refused")
-    p.add_argument("--fraction", type=float, default=0.3,
+    p.add_argument("--fraction", type=float_arg, default=0.3,
                    help="the pool as a share of the trace's peak working set (default 0.3)")
     p.add_argument("--policies", default="graph,ttl",
                    help="policy specs for --jitter and --timeline, comma-separated")
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"seed {args.seed} is neither a fit seed nor a seen evaluation seed {seen}")
     peak, longest = P._peak(args.trace, args.seed)
     blocks = P._blocks(peak, longest, args.fraction)
-    deltas = [int(x) for x in args.jitter.split(",") if x]
+    deltas = [ascii_int(x) for x in args.jitter.split(",") if x]
     print(f"{args.trace} seed {args.seed} at {args.fraction:.0%}: {blocks} blocks (longest "
           f"session {longest} blocks)\n")
     if deltas:

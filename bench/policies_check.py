@@ -46,6 +46,7 @@ import math
 import sys
 from pathlib import Path
 
+from ascii_args import int_arg
 from fit_seeds import AFS_FIT_SEEDS  # 102-109, the AFS fit seeds (bench/fit_seeds.py)
 from policies import parse_spec  # bench/ is on the path when run as a script
 
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", required=True, help="the candidate (a name or a spec)")
     p.add_argument("--against", required=True, help="the incumbent (a name or a spec)")
-    p.add_argument("--workers", type=int, default=1, help="simulations run in parallel")
+    p.add_argument("--workers", type=int_arg, default=1, help="simulations run in parallel")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--afs", action="store_true", help="the AFS veto alone")
     only.add_argument("--non-thrash", action="store_true", help="the non-thrash check alone")

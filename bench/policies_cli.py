@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import results_blocks
+from ascii_args import ascii_float, ascii_int, int_arg
 
 # The writers of its marked blocks (bench/results_blocks.py), one a mode.
 WRITER, REF_WRITER = "bench/policies.py", "bench/policies.py --reference"
@@ -57,7 +58,7 @@ def refuse_early(parser, path: Path, heading: str, writer: str | None = None) ->
 
 
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
+    return [ascii_int(x) for x in text.split(",") if x]
 
 
 def parse(argv: list[str] | None, description: str):
@@ -94,7 +95,7 @@ def parse(argv: list[str] | None, description: str):
                         "TUNE_CANDIDATES)")
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds (default: EVAL_SEEDS; with --tune, TUNE_SEEDS)")
-    p.add_argument("--workers", type=int, default=2, help="processes")
+    p.add_argument("--workers", type=int_arg, default=2, help="processes")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--from-json", default=None,
                    help="re-render the section from a saved bench/plots/policies.json "
@@ -129,5 +130,10 @@ def parse(argv: list[str] | None, description: str):
         if base == "hindsight" and params:
             p.error(f"{x!r}: hindsight takes no parameters, got {sorted(params)}")
     command = " ".join(["python bench/policies.py", *(argv if argv is not None else sys.argv[1:])])
-    fractions = [float(x) for x in args.fractions.split(",")]
+    fractions = [ascii_float(x) for x in args.fractions.split(",")]
     return p, args, traces, seeds, policies, fractions, command
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/policies.py"))

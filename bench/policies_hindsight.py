@@ -38,6 +38,7 @@ import json
 import sys
 import time
 
+from ascii_args import ascii_float, ascii_int, int_arg
 from policies import (  # bench/ is on the path when run as a script
     BASELINES,
     HERE,
@@ -177,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--traces", default=None, help="comma-separated traces (default: all)")
     p.add_argument("--seeds", default=None, help="comma-separated fit seeds (default: all)")
     p.add_argument("--fractions", default=None, help="capacities (default: 0.3,0.6)")
-    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument("--workers", type=int_arg, default=1, help="processes")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
-    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else list(TUNE_SEEDS)
+    seeds = [ascii_int(x) for x in args.seeds.split(",")] if args.seeds else list(TUNE_SEEDS)
     if bad := [s for s in seeds if s not in TUNE_SEEDS]:
         p.error(f"seeds {bad} are not fit seeds {TUNE_SEEDS}: this diagnosis reads the "
                 "fit set's saved rows only")
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in pressured_cases(saved) if c["seed"] in seeds
              and (args.traces is None or c["trace"] in args.traces.split(","))
              and (args.fractions is None
-                  or c["frac"] in [float(x) for x in args.fractions.split(",")])]
+                  or c["frac"] in [ascii_float(x) for x in args.fractions.split(",")])]
     if not cases:
         p.error("no pressured fit case matches")
     command = " ".join(["python bench/policies_hindsight.py",

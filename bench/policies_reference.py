@@ -248,3 +248,8 @@ def reference(workers: int, command: str) -> str:
             "oracle-ttl from the trace's times and from the admission waits of each online "
             "policy's run above, then from the best of those (kvsaga/sim/hindsight.py)."]
     return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/policies.py"))

@@ -82,3 +82,8 @@ def regret_smoothed(traces: list[str], seed: int, frac: float, policies: list[st
             lines.append(f"| {name} | {p} | {sizes[0]}-{sizes[-1]} | "
                          f"{recomputed / len(sizes) / 1e6:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/policies.py"))

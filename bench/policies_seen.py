@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from ascii_args import ascii_int, int_arg
 from policies import (
     BASELINES,
     HERE,
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated seen held-out seeds to simulate")
     p.add_argument("--policies", default=",".join(SEEN_CANDIDATES),
                    help="fit candidate names (bench/plots/policies_tune.json)")
-    p.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
+    p.add_argument("--workers", type=int_arg, default=2, help="simulations run in parallel")
     p.add_argument("--tune-json", default=str(TUNE_JSON),
                    help="the saved fit rows whose constants and rows to compare with "
                         "(default: bench/plots/policies_tune.json; session 34's rerun on the "
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = saved["rows"]
         print(f"(rows of `{saved['command']}`, {saved['wall_s'] / 60:.1f} min)")
     else:
-        seeds = [int(x) for x in args.seeds.split(",") if x]
+        seeds = [ascii_int(x) for x in args.seeds.split(",") if x]
         t = time.perf_counter()
         try:
             rows = simulate(seeds, list(candidates), args.workers, tuned["constants"])

@@ -126,3 +126,8 @@ def markdown(srows: list[dict], policies: list[str], wall_s: float, judged: list
             if mine and len(mine) < len(srows):
                 out += [f"- {label}:"] + ["  " + line for line in P.goals(mine, p)]
     return out
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/policies.py"))

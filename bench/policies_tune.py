@@ -85,11 +85,7 @@ from policies_records import (  # the record types too: callers build records th
     FitCheck,  # noqa: F401
     NonThrashCheck,  # noqa: F401
 )
-from policies_tune_checks import (  # split out, re-exported: `tune` calls `run_checks` here
-    Check,
-    CheckResult,  # noqa: F401
-    run_checks,
-)
+from policies_tune_checks import Check, CheckResult, run_checks  # re-exported  # noqa: F401
 from policies_verdict import wins
 
 from kvsaga.policy import DEFAULT_POLICY, POLICIES
@@ -596,3 +592,8 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
                             constants, notes, command, wall, variants, extra, smooth_s))
         write_section(text, HERE / "RESULTS.md", TUNE_WRITER)
     return 0
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/policies.py"))

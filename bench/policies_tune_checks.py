@@ -65,3 +65,8 @@ def run_checks(workers: int) -> list[Check]:
                            f"{figures}; {time.perf_counter() - t:.0f} s")
 
     return [afs, non_thrash, fit_gain]
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/policies.py"))

@@ -47,3 +47,8 @@ def ranking(rows: list[dict], policies: list[str], label: str | None = None) -> 
     head = f"- {label}: " if label else "By the tune rule on these cases (worst ratio, then " \
         "cases above 1.0x, then tokens): "
     return [f"{head}{order}; {where}."]
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/policies.py"))

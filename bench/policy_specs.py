@@ -54,3 +54,8 @@ def _typed(name: str, params: dict) -> dict:
 def split_specs(text: str) -> list[str]:
     """Comma-separated policy specs; commas inside a spec's brackets stay in it."""
     return [x for x in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", text) if x.strip()]
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/policies.py"))

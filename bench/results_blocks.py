@@ -270,3 +270,10 @@ def append_block(path: Path, parent: str, script: str, body: str) -> None:
     """
     new = block(script, body, "one run, kept: later runs are added after it", parent)
     _write(path, _insert(_read(path), new, parent, path))
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(
+        __file__, __doc__, "bench/policies.py", "bench/scheduling.py", "bench/allocator.py",
+        "bench/sim_speed.py", "bench/serve_throughput.py", "bench/extend_step.py"))

@@ -43,6 +43,7 @@ import fit_seeds
 import results_blocks
 import scheduling_bound
 import scheduling_oracle
+from ascii_args import int_arg
 from scheduling_goals import goals, miss_line, verdict, waits  # noqa: F401 (re-exported)
 
 from kvsaga.policy import DEFAULT_POLICY
@@ -382,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"held-out variants ({', '.join(PERTURBED)}) and the two-tenant "
                          "mixes run whatever it names (--no-mix skips the mixes)")
     ap.add_argument("--no-mix", action="store_true", help="skip the tenant mixes")
-    ap.add_argument("--workers", type=int, default=2,
+    ap.add_argument("--workers", type=int_arg, default=2,
                     help="simulator processes run in parallel (default: %(default)s)")
     ap.add_argument("--fit", action="store_true", help="run the parameter fit and exit")
     ap.add_argument("--no-write", action="store_true", help="print only")

@@ -98,6 +98,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from ascii_args import ascii_int
 
 from kvsaga.sim.cost import StepCostModel, attention_pairs
 from kvsaga.sim.trace import Session
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print("| seed | family | load | capacity | solo bound s | memory bound s | from |")
     print("|---|---|---|---|---|---|---|")
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in (ascii_int(s) for s in args.seeds.split(",")):
         for fam in args.families.split(","):
             for load, frac in scheduling.GRID:
                 b = point_bound(fam, seed, load, frac)

@@ -17,6 +17,7 @@ import json
 import math
 
 import scheduling_oracle
+from ascii_args import int_arg
 from fit_seeds import fit_seed_error
 from scheduling import (
     DEFAULT,
@@ -504,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated families (default: %(default)s)")
     ap.add_argument("--orders", action="store_true", help="also the oracle, fifo and other "
                     "admission orders at the pressured points (their columns; else n/a)")
-    ap.add_argument("--workers", type=int, default=1,
+    ap.add_argument("--workers", type=int_arg, default=1,
                     help="simulator processes (default: %(default)s)")
     ap.add_argument("--defaults", metavar="PARAMS", default=None,
                     help="--held-out only: run with these workflow parameters (a JSON object) "

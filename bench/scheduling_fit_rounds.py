@@ -454,3 +454,8 @@ FIT_GRID = [
     {"readmit_order": "waited"},
     {"shrink_on": "contexts"},
 ]
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/scheduling_fit.py"))

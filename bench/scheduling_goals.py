@@ -175,3 +175,8 @@ def _mix_and_slo_lines(rows: list[dict], families: list[str]) -> list[str]:
     lines.append("- SLO attainment of workflow where fcfs still attains 0.9 (heaviest such "
                  "point per family; goal 0.99): " + ("; ".join(slo_lines) or "none"))
     return lines
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/scheduling.py"))

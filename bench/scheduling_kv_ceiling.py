@@ -28,6 +28,7 @@ import json
 import math
 import sys
 
+from ascii_args import int_arg
 from scheduling import PRESET, capacity, trace
 from scheduling_bound import mean_tct_bound
 from scheduling_fit import geo
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = point_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--params", default=None,
                     help="workflow scheduler parameters, a JSON object (default: its defaults)")
-    ap.add_argument("--workers", type=int, default=2, help="simulator processes")
+    ap.add_argument("--workers", type=int_arg, default=2, help="simulator processes")
     a = ap.parse_args(argv)
     seeds = point_seeds(ap, a.seeds)
     params = point_params(ap, a.params)

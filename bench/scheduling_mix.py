@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ascii_args import ascii_int, int_arg
 from fit_seeds import AFS_FIT_SEEDS, diagnosis_header, fit_seed_error
 from scheduling import DEFAULT, PRESET, _label, trace
 
@@ -470,7 +471,7 @@ def set_workflow_defaults(params: dict) -> None:
 def _seeds(ap, flag: str, text: str) -> list[int]:
     """Comma-separated integers of `flag`, or `ap.error` naming what was wrong."""
     try:
-        seeds = [int(x) for x in text.split(",") if x.strip()]
+        seeds = [ascii_int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         ap.error(f"{flag} takes comma-separated integers, got {text!r}")
     if not seeds:
@@ -489,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="fit Agent Fair Share of compute (see fit_share)"
                                  ", with --floors print the mix's floors (see floors), or "
                                  "with --report run the mixes' rows (see report)")
-    ap.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
+    ap.add_argument("--workers", type=int_arg, default=2, help="simulations run in parallel")
     ap.add_argument("--floors", metavar="SEEDS", help="comma-separated development seeds of "
                     "the mix (never its report seed, MIX_SEED)")
     ap.add_argument("--params", type=json.loads, default=None,

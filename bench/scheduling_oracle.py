@@ -68,3 +68,8 @@ def oracle_line(f: dict, w: dict, o: dict, free: dict | None) -> str:
                  f"the prefill tokens recomputed, against {free['busy_s']:.0f} s in "
                  f"{free['num_batch_steps']} batch steps at 100%.")
     return line
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/scheduling.py"))

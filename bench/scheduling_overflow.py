@@ -48,6 +48,7 @@ import sys
 from collections import Counter, defaultdict
 from typing import Any
 
+from ascii_args import ascii_int, float_arg
 from scheduling import PRESET, capacity, trace
 
 from kvsaga.config import KVSpec
@@ -310,8 +311,8 @@ def point_parser(description: str) -> argparse.ArgumentParser:
     scheduling_charge_split.py): one grid point of bench/scheduling.py and its seeds."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("family", help="workload family (swe, web, bfcl, assistant)")
-    ap.add_argument("load", type=float, help="load, a multiple of the family's base rate")
-    ap.add_argument("capacity", type=float, help="share of the peak working set")
+    ap.add_argument("load", type=float_arg, help="load, a multiple of the family's base rate")
+    ap.add_argument("capacity", type=float_arg, help="share of the peak working set")
     ap.add_argument("seeds", help="comma-separated trace seeds")
     ap.add_argument("--policy", default=DEFAULT_POLICY, help="eviction policy spec")
     return ap
@@ -320,7 +321,7 @@ def point_parser(description: str) -> argparse.ArgumentParser:
 def point_seeds(ap: argparse.ArgumentParser, text: str) -> list[int]:
     """`text`'s seeds, or the parser's usage error naming it."""
     try:
-        return [int(s) for s in text.split(",")]
+        return [ascii_int(s) for s in text.split(",")]
     except ValueError:
         ap.error(f"seeds must be comma-separated integers, got {text!r}")
 

@@ -43,6 +43,7 @@ import math
 import statistics
 import sys
 
+from ascii_args import ascii_float, ascii_int, float_arg
 from scheduling import PRESET, capacity, trace
 from scheduling_mix import MIX_FRACS, MIXES, mix_trace
 
@@ -201,7 +202,7 @@ def grid_points(text: str) -> list[tuple[str, float, float]]:
     for p in filter(None, text.split(";")):
         try:
             family, load, frac = p.split(",")
-            points.append((family, float(load), float(frac)))
+            points.append((family, ascii_float(load), ascii_float(frac)))
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{p!r}: want FAMILY,LOAD,CAPACITY (e.g. bfcl,1,0.5)") from None
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mix", default="noisy", choices=sorted(MIXES),
                     help="the two-tenant mix of bench/scheduling_mix.py")
     ap.add_argument("--tenant", default="a", help="the mix's tenant run alone (a or b)")
-    ap.add_argument("--frac", type=float, default=0.5,
+    ap.add_argument("--frac", type=float_arg, default=0.5,
                     help="capacity fraction: one the mix runs at")
     ap.add_argument("--seeds", default="102,103,104,105,106,107,108,109",
                     help="comma-separated AFS fit seeds")
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     base = None if a.base is None else json.loads(a.base)
     if base is not None and not isinstance(base, dict):
         ap.error("--base must be a JSON object")
-    seeds = [int(s) for s in a.seeds.split(",")]
+    seeds = [ascii_int(s) for s in a.seeds.split(",")]
     where = (f"{point[0]} {point[1]:g}x {point[2]:.0%}" if point else
              f"{a.mix} tenant {a.tenant} alone on half the GPU at {a.frac:.0%}")
     print(f"{where}: {'default' if base is None else base} vs {params}")

@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+from ascii_args import int_arg
 from scheduling import trace
 from scheduling_bound_gap import observe
 from scheduling_overflow import point_params, point_parser, point_seeds
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = point_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--params", default=None,
                     help="workflow scheduler parameters, a JSON object (default: its defaults)")
-    ap.add_argument("--top", type=int, default=TOP, help="sessions listed a seed")
+    ap.add_argument("--top", type=int_arg, default=TOP, help="sessions listed a seed")
     a = ap.parse_args(argv)
     params = point_params(ap, a.params)
     for seed in point_seeds(ap, a.seeds):

@@ -55,3 +55,8 @@ def tail_guard_check(seeds: tuple[int, ...] = TAIL_GUARD_SEEDS) -> list[str]:
                                  for (t, *_), r in zip(MIXES[name], alone, strict=True)))
             out.append(f"{seed} {name} {frac:.0%} {cap} blocks | " + " | ".join(cells))
     return out
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/scheduling.py"))

@@ -89,6 +89,7 @@ import sys
 from pathlib import Path
 
 import policies_check as pc
+from ascii_args import ascii_int, int_arg
 from scheduling import PRESET, capacity
 from scheduling_mix import MIX_FRACS, MIXES, mix_trace, set_workflow_defaults
 from scheduling_veto_split import json_object
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                    "default-policy candidate under the veto")
     r.add_argument("--defaults", type=json_object, default=None,
                    help="workflow defaults for the run, a JSON object")
-    r.add_argument("--workers", type=int, default=1, help="simulations run in parallel")
+    r.add_argument("--workers", type=int_arg, default=1, help="simulations run in parallel")
     c = sub.add_parser("calibrate", help="the nulls against the base (module docstring)")
     c.add_argument("base", help="the base run's JSON (`run` of workflow+graph, no null)")
     c.add_argument("fcfs", help="the fcfs+lru run's JSON (`run --config fcfs+lru`)")
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                 a.config = "workflow+" + pc.register(a.policy)
             except (ValueError, TypeError) as e:
                 ap.error(str(e))
-        rows = run_rows([int(s) for s in a.seeds.split(",")], a.config, a.null, a.workers)
+        rows = run_rows([ascii_int(s) for s in a.seeds.split(",")], a.config, a.null, a.workers)
         with open(a.out, "w") as f:
             json.dump({"defaults": a.defaults, "null": a.null, "config": a.config,
                        "rows": rows}, f, indent=1)

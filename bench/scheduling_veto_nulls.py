@@ -28,6 +28,8 @@ import json
 import os
 import sys
 
+from ascii_args import int_arg
+
 SESSIONS = (43, 41, 34, 33, 32, 26)  # the calibrations kept: the first is the one frozen today
 
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", metavar="BASE", default=None,
                     help="a base rerun (`scheduling_veto_split.py run`): exit 1 unless its "
                          "ratios equal the frozen base's")
-    ap.add_argument("--session", type=int, choices=SESSIONS, default=SESSIONS[0],
+    ap.add_argument("--session", type=int_arg, choices=SESSIONS, default=SESSIONS[0],
                     help="whose calibration (default: %(default)s, the frozen thresholds')")
     a = ap.parse_args(argv)
     with open(frozen(a.session)) as f:

@@ -38,6 +38,7 @@ import math
 import re
 import sys
 
+from ascii_args import ascii_int
 from scheduling import PRESET, capacity
 from scheduling_mix import MIX_FRACS, MIXES, mix_trace, set_workflow_defaults
 
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 set_workflow_defaults(a.defaults)
             except (ValueError, TypeError) as e:
                 ap.error(str(e))
-        rows = run_rows([int(s) for s in a.seeds.split(",")])
+        rows = run_rows([ascii_int(s) for s in a.seeds.split(",")])
         with open(a.out, "w") as f:
             json.dump({"defaults": a.defaults, "rows": rows}, f, indent=1)
         return 0

@@ -27,6 +27,8 @@ import statistics
 import subprocess
 import sys
 
+from ascii_args import ascii_int, int_arg
+
 _CHILD = r"""
 import json, random, statistics, sys, time
 import torch
@@ -53,7 +55,7 @@ print(json.dumps({"median_s": statistics.median(times), "steps": kinds}))
 
 def _csv_ints(text: str, name: str) -> list[int]:
     try:
-        out = [int(x) for x in text.split(",")]
+        out = [ascii_int(x) for x in text.split(",")]
     except ValueError:
         raise SystemExit(f"--{name} must be comma-separated integers, got {text!r}") from None
     if not out or min(out) < 1:
@@ -81,14 +83,14 @@ def main(argv: list[str] | None = None) -> None:
                     help="KVSAGA_CPU_SERIAL_BELOW values (bytes, or 'default': unset), the "
                          "first is the reference of the ratios")
     ap.add_argument("--seqs", default="1,2,16", help="decode batch sizes")
-    ap.add_argument("--context", type=int, default=1000, help="prompt tokens a request")
-    ap.add_argument("--steps", type=int, default=40, help="decode steps timed a run")
-    ap.add_argument("--repeat", type=int, default=3, help="runs of every case")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--context", type=int_arg, default=1000, help="prompt tokens a request")
+    ap.add_argument("--steps", type=int_arg, default=40, help="decode steps timed a run")
+    ap.add_argument("--repeat", type=int_arg, default=3, help="runs of every case")
+    ap.add_argument("--threads", type=int_arg, default=2, help="torch threads")
     args = ap.parse_args(argv)
     values = args.values.split(",")
     for v in values:
-        if v != "default" and not v.isdigit():
+        if v != "default" and not (v.isascii() and v.isdigit()):  # "²" passes isdigit
             raise SystemExit(f"--values: {v!r} is neither 'default' nor a byte count")
     seqs = _csv_ints(args.seqs, "seqs")
     for name in ("context", "steps", "repeat", "threads"):

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ascii_args import ascii_int, float_arg, int_arg
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))
@@ -219,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     a = p.add_argument
     a("--workload", default="swe", help="workload family of the generated sessions")
-    a("--sessions", type=int, default=6, help="agent sessions per seed")
-    a("--steps", type=int, default=8, help="most LLM steps a session takes")
+    a("--sessions", type=int_arg, default=6, help="agent sessions per seed")
+    a("--steps", type=int_arg, default=8, help="most LLM steps a session takes")
     a("--seeds", default="0",
       help="comma-separated generator seeds (held out: a seed any fit read, bench/"
            "fit_seeds.py, the default 0 among them, is refused where the run writes "
@@ -228,29 +230,29 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fit-seeds", action="store_true",
       help="a diagnosis on seeds a fit read (those of bench/fit_seeds.py only), labelled "
            "fit seeds, not held out, in the output and every JSON row")
-    a("--token-scale", type=float, default=0.05, help="factor on every token count")
-    a("--time-scale", type=float, default=0.25, help="factor on every tool pause")
-    a("--max-tool-s", type=float, default=10.0, help="cap on a scaled tool pause, seconds")
-    a("--arrival-gap", type=float, default=1.0, help="seconds between sessions' starts")
+    a("--token-scale", type=float_arg, default=0.05, help="factor on every token count")
+    a("--time-scale", type=float_arg, default=0.25, help="factor on every tool pause")
+    a("--max-tool-s", type=float_arg, default=10.0, help="cap on a scaled tool pause, seconds")
+    a("--arrival-gap", type=float_arg, default=1.0, help="seconds between sessions' starts")
     a("--hint", choices=("median", "exact", "none"), default="median",
       help="the pause a finished step tells the manager: its tool's median, the real one, "
            "or none")
-    a("--kv-fraction", type=float, default=0.25,
+    a("--kv-fraction", type=float_arg, default=0.25,
       help="KV budget as a share of the sessions' working set (unless --kv-blocks)")
-    a("--kv-blocks", type=int, default=None,
+    a("--kv-blocks", type=int_arg, default=None,
       help="usable KV blocks of vLLM (kvsaga gets one more, as live)")
-    a("--block-size", type=int, default=32, help="tokens per KV block")
-    a("--max-num-seqs", type=int, default=16, help="most sequences in a batch step")
-    a("--max-num-batched-tokens", type=int, default=1024,
+    a("--block-size", type=int_arg, default=32, help="tokens per KV block")
+    a("--max-num-seqs", type=int_arg, default=16, help="most sequences in a batch step")
+    a("--max-num-batched-tokens", type=int_arg, default=1024,
       help="kvsaga-serve's default token budget of a batch step")
-    a("--template-tokens", type=int, default=8, help="chat-template tokens a message adds")
-    a("--template-end-tokens", type=int, default=2,
+    a("--template-tokens", type=int_arg, default=8, help="chat-template tokens a message adds")
+    a("--template-end-tokens", type=int_arg, default=2,
       help="chat-template tokens of a reply's end of turn, added to the next message")
-    a("--reply-tokens", type=int, default=None,
+    a("--reply-tokens", type=int_arg, default=None,
       help="not supported: replies run to the trace's length here, as the live replay's "
            "--ignore-eos makes them")
-    a("--step-s", type=float, default=0.025, help="simulated seconds per step")
-    a("--token-s", type=float, default=0.00065, help="simulated seconds per scheduled token")
+    a("--step-s", type=float_arg, default=0.025, help="simulated seconds per step")
+    a("--token-s", type=float_arg, default=0.00065, help="simulated seconds per scheduled token")
     a("--preset", default="a100-llama3-8b",
       help="the cost preset whose block shape and pricing the policies read (its step "
            "times are replaced by --step-s / --token-s)")
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--params is not JSON: {e}") from None
     if not isinstance(params, dict):
         raise SystemExit(f"--params must be a JSON object, got {args.params!r}")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = [ascii_int(s) for s in args.seeds.split(",") if s.strip()]
     try:  # before any replay: a refused seed costs none
         seed_note = run_seed_note(seeds, "--seeds", fit_seeds=args.fit_seeds,
                                   writes=args.json is not None,

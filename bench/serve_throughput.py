@@ -44,6 +44,7 @@ from typing import Any
 
 import agent_replay  # bench/ is the script's directory
 import results_blocks
+from ascii_args import float_arg, int_arg
 from generate import batch_prompts, kernel_pool_threads, thread_cpu_s
 from replay.conditions import BusyNeighbours, QuotaGroup
 
@@ -195,11 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
     a = ap.add_argument
-    a("--requests", type=int, default=16, help="concurrent chat requests")
-    a("--max-tokens", type=int, default=64, help="output tokens per request (EOS ignored)")
-    a("--kv-memory", type=int, default=1 << 30, help="KV budget in bytes, both servers")
-    a("--block-size", type=int, default=32, help="tokens per KV block, both servers")
-    a("--max-num-seqs", type=int, default=16, help="batch limit, both servers")
+    a("--requests", type=int_arg, default=16, help="concurrent chat requests")
+    a("--max-tokens", type=int_arg, default=64, help="output tokens per request (EOS ignored)")
+    a("--kv-memory", type=int_arg, default=1 << 30, help="KV budget in bytes, both servers")
+    a("--block-size", type=int_arg, default=32, help="tokens per KV block, both servers")
+    a("--max-num-seqs", type=int_arg, default=16, help="batch limit, both servers")
     a("--kvsaga-policy", default=DEFAULT_POLICY,
       help="kvsaga-serve's eviction policy (default: kvsaga-serve's own)")
     a("--vllm-python", default=sys.executable, help="interpreter that has vLLM")
@@ -210,22 +211,22 @@ def main(argv: list[str] | None = None) -> int:
            "kvsaga-serve flag), e.g. kvsaga+--cpu-host=shared or "
            "kvsaga+KVSAGA_CPU_SERIAL_BELOW=0; reported beside the plain arm")
     a("--model", default=None, help="HF directory or GGUF (default: the bundled SmolLM2)")
-    a("--start-timeout", type=float, default=900.0, help="seconds to wait for a server")
-    a("--repeat", type=int, default=1, help="runs of each server, interleaved")
+    a("--start-timeout", type=float_arg, default=900.0, help="seconds to wait for a server")
+    a("--repeat", type=int_arg, default=1, help="runs of each server, interleaved")
     a("--py-spy", default=None, metavar="PATH",
       help="record kvsaga-serve with py-spy during the batch (raw stacks to PATH) and print "
            "the top frames")
-    a("--neighbours", type=int, default=0,
+    a("--neighbours", type=int_arg, default=0,
       help="busy-loop processes beside the server during each batch (another job on the "
            "machine, at normal priority; their CPU shows as other jobs' cores)")
-    a("--neighbour-duty", type=float, default=1.0,
+    a("--neighbour-duty", type=float_arg, default=1.0,
       help="share of each 100 ms a neighbour is busy (0-1]")
-    a("--neighbour-nice", type=int, default=0,
+    a("--neighbour-nice", type=int_arg, default=0,
       help="the neighbours' nice value (0: normal priority; 19: a background job)")
-    a("--neighbour-delay", type=float, default=0.0,
+    a("--neighbour-delay", type=float_arg, default=0.0,
       help="seconds into each batch before the neighbours start (0: they start before "
            "the server's warm-up request, as a job already running)")
-    a("--cpu-quota", type=float, default=None, metavar="CORES",
+    a("--cpu-quota", type=float_arg, default=None, metavar="CORES",
       help="run each server in a cgroup with a CFS quota of CORES cores per 100 ms, as "
            "`docker run --cpus CORES` or a Kubernetes CPU limit would (needs root and a "
            "writable cgroup hierarchy); the client stays outside it. kvsaga-serve goes in "

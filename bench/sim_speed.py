@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import results_blocks
+from ascii_args import int_arg
 
 from kvsaga.config import parse_bytes
 from kvsaga.sim.simulator import SimConfig
@@ -460,7 +461,7 @@ NOTES = """- The fast path: decode runs (plain decode steps back to back; withou
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=1, help="runs per path; the best counts")
+    ap.add_argument("--repeat", type=int_arg, default=1, help="runs per path; the best counts")
     ap.add_argument("--jobs", default="1,2", help="--jobs values for the quickstart timing "
                     "(empty: skip it)")
     ap.add_argument("--issue-jobs", default="1,2", help="--jobs values for timing the "
@@ -485,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", action="store_true", help="print where the fast path's time "
                     "goes on the --case cases (default: all): schedule calls by outcome, "
                     "manager calls, decode runs, policy hooks; and stop")
-    ap.add_argument("--top", type=int, default=15, help="entries per profile")
+    ap.add_argument("--top", type=int_arg, default=15, help="entries per profile")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     ap.add_argument("--json", metavar="OUT", help="also save what this run measured (rows, "
                     "wall times, command, load) to OUT")

@@ -98,3 +98,8 @@ def print_split(case) -> None:
     for label, (n, sec) in sorted(parts.items(), key=lambda kv: -kv[1][1]):
         print(f"  {label:40s} {100 * sec / total:5.1f}%  {n:7,d} calls  "
               f"{1e6 * sec / n:8.1f} us/call")
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/sim_speed.py"))

@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ascii_args import int_arg
+
 if __name__ == "__main__":  # kvsaga-serve's setting, before torch loads (not on import)
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ.pop("GOMP_SPINCOUNT", None)
@@ -252,12 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     a("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="two --json files: the table")
     a("--cases", default="1024:128:1:2,1024:384:2:2,1536:256:1:0",
       help="P:N:S:D,... as bench/extend_step.py")
-    a("--rounds", type=int, default=2, help="counted rounds of every case")
-    a("--threads", type=int, default=2, help="torch threads")
-    a("--max-tokens", type=int, default=16, help="greedy tokens per extending request")
-    a("--max-num-batched-tokens", type=int, default=2048, help="token budget per step")
+    a("--rounds", type=int_arg, default=2, help="counted rounds of every case")
+    a("--threads", type=int_arg, default=2, help="torch threads")
+    a("--max-tokens", type=int_arg, default=16, help="greedy tokens per extending request")
+    a("--max-num-batched-tokens", type=int_arg, default=2048, help="token budget per step")
     a("--model", help="HF directory (default: SmolLM2-135M-Instruct from the GGUF)")
-    a("--seed", type=int, default=0, help="seed of the random prompt tokens of every case")
+    a("--seed", type=int_arg, default=0, help="seed of the random prompt tokens of every case")
     a("--by-op", action="store_true", help="add the per-call pass")
     a("--json", metavar="PATH", help="also write the results to this JSON file (the input of "
       "--compare)")

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ascii_args import int_arg
+
 from kvsaga.engine.gguf_file import GGUFFile
 from kvsaga.engine.loader import default_model_path
 from kvsaga.engine.tokenizer import Tokenizer
@@ -70,8 +72,8 @@ async def run(chars: int, repeat: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--chars", type=int, default=256_000, help="prompt length in characters")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per arm (the median printed)")
+    ap.add_argument("--chars", type=int_arg, default=256_000, help="prompt length in characters")
+    ap.add_argument("--repeat", type=int_arg, default=3, help="runs per arm (the median printed)")
     a = ap.parse_args(argv)
     if a.chars < 1 or a.repeat < 1:
         ap.error("--chars and --repeat must be >= 1")

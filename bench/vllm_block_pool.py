@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from ascii_args import int_arg
+
 BS = 16
 # CPU time of this process: the machine is shared, and wall time would count the others' work.
 clock = time.process_time
@@ -110,8 +112,8 @@ def bench_free(n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--blocks", type=int, default=16384, help="blocks in each pool measured")
-    ap.add_argument("--repeat", type=int, default=5,
+    ap.add_argument("--blocks", type=int_arg, default=16384, help="blocks in each pool measured")
+    ap.add_argument("--repeat", type=int_arg, default=5,
                     help="runs of each measurement; the best is reported")
     args = ap.parse_args()
     # Python puts this script's folder first on the path, and bench/kernels.py there would

@@ -281,3 +281,8 @@ def run(args: Any, argv: list[str] | None, model_dir: str, seeds: Sequence[int],
         Path(args.json).write_text(json.dumps({"config": vars(args), **to_json(result)},
                                               indent=1))
     return 0
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/vllm_scheduler_replay.py"))

@@ -130,3 +130,8 @@ class OffloadWorker:
         return {"offload_loaded_blocks": self.loaded_blocks,
                 "offload_stored_blocks": self.stored_blocks,
                 "offload_s": round(self.seconds, 2)}
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/vllm_scheduler_replay.py"))

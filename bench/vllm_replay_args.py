@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ascii_args import float_arg, int_arg
 from vllm_offload_sim import DEFAULT_OFFLOAD_TOKEN_S
 from vllm_replay_report import ALL_HITS_ARM
 
@@ -21,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Every option of bench/vllm_scheduler_replay.py, on `p`."""
     a = p.add_argument
     a("--workload", default="swe", help="a kvsaga.sim workload (swe, web, bfcl, assistant)")
-    a("--sessions", type=int, default=6, help="agent sessions replayed per seed")
-    a("--steps", type=int, default=8, help="most steps replayed per session (the rest cut)")
+    a("--sessions", type=int_arg, default=6, help="agent sessions replayed per seed")
+    a("--steps", type=int_arg, default=8, help="most steps replayed per session (the rest cut)")
     a("--seeds", default="0",
       help="comma-separated generator seeds (held out: a seed any fit read, bench/"
            "fit_seeds.py, the vLLM gate's seen seeds and the default 0 among them, is refused "
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
            "--fit (which runs on the gate's fit seeds only)")
     a("--seed-groups", default=None,
       help="seed groups reported apart, e.g. '5,6,7,8,9;10,11,12,13,14' (default: one)")
-    a("--unbounded-blocks", type=int, default=0,
+    a("--unbounded-blocks", type=int_arg, default=0,
       help="also replay plain vLLM with this many usable KV blocks (an arm 'vllm@N': how "
            "much any retention could gain)")
     a("--all-hits", action="store_true",
@@ -45,11 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
            "steps left first: what reordering could add on top) and "
            f"'{ALL_HITS_ARM}+sched' (the online order of kvsaga's scheduler plug-in, "
            "KVSagaScheduler: how much of that an online order takes)")
-    a("--token-scale", type=float, default=0.02, help="multiplies every token count")
-    a("--time-scale", type=float, default=20.0,
+    a("--token-scale", type=float_arg, default=0.02, help="multiplies every token count")
+    a("--time-scale", type=float_arg, default=20.0,
       help="multiplies every tool pause (before --max-tool-s caps it)")
-    a("--max-tool-s", type=float, default=10.0, help="cap on one scaled tool pause, seconds")
-    a("--arrival-gap", type=float, default=1.0,
+    a("--max-tool-s", type=float_arg, default=10.0, help="cap on one scaled tool pause, seconds")
+    a("--arrival-gap", type=float_arg, default=1.0,
       help="simulated seconds between session arrivals")
     a("--hint", choices=("median", "exact", "none", "session", "close"), default="median",
       help="what each request tells the connector besides its session: the tool its reply "
@@ -58,12 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
            "and workflow only (a client does not know its reply's tool, nor that it is the "
            "last, before the model has replied); close: as session, and once a session's last "
            "reply is in, a one-token request with last_step (the client ends the session)")
-    a("--kv-fraction", type=float, default=0.5,
+    a("--kv-fraction", type=float_arg, default=0.5,
       help="usable KV blocks as a share of every session's final context at once (at least "
            "the longest context and a block)")
-    a("--block-size", type=int, default=32, help="tokens per KV block")
-    a("--max-num-seqs", type=int, default=16, help="vLLM's most requests per step")
-    a("--max-num-batched-tokens", type=int, default=4096,
+    a("--block-size", type=int_arg, default=32, help="tokens per KV block")
+    a("--max-num-seqs", type=int_arg, default=16, help="vLLM's most requests per step")
+    a("--max-num-batched-tokens", type=int_arg, default=4096,
       help="vLLM's token budget per step")
     a("--policies", default="ttl+nogate,ttl",
       help="connector arms (plain vLLM always runs): POLICY (the connector's defaults: "
@@ -76,11 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
            "offload-kvsaga-graph (vLLM's CPU offload tier with vLLM's LRU or kvsaga's cache "
            "policy, --host-factor) and ARM+offload-... (the connector arm ARM and the tier in "
            "vLLM's MultiConnector)")
-    a("--host-factor", type=float, default=2.0,
+    a("--host-factor", type=float_arg, default=2.0,
       help="offload arms (offload-lru, offload-kvsaga, offload-kvsaga-graph, or POLICY+"
            "offload-...: the retention connector and the tier in vLLM's MultiConnector): the "
            "host tier's chunks (one block each) as a multiple of the usable GPU KV blocks")
-    a("--offload-token-s", type=float, default=DEFAULT_OFFLOAD_TOKEN_S,
+    a("--offload-token-s", type=float_arg, default=DEFAULT_OFFLOAD_TOKEN_S,
       help="simulated seconds per token an offload arm moves between host and GPU, loads and "
            "stores alike, added to the step that issues them (bench/vllm_offload_sim.py: "
            "this machine's measured copy rate for SmolLM2's float32 KV)")
@@ -88,19 +89,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
       help="JSON of more kv_connector_extra_config entries for the connector arms (a "
            "POLICY+nogate arm leaves out the gate's: gate_args, keep_demoted, "
            "best_effort_steps)")
-    a("--template-tokens", type=int, default=8,
+    a("--template-tokens", type=int_arg, default=8,
       help="chat-template tokens around each user/tool message (header, end, the "
            "assistant's header): SmolLM2's template adds about 8")
-    a("--template-end-tokens", type=int, default=2,
+    a("--template-end-tokens", type=int_arg, default=2,
       help="template tokens after each reply (end of turn, newline)")
-    a("--reply-tokens", type=int, default=None,
+    a("--reply-tokens", type=int_arg, default=None,
       help="cap every reply at this many tokens, as a live model that ends at EOS (greedy "
            "SmolLM2 at x0.05: a mean of 6.2 tokens live where the trace asks 12.7; min(trace, "
            "8) matches it on fit seed 0); the KV budget still counts the trace's lengths")
-    a("--kv-blocks", type=int, default=None,
+    a("--kv-blocks", type=int_arg, default=None,
       help="usable KV blocks (overrides --kv-fraction; vLLM's null block is added)")
-    a("--step-s", type=float, default=0.05, help="simulated seconds per step")
-    a("--token-s", type=float, default=0.002, help="simulated seconds per scheduled token")
+    a("--step-s", type=float_arg, default=0.05, help="simulated seconds per step")
+    a("--token-s", type=float_arg, default=0.002, help="simulated seconds per scheduled token")
     a("--model-dir", default=str(DEFAULT_MODEL_DIR),
       help="an HF directory whose config.json vLLM's scheduler reads (no weights are loaded)")
     a("--json", default=None, metavar="PATH",
@@ -124,3 +125,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--fit-grid", default=None,
       help="the fit's settings, ';'-separated 'fifo' or 'AGING_S:PRIOR_STEPS' (default: the "
            "grid the connector's defaults were chosen from, bench/vllm_gate_fit.DEFAULT_GRID)")
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/vllm_scheduler_replay.py"))

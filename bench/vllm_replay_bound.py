@@ -237,3 +237,8 @@ def memory_bound(needs: Sequence[TaskNeeds], *, step_s: float, token_s: float,
     total = sum(max(r, m) for r, m in zip(ranks, least[1:], strict=True))
     return {"bound_s": (total - arrivals) / n, "base_bound_s": base["bound_s"],
             "solo_s": base["solo_s"]}
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/vllm_scheduler_replay.py"))

@@ -42,3 +42,8 @@ def breakdown_lines(rows: dict[str, dict[int, dict[str, Any]]],
                   if seed in arm and "task_wait_mean_s" in arm[seed]}
         out.append(breakdown_line(seed, tool_s[seed], by_arm))
     return out
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/vllm_scheduler_replay.py"))

@@ -262,3 +262,8 @@ def arms_section(args: argparse.Namespace, argv: list[str] | None,
         "usable blocks (how much any retention could gain). Rebuild share: the arm's "
         "simulated step time spent computing again, at --token-s a token, full blocks of "
         "KV it had computed before (evicted or preempted), over its step time.", defaults)
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/vllm_scheduler_replay.py"))

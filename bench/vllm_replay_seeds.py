@@ -79,3 +79,8 @@ def refuse_mixed_groups(seeds: list[int], groups: list[list[int]] | None,
                 f"--fit-seeds: {where} mixes fit seeds ({', '.join(map(str, fit))}) with "
                 f"held-out seeds ({', '.join(map(str, fresh))}) in one median; give each "
                 "kind its own --seed-groups group")
+
+
+if __name__ == "__main__":  # a helper module: it names the script to run instead
+    from helper_cli import helper_main
+    raise SystemExit(helper_main(__file__, __doc__, "bench/vllm_scheduler_replay.py"))

@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ascii_args import ascii_int
+
 ROOT = Path(__file__).resolve().parents[1]
 # Blocks behind `keep_every_hit`'s budget: more than any replay here ever fills.
 ALL_HITS_BLOCKS = 20_000
@@ -436,7 +438,7 @@ def rows_per_seed(argv: list[str] | None, title: str, header: str,
     args = build_parser().parse_args(argv)
     arm = args.policies.split(",")[0]
     print(title.format(arm=repr(arm), extra=args.connector_extra) + "\n\n" + header)
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in (ascii_int(s) for s in args.seeds.split(",")):
         rec = recorder()
         with recording(rec):
             replay(args, str(args.model_dir), seed, arm)
@@ -451,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(model_dir) / "config.json").is_file():
         raise SystemExit(f"--model-dir {model_dir}: no config.json (write one with "
                          "bench/agent_replay.py --engine vllm or tests/integrations/vllm/run.sh)")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = [ascii_int(s) for s in args.seeds.split(",") if s.strip()]
     groups = seed_groups(args.seed_groups, seeds)  # before any replay: a bad one loses none
     if args.fit:
         import vllm_gate_fit

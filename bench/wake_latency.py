@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from ascii_args import float_arg, int_arg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from replay.conditions import (  # noqa: E402
@@ -103,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] + " Linux only (fork, sched_setaffinity, /proc).",
         formatter_class=HelpFormatter)
-    ap.add_argument("--trips", type=int, default=3000, help="round trips")
-    ap.add_argument("--work-us", type=float, default=100.0,
+    ap.add_argument("--trips", type=int_arg, default=3000, help="round trips")
+    ap.add_argument("--work-us", type=float_arg, default=100.0,
                     help="busy microseconds between trips (the other side falls asleep)")
     ap.add_argument("--idle-spinners", action="store_true",
                     help="one SCHED_IDLE busy loop per CPU beside the ping-pong")

@@ -19,12 +19,14 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 def load_bench(name: str) -> ModuleType:
     """bench/NAME.py, freshly executed and registered as module NAME (dataclasses look
-    their module up while it loads)."""
+    their module up while it loads), with bench/ on sys.path while it loads, as when run as
+    a script (it may import bench/'s helpers by name: ascii_args, results_blocks)."""
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
-    spec.loader.exec_module(mod)
+    with bench_on_path():
+        spec.loader.exec_module(mod)
     return mod
 
 
