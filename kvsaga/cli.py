@@ -21,7 +21,7 @@ from kvsaga import __version__, envs
 from kvsaga._validate import check_unicode
 from kvsaga.ascii_numbers import hint, is_plain
 from kvsaga.errors import InvalidRequest
-from kvsaga.logs import StderrHandler
+from kvsaga.logs import logging_to_stderr
 
 log = logging.getLogger("kvsaga.cli")
 
@@ -305,9 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
+def command_logging(level: str) -> contextlib.AbstractContextManager[None]:
+    """A command's logging, for the block it runs in: the root logger at `level`, its lines
+    on stderr, and the root's handlers and level as they were once the block is left."""
     fmt = logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s", "%H:%M:%S")
-    logging.basicConfig(level=level.upper(), handlers=[StderrHandler(fmt)], force=True)
+    return logging_to_stderr(level, fmt, replace=True)
 
 
 def report_failure(prog: str, e: BaseException, debug: bool, context: str = "",
@@ -341,8 +343,11 @@ def _silence_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", None)
-    if level is not None:
-        setup_logging(level)
+    with command_logging(level) if level is not None else contextlib.nullcontext():
+        return _run(args, level)
+
+
+def _run(args: argparse.Namespace, level: str | None) -> int:
     try:
         status = args.func(args)
         sys.stdout.flush()  # here, not at exit: a reader gone by then is also a quiet 141

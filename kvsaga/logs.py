@@ -9,8 +9,10 @@ looks `sys.stderr` up at every record.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 
 class StderrHandler(logging.StreamHandler):
@@ -28,3 +30,32 @@ class StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, _value) -> None:
         """StreamHandler assigns its stream on construction; the current one always wins."""
+
+
+@contextlib.contextmanager
+def logging_to_stderr(level: int | str, fmt: logging.Formatter, logger: str = "",
+                      replace: bool = False) -> Iterator[None]:
+    """Within the block, `logger` (the root by default) logs at `level` to standard error
+    in `fmt`: a `StderrHandler` is added, or, with `replace`, stands in for the handlers it
+    had. On the way out the logger has its handlers and level back (the handlers taken out
+    are put back, not closed). A command's `main()` runs in this: called in-process (tests,
+    a notebook), it used to leave the root at its level with its handler for the rest of
+    the process, so every later INFO record of any library reached stderr and any
+    `caplog`, and the caller's own handlers were closed (review s52 flaky2, LOW-2)."""
+    target = logging.getLogger(logger)
+    handler = StderrHandler(fmt)
+    saved_level, saved_handlers = target.level, target.handlers[:]
+    target.setLevel(level.upper() if isinstance(level, str) else level)  # bad: changes nothing
+    if replace:
+        for h in saved_handlers:
+            target.removeHandler(h)
+    target.addHandler(handler)
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)
+        handler.close()
+        for h in saved_handlers if replace else ():
+            if h not in target.handlers:
+                target.addHandler(h)
+        target.setLevel(saved_level)

@@ -117,22 +117,30 @@ def test_load_crash_is_one_line_and_a_traceback_under_debug(capsys, monkeypatch)
 def test_a_line_logged_after_main_returns_reaches_the_current_stderr(monkeypatch):
     """main() called in-process sets up logging while sys.stderr is one stream (pytest's
     capsys: closed when the test ends); a line logged later, e.g. by a server's thread, must
-    go to the stderr of that moment, not fail as '--- Logging error ---'."""
+    not fail as '--- Logging error ---'. Since session 53 main() gives the root logger back
+    as it found it, so the line goes where the caller's logging sends it."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    try:
-        during = io.StringIO()
-        monkeypatch.setattr(sys, "stderr", during)
-        assert cli.main(["generate", "hi", "--model", "/nope", "--log-level", "info"]) == 2
-        during.close()
-        after = io.StringIO()
-        monkeypatch.setattr(sys, "stderr", after)
+    during = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", during)
+    assert cli.main(["generate", "hi", "--model", "/nope", "--log-level", "info"]) == 2
+    during.close()
+    assert root.handlers == handlers and root.level == level
+    after = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", after)
+    logging.getLogger("kvsaga.test").warning("logged later")
+    assert "Logging error" not in after.getvalue()
+
+
+def test_a_line_logged_while_a_command_runs_reaches_the_stderr_of_that_moment(monkeypatch):
+    """Within a command's logging, a record goes to the sys.stderr of the moment it is
+    logged (a server's thread logs after capsys swapped the stream)."""
+    with cli.command_logging("info"):  # its handler made while stderr was pytest's
+        now = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", now)
         logging.getLogger("kvsaga.test").info("logged later")
-        assert "Logging error" not in after.getvalue()
-        assert re.fullmatch(r"INFO \S+ kvsaga\.test: logged later\n", after.getvalue())
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    assert "Logging error" not in now.getvalue()
+    assert re.fullmatch(r"INFO \S+ kvsaga\.test: logged later\n", now.getvalue())
 
 
 def _run(argv: list[str], tiny: Path) -> list[str]:

@@ -24,8 +24,8 @@ from kvsaga.cli import (
     HelpFormatter,
     accept_negative_values,
     add_version,
+    command_logging,
     report_failure,
-    setup_logging,
 )
 from kvsaga.config import PoolConfig, parse_bytes
 from kvsaga.errors import InvalidRequest
@@ -417,7 +417,11 @@ def _exit_on_load_failure(app, server, failed: list[BaseException]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    with command_logging(args.log_level):  # the caller's logging back once it returns
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     debug = args.log_level == "debug"
     try:
         settings = settings_from_args(args)

@@ -16,6 +16,7 @@ router, scheduler and policy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ import sys
 from dataclasses import replace
 
 from kvsaga.ascii_numbers import float_arg
-from kvsaga.logs import StderrHandler
+from kvsaga.logs import StderrHandler, logging_to_stderr
 from kvsaga.policy import DEFAULT_POLICY, POLICIES
 from kvsaga.routing import ROUTERS
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
@@ -362,6 +363,11 @@ def format_table(rows: list[dict]) -> str:
 
 def cmd_sim(args) -> int:
     """Run `kvsaga sim`; returns the exit status (2 on bad arguments or input)."""
+    with contextlib.ExitStack() as scope:  # what the run set up for its logging, undone
+        return _cmd_sim(args, scope)
+
+
+def _cmd_sim(args, scope: contextlib.ExitStack) -> int:
     try:  # before any simulation: a bad output path must not cost the whole run
         check_outputs(args)
     except ValueError as e:
@@ -399,7 +405,7 @@ def cmd_sim(args) -> int:
         check_capacity(args, sessions, base)
         progress = not args.quiet and sys.stderr.isatty()
         if not args.quiet and not progress:  # a log, not a terminal: a line per simulation
-            _log_lines_to_stderr()
+            _log_lines_to_stderr(scope)
         host_bytes = args.host_memory or None
         jobs = args.jobs or default_jobs()
         rows = compare(sessions, base, specs, host_memory_bytes=host_bytes, progress=progress,
@@ -461,12 +467,14 @@ def run_config(args, sessions: list[Session], base: SimConfig, schedulers: list[
             "slo_factor": args.slo_factor}
 
 
-def _log_lines_to_stderr() -> None:
-    """Show `kvsaga.sim`'s per-simulation lines on stderr (one handler per process)."""
+def _log_lines_to_stderr(scope: contextlib.ExitStack) -> None:
+    """Show `kvsaga.sim`'s per-simulation lines on stderr until `scope` closes (the run's
+    end: before session 53 the handler and the INFO level stayed for the rest of the
+    process, and a later simulation in it printed its lines too, `--quiet` or not)."""
     logger = logging.getLogger("kvsaga.sim")
     if not any(isinstance(h, StderrHandler) for h in logger.handlers):
-        logger.addHandler(StderrHandler(logging.Formatter("kvsaga sim: %(message)s")))
-    logger.setLevel(logging.INFO)
+        scope.enter_context(logging_to_stderr(
+            logging.INFO, logging.Formatter("kvsaga sim: %(message)s"), "kvsaga.sim"))
 
 
 def default_jobs() -> int:
