@@ -6,6 +6,7 @@ probed port (vLLM, Ray Serve's proxy) is started once more if that port was take
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 SERVED_NAME = "replay"  # the model name every server is started with
+LOOPBACK = "127.0.0.1"  # the address kvsaga-serve is started on
 
 # /metrics samples this benchmark reports, per engine (label sets summed).
 KVSAGA_METRICS = {"kvsaga:evictions_total": "evictions",
@@ -91,11 +93,24 @@ def _address_in_use(text: str) -> bool:
     return "address already in use" in text.lower()
 
 
-def listening_port(pid: int) -> int | None:
-    """The TCP port process `pid` listens on (IPv4 or IPv6; the lowest if several), read from
-    /proc; None while it listens on none. A server started with `--port 0` binds a port no
-    other process can take between a probe and the bind, and this reads which it got without
-    the info-level log line (the bench runs the servers at warning: no per-request log)."""
+def _proc_net_address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp{,6} writes it: the bytes of each 32-bit word in host
+    order (little-endian here), in hex."""
+    raw = bytes.fromhex(hex_address)
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(raw)
+
+
+def listening_port(pid: int, host: str = LOOPBACK) -> int | None:
+    """The TCP port process `pid` listens on at `host` (an address, or the wildcard address
+    of its family), read from /proc; None while it listens on none there. A server started
+    with `--port 0` binds a port no other process can take between a probe and the bind,
+    and this reads which it got without the info-level log line (the bench runs the servers
+    at warning: no per-request log). Sockets on other addresses are not its server's
+    (until session 53 the lowest listener of any address won, so another socket of the
+    process, e.g. one a test left in its own process, could be taken for it); listeners
+    at `host` on two ports raise, naming both, rather than guess."""
+    want = ipaddress.ip_address(host)
     fd_dir = Path(f"/proc/{pid}/fd")
     inodes = set()
     try:
@@ -109,7 +124,7 @@ def listening_port(pid: int) -> int | None:
             continue
         if target.startswith("socket:["):
             inodes.add(target[len("socket:["):-1])
-    ports = []
+    ports = set()
     for table in ("tcp", "tcp6"):
         try:
             lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
@@ -117,10 +132,17 @@ def listening_port(pid: int) -> int | None:
             continue
         for line in lines:
             f = line.split()
-            if f[3] == "0A" and f[9] in inodes:  # st 0A: LISTEN
-                ports.append(int(f[1].rsplit(":", 1)[1], 16))
-    return min(ports) if ports else None
-
+            if f[3] != "0A" or f[9] not in inodes:  # st 0A: LISTEN
+                continue
+            address, port = f[1].rsplit(":", 1)
+            local = _proc_net_address(address)
+            if local == want or (local.is_unspecified and local.version == want.version):
+                ports.add(int(port, 16))
+    if len(ports) > 1:
+        raise RuntimeError(f"process {pid} listens on {host} at several ports "
+                           f"({', '.join(map(str, sorted(ports)))}): which is its server's "
+                           "is not known")
+    return ports.pop() if ports else None
 
 
 CONNECTOR_SUFFIXES = {  # a connector arm's suffix -> the kv_connector_extra_config it sets
@@ -160,7 +182,7 @@ class Server:
                  scheduler: str | None = None, extra: Sequence[str] = (),
                  env: Mapping[str, str] | None = None) -> None:
         self.log_path = log
-        cmd = [sys.executable, "-m", "kvsaga.serve.cli", "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "kvsaga.serve.cli", "--host", LOOPBACK,
                "--policy", policy, "--kv-memory", str(kv_bytes),
                "--block-size", str(args.block_size), "--max-num-seqs", str(args.max_num_seqs),
                "--device", "cpu", "--served-model-name", SERVED_NAME, "--log-level", "warning"]
@@ -208,7 +230,7 @@ class Server:
                 raise RuntimeError(f"kvsaga-serve exited with {self.proc.returncode}:\n"
                                    + tail)
             if self.port is None:
-                self.port = listening_port(self.proc.pid)
+                self.port = listening_port(self.proc.pid, LOOPBACK)
                 if self.port is None:  # not bound yet
                     time.sleep(0.1)
                     continue

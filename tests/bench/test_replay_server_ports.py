@@ -6,7 +6,10 @@ fresh port when it exits with "address already in use"."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,15 +24,93 @@ def _servers():
     return servers
 
 
-def test_listening_port_reads_the_port_a_process_listens_on() -> None:
-    import os
+# A child that binds a socket per (address, lowest port) argument in order, each on the
+# first free port from that lowest one up (0: any; "+": above the previous socket's, so the
+# order of the ports is known), prints the ports, listens on them once a line comes on its
+# stdin, says "listening", and exits at the next line. The sockets are a process's of their
+# own: a socket an earlier test left open in the pytest process is none of them.
+_LISTENER = """
+import socket, sys
+socks, last = [], 0
+for spec in sys.argv[1:]:
+    host, low = spec.rsplit(",", 1)
+    port = last + 1 if low == "+" else int(low)
+    while True:
+        s = socket.socket()
+        try:
+            s.bind((host, port))
+            break
+        except OSError:
+            s.close()
+            if port == 0 or port >= 65535:
+                raise
+            port += 1
+    last = s.getsockname()[1]
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks), flush=True)
+sys.stdin.readline()
+for s in socks:
+    s.listen()
+print("listening", flush=True)
+sys.stdin.readline()
+"""
 
+
+@contextlib.contextmanager
+def _listener(*specs: str):
+    """The child (_LISTENER) bound to `specs`: yields (process, its ports, listen)."""
+    proc = subprocess.Popen([sys.executable, "-c", _LISTENER, *specs], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.communicate()[1]
+        ports = [int(p) for p in line.split()]
+
+        def listen() -> None:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "listening\n", proc.communicate()[1]
+
+        yield proc, ports, listen
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_listening_port_reads_the_port_a_process_listens_on() -> None:
     servers = _servers()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        assert servers.listening_port(os.getpid()) != s.getsockname()[1]  # bound, not listening
-        s.listen()
-        assert servers.listening_port(os.getpid()) == s.getsockname()[1]
+    with _listener("127.0.0.1,0") as (proc, [port], listen):
+        assert servers.listening_port(proc.pid) is None  # bound, not listening
+        listen()
+        assert servers.listening_port(proc.pid) == port
+        assert servers.listening_port(proc.pid, "127.0.0.1") == port
+
+
+def test_listening_port_skips_a_lower_port_on_another_address() -> None:
+    """The process listens on 127.0.0.2 at a lower port too (as the pytest process did when
+    the test asked about itself with a socket an earlier test left open): before, the
+    lowest listener won, whatever its address."""
+    servers = _servers()
+    with _listener("127.0.0.2,0", "127.0.0.1,+") as (proc, [other, port], listen):
+        listen()
+        assert other < port
+        assert servers.listening_port(proc.pid) == port  # the default host, 127.0.0.1
+        assert servers.listening_port(proc.pid, "127.0.0.2") == other
+
+
+def test_listening_port_refuses_to_guess_between_two_ports_at_the_host() -> None:
+    servers = _servers()
+    with _listener("127.0.0.1,0", "127.0.0.1,+") as (proc, [low, high], listen):
+        listen()
+        with pytest.raises(RuntimeError, match=f"at several ports \\({low}, {high}\\)"):
+            servers.listening_port(proc.pid)
+
+
+def test_listening_port_counts_the_wildcard_address_of_the_family() -> None:
+    servers = _servers()
+    with _listener("0.0.0.0,0") as (proc, [port], listen):
+        listen()
+        assert servers.listening_port(proc.pid, "127.0.0.1") == port
 
 
 def test_kvsaga_serve_starts_although_the_probed_port_is_taken(
