@@ -350,4 +350,7 @@ def test_first_step_cancelled_before_the_engine_took_it(tiny_dir: Path, caplog: 
 
     with caplog.at_level("ERROR", logger="kvsaga.serve"):
         _run(make_engine(tiny_dir), scenario)
-    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    # kvsaga's errors: caplog also takes other loggers' (asyncio's "Task exception was
+    # never retrieved" for an earlier test's task that a collection finalized here)
+    assert not [r for r in caplog.records
+                if r.levelname == "ERROR" and r.name.startswith("kvsaga")], caplog.text
