@@ -33,11 +33,16 @@ from typing import Any
 # /proc/stat's per-CPU columns, in order (USER_HZ ticks).
 STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 # One spinner: pins itself to CPU argv[1], turns SCHED_IDLE, then spins until its parent
-# (pid argv[2]) is gone, checking every 1e6 iterations (tens of ms): a parent killed by a
-# signal runs no `stop`, and an orphan would spin on forever, re-parented to init.
-# nice 19 as well: its time lands in /proc/stat's nice column, which kvsaga-serve's thread
-# governor (kvsaga/engine/cpu_threads.py) does not count as another job holding a core.
-SPIN_CODE = ("import os, sys; cpu, parent = int(sys.argv[1]), int(sys.argv[2])\n"
+# (pid argv[2]) is gone: a parent killed by a signal runs no `stop`, and an orphan would
+# spin on forever, re-parented to init. The kernel kills it when the thread that started
+# it ends (prctl PR_SET_PDEATHSIG, SIGKILL): its own check, every 1e6 iterations (tens of
+# ms of CPU), needs CPU time that an idle-class process on a busy machine may not get for
+# minutes (session 53: still spinning 60 s after its parent died, beside two busy loops).
+# The check stays, for a parent gone before the prctl. nice 19 as well: its time lands in
+# /proc/stat's nice column, which kvsaga-serve's thread governor
+# (kvsaga/engine/cpu_threads.py) does not count as another job holding a core.
+SPIN_CODE = ("import ctypes, os, signal, sys; cpu, parent = int(sys.argv[1]), int(sys.argv[2])\n"
+             "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
              "os.nice(19); os.sched_setaffinity(0, {cpu}); "
              "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
              "while os.getppid() == parent:\n"
@@ -211,8 +216,9 @@ class IdleSpinners:
     """`--idle-spinners`: one SCHED_IDLE busy-loop process per CPU of this process's
     affinity, from `start` to `stop` (a context manager). `start` returns only once every
     spinner runs idle-class on its CPU; if one fails (a CPU not in the affinity, no
-    permission, a failed spawn), it stops those started and raises. A spinner exits by
-    itself soon after this process dies, even by a signal that skips `stop`."""
+    permission, a failed spawn), it stops those started and raises. A spinner dies with
+    the thread that called `start` (the kernel kills it), even by a signal that skips
+    `stop`: start them from the thread that outlives the measurement (the main one)."""
 
     START_TIMEOUT_S = 30.0  # Python's start-up on a loaded machine
 

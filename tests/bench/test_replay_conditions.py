@@ -177,6 +177,40 @@ def test_spinners_die_with_a_sigtermed_parent(handled: bool) -> None:
         parent.wait()
 
 
+@LINUX_ONLY
+def test_a_spinner_that_gets_no_cpu_dies_with_its_parent() -> None:
+    """SIGSTOP stands in for a machine too busy to give an idle-class spinner any CPU (CI:
+    60 s after its parent died, beside two busy loops, it had not run its own check once).
+    The kernel kills it with its parent (PR_SET_PDEATHSIG), stopped or not; before, it
+    stayed until it got CPU again."""
+    import contextlib
+    import signal
+    import subprocess
+
+    code = SIGTERMED.replace("c.sigterm_exits(), ", "")
+    bench = str(Path(__file__).resolve().parents[2] / "bench")
+    parent = subprocess.Popen([sys.executable, "-c", code, bench], stdout=subprocess.PIPE,
+                              text=True)
+    pids: list[int] = []
+    try:
+        pids = [int(x) for x in parent.stdout.readline().split()]
+        assert pids and not any(_gone(p) for p in pids)
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        parent.kill()
+        parent.wait(timeout=60)
+        deadline = time.monotonic() + 60  # a correctness wait, not a timing bound
+        while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(p) for p in pids)
+    finally:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
+
+
 def test_wake_latency_probe_times_every_trip_and_writes_its_figures(
         tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.bench_scripts import load_bench
