@@ -17,8 +17,9 @@ Enable it through the offloading connector's extra config, e.g.
 A session's requests in flight together (vLLM's n > 1 children, concurrent steps) are one
 step, from the first one's `touch` to the last one's finish (`_running`, by request id);
 vLLM calls the policy for a request first at its first store miss, so a child that stores
-nothing is seen at its finish only, and one finishing after its sibling ended the step adds
-no step (`_late_child`). docs/integrations.md (CPU offload) says what that leaves.
+nothing is seen at its finish only, and one first seen after its sibling ended the step (at
+its finish, or at a store of its own output) adds no step (`_late_child`).
+docs/integrations.md (CPU offload) says what that leaves.
 
 A paused session none of whose chunks is left (all evicted, or none stored) is forgotten
 (`session_forgotten`): a client that sends only its session id never says which step is the
@@ -76,8 +77,9 @@ class KVSagaCachePolicy(CachePolicy):
         # finish: one step of the session (vLLM's n > 1 children, or concurrent steps)
         self._running: dict[str, set[str]] = {}
         self._orphans: set[str] = set()  # requests in flight when their session ended
-        # session -> the n > 1 request (parent id) one of whose children ended its last step,
-        # for the ENDED_TRACKED latest (its late children add no step: `_late_child`)
+        # session -> the n > 1 request (parent id) one of whose children ended its last step
+        # (or the session), for the ENDED_TRACKED latest (its late children add no step:
+        # `_late_child`)
         self._step_parent: dict[str, str] = {}
         self._ended: dict[str, None] = {}  # ended session ids, oldest first (a bounded set)
         self.policy = make_policy(self.policy_name)
@@ -117,6 +119,12 @@ class KVSagaCachePolicy(CachePolicy):
         running = self._running.get(sid)
         if running is not None and rid in running:
             return  # (touched before)
+        if running is None and self._late_child(sid, rid):
+            # Its sibling ended the step (or, `last_step`, the session) before its first store:
+            # it adds no step (its chunks are filed at its finish), nor starts the ended id again.
+            if sid in self._ended:
+                self._orphans.add(rid)
+            return
         # A step of an id whose session ended is a new session of that id.
         self._ended.pop(sid, None)
         if running is None:
@@ -151,8 +159,11 @@ class KVSagaCachePolicy(CachePolicy):
         if info is None or sid is None:
             return
         running = self._running.get(sid)
-        if running is None and self._late_child(sid, rid):
+        if running is None and self._late_child(sid, rid) and (
+                sid in self._sessions or sid not in self._owned):
             return
+        # (a late child whose session was forgotten, filing chunks under it now: a step of
+        # its own, as a later step of a forgotten id, gives them a session to be kept for)
         now = self.clock()
         session = session_for(self._sessions, info)
         if running is None:  # none touched: a step of its own (it stored and read nothing)
@@ -161,7 +172,7 @@ class KVSagaCachePolicy(CachePolicy):
             running.discard(rid)
         if info.hint.last_step:
             self._orphans.update(self._running.pop(sid, ()))
-            self._step_parent.pop(sid, None)
+            self._end_step(sid, rid)  # (its request's later children are orphans: `touch`)
             self.policy.session_ended(session, now)
             self._ended[sid] = None
             if len(self._ended) > ENDED_TRACKED:
@@ -175,12 +186,7 @@ class KVSagaCachePolicy(CachePolicy):
             return  # others of its step still run: the step finishes with the last
         else:
             self._running.pop(sid, None)
-            self._step_parent.pop(sid, None)  # (re-inserted last: oldest first stays true)
-            parent = _parent(rid)
-            if parent is not None:
-                self._step_parent[sid] = parent
-                if len(self._step_parent) > ENDED_TRACKED:
-                    del self._step_parent[next(iter(self._step_parent))]
+            self._end_step(sid, rid)
             self.policy.step_finished(session, now, info.hint)
             self._forget_if_idle(sid)  # (its step stored nothing, or it was evicted since)
 
@@ -221,17 +227,28 @@ class KVSagaCachePolicy(CachePolicy):
             logger.warning("kvsaga: ignoring request %s's hint: %s", req_context.req_id, e)
             return None
 
-    def _late_child(self, sid: str, rid: str) -> bool:
-        """Whether request `rid` of session `sid`, finishing with no request of the session
-        in flight, is a late child: another child of its n > 1 request ended the session's
-        step. A child that stores no chunk of its own (vLLM offloads prompts only by
-        default, and the children share theirs) never reaches `touch`, so the step ended
-        with the first child to finish; the later ones add no step (each was a step of
-        its own: n steps, and pauses as short as the gaps between the children's
-        finishes). Its chunks are filed under the session all the same."""
+    def _end_step(self, sid: str, rid: str) -> None:
+        """Request `rid` ended session `sid`'s step (or the session): remember its n > 1
+        request, if it is a child of one, for `_late_child` (the ENDED_TRACKED latest)."""
+        self._step_parent.pop(sid, None)  # (re-inserted last: oldest first stays true)
         parent = _parent(rid)
-        return (parent is not None and self._step_parent.get(sid) == parent
-                and sid in self._sessions)
+        if parent is not None:
+            self._step_parent[sid] = parent
+            if len(self._step_parent) > ENDED_TRACKED:
+                del self._step_parent[next(iter(self._step_parent))]
+
+    def _late_child(self, sid: str, rid: str) -> bool:
+        """Whether request `rid` of session `sid`, seen with no request of the session in
+        flight, is a late child: another child of its n > 1 request ended the session's
+        step (or ended the session). A child that stores no chunk of its own (vLLM offloads
+        prompts only by default, and the children share theirs) never reaches `touch`, and
+        one whose first store of its own comes after its sibling finished reaches it late;
+        either way the step ended with the first child to finish, and the later ones add no
+        step (each was a step of its own: n steps, and pauses as short as the gaps between
+        the children's finishes). Its chunks are filed under the session all the same (as
+        shared cache if the session ended)."""
+        parent = _parent(rid)
+        return parent is not None and self._step_parent.get(sid) == parent
 
     def _track(self, key: OffloadKey) -> None:
         owner, pos = self._owner.get(key, (None, 0))

@@ -144,3 +144,65 @@ def test_chunks_never_stored_leave_no_owner_and_an_ended_id_starts_again():
     assert "E" in pol._ended and all(pol._owner[k][0] is None for k in first)
     _store(mgr, "e2", again, {"session_id": "E", "tool": "t", "expected_s": 5})
     assert "E" not in pol._ended and all(pol._owner[k][0] == "E" for k in again)
+
+
+def _lifecycle(pol) -> list:
+    """Record the kvsaga policy's lifecycle calls (name, session id) into the list returned
+    (`session_forgotten` of the ttl policy calls its own `session_ended`: FORGOTTEN)."""
+    calls: list = []
+    for name in ("step_started", "step_finished", "session_ended", "session_forgotten"):
+        told = getattr(pol.policy, name)
+
+        def record(session, *a, _told=told, _name=name, **k):
+            calls.append((_name, session.session_id))
+            return _told(session, *a, **k)
+
+        setattr(pol.policy, name, record)
+    return calls
+
+
+FORGOTTEN = [("session_forgotten", "S"), ("session_ended", "S")]
+
+
+def _children(mgr, n: int) -> list[ReqContext]:
+    """vLLM's n children of request `p-abcd1234` (ids `{i}_{parent}`), of session S."""
+    hint = {"kvsaga": {"session_id": "S", "tool": "t", "expected_s": 30}}
+    kids = [ReqContext(f"{i}_p-abcd1234", kv_transfer_params=hint) for i in range(n)]
+    for c in kids:
+        mgr.on_new_request(c)
+    return kids
+
+
+def test_a_late_child_of_a_forgotten_session_adds_no_step():
+    """An n = 2 step that stores nothing: the first child's finish ends the step and S,
+    holding no chunk, is forgotten. The second (late) child was then a step of its own on a
+    new record (started, finished and forgotten again); it adds nothing now."""
+    mgr = _manager(CACHE_POLICY_CLASS, 8)
+    pol = _policy(mgr)
+    calls = _lifecycle(pol)
+    for c in _children(mgr, 2):
+        mgr.on_request_finished(c)
+    assert calls == [("step_started", "S"), ("step_finished", "S"), *FORGOTTEN]
+    assert "S" not in pol._sessions and not pol._running and not pol._owner
+
+
+def test_a_late_child_filing_chunks_under_a_forgotten_session_keeps_them_the_sessions():
+    """The second child stores a chunk of its own after S was forgotten: its store adds no
+    step, but at its finish the chunk is S's, so S gets a record again (a step of its own,
+    as a later step of a forgotten id): no chunk is owned by a session the policy has no
+    record of."""
+    mgr = _manager(CACHE_POLICY_CLASS, 8)
+    pol = _policy(mgr)
+    calls = _lifecycle(pol)
+    first, late = _children(mgr, 2)
+    mgr.on_request_finished(first)
+    (key,) = _keys("own", 1)
+    late.set_offload_key_position(key, 16)
+    mgr.touch([key], late)
+    assert mgr.prepare_store([key], late) is not None
+    mgr.complete_store([key], late)
+    assert calls == [("step_started", "S"), ("step_finished", "S"), *FORGOTTEN]
+    mgr.on_request_finished(late)
+    assert calls[4:] == [("step_started", "S"), ("step_finished", "S")]
+    assert pol._owner[key] == ("S", 0) and pol._owned == {"S": 1} and "S" in pol._sessions
+    assert not pol.policy.views["S"].running and not pol._running

@@ -209,3 +209,70 @@ def test_an_n2_last_step_ends_the_session_once(hf_model_dir, sim, replay_mod):
     assert "S" in pol._ended and "S" not in pol._sessions and "S" not in pol._owned
     assert all(sid is None for sid, _ in pol._owner.values())
     _sound(r)
+
+
+def _late_touch(sim, replay_mod, model_dir, last_step: bool):
+    """S's first step (a 4-block context), then its next step as an n = 2 request with
+    `offload_prompt_only` false: child 0 stores the step's new prompt chunk (its `touch`)
+    and finishes after 3 tokens, before child 1 (60 tokens) fills a chunk of its own
+    output, so child 1 reaches the policy first with a store after its sibling ended the
+    step (or the session). Returns the run and the calls: the kvsaga policy's lifecycle
+    calls, and the tier policy's `touch` and finish of each child, in order."""
+    r = _Run(sim, replay_mod, model_dir, "ttl", False)
+    calls: list = []
+    pol = r.manager._policy
+    _record(pol.policy, calls)
+    first = _prompt(1, 4)
+    r.run([make_request(first, 2, {"session_id": "S", "tool": "t", "expected_s": 30})])
+    del calls[:]
+    touch, finished = pol.touch, pol.on_request_finished
+
+    def seen_touch(keys, ctx):
+        calls.append(("touch", ctx.req_id))
+        return touch(keys, ctx)
+
+    def seen_finished(*a):
+        calls.append(("finished", a[-1].req_id))
+        return finished(*a)
+
+    pol.touch, pol.on_request_finished = seen_touch, seen_finished
+    hint = {"session_id": "S", "tool": "t", "expected_s": 30, "last_step": last_step}
+    r.run(_children("p", first + [TOKEN] * 2 + _prompt(2, 1), [3, 60], hint))
+    # the case itself: child 1's first touch comes after child 0's finish
+    assert calls.index(("finished", "0_p")) < calls.index(("touch", "1_p"))
+    assert calls.index(("touch", "0_p")) < calls.index(("finished", "0_p"))
+    return r, calls
+
+
+def _lifecycle(calls: list) -> list:
+    return [c for c in calls if c[0] not in ("touch", "finished")]
+
+
+def test_a_late_child_storing_after_its_sibling_ended_the_step_adds_no_step(
+        hf_model_dir, sim, replay_mod):
+    """Child 1's first store came after child 0 ended S's step: that `touch` started a
+    second step (and its finish finished it), as if child 1 were a step of its own. It is
+    a late child now: one step, and its chunks are S's, as its sibling's."""
+    r, calls = _late_touch(sim, replay_mod, hf_model_dir, False)
+    assert _lifecycle(calls) == [("step_started", "S"), ("step_finished", "S")]
+    pol = r.manager._policy
+    view = pol.policy.views["S"]
+    assert not view.running and view.paused_at is not None
+    owners = [sid for sid, _ in pol._owner.values()]
+    assert len(owners) == len(pol.chunks) and set(owners) == {"S"}
+    assert pol._owned["S"] == len(owners) > 5  # its context, the new chunk, child 1's output
+    _sound(r)
+
+
+def test_a_late_child_storing_after_its_sibling_ended_the_session_is_orphaned(
+        hf_model_dir, sim, replay_mod):
+    """With `last_step`, child 0's finish ended S; child 1's later store started S again as
+    a new session, and its finish ended it a second time, with child 1's chunks filed
+    under that new S. It is of no session now: S ends once, its chunks are shared cache."""
+    r, calls = _late_touch(sim, replay_mod, hf_model_dir, True)
+    assert _lifecycle(calls) == [("step_started", "S"), ("session_ended", "S")]
+    pol = r.manager._policy
+    assert "S" in pol._ended and "S" not in pol._sessions and "S" not in pol._owned
+    assert all(sid is None for sid, _ in pol._owner.values())
+    assert len(pol._owner) == len(pol.chunks) > 5
+    _sound(r)
