@@ -9,6 +9,8 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from tests.bench_scripts import load_bench  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def hf_model_dir(tmp_path_factory) -> Path:
@@ -26,3 +28,15 @@ def hf_model_dir(tmp_path_factory) -> Path:
     except ModelLoadError as e:
         pytest.skip(str(e))
     return export_hf(gguf, Path(cached) if cached else tmp_path_factory.mktemp("smollm2"))
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """bench/vllm_offload_sim.py, loaded once a module (the offload tests drive its runs)."""
+    return load_bench("vllm_offload_sim")
+
+
+@pytest.fixture(scope="module")
+def replay_mod():
+    """bench/vllm_scheduler_replay.py, loaded once a module."""
+    return load_bench("vllm_scheduler_replay")

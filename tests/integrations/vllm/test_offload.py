@@ -25,16 +25,6 @@ from .harness import BLOCK_SIZE, TOKEN, make_request, make_scheduler, sampled  #
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(scope="module")
-def sim():
-    return load_bench("vllm_offload_sim")
-
-
-@pytest.fixture(scope="module")
-def replay_mod():
-    return load_bench("vllm_scheduler_replay")
-
-
 def test_offload_config_json():
     alone = json.loads(offload_transfer_config(1 << 20, "lru"))
     assert alone["kv_connector"] == "OffloadingConnector"

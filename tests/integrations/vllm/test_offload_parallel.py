@@ -24,21 +24,10 @@ from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
 from vllm.v1.request import Request  # noqa: E402
 
 from kvsaga.integrations.vllm import offload_transfer_config  # noqa: E402
-from tests.bench_scripts import load_bench  # noqa: E402
 
 from .harness import BLOCK_SIZE, TOKEN, _hasher, make_request, make_scheduler  # noqa: E402
 
 USABLE, CHUNKS = 10, 40
-
-
-@pytest.fixture(scope="module")
-def sim():
-    return load_bench("vllm_offload_sim")
-
-
-@pytest.fixture(scope="module")
-def replay_mod():
-    return load_bench("vllm_scheduler_replay")
 
 
 def _prompt(tag: int, blocks: int) -> list[int]:
