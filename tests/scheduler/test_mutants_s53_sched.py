@@ -1,7 +1,8 @@
 """Session 53 mutation review of the `workflow` scheduler: tests that kill hand mutants of who
 is tried for admission (kvsaga/scheduler/admission_candidates.py: the backfill window and
-its bound, Agent Fair Share's entitled tenants, the warm-step window) and of whom the reserve
-holds for (kvsaga/scheduler/admission_order.py), which the suite let survive
+its bound, Agent Fair Share's entitled tenants, the warm-step window), of whom the reserve
+holds for (kvsaga/scheduler/admission_order.py) and of whom the shrink may demote
+(kvsaga/scheduler/demotion.py), which the suite let survive
 (/work/lanes/findings/s53/mutsched.md lists each mutant)."""
 
 from __future__ import annotations
@@ -139,3 +140,25 @@ def test_the_reserve_holds_for_the_first_queued_of_sessions_due_together():
     assert s.waiting == [q, p]  # q is predicted less work
     out = s.schedule(s.reserve_at, ex)
     assert [r.session_id for r in out.admitted] == ["p", "q"]
+
+
+def test_the_shrink_spares_a_tenant_holding_exactly_its_share():
+    """Agent Fair Share in the shrink: only tenants ABOVE their shares of the tiers (two
+    tenants: 8 of 16 blocks) have paused sessions demoted. y's paused session holds exactly
+    8 blocks and is expected back last (first in the shrink's order), yet x's grown
+    session, 12 blocks, is the one demoted."""
+    m = manager(16)
+    s = wf(m, paused_growth=False, reserve_decode_tokens=0)
+    ex = ToyExecutor(m)
+    ya = ToyRequest("ya", toks(0, 31), max_new=1, last=False, tenant="y")
+    s.add(ya, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0, tool_s=100.0)  # y pauses at 32 tokens: 8 blocks
+    xa = ToyRequest("xa", toks(100, 23), max_new=1, last=False, tenant="x")
+    s.add(xa, 1.0)
+    ex.run(s, s.schedule(1.0, ex), 1.0)  # x pauses at 24 tokens: 6 blocks
+    assert s._tenant_blocks == {"y": 8, "x": 6}
+    x2 = next_step(xa, toks(500, 21), 2.0)
+    s.add(x2, 2.0)
+    ex.run(s, s.schedule(2.0, ex), 2.0)  # x's context: 46 tokens, 12 blocks; 20 > 16
+    assert s.num_demotions == 1
+    assert set(s.sessions) == {"ya"} and s._tenant_blocks == {"y": 8}
