@@ -1,7 +1,8 @@
 """Session 53 mutation review of the `workflow` scheduler: tests that kill hand mutants of who
 is tried for admission (kvsaga/scheduler/admission_candidates.py: the backfill window and
 its bound, Agent Fair Share's entitled tenants, the warm-step window), of whom the reserve
-holds for (kvsaga/scheduler/admission_order.py) and of whom the shrink may demote
+holds for (kvsaga/scheduler/admission_order.py) and when the simulator wakes for it
+(kvsaga/scheduler/workflow.py `wake_time`), and of whom the shrink may demote
 (kvsaga/scheduler/demotion.py), which the suite let survive
 (/work/lanes/findings/s53/mutsched.md lists each mutant)."""
 
@@ -162,3 +163,20 @@ def test_the_shrink_spares_a_tenant_holding_exactly_its_share():
     ex.run(s, s.schedule(2.0, ex), 2.0)  # x's context: 46 tokens, 12 blocks; 20 > 16
     assert s.num_demotions == 1
     assert set(s.sessions) == {"ya"} and s._tenant_blocks == {"y": 8}
+
+
+def test_the_wake_time_does_not_repeat_a_reserve_that_already_holds():
+    """Once the reserve holds for the session due first (its deadline passed and it does
+    not fit), `wake_time` no longer names its start, which is past: a simulator waking
+    there would wake again at once, forever. The next wake is a later timer (here none)."""
+    m = manager(16)
+    s = wf(m, max_wait_s=5.0)
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("a", toks(0, 20), max_new=1, last=False), 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0, tool_s=1000.0)  # a pauses, admitted: 7 blocks
+    big = ToyRequest("big", toks(100, 30), max_new=1, arrival=1.0)  # 10 blocks: 17 > 16
+    s.add(big, 1.0)
+    assert s.reserve_at == 6.0 and s.wake_time == 6.0
+    assert not s.schedule(6.0, ex).admitted  # the reserve holds for big, which waits
+    assert s._holding is big
+    assert s.wake_time > 6.0
