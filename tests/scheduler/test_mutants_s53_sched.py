@@ -2,8 +2,8 @@
 is tried for admission (kvsaga/scheduler/admission_candidates.py: the backfill window and
 its bound, Agent Fair Share's entitled tenants, the warm-step window), of whom the reserve
 holds for (kvsaga/scheduler/admission_order.py) and when the simulator wakes for it
-(kvsaga/scheduler/workflow.py `wake_time`), and of whom the shrink may demote
-(kvsaga/scheduler/demotion.py), which the suite let survive
+(kvsaga/scheduler/workflow.py `wake_time`), and of whom the shrink may demote and when a
+demotion may be undone (kvsaga/scheduler/demotion.py), which the suite let survive
 (/work/lanes/findings/s53/mutsched.md lists each mutant)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.helpers import manager, next_step, toks, wf
+from tests.scheduler.test_undo_demotion import _demoted
 
 
 def test_the_backfill_bound_counts_per_waiting_session():
@@ -180,3 +181,14 @@ def test_the_wake_time_does_not_repeat_a_reserve_that_already_holds():
     assert not s.schedule(6.0, ex).admitted  # the reserve holds for big, which waits
     assert s._holding is big
     assert s.wake_time > 6.0
+
+
+def test_no_undo_at_the_instant_the_reserve_starts():
+    """The reserve holds from its start itself (`now >= reserve_at`), so a demoted session's
+    step arriving at that very instant is not undone past the session the reserve holds
+    for: "wide" queued at 1.5 with max_wait_s 0.5, big's step arrives at 2.0."""
+    m, s, ex, big2, seen = _demoted(True, wide_waiting=True, max_wait_s=0.5)
+    assert s.reserve_at == 2.0 == big2.arrival
+    assert "big" not in s.sessions and "big" in s._deferred
+    assert s.num_undone_demotions == 0
+    m.check_integrity()
