@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -101,6 +103,44 @@ def _unparsed_body(cause: BaseException, detail: str) -> str:
     return f"{detail}: {type(cause).__name__}: {str(cause)[:200]}"
 
 
+# The longest the app's shutdown waits for the engine thread to leave the step it is in once
+# stopped, where the server running the app sets no sooner bound (`EngineWait`).
+ENGINE_WAIT_S = 10.0
+_WAIT_SLICE_S = 0.05
+
+
+class EngineWait:
+    """How long the app's shutdown waits for an engine thread still inside a step (a long
+    or hung forward pass) after stopping it: ENGINE_WAIT_S at most, and no later than
+    `deadline` (`time.monotonic()`), nor once `cut()` says so. kvsaga-serve's server
+    (kvsaga/serve/shutdown.py `DrainingServer`) sets both as its shutdown begins: the
+    deadline from its grace, and `cut` on a second Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.deadline = math.inf
+        self.cut: Callable[[], bool] = lambda: False
+
+
+async def _stop_engine(aengine: AsyncEngine, wait: EngineWait) -> None:
+    """The app's shutdown: stop the engine (once: not where the drain stopped it already),
+    joining its thread STOP_JOIN_S at most (its requests and commands are failed then),
+    then wait for the thread in short slices within `wait`'s bound (STOP_JOIN_S where the
+    drain stopped it: its requests were told, and it was inside a step then). One uninterruptible
+    10 s join held the exit past the grace's bound, and past a second Ctrl-C."""
+    deadline = min(time.monotonic() + ENGINE_WAIT_S, wait.deadline)
+    if not aengine.stopped:
+        await asyncio.to_thread(aengine.stop, STOP_JOIN_S)
+    else:  # by the drain, which found the thread in a step past the grace: a short wait
+        deadline = min(deadline, time.monotonic() + STOP_JOIN_S)
+    while aengine.thread_alive:
+        left = deadline - time.monotonic()
+        if left <= 0 or wait.cut():
+            log.warning("the engine thread is still inside a step; shutting down without "
+                        "waiting for it")
+            return
+        await asyncio.sleep(min(left, _WAIT_SLICE_S))
+
+
 def build_app(engine_or_factory: LLMEngine | EngineFactory, settings: ServerSettings) -> FastAPI:
     """Build the server around an engine, or a function that loads one.
 
@@ -110,11 +150,13 @@ def build_app(engine_or_factory: LLMEngine | EngineFactory, settings: ServerSett
         settings: limits, auth, metrics and logging options.
     Returns:
         The ASGI app; `app.state.engine` is its AsyncEngine, `app.state.server` the
-        ServerState its routes share.
+        ServerState its routes share, `app.state.engine_wait` the EngineWait that bounds
+        its shutdown's wait for the engine thread.
     """
     aengine = AsyncEngine(engine_or_factory)
     ready_engine = engine_or_factory if isinstance(engine_or_factory, LLMEngine) else None
     state = ServerState(aengine, settings, model_name_for(settings, ready_engine))
+    engine_wait = EngineWait()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -128,14 +170,12 @@ def build_app(engine_or_factory: LLMEngine | EngineFactory, settings: ServerSett
         finally:
             for task in tasks:
                 task.cancel()
-            # Once stopped (the drain past --graceful-shutdown-s, kvsaga/serve/shutdown.py),
-            # the engine thread has ended or is stuck in a step and its requests were told:
-            # a second long join would only hold the exit past the documented bound.
-            await asyncio.to_thread(aengine.stop, STOP_JOIN_S if aengine.stopped else 10.0)
+            await _stop_engine(aengine, engine_wait)
 
     app = FastAPI(title="kvsaga-serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = aengine
     app.state.server = state
+    app.state.engine_wait = engine_wait
     app.add_middleware(Guard, settings=settings)
     app.add_middleware(ContainErrors)  # outermost of ours: sees whatever the others raise
     _add_error_handlers(app)

@@ -69,8 +69,8 @@ FAILED_STEP_WAIT_S = 0.01
 FAILED_STEP_MAX_WAIT_S = 1.0
 # How long kvsaga-serve's shutdown drain (kvsaga/serve/shutdown.py) waits for the engine
 # thread to leave the step it is in before `stop` ends the streams itself: a step that
-# hangs must not use up the time the final events have. The app's own stop after it joins
-# no longer than this either.
+# hangs must not use up the time the final events have. The app's own stop joins no longer
+# than this either (then it waits in short slices, kvsaga/serve/app.py `EngineWait`).
 STOP_JOIN_S = 0.5
 
 
@@ -162,6 +162,12 @@ class AsyncEngine(SnapshotKeeper):
         self._close(SHUTTING_DOWN)
         self._end_streams(EngineStopped(SHUTTING_DOWN))
         self._settle_refresh()  # its readers read the last snapshot now
+
+    @property
+    def thread_alive(self) -> bool:
+        """Whether the engine thread is still running (after `stop()`: still inside the step
+        or model load it was in); from any thread."""
+        return self._thread is not None and self._thread.is_alive()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until the model has loaded (True), its load failed or the engine stopped

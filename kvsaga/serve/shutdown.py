@@ -12,9 +12,12 @@ A second Ctrl-C (uvicorn's `force_exit`) means "stop now": the grace ends at onc
 engine stops as above (its thread joined for STOP_JOIN_S at most), the responses get
 FORCE_FINAL_EVENT_S to write their final event or 503, the connections still open are then
 closed, and the app's own shutdown runs (uvicorn skips it on `force_exit`; kvsaga's is
-bounded once the engine stopped). Before, uvicorn left the requests to `asyncio.run`'s
-cancellation at exit: a 500 "Internal Server Error", streams cut with no final event,
-CancelledError tracebacks, and the engine's 10 s join in the lifespan it cancelled.
+bounded once the engine stopped). The app's shutdown waits for an engine thread still in
+a step until the grace plus FINAL_EVENT_S from the shutdown's start at most, and stops
+waiting on a second Ctrl-C (`EngineWait`, kvsaga/serve/app.py). Before, uvicorn left the
+requests to `asyncio.run`'s cancellation at exit: a 500 "Internal Server Error", streams
+cut with no final event, CancelledError tracebacks, and the engine's 10 s join in the
+lifespan it cancelled.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import logging
 import math
 import socket
+import time
 from typing import Any
 
 import uvicorn
@@ -61,6 +65,12 @@ class DrainingServer(uvicorn.Server):
         self.grace_s = grace_s
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # The app's own shutdown (kvsaga/serve/app.py) waits for an engine thread still in
+        # a step no later than this bound, and not at all after a second Ctrl-C.
+        wait = getattr(getattr(self.config.app, "state", None), "engine_wait", None)
+        if wait is not None:
+            wait.deadline = time.monotonic() + self.grace_s + FINAL_EVENT_S
+            wait.cut = lambda: self.force_exit
         drain = asyncio.create_task(self._drain())
         try:
             await super().shutdown(sockets)

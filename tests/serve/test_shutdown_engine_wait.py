@@ -1,0 +1,100 @@
+"""kvsaga-serve's shutdown when no request is in flight but the engine thread is inside a
+long step (a hung forward pass; its request's client went away): the app's own shutdown
+waits for the thread within the grace's bound, and not at all after a second Ctrl-C
+(kvsaga/serve/app.py `EngineWait`, set by kvsaga/serve/shutdown.py's DrainingServer).
+
+Before (findings s53 diffservectl MED 1): uvicorn went straight to the app's shutdown, which
+joined the busy thread for 10 s in one call nothing could interrupt: a second Ctrl-C did
+nothing for about 10 s, and SIGTERM under `--graceful-shutdown-s 1` exited after about
+10.4 s, where README promises about 3 s and grace + 3 s."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.serve.test_graceful_shutdown import _wait_healthy
+from tests.serve.test_graceful_shutdown_bound import HUNG_STEP_S
+from tests.serve.test_second_ctrl_c import _assert_clean, _ctrl_c_twice, _script
+from tests.serve_process import ServeProcess
+
+APP_SHUTDOWN = "Waiting for application shutdown"  # uvicorn's line as the lifespan's begins
+
+
+def _start(script: str, tiny_dir: Path, grace: str) -> ServeProcess:
+    return ServeProcess([sys.executable, "-c", script, "--model", str(tiny_dir),
+                         "--device", "cpu", "--served-model-name", "tiny",
+                         "--log-stats-interval", "0", "--log-level", "info",
+                         "--graceful-shutdown-s", grace], stdout=subprocess.DEVNULL)
+
+
+def _hung_step_no_request(server: ServeProcess, flag: Path, in_step: Path) -> None:
+    """A stream whose first step lasts HUNG_STEP_S: once the engine thread is inside it, its
+    client closes the connection (the server then has no request left to wait for)."""
+    port = server.port(120)
+    _wait_healthy(server, port)
+    flag.touch()
+    body = json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 50,
+                       "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        deadline = time.monotonic() + 60
+        while not in_step.exists():  # the engine thread is now inside the long step
+            assert server.proc.poll() is None and time.monotonic() < deadline, (
+                server.stderr_so_far())
+            time.sleep(0.05)
+
+
+def test_second_ctrl_c_cuts_the_apps_wait_for_a_hung_engine_thread(tiny_dir: Path,
+                                                                   tmp_path: Path):
+    """Under a 120 s grace, the first Ctrl-C finds no request and goes to the app's
+    shutdown while the engine thread is inside a 30 s step; the second Ctrl-C, sent once
+    that shutdown began, ends the wait: main() returns within a few seconds (a margin for a
+    loaded machine), status 130, no traceback. Before: about 10 s (the lifespan's join)."""
+    flag, in_step = tmp_path / "slow", tmp_path / "in-slow-step"
+    server = _start(_script(HUNG_STEP_S, flag, in_step), tiny_dir, "120")
+    try:
+        _hung_step_no_request(server, flag, in_step)
+        returned_s = _ctrl_c_twice(server, 60, when=APP_SHUTDOWN)
+        err = server.stderr()
+    finally:
+        server.stop()
+    assert returned_s < 6.0, f"main() returned {returned_s:.1f} s after the second Ctrl-C: {err}"
+    assert server.proc.returncode == 130, err
+    _assert_clean(err)
+    assert "still inside a step" in err, err
+
+
+def test_sigterm_exits_within_the_grace_bound_with_no_request_left(tiny_dir: Path,
+                                                                   tmp_path: Path):
+    """SIGTERM under `--graceful-shutdown-s 1`, no request left, the engine thread inside a
+    30 s step: the process exits within grace + FINAL_EVENT_S (the app's wait ends there)
+    and a margin for a loaded machine (test_graceful_shutdown_bound.py's 8 s). Before: the
+    lifespan's 10 s join, exit after about 10.4 s."""
+    flag, in_step = tmp_path / "slow", tmp_path / "in-slow-step"
+    server = _start(_script(HUNG_STEP_S, flag, in_step), tiny_dir, "1")
+    try:
+        _hung_step_no_request(server, flag, in_step)
+        sent = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after SIGTERM: {server.stderr_so_far()}")
+        exit_s = time.monotonic() - sent
+        err = server.stderr()
+    finally:
+        server.stop()
+    assert exit_s < 8.0, f"exit {exit_s:.1f} s after SIGTERM: {err}"
+    assert server.proc.returncode in (0, -signal.SIGTERM), err
+    assert "Traceback" not in err, err
+    assert APP_SHUTDOWN in err and "still inside a step" in err, err
