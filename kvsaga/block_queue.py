@@ -98,7 +98,8 @@ class BlockQueue:
         the unlink loop's own (`prev` -1: not linked, or unlinked earlier in this batch), and
         `next` is left as it was (an unlinked block's `next` means nothing) so that a refusal
         can relink what the loop had unlinked. An interrupt between two blocks (or after
-        the loop) relinks them so: nothing changed."""
+        the loop) relinks them so, as does a bad id's IndexError or TypeError: nothing
+        changed."""
         nxt, prv = self._next, self._prev
         it = iter(block_ids)
         try:
@@ -113,14 +114,29 @@ class BlockQueue:
             else:
                 self._size -= len(block_ids)
                 return
-        except BaseException:  # (each block the iterator gave was unlinked)
-            self._unremove(block_ids, len(block_ids) - length_hint(it))
+        except BaseException:  # an interrupt, or a bad id (IndexError, TypeError)
+            given = len(block_ids) - length_hint(it)
+            if given and not self._unlinked(block_ids[given - 1]):
+                given -= 1  # (the last block given was never unlinked: a bad id)
+            self._unremove(block_ids, given)
             raise
         stop = len(block_ids) - length_hint(it) - 1
         self._unremove(block_ids, stop)
         bad = block_ids[stop]
         raise ValueError(f"block {bad} appears twice" if bad in block_ids[:stop] else
                          f"block {bad} is not queued")
+
+    def _unlinked(self, b: object) -> bool:
+        """Whether `remove_many`'s loop unlinked `b`, the last block it was given before it
+        raised (its undo decides by the block, not by the exception: a signal handler can
+        raise an ordinary Exception, such as a SIGALRM timeout's TimeoutError). The loop's
+        body makes no call, so an interrupt lands only between two blocks, the last
+        unlinked; an exception inside it can only come from reading a bad id's `prev`
+        (out of range, not an int), before anything changed."""
+        try:
+            return self._prev[b] == -1
+        except Exception:
+            return False
 
     def _unremove(self, block_ids: list[int], stop: int) -> None:
         """Relink, newest first, the blocks `remove_many` unlinked, `block_ids[:stop]` (each

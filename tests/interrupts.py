@@ -26,12 +26,12 @@ def _points(code) -> set[int]:
 
 
 class Cut:
-    """While active, raises KeyboardInterrupt at the `k`-th interrupt point (counted from
-    0) reached in a frame of `code` (none of its callees): once. `hits` counts the points
-    reached."""
+    """While active, raises KeyboardInterrupt (or `exc`: a signal handler may raise any
+    exception) at the `k`-th interrupt point (counted from 0) reached in a frame of `code`
+    (none of its callees): once. `hits` counts the points reached."""
 
-    def __init__(self, code, k: int) -> None:
-        self.code, self.k, self.hits, self.fired = code, k, 0, False
+    def __init__(self, code, k: int, exc: type[BaseException] = KeyboardInterrupt) -> None:
+        self.code, self.k, self.hits, self.fired, self.exc = code, k, 0, False, exc
         self.points = _points(code)
 
     def _local(self, frame, event, arg):
@@ -39,7 +39,7 @@ class Cut:
             self.hits += 1
             if self.hits - 1 == self.k and not self.fired:
                 self.fired = True
-                raise KeyboardInterrupt
+                raise self.exc
         return self._local
 
     def _global(self, frame, event, arg):

@@ -97,3 +97,54 @@ def test_a_refused_batch_still_changes_nothing():
             q.remove_many(bad)
         assert _state(q) == before
     _still_works(q)
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_a_signal_handlers_ordinary_exception_changes_nothing(method):
+    """A signal handler may raise an ordinary Exception (a SIGALRM timeout's TimeoutError)
+    at the same points: the undo decides by the blocks' state, not the exception's type."""
+    start, call = CASES[method]
+    code = getattr(BlockQueue, method).__code__
+    with Cut(code, k=-1) as probe:
+        call(_queue(start))
+    for k in range(probe.hits):
+        q = _queue(start)
+        before = _state(q)
+        with Cut(code, k, TimeoutError) as cut, pytest.raises(TimeoutError):
+            call(q)
+        assert cut.fired
+        assert _state(q) == before, k
+        call(q)
+        _still_works(q)
+
+
+@pytest.mark.parametrize("bad", [99, CAP + 1, -CAP - 2, "x", None, 1.5])
+@pytest.mark.parametrize("at", [0, 1, 3])
+def test_a_bad_id_in_remove_many_changes_nothing(bad, at):
+    """A block id out of range or not an int, after `at` valid ones: its IndexError or
+    TypeError propagates and the queue is as it was. Before (review s53 diffinterrupt,
+    LOW 2): the undo took the bad id for unlinked, raised again inside itself, and left the
+    blocks before it unlinked with the length unchanged (q [0 1 2], remove_many([1, 99]):
+    list [0, 2], len 3)."""
+    q = _queue([3, 7, 1, 5, 0, 9, 2])
+    before = _state(q)
+    batch = [7, 5, 9, 3][:at] + [bad]
+    with pytest.raises((IndexError, TypeError)) as err:
+        q.remove_many(batch)
+    assert err.value.__context__ is None  # raised once, not again inside the undo
+    assert _state(q) == before
+    q.remove_many(batch[:-1])  # the valid ones still go
+    assert [b for b in before[0] if b not in batch] == list(q)
+    _still_works(q)
+
+
+@pytest.mark.parametrize("count", [-1, 8, CAP + 1, "2", 1.0])
+def test_a_bad_count_in_pop_many_changes_nothing(count):
+    """pop_many refuses a count out of range before it unlinks anything (its undo relinks
+    by the walk's own position, which only an interrupt between two blocks can leave)."""
+    q = _queue([3, 7, 1, 5, 0, 9, 2])
+    before = _state(q)
+    with pytest.raises((ValueError, TypeError)):
+        q.pop_many(count)
+    assert _state(q) == before
+    _still_works(q)
