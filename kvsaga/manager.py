@@ -39,7 +39,7 @@ from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.host_tier import HostTier, HostTierOps
 from kvsaga.manager_evict import EvictionPath
 from kvsaga.manager_journal import EvictionJournal
-from kvsaga.manager_reads import ManagerReads
+from kvsaga.manager_reads import ManagerReads, ending_error
 from kvsaga.manager_rollback import FailedWrites
 from kvsaga.manager_signals import SessionSignals
 from kvsaga.manager_types import (
@@ -242,6 +242,8 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
             s.token_ids = copy(token_ids)
             keep = 0
         else:
+            if s.ending:
+                raise ending_error(session_id)
             if s.state is SessionState.RUNNING:
                 raise InvalidRequest(f"session {session_id!r} already has an open step")
             if salt is not None and root_hash(salt) != s.root:

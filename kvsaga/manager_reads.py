@@ -34,6 +34,16 @@ def _sliceable(token_ids: Sequence[int]) -> Sequence[int]:
     return token_ids
 
 
+def ending_error(session_id: str) -> InvalidRequest:
+    """The refusal of begin_step, finish_step and preempt of a session whose `end_session`
+    an interrupt cut (`Session.ending`): the policy was told the end, so only a retry of the
+    end may follow. The calls within a step (allocate_slots, append_tokens, decode_step,
+    reads) are not refused: the C++ core checks those in csrc, and the end's retry releases
+    whatever they add to the table."""
+    return InvalidRequest(f"session {session_id!r}: end_session was interrupted; "
+                          "call end_session again")
+
+
 class ManagerReads:
     """Read-only calls of `KVCacheManager` (see kvsaga/manager.py for the state)."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from kvsaga._validate import check_bool
 from kvsaga.errors import InvalidRequest
+from kvsaga.manager_reads import ending_error
 from kvsaga.pool import CACHED
 from kvsaga.session import PauseHint, Session, SessionState
 
@@ -44,6 +45,8 @@ class SessionSignals:
         unindexed: the policy never saw them), so its next step computes them again.
         """
         s = self._running(session_id)
+        if s.ending:  # (its policy was told the end: only end_session may follow)
+            raise ending_error(session_id)
         hinted = self._hint(session_id, now, tool, expected_s, last_step)
         if hinted is None:
             return
@@ -129,6 +132,8 @@ class SessionSignals:
         partial block's tokens have no slots any more).
         """
         s = self._running(session_id)
+        if s.ending:
+            raise ending_error(session_id)
         now = self._time(now)
         self._changes += 1
         s.state = SessionState.PAUSED
@@ -156,14 +161,18 @@ class SessionSignals:
         known, for a retry of `end_session` to end: an end the policy was told is marked
         (`Session.ending`: the retry does not tell it again), a table released is marked so
         (PAUSED: never released again), and the forgetting is restartable. Until that retry
-        the session is for `end_session` only. Not covered: a cut exactly at the pool
-        release's return (taken as its `blocks_cached` raising), and under
-        KVSAGA_CORE=python one inside the pure-Python pool's release (its entry, its loop).
+        the session is for `end_session` only: begin_step, finish_step and preempt refuse it
+        (InvalidRequest), and `idle_sessions` names it for the sweeps. Not covered: a cut
+        exactly at the pool release's return (taken as its `blocks_cached` raising), and
+        under KVSAGA_CORE=python one inside the pure-Python pool's release (its entry, its
+        loop).
         """
         check_bool("force", force, InvalidRequest)
         s = self._session(session_id)
         now = self._time(now)
         hook_error: Exception | None = None
+        if s.tail is not None:  # first, on a retry too (a paused session's)
+            self._evict_paused_tail(s)
         if not s.ending:  # (else a retry of an end an interrupt cut: the policy was told)
             hook_error = self._tell_end(s, now, force)
         if s.state is SessionState.RUNNING:
@@ -178,16 +187,11 @@ class SessionSignals:
             raise hook_error
 
     def _tell_end(self, s: Session, now: float, force: bool) -> Exception | None:
-        """`end_session`'s part before the release: evict a paused session's retained tail,
-        tell the policy the end, mark `s.ending`. Returns the hook's Exception that `force`
+        """`end_session`'s part before the release, after the tail's eviction: tell the
+        policy the end, mark `s.ending`. Returns the hook's Exception that `force`
         let pass. No call separates the hook's return from the mark (an interrupt, which
         CPython raises only at a call, a loop's jump back or a function's entry, cannot
         land in between; one at the hook's return is taken as the hook's own)."""
-        if s.state is not SessionState.RUNNING and s.tail is not None:
-            b, gen, _ = s.tail
-            if self.pool.state[b] == CACHED and self.pool.generation[b] == gen:
-                self._drop(b)
-            s.tail = None
         self._changes += 1
         try:
             self.policy.session_ended(s, now)
@@ -202,6 +206,15 @@ class SessionSignals:
             raise
         s.ending = True
         return None
+
+    def _evict_paused_tail(self, s: Session) -> None:
+        """Evict a paused session's retained partial tail (its eviction tells the policy
+        first: a raise there changes nothing), as its end does first."""
+        if s.state is not SessionState.RUNNING and s.tail is not None:
+            b, gen, _ = s.tail
+            if self.pool.state[b] == CACHED and self.pool.generation[b] == gen:
+                self._drop(b)
+            s.tail = None
 
     def _forget(self, s: Session) -> None:
         """Disown `s`'s blocks (those that left its table while it owned them included) and

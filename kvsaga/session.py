@@ -135,7 +135,10 @@ class IdleSweep:
 def idle_sessions(sessions: Mapping[str, Session], idle_s: float, now: float) -> list[str]:
     """Ids of the paused sessions in `sessions` whose pause began more than `idle_s` seconds
     before `now`: the ones a long-running engine ends as abandoned (a client that stops
-    coming back never calls `end_session`)."""
+    coming back never calls `end_session`), and those an interrupt left in the middle of
+    their end (`Session.ending`, or paused by the end's release before it was cut: no
+    `paused_at`), whichever their time, for the sweep's `end_session` to finish."""
     paused = SessionState.PAUSED
     return [sid for sid, s in sessions.items()
-            if s.state is paused and s.paused_at is not None and now - s.paused_at > idle_s]
+            if s.ending or (s.state is paused and (s.paused_at is None
+                                                   or now - s.paused_at > idle_s))]

@@ -18,7 +18,8 @@ from __future__ import annotations
 import pytest
 
 from kvsaga import KVCacheManager, KVSpec
-from kvsaga.errors import UnknownSession
+from kvsaga.errors import InvalidRequest, UnknownSession
+from kvsaga.session import idle_sessions
 
 # The points of the end path, in order: the policy's session_ended; the return of the part
 # that told it; `_release_table`'s entry; the pool's `blocks_cached` hook (told by the
@@ -210,3 +211,120 @@ def test_a_retry_does_not_tell_the_policy_the_end_again(core):
     m.end_session("a")
     assert told == ["a"]
     _check(m)
+
+
+# The cuts that leave 'a' known and `ending` (its policy told the end): RUNNING before its
+# release, PAUSED (no `paused_at`: the end's release paused it) after.
+ENDING = ["told", "release_entry", "forget_entry", "forget_loop", "forget_left"]
+
+
+def _names_a(policy) -> list[str]:
+    """The policy's containers that still name session 'a' (as keys or members; saga's
+    `_owner` names a block's last owner, ended or not: compared with an uncut twin's)."""
+    return sorted(k for k, v in vars(policy).items()
+                  if isinstance(v, (dict, set, list)) and "a" in v)
+
+
+def _cut_end(m: KVCacheManager, point: str) -> None:
+    _arm(m, point)
+    with pytest.raises(KeyboardInterrupt):
+        m.end_session("a")
+    _disarm(m)
+    assert m.session("a").ending
+
+
+@pytest.mark.parametrize("policy", ["lru", "saga", "graph"])
+@pytest.mark.parametrize("point", ENDING)
+def test_a_session_left_ending_is_for_end_session_only(core, policy, point):
+    """Before (review s53 diffinterrupt, LOW 1): begin_step, finish_step and preempt took a
+    session an interrupt left `ending`; resumed, then ended normally, its end skipped the
+    policy's `session_ended` and the retained tail's eviction: check_integrity failed
+    ("cached block N has no hash and is no session's tail") and the policy kept 'a' for
+    good. No idle sweep found it either. Now the step calls refuse it (nothing changes),
+    `idle_sessions` names it whatever the time, and its retry ends it as an uncut end."""
+    m, twin = _manager(core.name, policy), _manager(core.name, policy)
+    told = []
+    real = m.policy.session_ended
+    m.policy.session_ended = lambda s, now: (told.append(s.session_id), real(s, now))[1]
+    twin.end_session("a")
+    _cut_end(m, point)
+    assert told == ["a"]
+    books = _books(m)
+    calls = [lambda: m.begin_step("a", [1, 2, 3, 4, 9, 9, 8, 8, 5, 6, 7]),
+             lambda: m.finish_step("a"), lambda: m.finish_step("a", last_step=True),
+             lambda: m.preempt("a")]
+    running = m.session("a").is_running
+    for i, call in enumerate(calls):
+        with pytest.raises(InvalidRequest) as err:
+            call()
+        if i == 0 or running:  # (a paused one has no open step to finish or preempt)
+            assert "'a': end_session was interrupted; call end_session again" in str(err.value)
+        assert _books(m) == books and m.session("a").ending
+        _check(m)
+    assert idle_sessions(m.sessions, 1e9, 0.0) == ["a"]  # was: [] (never swept)
+    m.end_session("a")
+    _check(m)
+    assert told == ["a"] and "a" not in m.sessions
+    assert _names_a(m.policy) == _names_a(twin.policy)  # (was: saga kept 'a' in 4 more)
+    assert _books(m) == _books(twin)
+
+
+@pytest.mark.parametrize("policy", ["lru", "saga"])
+def test_the_reviewers_sequence_on_a_paused_session(core, policy):
+    """The review's repro: a paused 'a' (a retained tail) whose end is cut at `_forget`'s
+    entry; begin_step is refused (was: it resumed, and the next ordinary end failed
+    check_integrity), the retry ends it, and the session then starts afresh."""
+    m, twin = _manager(core.name, policy), _manager(core.name, policy)
+    for x in (m, twin):
+        x.finish_step("a")
+        assert x.session("a").tail is not None
+    twin.end_session("a")
+    _cut_end(m, "forget_entry")
+    assert m.session("a").tail is None
+    with pytest.raises(InvalidRequest, match="end_session was interrupted"):
+        m.begin_step("a", [1, 2, 3, 4, 9, 9, 8, 8, 5, 6, 7])
+    assert idle_sessions(m.sessions, 1e9, 0.0) == ["a"]
+    m.end_session("a")
+    _check(m)
+    assert _books(m) == _books(twin) and _names_a(m.policy) == _names_a(twin.policy)
+    for x in (m, twin):  # a new session of the same id
+        st = x.begin_step("a", [1, 2, 3, 4, 9, 9, 8, 8, 5, 6, 7])
+        x.allocate_slots("a", 11 - st.num_cached_tokens)
+        x.finish_step("a")
+        x.end_session("a")
+        _check(x)
+    assert _books(m) == _books(twin)
+
+
+def test_a_retry_evicts_a_tail_the_session_still_retains(core):
+    """Defence in depth: were an `ending` session to hold a retained tail (the state the
+    review's sequence reached through a begin_step that is now refused), the retry evicts
+    it as an uncut end does. Before: the retry skipped the eviction with the tell, leaving
+    an unhashed cached block nobody's tail (check_integrity failed)."""
+    m, twin = _manager(core.name, "lru"), _manager(core.name, "lru")
+    for x in (m, twin):
+        x.finish_step("a")
+        assert x.session("a").tail is not None
+    twin.end_session("a")
+    m.session("a").ending = True  # (told; the tell is not repeated: lru keeps no session)
+    m.end_session("a")
+    _check(m)
+    assert _books(m) == _books(twin)
+
+
+def test_idle_sessions_names_ending_and_unstamped_paused_sessions_only():
+    """`idle_sessions`: paused past the limit as before; an `ending` session (running or
+    paused) or a paused one without `paused_at` whatever the time; no other."""
+    from kvsaga.session import Session, SessionState
+
+    def sess(sid, state, paused_at=None, ending=False):
+        s = Session(sid, "w", b"r", state=state, paused_at=paused_at)
+        s.ending = ending
+        return sid, s
+
+    sessions = dict([sess("old", SessionState.PAUSED, 0.0), sess("new", SessionState.PAUSED, 9.0),
+                     sess("run", SessionState.RUNNING),
+                     sess("run_ending", SessionState.RUNNING, ending=True),
+                     sess("ending", SessionState.PAUSED, 9.5, ending=True),
+                     sess("unstamped", SessionState.PAUSED)])
+    assert idle_sessions(sessions, 5.0, 10.0) == ["old", "run_ending", "ending", "unstamped"]
