@@ -104,6 +104,16 @@ def _sigterm_and_wait(server: ServeProcess, limit_s: float) -> None:
         pytest.fail(f"still running {limit_s:.0f} s after SIGTERM: {server.stderr_so_far()}")
 
 
+def _wait_in_step(server: ServeProcess, in_step: Path, limit_s: float = 60) -> None:
+    """Wait until the server's engine thread is inside the long step (the test script
+    touches `in_step` there); the test fails if the server exits or `limit_s` passes."""
+    deadline = time.monotonic() + limit_s
+    while not in_step.exists():
+        assert server.proc.poll() is None and time.monotonic() < deadline, (
+            server.stderr_so_far())
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("flag", [[], ["--graceful-shutdown-s", "1"]])
 def test_sigterm_ends_a_running_stream_with_a_final_event_and_exits(tiny_dir: Path, flag):
     """Without the flag (the default grace) and with one: SIGTERM while a stream runs ends

@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 from kvsaga.serve.cli import build_parser, main, settings_from_args
-from tests.serve.test_graceful_shutdown import _sigterm_and_wait, _stream_running, _wait_healthy
+from tests.serve.test_graceful_shutdown import (
+    _sigterm_and_wait,
+    _stream_running,
+    _wait_healthy,
+    _wait_in_step,
+)
 from tests.serve_process import ServeProcess
 
 HUNG_STEP_S = 30.0  # past the old second join of the engine thread (10 s)
@@ -70,11 +75,7 @@ def test_sigterm_exits_within_the_bound_while_a_step_hangs(tiny_dir: Path, tmp_p
         _wait_healthy(server, port)
         events, reader = _stream_running(server, port, 200, include_usage=True)
         flag.touch()
-        deadline = time.monotonic() + 60
-        while not in_step.exists():  # the engine thread is now inside the long step
-            assert server.proc.poll() is None and time.monotonic() < deadline, (
-                server.stderr_so_far())
-            time.sleep(0.05)
+        _wait_in_step(server, in_step)
         sent = time.monotonic()
         _sigterm_and_wait(server, 60)
         exit_s = time.monotonic() - sent

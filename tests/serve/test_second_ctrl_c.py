@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve.test_graceful_shutdown import _stream_running, _wait_healthy
+from tests.serve.test_graceful_shutdown import _stream_running, _wait_healthy, _wait_in_step
 from tests.serve.test_graceful_shutdown_bound import HUNG_STEP_S, _payloads, _server_script
 from tests.serve_process import ServeProcess
 
@@ -182,11 +182,7 @@ def test_second_ctrl_c_exits_promptly_while_a_step_hangs(tiny_dir: Path, tmp_pat
         _wait_healthy(server, port)
         events, reader = _stream_running(server, port, 200)
         flag.touch()
-        deadline = time.monotonic() + 60
-        while not in_step.exists():  # the engine thread is now inside the long step
-            assert server.proc.poll() is None and time.monotonic() < deadline, (
-                server.stderr_so_far())
-            time.sleep(0.05)
+        _wait_in_step(server, in_step)
         returned_s = _ctrl_c_twice(server, 60)
         reader.join(30)
         err = server.stderr()

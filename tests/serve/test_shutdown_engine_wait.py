@@ -18,9 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.serve.test_graceful_shutdown import _wait_healthy
+from tests.serve.test_graceful_shutdown import _sigterm_and_wait, _wait_healthy, _wait_in_step
 from tests.serve.test_graceful_shutdown_bound import HUNG_STEP_S
 from tests.serve.test_second_ctrl_c import _assert_clean, _ctrl_c_twice, _script
 from tests.serve_process import ServeProcess
@@ -47,11 +45,7 @@ def _hung_step_no_request(server: ServeProcess, flag: Path, in_step: Path) -> No
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        deadline = time.monotonic() + 60
-        while not in_step.exists():  # the engine thread is now inside the long step
-            assert server.proc.poll() is None and time.monotonic() < deadline, (
-                server.stderr_so_far())
-            time.sleep(0.05)
+        _wait_in_step(server, in_step)
 
 
 def test_second_ctrl_c_cuts_the_apps_wait_for_a_hung_engine_thread(tiny_dir: Path,
@@ -85,11 +79,7 @@ def test_sigterm_exits_within_the_grace_bound_with_no_request_left(tiny_dir: Pat
     try:
         _hung_step_no_request(server, flag, in_step)
         sent = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running 60 s after SIGTERM: {server.stderr_so_far()}")
+        _sigterm_and_wait(server, 60)
         exit_s = time.monotonic() - sent
         err = server.stderr()
     finally:
