@@ -8,18 +8,7 @@ from __future__ import annotations
 from kvsaga.scheduler.fair_share import ComputeShares, favoured_allowances
 from tests.sched_helpers import ToyRequest
 from tests.scheduler.helpers import toks
-
-
-def _bare(weights: dict[str, float], lag: float, served: dict[str, float]) -> ComputeShares:
-    """`ComputeShares` alone (no scheduler): its catch-up rule on hand-set service."""
-
-    class Bare(ComputeShares):
-        tenant_weights = weights
-        share_lag_tokens = lag
-
-    c = Bare()
-    c._served = dict(served)
-    return c
+from tests.scheduler.test_fair_share_lag import _bare
 
 
 def test_a_tenant_competing_alone_does_not_move_the_virtual_time():
