@@ -34,10 +34,16 @@ MAIN_RETURNED = "kvsaga-serve main() returned"
 
 
 def _script(*args) -> str:
-    """`_server_script(*args)`, logging MAIN_RETURNED once main() returned."""
+    """`_server_script(*args)`, logging MAIN_RETURNED once main() returned, with Python's
+    own SIGINT handler (KeyboardInterrupt), as a process started from a terminal has it. A
+    background job (the harness's CI) starts its children with SIGINT ignored, and Python
+    then installs no handler: uvicorn still catches the signal, but at the end re-raises it
+    under the disposition it found, so the exit status read 0, not 130 (the lead's CI run,
+    session 53)."""
     script = _server_script(*args)
     assert script.endswith("sys.exit(main())\n"), script
-    return script[:-len("sys.exit(main())\n")] + (
+    return "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" + (
+        script[:-len("sys.exit(main())\n")]) + (
         f"rc = main()\nprint({MAIN_RETURNED!r}, file=sys.stderr, flush=True)\nsys.exit(rc)\n")
 
 
