@@ -95,13 +95,16 @@ def _stream_running(server: ServeProcess, port: int, max_tokens: int = 200,
     return events, reader
 
 
-def _sigterm_and_wait(server: ServeProcess, limit_s: float) -> None:
-    """SIGTERM to the server, then its exit within `limit_s` (else the test fails)."""
+def _sigterm_and_wait(server: ServeProcess, limit_s: float) -> float:
+    """SIGTERM to the server, then its exit within `limit_s` (else the test fails); the
+    seconds from the signal to the exit."""
+    sent = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     try:
         server.proc.wait(limit_s)
     except subprocess.TimeoutExpired:
         pytest.fail(f"still running {limit_s:.0f} s after SIGTERM: {server.stderr_so_far()}")
+    return time.monotonic() - sent
 
 
 def _wait_in_step(server: ServeProcess, in_step: Path, limit_s: float = 60) -> None:
