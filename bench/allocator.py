@@ -500,7 +500,10 @@ def main() -> None:
 
             paired_main(args)
         elif args.profile:
-            print(profile_eviction(int(args.paused.split(",")[0]), args.profile, args.repeat))
+            from eviction_scaling import parse_counts
+
+            first = parse_counts("--paused", args.paused)[0]
+            print(profile_eviction(first, args.profile, args.repeat))
         elif args.miss_split or args.search_split or args.call_split:
             from eviction_split import call_split, search_split
             from policies import split_specs

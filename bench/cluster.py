@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 from allocator import refuse_early, write_section
-from ascii_args import ascii_int, float_arg, int_arg
+from ascii_args import ascii_float, ascii_int, float_arg, int_arg
 from cluster_baselines import baseline_rows, same_experiment
 from fit_seeds import CLUSTER_FIT_SEEDS, diagnosis_header, fit_seed_error
 
@@ -342,7 +342,7 @@ def section_title(args) -> str:
     their rows never replace the live reports' ones)."""
     parts = [] if args.gpus == "8" else [f"{args.gpus} GPUs"]
     if args.sessions_per_gpu != DEFAULT_SPG or args.load != "thrash":
-        at = "the thrash load" if args.load == "thrash" else f"{float(args.load):g}x"
+        at = "the thrash load" if args.load == "thrash" else f"{ascii_float(args.load):g}x"
         parts.append(f"{args.sessions_per_gpu} sessions per GPU at {at}")
     if args.report_period is not None:
         parts.append(f"reports every {args.report_period:g} s")
@@ -367,7 +367,7 @@ def family_loads(args, pool) -> tuple[dict[str, float], list[str], frozenset[str
     families no load of the grid thrashes (the goals' premise fails for them)."""
     families = args.family.split(",")
     if args.load != "thrash":
-        return {f: float(args.load) for f in families}, [], frozenset()
+        return {f: ascii_float(args.load) for f in families}, [], frozenset()
     loads, lines, calm = {}, [], set()
     for f in families:
         loads[f], found = thrash_load(f, args.sessions_per_gpu, args.scale, args.kv_memory,
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     kv = parse_bytes(args.kv_memory)
     if args.load != "thrash":
         try:
-            float(args.load)
+            ascii_float(args.load)
         except ValueError:
             p.error(f"--load must be a number or 'thrash', got {args.load!r}")
     if args.routers is not None and (bad := args.routers - {*ROUTERS, "ideal"}):

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from ascii_args import ascii_float, ascii_int
 from policies import (
     BASELINES,
     PRESET,
@@ -47,7 +48,7 @@ def parse_case(text: str) -> tuple[str, int, float]:
     """`trace:seed:share` -> (trace, seed, share); fit seeds only."""
     try:
         name, seed, frac = text.split(":")
-        case = (name, int(seed), float(frac))
+        case = (name, ascii_int(seed), ascii_float(frac))
     except ValueError:
         raise ValueError(f"bad case {text!r}: expected trace:seed:share") from None
     if case[1] not in TUNE_SEEDS:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import inspect
 import re
 
+from ascii_args import ascii_float
+
 from kvsaga.policy import POLICIES as POLICY_CLASSES
 
 
@@ -25,7 +27,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, float | tuple[str, ...]]]:
     for item in filter(None, (m.group(2) or "").split(",")):
         key, _, value = item.partition("=")
         try:
-            params[key.strip()] = float(value)
+            params[key.strip()] = ascii_float(value)
         except ValueError:
             if not re.fullmatch(r"[A-Za-z][\w-]*(\+[A-Za-z][\w-]*)*", value.strip()):
                 raise ValueError(f"bad constant {item!r} in {spec!r}: expected key=number "

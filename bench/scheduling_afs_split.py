@@ -43,6 +43,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from ascii_args import ascii_float, ascii_int
 from scheduling import PRESET, capacity
 from scheduling_bound_gap import KINDS, observe
 from scheduling_mix import MIX_FRACS, MIXES, mix_trace, set_workflow_defaults
@@ -116,7 +117,7 @@ def parse_case(text: str) -> tuple[str, int, float]:
     if name not in MIXES:
         raise ValueError(f"case {text!r}: no mix {name!r} (one of {', '.join(MIXES)})")
     try:
-        s, f = int(seed), float(frac)
+        s, f = ascii_int(seed), ascii_float(frac)
     except ValueError:
         raise ValueError(f"case {text!r}: SEED must be an integer and FRAC a number") from None
     if f not in MIX_FRACS[name]:

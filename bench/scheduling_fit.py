@@ -17,7 +17,7 @@ import json
 import math
 
 import scheduling_oracle
-from ascii_args import int_arg
+from ascii_args import ascii_int, int_arg
 from fit_seeds import fit_seed_error
 from scheduling import (
     DEFAULT,
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     flag, given = (("--held-out", args.held_out) if args.held_out is not None
                    else ("--tail-guard-check", args.tail_guard_check))
     try:
-        seeds = tuple(int(x) for x in given.split(",") if x.strip())
+        seeds = tuple(ascii_int(x) for x in given.split(",") if x.strip())
     except ValueError:
         ap.error(f"{flag} takes comma-separated integers, got {given!r}")
     if args.tail_guard_check is not None:

@@ -226,12 +226,12 @@ def probe_runs(a: argparse.Namespace, params: dict | None):
     point and seed, then each alone seed (tenant a's sessions of the noisy mix)."""
     from kvsaga.sim.metrics import tenant_key
 
-    for seed in [int(s) for s in filter(None, a.seeds.split(","))]:
+    for seed in [ascii_int(s) for s in filter(None, a.seeds.split(","))]:
         for point in a.points:
             own, cfg = point_config(point, seed, params)
             group = f"{point[0]} {point[1]:g}x {point[2]:.0%}"
             yield group, f"{group} seed {seed}", own, cfg
-    for seed in [int(s) for s in filter(None, a.alone_seeds.split(","))]:
+    for seed in [ascii_int(s) for s in filter(None, a.alone_seeds.split(","))]:
         sessions, cfg = alone_config("noisy", seed, 0.5, params)
         own = [s for s in sessions if tenant_key(s.tenant) == "a"]
         yield "noisy tenant a alone 50%", f"noisy tenant a alone 50% seed {seed}", own, cfg
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.point is not None:
         try:
             fam, load, cap = a.point.split(",")
-            point = (fam, float(load), float(cap))
+            point = (fam, ascii_float(load), ascii_float(cap))
         except ValueError:
             ap.error(f"--point must be FAMILY,LOAD,CAPACITY, got {a.point!r}")
     if a.frac not in MIX_FRACS[a.mix]:

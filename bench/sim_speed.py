@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 import results_blocks
-from ascii_args import int_arg
+from ascii_args import ascii_int, int_arg
 
 from kvsaga.config import parse_bytes
 from kvsaga.sim.simulator import SimConfig
@@ -459,13 +459,26 @@ NOTES = """- The fast path: decode runs (plain decode steps back to back; withou
   how busy the cores are."""
 
 
+def jobs_list(text: str) -> list[int]:
+    """A `--jobs`/`--issue-jobs` value: comma-separated positive ints in ASCII digits ('' for
+    none), read when the flags are parsed, not after minutes of measuring."""
+    try:
+        jobs = [ascii_int(j) for j in text.split(",") if j.strip()]
+    except ValueError:
+        jobs = [0]
+    if min(jobs, default=1) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1 ('' for "
+                                         f"none), got {text!r}")
+    return jobs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int_arg, default=1, help="runs per path; the best counts")
-    ap.add_argument("--jobs", default="1,2", help="--jobs values for the quickstart timing "
-                    "(empty: skip it)")
-    ap.add_argument("--issue-jobs", default="1,2", help="--jobs values for timing the "
-                    "issue's quickstart through today's CLI (empty: skip it)")
+    ap.add_argument("--jobs", type=jobs_list, default="1,2",
+                    help="--jobs values for the quickstart timing (empty: skip it)")
+    ap.add_argument("--issue-jobs", type=jobs_list, default="1,2", help="--jobs values for "
+                    "timing the issue's quickstart through today's CLI (empty: skip it)")
     ap.add_argument("--baseline", metavar="PATH", help="a checkout of an older kvsaga")
     ap.add_argument("--baseline-name", default=None,
                     help="what to call it in RESULTS.md (default: the path)")
@@ -534,9 +547,8 @@ def run_all(args, cases: list[Case]) -> dict:
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
     rows = measure(cases, args.repeat, args.baseline, args.previous, args.issue_baseline)
-    walls = {int(j): quickstart_wall(int(j)) for j in args.jobs.split(",") if j}
-    issue_walls = {int(j): quickstart_wall(int(j), ISSUE_ARGS)
-                   for j in args.issue_jobs.split(",") if j}
+    walls = {j: quickstart_wall(j) for j in args.jobs}
+    issue_walls = {j: quickstart_wall(j, ISSUE_ARGS) for j in args.issue_jobs}
     cmd = "python bench/sim_speed.py" + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
     if args.issue_baseline:
         cmd += " --issue-baseline PATH3"

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ascii_args import ascii_float
+
 FIT_WRITER = "bench/vllm_scheduler_replay.py --fit"  # its RESULTS.md blocks' writer
 FIT_SEEDS = (0, 1, 2, 3, 4)  # the connector's fit seeds (bench/RESULTS.md, "vLLM as the peer")
 # The grid the defaults were chosen from (gate_order's docstring): "fifo", then
@@ -104,7 +106,7 @@ def parse_grid(text: str) -> list[Setting]:
         else:
             aging, colon, prior = head.partition(":")
             try:
-                setting = Setting("predicted", float(aging), float(prior), tuple(extra))
+                setting = Setting("predicted", ascii_float(aging), ascii_float(prior), tuple(extra))
             except ValueError:
                 raise _bad(entry) from None
             if (not colon or not 0 < setting.aging_s < float("inf")

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ascii_args import ascii_int
+
 WRITER = "bench/vllm_scheduler_replay.py"  # its arms' RESULTS.md blocks' writer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +65,7 @@ def seed_groups(text: str | None, seeds: list[int]) -> list[list[int]] | None:
     groups = []
     for g in text.split(";"):
         try:
-            group = [int(x) for x in g.split(",") if x.strip()]
+            group = [ascii_int(x) for x in g.split(",") if x.strip()]
         except ValueError:
             raise SystemExit(f"--seed-groups: {g.strip()!r} is not comma-separated "
                              "integers") from None
