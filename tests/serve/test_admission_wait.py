@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
+import threading
 from types import SimpleNamespace
 
+from kvsaga.engine.admission_wait import AdmissionBackoff
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.serve.async_engine import AsyncEngine
 
@@ -74,13 +75,16 @@ def test_a_request_waiting_for_admission_does_not_spin_the_engine_thread(tiny_di
 
 class IdleEngine:
     """Requests that never get admitted, with a scheduler wake time already passed (acted on
-    by each step): nothing but the backoff may pace the steps."""
+    by each step): nothing but the backoff may pace the steps. `stepped` is set at the
+    STEPS-th step."""
 
     device = SimpleNamespace(type="fake")  # no thread governor
     wake_time = 5.0
+    STEPS = 12  # waits of 1, 2, 4 ... ms between them, the cap (50 ms) from the 7th on
 
     def __init__(self) -> None:
         self.steps = 0
+        self.stepped = threading.Event()
         self.last_step_idle = False
         self.last_step_time = -math.inf
 
@@ -92,6 +96,8 @@ class IdleEngine:
 
     def step(self) -> list:
         self.steps += 1
+        if self.steps >= self.STEPS:
+            self.stepped.set()
         self.last_step_idle, self.last_step_time = True, self.clock()
         return []
 
@@ -105,16 +111,38 @@ class IdleEngine:
         return None
 
 
+class _FullWaits(threading.Event):
+    """`AsyncEngine._wake` that records each wait of the engine thread: the timeout it asked
+    for, and whether something woke it before that timeout ran out (the wait's result)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[tuple[float | None, bool]] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woken = super().wait(timeout)
+        self.waits.append((timeout, woken))
+        return woken
+
+
 def test_a_wake_time_already_passed_does_not_spin_either():
+    """Before the fix, the wait after an idle step was cut to the wake time, here already
+    passed: no wait at all, ~400,000 steps in half a second. Checked by the waits themselves
+    rather than by the steps counted in a window of wall time (which a loaded machine that
+    ran no step in the window failed): after each idle step the thread waits out the whole
+    backoff, 1 ms doubling to the cap, before the next, so it steps no faster than that
+    however fast the machine."""
     fake = IdleEngine()
-    aengine = AsyncEngine(lambda: fake, idle_wait_s=0.05)
+    aengine = AsyncEngine(lambda: fake, idle_wait_s=0.05)  # type: ignore[arg-type,return-value]
+    wake = aengine._wake = _FullWaits()
     aengine.start()
     try:
-        assert aengine.wait_ready(10)
-        first = aengine.call_sync(lambda e: e.steps)
-        time.sleep(0.5)
-        waited = aengine.call_sync(lambda e: e.steps) - first
-        assert 0 < waited < 100  # a 1 ms backoff doubling to 50 ms: ~15
-        assert aengine.num_admission_waits >= waited - 1
+        assert aengine.wait_ready(60)
+        # No command is sent until then, so nothing but stop() below wakes the thread.
+        assert fake.stepped.wait(60), f"{fake.steps} steps"  # ~0.3 s of waits
     finally:
         aengine.stop()
+    n = IdleEngine.STEPS - 1  # the waits between the first STEPS steps
+    first = AdmissionBackoff.FIRST_WAIT_S
+    assert wake.waits[:n] == [(min(first * 2 ** k, 0.05), False) for k in range(n)]
+    assert aengine.num_admission_waits >= n
