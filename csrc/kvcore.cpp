@@ -78,6 +78,12 @@ NB_MODULE(_kvcore, m) {
       "data"_a, "portable"_a, "SHA-256 of `data` (tests: both compression paths).");
 
   m.def(
+      "set_leak_warnings", [](bool on) { nb::set_leak_warnings(on); }, "on"_a,
+      "Whether nanobind lists the instances still alive at the interpreter's exit (shared by "
+      "every kvsaga extension). kvsaga-serve turns it off once it leaves an engine thread "
+      "inside a hung step, whose frames hold the engine's C++ objects (kvsaga/serve/app.py).");
+
+  m.def(
       "scatter",
       [](nb::handle marks, nb::handle ids, nb::handle values) {
         store_marks(marks, ids, values, Source::kEach);

@@ -63,6 +63,9 @@ def test_second_ctrl_c_cuts_the_apps_wait_for_a_hung_engine_thread(tiny_dir: Pat
         server.stop()
     _assert_stopped_now(server, returned_s, err)
     assert "still inside a step" in err, err
+    # The step's frames hold the engine's C++ objects at exit: held, not leaked, and not
+    # listed by nanobind (test_hung_step_leak_report.py)
+    assert "nanobind" not in err, err
 
 
 def test_sigterm_exits_within_the_grace_bound_with_no_request_left(tiny_dir: Path,
