@@ -63,7 +63,7 @@ def test_a_busy_neighbour_shrinks_the_engine_threads_team(tiny_dir: Path,
         # The engine thread's team is 1 now; the test's own thread keeps its count.
         assert s.call(lambda e: torch.get_num_threads()) == 1
         assert torch.get_num_threads() == main_threads
-        text = httpx.get(f"{s.url}/metrics").text
+        text = httpx.get(f"{s.url}/metrics", timeout=60).text
         assert _gauge(text, "kvsaga:cpu_threads") == 1.0
         assert _gauge(text, "kvsaga:cpu_foreign_cores") == 1.0
         assert _gauge(text, "kvsaga:cpu_thread_changes_total") == 1.0
@@ -77,7 +77,7 @@ def test_fixed_threads_by_default_and_no_gauges(tiny_dir: Path, monkeypatch: pyt
     with LiveServer(app) as s:
         s.client().completions.create(model=MODEL, prompt="agent ", max_tokens=2)
         assert app.state.engine.governor is None
-        text = httpx.get(f"{s.url}/metrics").text
+        text = httpx.get(f"{s.url}/metrics", timeout=60).text
         assert "kvsaga:cpu_threads" not in text and "kvsaga:cpu_quota_cores" not in text
 
 
@@ -106,5 +106,5 @@ def test_adaptive_reads_this_host(tiny_dir: Path, monkeypatch: pytest.MonkeyPatc
 
         team, threads = s.call(freeze)
         assert team == threads and 1 <= threads <= gov.max_threads
-        text = httpx.get(f"{s.url}/metrics").text
+        text = httpx.get(f"{s.url}/metrics", timeout=60).text
         assert _gauge(text, "kvsaga:cpu_threads") == threads

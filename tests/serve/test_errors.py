@@ -108,7 +108,7 @@ def test_not_found(server: LiveServer):
     err = _error(_post(server, "/v1/chat/completions", json={**CHAT, "model": "gpt-4"}), 404)
     assert err["code"] == "model_not_found" and err["param"] == "model"
     _error(_post(server, "/v1/sessions/never-seen/end"), 404)
-    _error(httpx.get(f"{server.url}/v1/nothing-here"), 404)
+    _error(httpx.get(f"{server.url}/v1/nothing-here", timeout=60), 404)
     server.wait_idle()
 
 
@@ -134,12 +134,12 @@ def test_503_while_loading(tiny_dir: Path):
 
     app = build_app(slow_factory, settings())
     with LiveServer(app, wait_ready=False) as s:
-        assert httpx.get(f"{s.url}/health").status_code == 503
+        assert httpx.get(f"{s.url}/health", timeout=60).status_code == 503
         err = _error(_post(s, "/v1/chat/completions", json=CHAT), 503)
         assert err["code"] == "model_loading"
         release.set()
         deadline = time.monotonic() + 20
-        while httpx.get(f"{s.url}/health").status_code != 200:
+        while httpx.get(f"{s.url}/health", timeout=60).status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert _post(s, "/v1/chat/completions", json=CHAT).status_code == 200

@@ -52,7 +52,8 @@ def test_concurrent_clients_no_5xx_no_leak(server: LiveServer):
     assert codes.count(200) == len(codes), codes
     server.wait_idle()
     assert server.call(lambda e: not any(s.startswith("anon/load-") for s in e.manager.sessions))
-    assert 'kvsaga:time_to_first_token_seconds_count' in httpx.get(f"{server.url}/metrics").text
+    metrics = httpx.get(f"{server.url}/metrics", timeout=60).text
+    assert 'kvsaga:time_to_first_token_seconds_count' in metrics
 
 
 def test_disconnect_mid_stream_aborts_and_releases(server: LiveServer):
@@ -70,7 +71,7 @@ def test_disconnect_mid_stream_aborts_and_releases(server: LiveServer):
     state, n = server.call(lambda e: (e.manager.session("anon/leaver").state.name,
                                       len(e.manager.session("anon/leaver").token_ids)))
     assert state == "PAUSED" and n < 100, n
-    assert httpx.post(f"{server.url}/v1/sessions/leaver/end").status_code == 200
+    assert httpx.post(f"{server.url}/v1/sessions/leaver/end", timeout=60).status_code == 200
     server.wait_idle()
 
 
@@ -117,4 +118,4 @@ def test_disconnect_while_waiting_non_stream(server: LiveServer):
     server.wait_idle(timeout=10)
     n = server.call(lambda e: len(e.manager.session("anon/impatient").token_ids))
     assert n < 190, n  # run to its end, the context would hold ~210 tokens
-    assert httpx.post(f"{server.url}/v1/sessions/impatient/end").status_code == 200
+    assert httpx.post(f"{server.url}/v1/sessions/impatient/end", timeout=60).status_code == 200

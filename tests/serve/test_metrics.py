@@ -30,7 +30,7 @@ VLLM_NAMES = [
 
 
 def _families(url: str) -> dict:
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", timeout=60).text
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 
@@ -54,10 +54,10 @@ def test_every_series_is_labelled_and_vllm_names_are_there(server: LiveServer, c
 def test_metrics_auth_puts_metrics_behind_the_key(tiny_dir: Path):
     app = build_app(make_engine(tiny_dir), settings(api_keys=("k",), metrics_auth=True))
     with LiveServer(app) as s:
-        assert httpx.get(f"{s.url}/metrics").status_code == 401
-        ok = httpx.get(f"{s.url}/metrics", headers={"Authorization": "Bearer k"})
+        assert httpx.get(f"{s.url}/metrics", timeout=60).status_code == 401
+        ok = httpx.get(f"{s.url}/metrics", headers={"Authorization": "Bearer k"}, timeout=60)
         assert ok.status_code == 200
-        assert httpx.get(f"{s.url}/health").status_code == 200
+        assert httpx.get(f"{s.url}/health", timeout=60).status_code == 200
 
 
 def test_status_line_reports_the_interval_and_stays_quiet_when_idle(server: LiveServer,

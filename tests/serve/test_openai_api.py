@@ -79,8 +79,8 @@ def test_raw_sse_ends_with_done(server: LiveServer):
 
 def test_models_health_metrics(client: openai.OpenAI, server: LiveServer):
     assert [m.id for m in client.models.list().data] == [MODEL]
-    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
-    text = httpx.get(f"{server.url}/metrics").text
+    assert httpx.get(f"{server.url}/health", timeout=60).json() == {"status": "ok"}
+    text = httpx.get(f"{server.url}/metrics", timeout=60).text
     for name in (
         "kvsaga:kv_cache_usage_perc", "kvsaga:prefix_cache_queries_total",
         "kvsaga:prefix_cache_hits_total",

@@ -64,10 +64,10 @@ def test_session_id_from_header(server: LiveServer):
                    timeout=30)
     assert r.status_code == 200 and r.headers["x-session-id"] == sid
     assert server.call(lambda e: f"anon/{sid}" in e.manager.sessions)
-    end = httpx.post(f"{server.url}/v1/sessions/{sid}/end")
+    end = httpx.post(f"{server.url}/v1/sessions/{sid}/end", timeout=60)
     assert end.status_code == 200 and end.json()["ended"] is True
     assert server.call(lambda e: f"anon/{sid}" in e.manager.sessions) is False
-    again = httpx.post(f"{server.url}/v1/sessions/{sid}/end")
+    again = httpx.post(f"{server.url}/v1/sessions/{sid}/end", timeout=60)
     assert again.status_code == 404 and again.json()["error"]["code"] == "session_not_found"
     server.wait_idle()
 
@@ -148,23 +148,24 @@ def test_api_keys_are_tenants(auth_server: LiveServer):
     a.completions.create(model=MODEL, prompt="x" * 20, max_tokens=1,
                          extra_body={"session_id": "shared-name"})
     hb = {"Authorization": "Bearer key-b"}
-    r = httpx.post(f"{auth_server.url}/v1/sessions/shared-name/end", headers=hb)
+    r = httpx.post(f"{auth_server.url}/v1/sessions/shared-name/end", headers=hb, timeout=60)
     assert r.status_code == 404
     ha = {"Authorization": "Bearer key-a"}
-    assert httpx.post(f"{auth_server.url}/v1/sessions/shared-name/end", headers=ha).is_success
+    assert httpx.post(f"{auth_server.url}/v1/sessions/shared-name/end", headers=ha,
+                      timeout=60).is_success
     auth_server.wait_idle()
 
 
 def test_auth(auth_server: LiveServer):
     url = auth_server.url
-    assert httpx.get(f"{url}/health").status_code == 200
+    assert httpx.get(f"{url}/health", timeout=60).status_code == 200
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic key-a"},
                     {"Authorization": "Bearer caf\xe9".encode("latin-1")},  # before: a 500
                     {"Authorization": "Bearer k\xc3\xa9y".encode("latin-1")}):
-        r = httpx.get(f"{url}/v1/models", headers=headers)
+        r = httpx.get(f"{url}/v1/models", headers=headers, timeout=60)
         assert r.status_code == 401, headers
         assert r.json()["error"]["type"] == "authentication_error"
-    assert httpx.get(f"{url}/metrics").status_code == 200  # open unless --metrics-auth
+    assert httpx.get(f"{url}/metrics", timeout=60).status_code == 200  # open unless --metrics-auth
     with pytest.raises(openai.AuthenticationError):
         auth_server.client("wrong").models.list()
     assert auth_server.client("key-b").models.list().data[0].id == MODEL
