@@ -63,5 +63,6 @@ def test_a_shutdown_that_leaves_a_hung_step_prints_no_leak_report():
 def test_the_leak_report_is_left_on_where_no_step_was_left_hung():
     """The check above can fail: the same objects held at exit, without that shutdown."""
     err = _run("none")
-    assert "nanobind: leaked 2 instances!" in err, err
-    assert "kvsaga._kvcore.BlockQueue" in err and "kvsaga._kvcore.BlockPool" in err, err
+    held = [line for line in err.splitlines() if line.startswith(" - leaked instance")]
+    assert any('"kvsaga._kvcore.BlockQueue"' in line for line in held), err
+    assert any('"kvsaga._kvcore.BlockPool"' in line for line in held), err
