@@ -106,7 +106,6 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 from vllm.logger import init_logger
-from vllm.v1.request import RequestStatus
 
 from kvsaga.integrations.vllm.connector_config import (
     check_connector_extra,
@@ -135,7 +134,6 @@ if TYPE_CHECKING:
 
 # Under "vllm": vLLM configures that logger (and its handler) only, so the lines reach its log.
 logger = init_logger(f"vllm.{__name__}")
-ABORTED = RequestStatus.FINISHED_ABORTED
 STATS_LOG_EVERY_S = 5.0  # at most one stats line per this many seconds, when they changed
 
 
@@ -424,14 +422,16 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
                     # sweep ended it as `abandoned`
                     self._paused.pop(info.session_id, None)
                 held = info.session_id in self.holds  # kept by the step's requests
-                if ended and (held or others_ran
-                              or (block_ids and request.status != ABORTED)):
-                    # The step ran: its session pauses, with what its requests kept (nothing
-                    # for a context under one block, or a step run unretained: still a
-                    # pause, which the policy learns and its hints act on). Also when this
-                    # last request was withdrawn but an earlier one ran, kept or not (review
-                    # s52 diffvleft 3: unheld, the policy was told `resume_withdrawn` and put
-                    # the pause back to the step before, while the gate counted the step).
+                if ended and (held or others_ran or not withdrawn):
+                    # The step ran (the gate counts it: `finished` with `withdrawn` false):
+                    # its session pauses, with what its requests kept (nothing for a context
+                    # under one block, or a step run unretained: still a pause, which the
+                    # policy learns and its hints act on). Also when it was aborted while
+                    # running with nothing kept (review s54 vleft3: the policy was told
+                    # `resume_withdrawn` and put the pause back to the step before, while
+                    # the gate counted the step; held, it was `step_finished` already), and
+                    # when this last request was withdrawn but an earlier one ran, kept or
+                    # not (review s52 diffvleft 3).
                     session = session_for(self._sessions, info)
                     if not kept:  # (else `_retain` set them) its hits went with the request
                         session.block_ids = list(self.holds.get(info.session_id, ()))
@@ -443,10 +443,9 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
                     # Allocated, then preempted (vLLM freed its blocks and told us nothing)
                     # and aborted while requeued: the policy saw its step running, the gate
                     # counted it in flight (`withdrawn`: it learns nothing of its partial
-                    # output). Or aborted in its first prefill chunk, with no full block to
-                    # keep. Or aborted unallocated, after a probe that told the policy its
-                    # blocks are needed now. Either way they are not: the session is paused
-                    # as after its last completed step.
+                    # output). Or aborted unallocated, after a probe that told the policy
+                    # its blocks are needed now. Either way they are not: the session is
+                    # paused as after its last completed step.
                     session = session_for(self._sessions, info)
                     self.policy.resume_withdrawn(session, now)
         if self.gate is not None:

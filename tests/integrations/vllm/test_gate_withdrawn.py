@@ -154,3 +154,83 @@ def test_an_unheld_step_whose_last_request_was_withdrawn_ran_for_the_policy_as_f
     assert view.paused_at == 120.0 and not view.running
     assert not g._step_context and not g._flights and "B" not in c._flights
     assert not c._step_ran
+
+
+def _recorded(policy) -> list[str]:
+    """The connector's policy's step ends, in order: `step_finished` or `resume_withdrawn`."""
+    calls: list[str] = []
+    for name in ("step_finished", "resume_withdrawn"):
+        told = getattr(policy, name)
+        setattr(policy, name, lambda *a, _t=told, _n=name, **k: (calls.append(_n), _t(*a, **k)))
+    return calls
+
+
+def test_a_step_aborted_while_running_with_nothing_kept_ran_for_the_policy_as_for_the_gate(
+        hf_model_dir):
+    """Review s54 vleft3 (s53's leftover): B's context stays under one block, so nothing is
+    kept; its next step runs (allocated, decoding) and its client aborts it. The gate
+    counted the step (it ran: `withdrawn` is only a request preempted and aborted while
+    requeued) and paused B at the abort, but the connector told the policy
+    `resume_withdrawn`, which put B's pause back at step 1's end (100 against the gate's
+    120), as if the step never ran; the same abort with a block kept was `step_finished`.
+    Both now say the step ran."""
+    s = make_scheduler(hf_model_dir, 40, connector=True, policy="ttl")
+    c, g = s.connector, s.connector.gate
+    t = [100.0]
+    c.clock = lambda: t[0]
+    calls = _recorded(c.policy)
+    a1 = [20_000 + i for i in range(8)]
+    run(s, [make_request(a1, 2, {"session_id": "B", "tool": "t", "expected_s": 30})])
+    assert calls == ["step_finished"] and "B" not in c.holds
+    assert c.policy.views["B"].paused_at == 100.0
+    t[0] = 110.0
+    b2 = make_request(a1 + [TOKEN] * 2 + [1], 300, {"session_id": "B"})
+    s.add_request(b2)
+    for _ in range(3):
+        t[0] += 1.0
+        step(s)
+    assert b2.status == RequestStatus.RUNNING and b2.num_tokens < BLOCK_SIZE
+    done = g.order.done["B"][1]
+    t[0] = 120.0
+    s.finish_requests([b2.request_id], RequestStatus.FINISHED_ABORTED)
+    b = g.sessions["B"]
+    assert (b.context, b.paused_at) == (b2.num_tokens, 120.0)  # the gate: the step ran
+    assert g.order.done["B"][1] == done + 1 and g.pauses.paused_since["B"] == 120.0
+    assert calls == ["step_finished"] * 2  # the policy too
+    view = c.policy.views["B"]
+    assert view.paused_at == 120.0 and not view.running and not view.needed_now
+    assert "B" not in c.holds and c.stats.retained_steps == 0
+    assert not g._flights and "B" not in c._flights and not c._step_ran
+
+
+def test_a_step_preempted_then_aborted_with_nothing_kept_is_withdrawn_for_both(hf_model_dir):
+    """The other side of the rule above, unchanged: B's step (context under one block) is
+    preempted (vLLM frees its blocks) and aborted while requeued. Neither the gate nor the
+    policy counts it: both leave B paused since step 1's end."""
+    s = make_scheduler(hf_model_dir, 40, connector=True, policy="ttl")
+    c, g = s.connector, s.connector.gate
+    t = [100.0]
+    c.clock = lambda: t[0]
+    calls = _recorded(c.policy)
+    a1 = [20_000 + i for i in range(8)]
+    run(s, [make_request(a1, 2, {"session_id": "B", "tool": "t", "expected_s": 30})])
+    before = _gate_state(g)
+    t[0] = 110.0
+    other = make_request(_prompt(2, 16), 300)
+    s.add_request(other)
+    step(s)
+    b2 = make_request(a1 + [TOKEN] * 2 + _prompt(99, 1), 300, {"session_id": "B"})
+    s.add_request(b2)
+    for _ in range(2000):
+        t[0] += 0.01
+        step(s)
+        if b2.status == RequestStatus.PREEMPTED:
+            break
+        assert not other.is_finished(), "the scenario must preempt B's step"
+    else:
+        raise AssertionError("B's step was not preempted")
+    t[0] = 120.0
+    s.finish_requests([b2.request_id], RequestStatus.FINISHED_ABORTED)
+    assert _gate_state(g) == before and before[0][2] == 100.0
+    assert calls == ["step_finished", "resume_withdrawn"]
+    assert c.policy.views["B"].paused_at == 100.0
