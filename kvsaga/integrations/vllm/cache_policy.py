@@ -18,7 +18,9 @@ A session's requests in flight together (vLLM's n > 1 children, concurrent steps
 step, from the first one's `touch` to the last one's finish (`_running`, by request id);
 vLLM calls the policy for a request first at its first store miss, so a child that stores
 nothing is seen at its finish only, and one first seen after its sibling ended the step (at
-its finish, or at a store of its own output) adds no step (`_late_child`).
+its finish, or at a store of its own output) adds no step (`_late_child`). A request
+that read and offered no chunk (aborted before it ran: vLLM tells the tier of every
+finished request) is no step either, unless `last_step` (it still ends the session).
 docs/integrations.md (CPU offload) says what that leaves.
 
 A paused session none of whose chunks is left (all evicted, or none stored) is forgotten
@@ -159,6 +161,13 @@ class KVSagaCachePolicy(CachePolicy):
         if info is None or sid is None:
             return
         running = self._running.get(sid)
+        if running is None and not keys and not info.hint.last_step:
+            # It neither read nor offered a chunk: aborted before it ran (vLLM tells the
+            # tier of every finished request), or a context under one chunk, which owns
+            # nothing here. No step: a step of its own moved the session's pause to the
+            # abort, and the client's resend was learned as a pause of the hinted tool as
+            # short as the resend gap (review s54 vleft3).
+            return
         if running is None and self._late_child(sid, rid) and (
                 sid in self._sessions or sid not in self._owned):
             return
@@ -166,8 +175,8 @@ class KVSagaCachePolicy(CachePolicy):
         # its own, as a later step of a forgotten id, gives them a session to be kept for)
         now = self.clock()
         session = session_for(self._sessions, info)
-        if running is None:  # none touched: a step of its own (it stored and read nothing)
-            self.policy.step_started(session, now)
+        if running is None:  # none touched: a step of its own (it read chunks the tier
+            self.policy.step_started(session, now)  # held, and stored none)
         else:
             running.discard(rid)
         if info.hint.last_step:

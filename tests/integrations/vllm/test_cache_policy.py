@@ -173,6 +173,16 @@ def _children(mgr, n: int) -> list[ReqContext]:
     return kids
 
 
+def _stores_nothing(mgr, ctx: ReqContext) -> None:
+    """Request `ctx` offers one chunk of its own and its store fails: the tier saw it (its
+    `touch`, a key at its finish), yet it leaves no chunk."""
+    (key,) = _keys(f"failed-{ctx.req_id}", 1)
+    ctx.set_offload_key_position(key, 16)
+    out = mgr.prepare_store([key], ctx)
+    assert out is not None and out.keys_to_store == [key]
+    mgr.complete_store([key], ctx, success=False)
+
+
 def test_a_late_child_of_a_forgotten_session_adds_no_step():
     """An n = 2 step that stores nothing: the first child's finish ends the step and S,
     holding no chunk, is forgotten. The second (late) child was then a step of its own on a
@@ -180,7 +190,9 @@ def test_a_late_child_of_a_forgotten_session_adds_no_step():
     mgr = _manager(CACHE_POLICY_CLASS, 8)
     pol = _policy(mgr)
     calls = _lifecycle(pol)
-    for c in _children(mgr, 2):
+    first, late = _children(mgr, 2)
+    for c in (first, late):
+        _stores_nothing(mgr, c)
         mgr.on_request_finished(c)
     assert calls == [("step_started", "S"), ("step_finished", "S"), *FORGOTTEN]
     assert "S" not in pol._sessions and not pol._running and not pol._owner
@@ -195,6 +207,7 @@ def test_a_late_child_filing_chunks_under_a_forgotten_session_keeps_them_the_ses
     pol = _policy(mgr)
     calls = _lifecycle(pol)
     first, late = _children(mgr, 2)
+    _stores_nothing(mgr, first)
     mgr.on_request_finished(first)
     (key,) = _keys("own", 1)
     late.set_offload_key_position(key, 16)
