@@ -21,7 +21,7 @@ CONDITIONAL = {"kvsaga:cpu_threads", "kvsaga:cpu_quota_cores"}
 
 def _scrape(server: LiveServer) -> tuple[dict, set[str]]:
     fams = {f.name: f for f in text_string_to_metric_families(
-        httpx.get(f"{server.url}/metrics").text)}
+        httpx.get(f"{server.url}/metrics", timeout=60).text)}
     return fams, {s.name for f in fams.values() for s in f.samples}
 
 
