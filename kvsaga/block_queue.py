@@ -11,6 +11,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from operator import length_hint
 
+# How often an undo is restarted after further interrupts before its own error propagates
+# (`until_done`): an undo raises nothing on its own for blocks its loop accepted.
+_RESTARTS = 100
+
+
+def until_done(undo, *args):
+    """`undo(*args)`, restarted when an interrupt (or a signal handler's Exception) cuts it:
+    every undo of this module and the pool's is idempotent (it decides by the blocks' own
+    links and states what is left to do), so a rerun finishes it. After `_RESTARTS` reruns
+    the last error propagates (a deterministic failure is not retried forever)."""
+    for _ in range(_RESTARTS):
+        try:
+            return undo(*args)
+        except BaseException:
+            continue
+    return undo(*args)
+
 
 class BlockQueue:
     __slots__ = ("_next", "_prev", "_sentinel", "_size")
@@ -29,6 +46,12 @@ class BlockQueue:
     def __contains__(self, block_id: int) -> bool:
         return self._prev[block_id] != -1
 
+    def _out_of_range(self, block_id: object) -> IndexError:
+        """The C++ queue's refusal of an id outside [0, capacity): a negative one indexes
+        the link lists from their end (-1 is the sentinel), the capacity is the sentinel."""
+        return IndexError(f"block id {block_id} out of range [0, {self._sentinel})")
+
+
     def __iter__(self) -> Iterator[int]:
         """Oldest to newest."""
         nxt, s = self._next, self._sentinel
@@ -41,7 +64,9 @@ class BlockQueue:
         """Append at the tail (newest). A linked block is a ValueError (as the C++ queue's:
         linked twice, it corrupted the order silently; review s49 gate3, finding 3)."""
         nxt, prv, s = self._next, self._prev, self._sentinel
-        if prv[block_id] != -1:
+        if prv[block_id] != -1 or block_id < 0:  # (the sentinel's `prev` is set)
+            if not 0 <= block_id < s:
+                raise self._out_of_range(block_id)
             raise ValueError(f"block {block_id} is already queued")
         tail = prv[s]
         nxt[tail] = block_id
@@ -54,14 +79,16 @@ class BlockQueue:
         """Append blocks at the tail, in order. None may be linked, none named twice
         (ValueError, nothing changed). The check is the link loop's own: a block reached
         with `prev` set was linked before or earlier in this batch. An interrupt between
-        two blocks (or after the loop) unlinks the batch again: nothing changed."""
+        two blocks (or after the loop) unlinks the batch again (restarted if a further one
+        cuts that: `until_done`): nothing changed. An id outside [0, capacity) is an
+        IndexError (as the C++ queue's), nothing changed."""
         if not block_ids:
             return
         nxt, prv, s = self._next, self._prev, self._sentinel
         tail = start = prv[s]
         try:
             for b in block_ids:
-                if prv[b] != -1:
+                if prv[b] != -1 or b < 0:  # (the sentinel's `prev` is set: refused too)
                     break
                 nxt[tail] = b
                 prv[b] = tail
@@ -72,23 +99,30 @@ class BlockQueue:
                 self._size += len(block_ids)
                 return
         except BaseException:
-            self._unpush(start, tail)
+            until_done(self._unpush, start, tail)
             raise
-        done = self._unpush(start, tail)
+        done = until_done(self._unpush, start, tail)
+        if not 0 <= b < s:
+            raise self._out_of_range(b)
         raise ValueError(f"block {b} appears twice" if b in done else
                          f"block {b} is already queued")
 
     def _unpush(self, start: int, tail: int) -> list[int]:
         """Unlink what `push_many` linked (`start`'s successors up to `tail`), the old tail
-        `start` the tail again; returns those blocks."""
+        `start` the tail again; returns those blocks. Idempotent: it clears only their
+        `prev` (their `next` still chains them for a rerun's walk), and `start` back at the
+        tail (its `next` the sentinel, the sentinel's `prev` it: the last two stores, which
+        no call separates) means done."""
         nxt, prv, s = self._next, self._prev, self._sentinel
+        if nxt[start] == s and prv[s] == start:
+            return []
         done = []
         b = start
         while b != tail:
             b = nxt[b]
             done.append(b)
         for b in done:
-            prv[b] = nxt[b] = -1
+            prv[b] = -1
         nxt[start] = s
         prv[s] = start
         return done
@@ -98,14 +132,16 @@ class BlockQueue:
         the unlink loop's own (`prev` -1: not linked, or unlinked earlier in this batch), and
         `next` is left as it was (an unlinked block's `next` means nothing) so that a refusal
         can relink what the loop had unlinked. An interrupt between two blocks (or after
-        the loop) relinks them so, as does a bad id's IndexError or TypeError: nothing
-        changed."""
-        nxt, prv = self._next, self._prev
+        the loop) relinks them so (restarted if a further one cuts that: `until_done`), as
+        does a bad id's TypeError: nothing changed. An id outside [0, capacity) is an
+        IndexError (as the C++ queue's), nothing changed: -1 indexed the sentinel, which the
+        loop unlinked (the queue then looped forever), and -k another block."""
+        nxt, prv, s = self._next, self._prev, self._sentinel
         it = iter(block_ids)
         try:
             for b in it:
                 p = prv[b]
-                if p == -1:
+                if p == -1 or b < 0 or b == s:
                     break
                 n = nxt[b]
                 nxt[p] = n
@@ -118,11 +154,13 @@ class BlockQueue:
             given = len(block_ids) - length_hint(it)
             if given and not self._unlinked(block_ids[given - 1]):
                 given -= 1  # (the last block given was never unlinked: a bad id)
-            self._unremove(block_ids, given)
+            until_done(self._unremove, block_ids, given)
             raise
         stop = len(block_ids) - length_hint(it) - 1
-        self._unremove(block_ids, stop)
+        until_done(self._unremove, block_ids, stop)
         bad = block_ids[stop]
+        if not 0 <= bad < s:
+            raise self._out_of_range(bad)
         raise ValueError(f"block {bad} appears twice" if bad in block_ids[:stop] else
                          f"block {bad} is not queued")
 
@@ -141,9 +179,12 @@ class BlockQueue:
     def _unremove(self, block_ids: list[int], stop: int) -> None:
         """Relink, newest first, the blocks `remove_many` unlinked, `block_ids[:stop]` (each
         one's `next` is still its successor, whose `prev` is then its predecessor again:
-        dancing links)."""
+        dancing links). Idempotent: a block already relinked (`prev` set: a rerun after an
+        interrupt cut this) is skipped, and those are the newest ones, relinked first."""
         nxt, prv = self._next, self._prev
         for b in reversed(block_ids[:stop]):
+            if prv[b] != -1:
+                continue
             n = nxt[b]
             p = prv[b] = prv[n]
             nxt[p] = b
@@ -152,7 +193,9 @@ class BlockQueue:
     def remove(self, block_id: int) -> None:
         """Unlink a linked block (ValueError for one not linked)."""
         nxt, prv = self._next, self._prev
-        if prv[block_id] == -1:
+        if prv[block_id] == -1 or block_id < 0 or block_id == self._sentinel:
+            if not 0 <= block_id < self._sentinel:
+                raise self._out_of_range(block_id)
             raise ValueError(f"block {block_id} is not queued")
         p, n = prv[block_id], nxt[block_id]
         nxt[p] = n
@@ -192,7 +235,9 @@ class BlockQueue:
     def pop_many(self, count: int) -> list[int]:
         """Unlink and return the `count` oldest blocks. A count below 0 or above len(self)
         is a ValueError, nothing unlinked (the C++ queue's check: the walk would pass the
-        sentinel and leave a negative length)."""
+        sentinel and leave a negative length). The blocks' `next` links are left chaining
+        them (an unlinked block's `next` means nothing), so that `unpop_many` can put them
+        back."""
         if not 0 <= count <= self._size:
             raise ValueError(f"pop_many({count}) on a queue of {self._size}")
         nxt, prv, s = self._next, self._prev, self._sentinel
@@ -202,20 +247,28 @@ class BlockQueue:
         try:  # (`next[sentinel]` still names the first: an interrupt relinks those unlinked)
             for i in range(count):
                 out[i] = b
-                n = nxt[b]
                 prv[b] = -1
-                nxt[b] = -1
-                b = n
+                b = nxt[b]
         except BaseException:
-            self._unpop(out[: i + 1], b)
+            until_done(self._unpop, out[: i + 1], b)
             raise
         nxt[s] = b
         prv[b] = s
         self._size -= count
         return out
 
+    def unpop_many(self, popped: list[int]) -> None:
+        """Take back the last `pop_many`, which returned `popped`: relink them at the head,
+        in order (before the block the last one's `next` still names: pop_many leaves
+        the links). For an owner whose work after the pop was cut (the pool's `allocate`).
+        Idempotent until it returns (the length is its last store)."""
+        if popped:
+            self._unpop(popped, self._next[popped[-1]])
+            self._size += len(popped)
+
     def _unpop(self, popped: list[int], b: int) -> None:
-        """Relink the blocks `pop_many` unlinked, `popped`, before `b` (the first it left)."""
+        """Relink the blocks `pop_many` unlinked, `popped`, before `b` (the first it left).
+        Idempotent (each store sets a link to its final value)."""
         nxt, prv = self._next, self._prev
         p = self._sentinel
         for x in popped:

@@ -162,10 +162,11 @@ class SessionSignals:
         (`Session.ending`: the retry does not tell it again), a table released is marked so
         (PAUSED: never released again), and the forgetting is restartable. Until that retry
         the session is for `end_session` only: begin_step, finish_step and preempt refuse it
-        (InvalidRequest), and `idle_sessions` names it for the sweeps. Not covered: a cut
-        exactly at the pool release's return (taken as its `blocks_cached` raising), and
-        under KVSAGA_CORE=python one inside the pure-Python pool's release (its entry, its
-        loop).
+        (InvalidRequest), and `idle_sessions` names it for the sweeps. Not covered: on the
+        C++ core, a cut exactly at the pool release's return (taken as its `blocks_cached`
+        raising), and under KVSAGA_CORE=python one at the pure-Python release's entry
+        (nothing released, taken as released). A cut inside the pure-Python release
+        finishes it, untold, as that hook's raise (findings s54 pyloops).
         """
         check_bool("force", force, InvalidRequest)
         s = self._session(session_id)

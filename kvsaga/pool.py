@@ -21,7 +21,7 @@ from operator import itemgetter
 from typing import Protocol
 
 from kvsaga._validate import check_positive_int
-from kvsaga.block_queue import BlockQueue
+from kvsaga.block_queue import BlockQueue, until_done
 from kvsaga.errors import InvalidRequest, OutOfBlocks
 
 FREE, ACTIVE, CACHED = 0, 1, 2
@@ -147,7 +147,12 @@ class BlockPool:
 
     def _tell(self, hook, block_ids: list[int]) -> None:
         """Calls an observer hook (`_cached_many` / `_uncached_many`); the pool refuses
-        changes until it returns, however it ends."""
+        changes until it returns, however it ends. (CPython raises an interrupt where its
+        eval loop checks for one: a Python function's entry, a loop's jump back, a C call's
+        return; not a Python function's return to its Python caller. So a Python hook that
+        returned has told the observer, and the transition after the tell is whole or
+        finished by its handler; a C-implemented hook's return is a point where an
+        interrupt leaves the observer told and the pool unchanged: none is in-tree.)"""
         self._telling = True
         try:
             hook(block_ids)
@@ -180,20 +185,46 @@ class BlockPool:
             self._refuse("allocate")
         if count < 0:
             raise ValueError("allocate: count must be >= 0")
-        if count > len(self._free):
-            raise OutOfBlocks(count, len(self._free), self.tier)
-        ids = self._free.pop_many(count)
+        free = self._free
+        avail = len(free)
+        if count > avail:
+            raise OutOfBlocks(count, avail, self.tier)
+        ref, state, gen = self.refcount, self.state, self.generation
+        ids = None
+        try:  # (an interrupt takes it all back: the caller never gets the ids)
+            ids = free.pop_many(count)
+            for b in ids:
+                ref[b] = 1
+                state[b] = ACTIVE
+                gen[b] += 1
+        except BaseException:
+            if ids is not None:  # (one inside pop_many took its pop back itself)
+                until_done(self._unallocate, ids, avail)
+            raise
+        return ids
+
+    def _unallocate(self, ids: list[int], avail: int) -> None:
+        """Undo an `allocate` cut by an interrupt after its pop of `ids`, the free queue's
+        length `avail` before: its blocks FREE again (refcount 0, generation back), at the
+        head in order. Idempotent (`until_done`): a block is unmarked once (ACTIVE: marked
+        by the cut allocation, as every popped block was FREE), and the queue's length,
+        restored last, says whether anything is left to do."""
+        free = self._free
+        if len(free) == avail:
+            return
         ref, state, gen = self.refcount, self.state, self.generation
         for b in ids:
-            ref[b] = 1
-            state[b] = ACTIVE
-            gen[b] += 1
-        return ids
+            if state[b] == ACTIVE:
+                ref[b] = 0
+                state[b] = FREE
+                gen[b] -= 1
+        free.unpop_many(ids)
 
     def acquire_many(self, block_ids: list[int]) -> None:
         """Take a reference on each hit block: ACTIVE ones gain one, CACHED ones are reclaimed.
         The observer is told first: a raising hook changes nothing (refcounts, states, counts,
         holds, `reused_s`), as the policy, told nothing by the raise, still has them cached.
+        An interrupt once it was told is raised after the whole transition (`_referenced`).
 
         Raises:
             ValueError: a FREE block (the C++ pool's check); nothing changes.
@@ -201,17 +232,7 @@ class BlockPool:
         if self._telling:
             self._refuse("acquire_many")
         reclaimed = self._reclaimable(block_ids, "acquire_many")
-        if reclaimed:
-            self._tell(self._uncached_many, reclaimed)
-        if self._held:  # a held block hit is used: its next stay in CACHED starts anew
-            self._held.difference_update(block_ids)
-        self._reference(block_ids, reclaimed)
-        if reclaimed:
-            clock, cached_at, reused = self.clock, self._cached_at, self.reused_s
-            for b in reclaimed:
-                reused += clock - cached_at[b]
-            self.reused_s = reused
-            self.num_cached -= len(reclaimed)
+        self._reference(block_ids, reclaimed, self.reused_s)
 
     def hold_many(self, block_ids: list[int]) -> None:
         """`acquire_many` for a moment's hold, not a hit (a prefetch keeps a session's blocks
@@ -221,11 +242,7 @@ class BlockPool:
         if self._telling:
             self._refuse("hold_many")
         reclaimed = self._reclaimable(block_ids, "hold_many")
-        if reclaimed:
-            self._tell(self._uncached_many, reclaimed)
-            self._held.update(reclaimed)
-            self.num_cached -= len(reclaimed)
-        self._reference(block_ids, reclaimed)
+        self._reference(block_ids, reclaimed, None)
 
     def _reclaimable(self, block_ids: list[int], op: str) -> list[int]:
         """The CACHED blocks among `block_ids`, each once, in order: those a reference makes
@@ -245,66 +262,181 @@ class BlockPool:
             reclaimed = list(dict.fromkeys(reclaimed))  # named twice: reclaimed once
         return reclaimed
 
-    def _reference(self, block_ids: list[int], reclaimed: list[int]) -> None:
-        """One more reference on each block, `reclaimed` (`_reclaimable`'s, refcount 0) made
-        ACTIVE first (the caller leaves the CACHED accounting: `num_cached`, holds, reuse
-        timing)."""
-        state, ref = self.state, self.refcount
-        for b in reclaimed:
-            state[b] = ACTIVE
-        for b in block_ids:
+    def _reference(self, block_ids: list[int], reclaimed: list[int],
+                   reused: float | None) -> None:
+        """One more reference on each block; the observer told first that `reclaimed`
+        (`_reclaimable`'s) leave CACHED, which then become ACTIVE with their accounting.
+        `reused`: `reused_s` before, for a hit (None: a hold).
+
+        Interrupts: one inside the tell has told the observer nothing (the hook's own
+        raise, or a per-block hook's undone: `per_block`) and changes nothing; one after it
+        finishes the transition (`_referenced`, restartable), then propagates, as the C++
+        pool's call interrupted at its return. The loops below are `_referenced`'s, so that
+        a cut leaves what it continues: a prefix of each done."""
+        if reclaimed:  # (raises only when the observer was told nothing: nothing changed)
+            self._tell(self._uncached_many, reclaimed)
+        it = None
+        try:  # (`_referenced` inline: one call fewer)
+            state = self.state
+            k = 0
+            try:
+                for b in reclaimed:
+                    if state[b] == CACHED:
+                        state[b] = ACTIVE
+                        k += 1
+            finally:
+                self.num_cached -= k
+            ref = self.refcount
+            it = iter(block_ids)
+            for b in it:
+                ref[b] += 1
+            self._hit_or_hold(block_ids, reclaimed, reused)
+        except BaseException:
+            until_done(self._referenced, it or iter(block_ids), block_ids, reclaimed, reused)
+            raise
+
+    def _referenced(self, it, block_ids: list[int], reclaimed: list[int],
+                    reused: float | None) -> None:
+        """`_reference`'s changes, restartable (`until_done`: each step is idempotent or
+        continues where it was cut): each reclaimed block still CACHED made ACTIVE (and
+        uncounted: a cut stores the count of those done); a reference on each block `it`
+        still gives (one it gave has its reference); then `_hit_or_hold`."""
+        state = self.state
+        k = 0
+        try:
+            for b in reclaimed:
+                if state[b] == CACHED:
+                    state[b] = ACTIVE
+                    k += 1
+        finally:
+            self.num_cached -= k
+        ref = self.refcount
+        for b in it:
             ref[b] += 1
+        self._hit_or_hold(block_ids, reclaimed, reused)
+
+    def _hit_or_hold(self, block_ids: list[int], reclaimed: list[int],
+                     reused: float | None) -> None:
+        """The holds and `reused_s` after a reference (idempotent): a hit ends a hold of its
+        blocks and sets `reused_s` from `reused`, the value before (each reclaimed block adds
+        its time in CACHED, in order); a hold holds the reclaimed."""
+        if reused is None:
+            if reclaimed:
+                self._held.update(reclaimed)
+            return
+        if self._held:  # a held block hit is used: its next stay in CACHED starts anew
+            self._held.difference_update(block_ids)
+        if reclaimed:
+            clock, cached_at = self.clock, self._cached_at
+            for b in reclaimed:
+                reused += clock - cached_at[b]
+            self.reused_s = reused
 
     def release_many(self, block_ids: list[int], keep_unhashed: int = -1) -> None:
         """Drop one reference on each block, in order. A block reaching zero becomes CACHED
         if it holds a hash (or is `keep_unhashed`, a paused session's partial tail), else FREE.
-        """
+        The observer is told last of those CACHED: when that hook raises, the release is
+        whole, the observer told nothing (the manager drops those blocks unseen).
+
+        An interrupt inside it (tests/interrupts.py's points; the C++ pool's is one call)
+        leaves it as that hook's raise would: the release finished (`_released`, restartable),
+        the observer told nothing. Not covered: one at its very entry, before any of its
+        code, which releases nothing (findings s54 pyloops)."""
         if self._telling:
             self._refuse("release_many")
-        ref, state, block_hash = self.refcount, self.state, self.block_hash
         to_cache: list[int] = []
         to_free: list[int] = []
-        for b in block_ids:
-            r = ref[b] - 1
-            ref[b] = r
-            if r:
-                continue
-            if block_hash[b] is not None or b == keep_unhashed:
-                state[b] = CACHED
-                to_cache.append(b)
-            else:
-                state[b] = FREE
-                to_free.append(b)
-        self._free.push_many(to_free)
-        held = self._held
-        if held:
-            held.difference_update(to_free)
+        it = None
+        try:
+            it = iter(block_ids)
+            self._release_loop(it, keep_unhashed, to_cache, to_free)
+            if to_free:
+                self._free.push_many(to_free)
+                if self._held:
+                    self._held.difference_update(to_free)
+        except BaseException:
+            until_done(self._released, it or iter(block_ids), keep_unhashed, to_cache, to_free)
+            raise
         if to_cache:
-            clock, cached_at = self.clock, self._cached_at
-            for b in to_cache:
-                if held and b in held:
-                    held.discard(b)  # cached as of before its hold
-                else:
-                    cached_at[b] = clock
-            self.num_cached += len(to_cache)
             self._tell(self._cached_many, to_cache)
+
+    def _release_loop(self, it, keep_unhashed: int, to_cache: list[int],
+                      to_free: list[int]) -> None:
+        """Drop a reference on each block `it` gives; one reaching zero is CACHED (counted;
+        cached as of now, or of before its hold) or FREE (for the free queue's tail: the
+        caller pushes `to_free`). Each block given is done at every interrupt point (its
+        last call ends its step), and a cut stores the count of those cached: the loop
+        continues where it was cut (`_released`)."""
+        ref, state, block_hash = self.refcount, self.state, self.block_hash
+        held, clock, cached_at = self._held, self.clock, self._cached_at
+        k = 0
+        try:
+            for b in it:
+                r = ref[b] - 1
+                ref[b] = r
+                if r:
+                    continue
+                if block_hash[b] is not None or b == keep_unhashed:
+                    state[b] = CACHED
+                    k += 1
+                    if held and b in held:
+                        held.discard(b)  # cached as of before its hold
+                    else:
+                        cached_at[b] = clock
+                    to_cache.append(b)
+                else:
+                    state[b] = FREE
+                    to_free.append(b)
+        finally:
+            self.num_cached += k
+
+    def _released(self, it, keep_unhashed: int, to_cache: list[int],
+                  to_free: list[int]) -> None:
+        """`release_many` finished after an interrupt, restartable (`until_done`): the rest
+        of its loop (`it`: the blocks not yet given), then the free queue's batch (all or
+        nothing: done once its first block is queued) and the holds (idempotent)."""
+        self._release_loop(it, keep_unhashed, to_cache, to_free)
+        if to_free:
+            if to_free[0] not in self._free:
+                self._free.push_many(to_free)
+            if self._held:
+                self._held.difference_update(to_free)
 
     def evict_many(self, block_ids: list[int]) -> list[bytes | None]:
         """Evict CACHED blocks (oldest first into the free queue); returns their old hashes.
         The observer is told first: a raising hook leaves every block as it was (CACHED,
         hashed), as the policy, told nothing by the raise, still has them (review s49 hooks,
-        finding 2)."""
+        finding 2). An interrupt once it was told finishes the eviction (restartable:
+        `_evicted`), then propagates: the hashes are lost to the caller, as when the C++
+        pool's call is interrupted at its return."""
         if self._telling:
             self._refuse("evict_many")
         self._tell(self._uncached_many, block_ids)
-        state, block_hash = self.state, self.block_hash
-        hashes = [block_hash[b] for b in block_ids]
-        for b in block_ids:
-            state[b] = FREE
-            block_hash[b] = None
-        self._free.push_many(block_ids)
-        self.num_cached -= len(block_ids)
+        block_hash = self.block_hash
+        try:
+            hashes = [block_hash[b] for b in block_ids]
+            self._evicted(block_ids)
+        except BaseException:
+            until_done(self._evicted, block_ids)
+            raise
         return hashes
+
+    def _evicted(self, block_ids: list[int]) -> None:
+        """`evict_many`'s changes once the observer was told: idempotent (each block still
+        CACHED is freed and uncounted: a cut stores the count of those done; the free
+        queue's batch is all or nothing, done once its first block is queued)."""
+        state, block_hash = self.state, self.block_hash
+        k = 0
+        try:
+            for b in block_ids:
+                if state[b] == CACHED:
+                    state[b] = FREE
+                    block_hash[b] = None
+                    k += 1
+        finally:
+            self.num_cached -= k
+        if block_ids and block_ids[0] not in self._free:
+            self._free.push_many(block_ids)
 
     def state_name(self, block_id: int) -> str:
         return _STATE_NAMES[self.state[block_id]]

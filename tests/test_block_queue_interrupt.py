@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 
 from kvsaga.block_queue import BlockQueue
-from tests.interrupts import Cut
+from tests.interrupts import Cut, Cuts, rearm
 
 CAP = 12
 
@@ -147,4 +147,62 @@ def test_a_bad_count_in_pop_many_changes_nothing(count):
     with pytest.raises((ValueError, TypeError)):
         q.pop_many(count)
     assert _state(q) == before
+    _still_works(q)
+
+
+UNDOS = {"push_many": "_unpush", "remove_many": "_unremove", "pop_many": "_unpop"}
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_a_second_interrupt_inside_the_undo_still_changes_nothing(method, monkeypatch):
+    """The undo a first interrupt runs, cut again at each of its points, is restarted
+    (`until_done`: each undo is idempotent) and leaves the queue as it was. Before (lane
+    s53 interrupt, "remaining"): `_unpush` cleared the links it walks (a rerun walked a cut
+    chain), `_unremove` relinked a block twice (`prev[b] = b`), and nothing restarted
+    them."""
+    start, call = CASES[method]
+    code = getattr(BlockQueue, method).__code__
+    undo = getattr(BlockQueue, UNDOS[method]).__code__
+    with Cut(code, k=-1) as probe:
+        call(_queue(start))
+    seconds = 0
+    for j in range(probe.hits):
+        k = 0
+        while True:
+            q = _queue(start)
+            before = _state(q)
+            first, second = Cut(code, j), Cut(undo, k)
+            with monkeypatch.context() as mp:
+                both = Cuts(first, second)
+                rearm(mp, both, [(BlockQueue, UNDOS[method])])
+                with both, pytest.raises(KeyboardInterrupt):
+                    call(q)
+            assert first.fired
+            assert _state(q) == before, (j, k)
+            call(q)
+            _still_works(q)
+            if not second.fired:
+                break
+            seconds += 1
+            k += 1
+    assert seconds >= probe.hits  # a second cut at least once per first
+
+
+@pytest.mark.parametrize("bad", [-1, -2, -CAP - 1, CAP])
+@pytest.mark.parametrize("at", [0, 2])
+def test_an_id_outside_the_queue_is_refused_by_every_entry_point(bad, at):
+    """An id in range of the link lists but not a block: negative (-1 is the sentinel's
+    index, -k block CAP+1-k) or the sentinel's own, CAP. Each entry point refuses it with
+    the C++ queue's IndexError, the queue as it was. Before: `remove_many([-1])` and
+    `remove(-1)` unlinked the sentinel (the queue then looped forever), `remove_many([-2])`
+    unlinked block CAP-1, `push_many([-CAP - 1])` linked block 0 under the name -CAP-1."""
+    q = _queue(list(range(CAP - 1, -1, -1))[:-1])  # all but block 0, from CAP-1 down
+    before = _state(q)
+    queued = before[0]
+    msg = f"block id {bad} out of range \\[0, {CAP}\\)"
+    for call in (lambda: q.remove_many(queued[:at] + [bad]), lambda: q.remove(bad),
+                 lambda: q.push_many([0][:at] + [bad]), lambda: q.push(bad)):
+        with pytest.raises(IndexError, match=msg):
+            call()
+        assert _state(q) == before
     _still_works(q)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from kvsaga.host_tier import HostTier, _QueueObserver
-from tests.interrupts import Cut
+from tests.interrupts import Cut, Cuts, rearm
 from tests.test_host_take_plan_interrupt import CORES, _arm, _books, _pending
 
 # First interrupts whose rollback has entries to reference again: between the release's
@@ -31,10 +31,22 @@ def _restore(m, monkeypatch) -> None:
     hp.observer = _QueueObserver(m.host.order)
 
 
+def _cuts(m, first: str, k: int, monkeypatch):
+    """The first interrupt armed at `first` and a Cut of `_repin` at its point `k`, under
+    one tracer (re-armed for `_repin` when the first was a Cut, which CPython unsets)."""
+    second = Cut(HostTier._repin.__code__, k)
+    cut = _arm(m, first, monkeypatch)
+    if cut is None:
+        return second, second
+    both = Cuts(cut, second)
+    rearm(monkeypatch, both, [(HostTier, "_repin")])
+    return both, second
+
+
 def _cut_points(core: str, first: str, monkeypatch) -> int:
     m = _pending(core)
-    _arm(m, first, monkeypatch)
-    with Cut(HostTier._repin.__code__, k=-1) as probe, pytest.raises(KeyboardInterrupt):
+    tracer, probe = _cuts(m, first, -1, monkeypatch)
+    with tracer, pytest.raises(KeyboardInterrupt):
         m.take_transfers()
     _restore(m, monkeypatch)
     return probe.hits
@@ -48,8 +60,8 @@ def test_a_second_interrupt_in_the_rollback_keeps_the_plan_whole(core, first, mo
     for k in range(hits):
         m, twin = _pending(core), _pending(core)
         before = _books(m)
-        _arm(m, first, monkeypatch)
-        with Cut(HostTier._repin.__code__, k) as cut, pytest.raises(KeyboardInterrupt):
+        tracer, cut = _cuts(m, first, k, monkeypatch)
+        with tracer, pytest.raises(KeyboardInterrupt):
             m.take_transfers()
         assert cut.fired
         _restore(m, monkeypatch)
