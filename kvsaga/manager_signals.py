@@ -164,9 +164,9 @@ class SessionSignals:
         the session is for `end_session` only: begin_step, finish_step and preempt refuse it
         (InvalidRequest), and `idle_sessions` names it for the sweeps. Not covered: on the
         C++ core, a cut exactly at the pool release's return (taken as its `blocks_cached`
-        raising), and under KVSAGA_CORE=python one at the pure-Python release's entry
-        (nothing released, taken as released). A cut inside the pure-Python release
-        finishes it, untold, as that hook's raise (findings s54 pyloops).
+        raising). Under KVSAGA_CORE=python a cut inside the pure-Python release finishes
+        it, untold, as that hook's raise, and one at its entry (nothing released) is
+        followed by the release, then propagates (findings s54 pyloops).
         """
         check_bool("force", force, InvalidRequest)
         s = self._session(session_id)
@@ -243,18 +243,29 @@ class SessionSignals:
         table = s.block_ids
         partial = s.num_computed % self.block_size
         tail = table[-1] if partial and keep_tail else -1
-        try:
-            pool.release_many(table[::-1], keep_unhashed=tail)
-        except BaseException:  # (an interrupt at the call's return lands here too)
-            s.state = SessionState.PAUSED  # no longer holds the references: never again
-            self._drop_released(s)
-            raise
+        ids = table[::-1]
+        cut = None
+        while True:
+            try:
+                pool.release_many(ids, keep_unhashed=tail)
+            except BaseException as e:  # (an interrupt at the call's return lands here too)
+                if getattr(pool, "_releasing", ids) is not ids:
+                    # The Python pool cut at its entry: nothing released, and the policy
+                    # may have been told the pause: release now (again), then raise.
+                    cut = cut or e
+                    continue
+                s.state = SessionState.PAUSED  # no longer holds the references: never again
+                self._drop_released(s)
+                raise
+            break
         s.state = SessionState.PAUSED  # (already so for finish_step and preempt)
         s.tail = None
         if tail >= 0 and pool.state[tail] == CACHED:
             s.tail = (tail, pool.generation[tail], partial)
         if not keep_tail:  # the partial tail's tokens lost their slots with it
             s.num_computed -= s.num_computed % self.block_size
+        if cut is not None:
+            raise cut
 
     def _drop_released(self, s: Session) -> None:
         """After a release of `s`'s table whose `blocks_cached` hook raised: free and

@@ -128,6 +128,7 @@ class BlockPool:
         self._cached_at = [0.0] * num_blocks
         self._held: set[int] = set()
         self._telling = False  # an observer hook is running: mutators refuse (`_refuse`)
+        self._releasing: object = None  # the ids of the last release_many that began
 
     @property
     def observer(self) -> PoolObserver:
@@ -340,8 +341,11 @@ class BlockPool:
 
         An interrupt inside it (tests/interrupts.py's points; the C++ pool's is one call)
         leaves it as that hook's raise would: the release finished (`_released`, restartable),
-        the observer told nothing. Not covered: one at its very entry, before any of its
-        code, which releases nothing (findings s54 pyloops)."""
+        the observer told nothing. One at its very entry, before any of its code, releases
+        nothing: `_releasing`, its first store (no point before it), names the last call
+        that began, for a caller to tell (the manager's `_release_table` then releases).
+        """
+        self._releasing = block_ids
         if self._telling:
             self._refuse("release_many")
         to_cache: list[int] = []
@@ -412,10 +416,18 @@ class BlockPool:
         if self._telling:
             self._refuse("evict_many")
         self._tell(self._uncached_many, block_ids)
-        block_hash = self.block_hash
-        try:
+        state, block_hash = self.state, self.block_hash
+        try:  # (`_evicted` inline, unguarded: a cut leaves a prefix done, which it finishes)
             hashes = [block_hash[b] for b in block_ids]
-            self._evicted(block_ids)
+            k = 0
+            try:
+                for b in block_ids:
+                    state[b] = FREE
+                    block_hash[b] = None
+                    k += 1
+            finally:
+                self.num_cached -= k
+            self._free.push_many(block_ids)
         except BaseException:
             until_done(self._evicted, block_ids)
             raise
