@@ -35,7 +35,21 @@ def _points(code, returns: set[int] | None = None) -> set[int]:
     return out
 
 
-class Cut:
+class _Tracing:
+    """A context manager that installs `self._global` as the trace function and puts back
+    the one it found (coverage's, a debugger's) on the way out."""
+
+    def __enter__(self):
+        self.before = sys.gettrace()
+        sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc):
+        sys.settrace(self.before)
+        return False
+
+
+class Cut(_Tracing):
     """While active, raises KeyboardInterrupt (or `exc`: a signal handler may raise any
     exception) at the `k`-th interrupt point (counted from 0) reached in a frame of `code`
     (none of its callees): once. `hits` counts the points reached."""
@@ -72,17 +86,8 @@ class Cut:
             return self._local
         return None
 
-    def __enter__(self):
-        self.before = sys.gettrace()
-        sys.settrace(self._global)
-        return self
 
-    def __exit__(self, *exc):
-        sys.settrace(self.before)
-        return False
-
-
-class Cuts:
+class Cuts(_Tracing):
     """Several `Cut`s of different functions at once, under one tracer (sys.settrace has
     one): e.g. a first interrupt in a method and a second in the undo it runs."""
 
@@ -97,15 +102,6 @@ class Cuts:
             if local is not None:
                 found = local
         return found
-
-    def __enter__(self):
-        self.before = sys.gettrace()
-        sys.settrace(self._global)
-        return self
-
-    def __exit__(self, *exc):
-        sys.settrace(self.before)
-        return False
 
 
 def rearm(monkeypatch, cuts: Cuts, undos) -> None:

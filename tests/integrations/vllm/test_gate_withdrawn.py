@@ -107,6 +107,30 @@ def test_a_held_step_whose_last_request_was_withdrawn_ends_at_what_the_first_rea
     assert not g._step_context and not g._flights
 
 
+def _recorded(policy) -> list[str]:
+    """The connector's policy's step ends, in order: `step_finished` or `resume_withdrawn`."""
+    calls: list[str] = []
+    for name in ("step_finished", "resume_withdrawn"):
+        told = getattr(policy, name)
+        setattr(policy, name, lambda *a, _t=told, _n=name, **k: (calls.append(_n), _t(*a, **k)))
+    return calls
+
+
+def _b_paused_after_one_step(hf_model_dir):
+    """A connector scheduler (ttl) whose session B ran one step at t=100 with a context under
+    one block (nothing kept): the scheduler, its connector and gate, the settable clock, the
+    policy's step ends so far (`_recorded`) and B's first prompt."""
+    s = make_scheduler(hf_model_dir, 40, connector=True, policy="ttl")
+    c, g = s.connector, s.connector.gate
+    t = [100.0]
+    c.clock = lambda: t[0]
+    calls = _recorded(c.policy)
+    a1 = [20_000 + i for i in range(8)]  # B's context stays under one block: nothing kept
+    run(s, [make_request(a1, 2, {"session_id": "B", "tool": "t", "expected_s": 30})])
+    assert calls == ["step_finished"] and "B" not in c.holds
+    return s, c, g, t, calls, a1
+
+
 def test_an_unheld_step_whose_last_request_was_withdrawn_ran_for_the_policy_as_for_the_gate(
         hf_model_dir):
     """Review s52 diffvleft 3: B's step runs as two requests; the first finishes with no full
@@ -115,17 +139,7 @@ def test_an_unheld_step_whose_last_request_was_withdrawn_ran_for_the_policy_as_f
     `resume_withdrawn`, which put B's pause back at step 1's end (100 against the gate's
     120): the policy learned one step fewer and, at the resend, a pause longer by the step's
     run. Both now end the step at the abort, as in the held case."""
-    s = make_scheduler(hf_model_dir, 40, connector=True, policy="ttl")
-    c, g = s.connector, s.connector.gate
-    t = [100.0]
-    c.clock = lambda: t[0]
-    calls: list[str] = []
-    for name in ("step_finished", "resume_withdrawn"):
-        told = getattr(c.policy, name)
-        setattr(c.policy, name, lambda *a, _t=told, _n=name, **k: (calls.append(_n), _t(*a, **k)))
-    a1 = [20_000 + i for i in range(8)]  # B's context stays under one block: nothing kept
-    run(s, [make_request(a1, 2, {"session_id": "B", "tool": "t", "expected_s": 30})])
-    assert calls == ["step_finished"] and "B" not in c.holds
+    s, c, g, t, calls, a1 = _b_paused_after_one_step(hf_model_dir)
     t[0] = 110.0
     other = make_request(_prompt(2, 16), 300)
     s.add_request(other)
@@ -156,15 +170,6 @@ def test_an_unheld_step_whose_last_request_was_withdrawn_ran_for_the_policy_as_f
     assert not c._step_ran
 
 
-def _recorded(policy) -> list[str]:
-    """The connector's policy's step ends, in order: `step_finished` or `resume_withdrawn`."""
-    calls: list[str] = []
-    for name in ("step_finished", "resume_withdrawn"):
-        told = getattr(policy, name)
-        setattr(policy, name, lambda *a, _t=told, _n=name, **k: (calls.append(_n), _t(*a, **k)))
-    return calls
-
-
 def test_a_step_aborted_while_running_with_nothing_kept_ran_for_the_policy_as_for_the_gate(
         hf_model_dir):
     """Review s54 vleft3 (s53's leftover): B's context stays under one block, so nothing is
@@ -174,14 +179,7 @@ def test_a_step_aborted_while_running_with_nothing_kept_ran_for_the_policy_as_fo
     `resume_withdrawn`, which put B's pause back at step 1's end (100 against the gate's
     120), as if the step never ran; the same abort with a block kept was `step_finished`.
     Both now say the step ran."""
-    s = make_scheduler(hf_model_dir, 40, connector=True, policy="ttl")
-    c, g = s.connector, s.connector.gate
-    t = [100.0]
-    c.clock = lambda: t[0]
-    calls = _recorded(c.policy)
-    a1 = [20_000 + i for i in range(8)]
-    run(s, [make_request(a1, 2, {"session_id": "B", "tool": "t", "expected_s": 30})])
-    assert calls == ["step_finished"] and "B" not in c.holds
+    s, c, g, t, calls, a1 = _b_paused_after_one_step(hf_model_dir)
     assert c.policy.views["B"].paused_at == 100.0
     t[0] = 110.0
     b2 = make_request(a1 + [TOKEN] * 2 + [1], 300, {"session_id": "B"})
@@ -207,13 +205,7 @@ def test_a_step_preempted_then_aborted_with_nothing_kept_is_withdrawn_for_both(h
     """The other side of the rule above, unchanged: B's step (context under one block) is
     preempted (vLLM frees its blocks) and aborted while requeued. Neither the gate nor the
     policy counts it: both leave B paused since step 1's end."""
-    s = make_scheduler(hf_model_dir, 40, connector=True, policy="ttl")
-    c, g = s.connector, s.connector.gate
-    t = [100.0]
-    c.clock = lambda: t[0]
-    calls = _recorded(c.policy)
-    a1 = [20_000 + i for i in range(8)]
-    run(s, [make_request(a1, 2, {"session_id": "B", "tool": "t", "expected_s": 30})])
+    s, c, g, t, calls, a1 = _b_paused_after_one_step(hf_model_dir)
     before = _gate_state(g)
     t[0] = 110.0
     other = make_request(_prompt(2, 16), 300)
