@@ -415,6 +415,12 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
                 self._set_deferred(sid, False, now)
             info = self.sessions[sid] = _Admitted(req.tenant, req.workflow, req.num_tokens)
             info.shared = self._shared_tokens(sid)
+        # A compacted step (its prompt shorter than the last finish's context) is charged the
+        # old context until it finishes (`finish` charges the compacted one): `begin_step`
+        # references only the compacted prompt's blocks, but the old context's stay owned
+        # by the session, and the default policy ("graph") prices a running session's blocks
+        # as about to be used, evicting paused contexts first; charged less, the gate admits
+        # sessions whose allocations evict them (tests/scheduler/test_compacted_running_charge.py).
         info.context = max(info.context, req.num_tokens)
         info.active = info.on_prompt = True
         info.demote_at = math.inf
