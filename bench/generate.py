@@ -20,7 +20,8 @@ each kvsaga side runs N times, interleaved, and the best run counts.
 
 `--profile prefill|decode` runs only kvsaga's batch (b) under cProfile, enabled over the
 prefill steps (until every request has its first token) or the decode steps after them,
-and prints the top entries by own time. `--profile threads` runs it without cProfile and
+and prints the top entries by own time, in the engine thread's CPU seconds (not wall time,
+which counts other jobs on a loaded machine). `--profile threads` runs it without cProfile and
 prints, per phase, the CPU seconds of the engine thread, torch's OpenMP workers and the
 in-place kernel's pool threads (`ThreadCPU`): how many cores each phase can keep busy.
 Where the kernel runs in torch's OpenMP team (kvsaga/kernels/inplace.py, `team_available`) the
@@ -123,14 +124,17 @@ def graph_use(runner) -> dict:
 
 def profile_kvsaga(device, max_tokens, prompts, phase: str, top: int, model=None,
                    **engine_kwargs) -> None:
-    """cProfile of batch (b) over its prefill or its decode steps; prints the top entries.
-    Phase "threads": no cProfile; per phase, the CPU seconds of each kind of thread."""
+    """cProfile of batch (b) over its prefill or its decode steps; prints the top entries,
+    timed in the engine thread's CPU seconds (`time.thread_time`), not the wall clock, which on
+    a loaded machine counts the time other jobs ran (session 54's perf lane read decode as
+    15.3 s where it took 7 CPU-s). Phase "threads": no cProfile; per phase, the CPU seconds of
+    each kind of thread."""
     llm = _engine(device, model, **engine_kwargs)
     eng = llm.engine
     reqs = [eng.add_request(llm.tokenizer.encode(p), _greedy(max_tokens)) for p in prompts]
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(time.thread_time)
     split = ThreadCPU()
-    steps, t0 = 0, time.perf_counter()
+    steps, t0, c0 = 0, time.perf_counter(), time.thread_time()
     in_prefill = True
     if phase == "prefill":
         prof.enable()
@@ -142,17 +146,19 @@ def profile_kvsaga(device, max_tokens, prompts, phase: str, top: int, model=None
             split.phase("prefill", steps, time.perf_counter() - t0)
             if phase == "decode":
                 prof.enable()
-            steps, t0 = 0, time.perf_counter()
+            steps, t0, c0 = 0, time.perf_counter(), time.thread_time()
         eng.step()
         steps += 1
     sync(device)
     prof.disable()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
     if phase == "threads":
         split.phase("decode", steps, wall)
         return
     tokens = sum(len(r.prompt_ids) for r in reqs)
-    print(f"{phase}: {steps} steps in {wall:.2f} s ({tokens} prompt tokens, 16 requests)")
+    print(f"{phase}: {steps} steps in {wall:.2f} s wall, {cpu:.2f} CPU-s on the engine thread "
+          f"({tokens} prompt tokens, 16 requests; the entries below are in that thread's "
+          "CPU seconds)")
     pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
