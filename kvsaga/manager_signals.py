@@ -16,6 +16,10 @@ from kvsaga.manager_reads import ending_error
 from kvsaga.pool import CACHED
 from kvsaga.session import PauseHint, Session, SessionState
 
+# How often `_release_table` calls the pool's release again when a call raised before the
+# pool began (an interrupt at its entry); then the first error propagates.
+_RELEASE_RETRIES = 3
+
 
 class SessionSignals:
     """`finish_step`, `pause_hint`, `resume_hint`, `resume_withdrawn`, `preempt`,
@@ -245,17 +249,27 @@ class SessionSignals:
         tail = table[-1] if partial and keep_tail else -1
         ids = table[::-1]
         cut = None
+        tries = 0
         while True:
             try:
                 pool.release_many(ids, keep_unhashed=tail)
             except BaseException as e:  # (an interrupt at the call's return lands here too)
                 if getattr(pool, "_releasing", ids) is not ids:
                     # The Python pool cut at its entry: nothing released, and the policy
-                    # may have been told the pause: release now (again), then raise.
+                    # may have been told the pause: release now (again), then raise. A call
+                    # that keeps raising before the pool began (e.g. a refusing wrapper) is
+                    # retried `_RELEASE_RETRIES` times, then its first error propagates,
+                    # the session running as it was (its table holds the references).
                     cut = cut or e
-                    continue
+                    tries += 1
+                    if tries <= _RELEASE_RETRIES:
+                        continue
+                    s.state = SessionState.RUNNING
+                    raise cut from None
                 s.state = SessionState.PAUSED  # no longer holds the references: never again
                 self._drop_released(s)
+                if cut is not None:  # the first error wins (an interrupt at the entry),
+                    raise cut from e  # the hook's error its cause
                 raise
             break
         s.state = SessionState.PAUSED  # (already so for finish_step and preempt)

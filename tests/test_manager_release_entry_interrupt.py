@@ -87,3 +87,64 @@ def test_a_release_cut_at_its_entry_still_releases(op, policy):
     else:
         m.end_session("a")
     _check(m)
+
+
+class _AlwaysRefused:
+    """Stands in for the pool's release_many: every call raises before the pool begins (a
+    refusing fault-injection wrapper)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, *a, **k):
+        self.calls += 1
+        raise RuntimeError(f"release refused ({self.calls})")
+
+
+@pytest.mark.parametrize("policy", ["lru", "saga"])
+@pytest.mark.parametrize("op", sorted(CALLS))
+def test_a_release_refused_on_every_call_raises_with_the_table_held(op, policy):
+    """Review s54 diffpyloops MED-1: `_release_table` retried such a call forever (the wrapper
+    was called millions of times); now a few retries, then the first error, nothing
+    released: the session still running, its table holding the references."""
+    m, fresh = _manager(policy), _manager(policy)
+    refused = _AlwaysRefused()
+    m.pool.release_many = refused
+    with pytest.raises(RuntimeError, match=r"release refused \(1\)"):
+        CALLS[op](m)
+    assert 1 < refused.calls <= 10
+    del m.pool.release_many
+    _check(m)
+    p, q = m.pool, fresh.pool
+    assert (list(p.refcount), list(p.state), p.num_free, p.num_cached) == (
+        list(q.refcount), list(q.state), q.num_free, q.num_cached)
+    a = m.sessions["a"]
+    assert a.block_ids == fresh.sessions["a"].block_ids
+    assert a.num_computed == fresh.sessions["a"].num_computed
+    m.end_session("a")  # a retry (end_session's own included) releases it
+    _check(m)
+    assert "a" not in m.sessions
+
+
+def test_a_cut_at_the_entry_wins_over_the_retry_hook_error():
+    """Review s54 diffpyloops LOW-4 (manager part): after an entry cut, the retry's release
+    whose `blocks_cached` hook raises no longer drops the interrupt: it reaches the caller,
+    the hook's error its cause, the release done (the cached blocks dropped unseen)."""
+    m = _manager("lru")
+    cut = _EntryCut(m.pool)
+    m.pool.release_many = cut
+    obs = m.pool.observer
+
+    def raising(ids):
+        raise RuntimeError("blocks_cached failed")
+
+    obs.blocks_cached = raising
+    m.pool.observer = obs  # (the pool reads its hooks when its observer is set)
+    with pytest.raises(KeyboardInterrupt) as info:
+        m.finish_step("a")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert cut.calls == 2
+    del m.pool.release_many
+    del obs.blocks_cached
+    m.pool.observer = obs
+    _check(m)
