@@ -17,7 +17,7 @@ A CACHED block leaves that state only through `acquire_many` (a cache hit) or an
 
 from __future__ import annotations
 
-from operator import itemgetter
+from operator import index, itemgetter
 from typing import Protocol
 
 from kvsaga._validate import check_positive_int
@@ -342,12 +342,23 @@ class BlockPool:
         An interrupt inside it (tests/interrupts.py's points; the C++ pool's is one call)
         leaves it as that hook's raise would: the release finished (`_released`, restartable),
         the observer told nothing. One at its very entry, before any of its code, releases
-        nothing: `_releasing`, its first store (no point before it), names the last call
+        nothing, as does its refusal of bad input (before any change: TypeError, IndexError
+        or ValueError as the C++ pool's; a block named more often than it is referenced but
+        not with refcount 0, or a negative id, is not refused: it costs a pass): `_releasing`,
+        its first store (after those checks, with no point after them), names the last call
         that began, for a caller to tell (the manager's `_release_table` then releases).
         """
-        self._releasing = block_ids
         if self._telling:
             self._refuse("release_many")
+        if block_ids:  # (a point in here is one at its entry: nothing changed)
+            try:
+                refs = (itemgetter(*block_ids)(self.refcount) if len(block_ids) > 1
+                        else (self.refcount[block_ids[0]],))
+            except (IndexError, TypeError):
+                refs = (0,)
+            if 0 in refs:
+                self._refuse_ids(block_ids, "release_many")
+        self._releasing = block_ids
         to_cache: list[int] = []
         to_free: list[int] = []
         it = None
@@ -412,9 +423,21 @@ class BlockPool:
         hashed), as the policy, told nothing by the raise, still has them (review s49 hooks,
         finding 2). An interrupt once it was told finishes the eviction (restartable:
         `_evicted`), then propagates: the hashes are lost to the caller, as when the C++
-        pool's call is interrupted at its return."""
+        pool's call is interrupted at its return. Bad input is refused before the tell,
+        nothing changed, with the C++ pool's error (`_refuse_ids`: a block not CACHED or
+        named twice, an id out of range; review s54 diffpyloops LOW-2)."""
         if self._telling:
             self._refuse("evict_many")
+        n = len(block_ids)
+        if n:  # bad input refused before the tell (the C++ pool's checks)
+            try:
+                states = (itemgetter(*block_ids)(self.state) if n > 1
+                          else (self.state[block_ids[0]],))
+            except (IndexError, TypeError):
+                states = ()
+            if (states.count(CACHED) != n or min(block_ids) < 0
+                    or (n > 1 and len(set(block_ids)) < n)):
+                self._refuse_ids(block_ids, "evict_many")
         self._tell(self._uncached_many, block_ids)
         state, block_hash = self.state, self.block_hash
         try:  # (`_evicted` inline, unguarded: a cut leaves a prefix done, which it finishes)
@@ -449,6 +472,35 @@ class BlockPool:
             self.num_cached -= k
         if block_ids and block_ids[0] not in self._free:
             self._free.push_many(block_ids)
+
+    def _refuse_ids(self, block_ids: list[int], op: str) -> None:
+        """Raise the C++ pool's error for the first bad id of `block_ids` given to `op`
+        (`release_many` or `evict_many`), before anything changed: TypeError for a
+        non-integer, IndexError for one outside [0, num_blocks), then ValueError for a block
+        `op` does not take (release: not ACTIVE, or named more often than it is referenced;
+        evict: not CACHED, or named twice)."""
+        n = self.num_blocks
+        ids = []
+        for b in block_ids:
+            try:
+                i = index(b)
+            except TypeError:
+                raise TypeError(f"{op}: block id {b!r} is not an integer") from None
+            if not 0 <= i < n:
+                raise IndexError(f"block id {i} out of range [0, {n})")
+            ids.append(i)
+        state, seen = self.state, {}
+        for b in ids:
+            k = seen[b] = seen.get(b, 0) + 1
+            if op == "evict_many":
+                why = ("evict_many takes cached blocks" if state[b] != CACHED
+                       else "evict_many got it twice" if k > 1 else None)
+            else:
+                why = ("release_many names it more often than it is referenced"
+                       if state[b] != ACTIVE or k > self.refcount[b] else None)
+            if why:
+                raise ValueError(f"{_STATE_NAMES[state[b]]} block {b}: {why}")
+        raise AssertionError(f"{op}: {block_ids!r} refused but none is bad")  # (unreachable)
 
     def state_name(self, block_id: int) -> str:
         return _STATE_NAMES[self.state[block_id]]

@@ -1,0 +1,137 @@
+"""Bad ids given to the pure-Python pool's release_many / evict_many are refused before any
+change, with the C++ pool's error type, as the C++ pool refuses them (review s54 diffpyloops
+LOW-2: the interrupt-completion handlers of session 54's pyloops also ran on these errors,
+released the other ids of a release_many([7, 3, 4]) and left an evict_many of a FREE, an
+out-of-range or a negative id with the pool's books broken)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.block_queue import BlockQueue
+from kvsaga.pool import BlockPool
+
+N = 6
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.log: list = []
+
+    def block_cached(self, b):
+        self.log.append(("c", b))
+
+    def block_uncached(self, b):
+        self.log.append(("u", b))
+
+
+class _Lru:
+    """A batch observer over a queue of the pool's own core (as the LRU policy)."""
+
+    def __init__(self, queue_cls) -> None:
+        self.q = queue_cls(N)
+
+    def block_cached(self, b):
+        self.q.push(b)
+
+    def block_uncached(self, b):
+        self.q.remove(b)
+
+    def blocks_cached(self, ids):
+        self.q.push_many(ids)
+
+    def blocks_uncached(self, ids):
+        self.q.remove_many(ids)
+
+    @property
+    def log(self):
+        return list(self.q)
+
+
+def _pools():
+    yield "python", BlockPool, BlockQueue
+    core = pytest.importorskip("kvsaga._core")
+    if core.cpp_available():
+        cpp = core.get_core("cpp")
+        yield "cpp", cpp.BlockPool, cpp.BlockQueue
+
+
+def _pool(pool_cls, queue_cls, kind):
+    """0, 1 CACHED; 2 ACTIVE twice; 3, 4 ACTIVE; 5 FREE (0-2 hashed)."""
+    p = pool_cls(N)
+    obs = {"none": None, "per_block": _Recorder(), "lru": _Lru(queue_cls)}[kind]
+    if obs is not None:
+        p.observer = obs
+    p.allocate(5)
+    for b in (0, 1, 2):
+        p.block_hash[b] = bytes([b])
+    p.clock = 1.0
+    p.release_many([0, 1])
+    p.acquire_many([2])
+    p.clock = 2.0
+    return p, obs
+
+
+def _books(p, obs, name):
+    books = (list(p.refcount), list(p.state), list(p.generation), list(p.block_hash),
+             p.free_ids(), p.num_cached, p.reused_s, None if obs is None else obs.log)
+    if name == "python":
+        books += (list(p._cached_at), sorted(p._held))
+    return books
+
+
+BAD = [
+    ("release_many", [7, 3, 4]),
+    ("release_many", [3, 7, 4]),
+    ("release_many", [3, 4, 6]),
+    ("release_many", [None, 3, 4]),
+    ("release_many", [3, "4"]),
+    ("release_many", [3, 4.0]),
+    ("release_many", [3, 5]),  # FREE
+    ("release_many", [0, 3]),  # CACHED
+    ("release_many", [3, -1]),  # -1 would be block 5 (FREE)
+    ("release_many", [3, -7]),
+    ("evict_many", [5]),  # FREE
+    ("evict_many", [0, 7]),
+    ("evict_many", [-1]),
+    ("evict_many", [0, -6]),  # -6 would be block 0
+    ("evict_many", [0, 0]),
+    ("evict_many", [0, 3]),  # ACTIVE
+    ("evict_many", [3, 0]),
+    ("evict_many", [0, None]),
+    ("evict_many", [0, 1.0]),
+]
+
+
+@pytest.mark.parametrize("kind", ["none", "per_block", "lru"])
+@pytest.mark.parametrize(("op", "ids"), BAD)
+def test_bad_ids_are_refused_with_nothing_changed_as_by_the_cpp_pool(op, ids, kind):
+    errors = {}
+    for name, pool_cls, queue_cls in _pools():
+        p, obs = _pool(pool_cls, queue_cls, kind)
+        before = _books(p, obs, name)
+        with pytest.raises((TypeError, IndexError, ValueError)) as info:
+            getattr(p, op)(list(ids))
+        assert _books(p, obs, name) == before, name
+        p.check_integrity()
+        errors[name] = type(info.value)
+        if name == "python" and not isinstance(info.value, TypeError):
+            bad = next(b for b in ids if not isinstance(b, int) or not 0 <= b < N or
+                       p.state[b] != (2 if op == "evict_many" else 1) or ids.count(b) > 1)
+            assert f"block {bad}" in str(info.value) or f"id {bad}" in str(info.value)
+    if "cpp" in errors:
+        assert errors["python"] is errors["cpp"]
+
+
+@pytest.mark.parametrize(("op", "ids"), [("release_many", [7, 3, 4]), ("evict_many", [0, 7])])
+def test_a_refused_call_then_a_good_one(op, ids):
+    """The pool still works after a refusal: the good call does what it does on a fresh
+    pool."""
+    p, obs = _pool(BlockPool, BlockQueue, "lru")
+    twin, twin_obs = _pool(BlockPool, BlockQueue, "lru")
+    with pytest.raises(IndexError, match=r"block id 7 out of range \[0, 6\)"):
+        getattr(p, op)(ids)
+    good = [b for b in ids if b != 7]
+    assert getattr(p, op)(good) == getattr(twin, op)(good)
+    assert _books(p, obs, "python") == _books(twin, twin_obs, "python")
+    p.check_integrity()
