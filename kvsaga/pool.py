@@ -272,26 +272,13 @@ class BlockPool:
         Interrupts: one inside the tell has told the observer nothing (the hook's own
         raise, or a per-block hook's undone: `per_block`) and changes nothing; one after it
         finishes the transition (`_referenced`, restartable), then propagates, as the C++
-        pool's call interrupted at its return. The loops below are `_referenced`'s, so that
-        a cut leaves what it continues: a prefix of each done."""
+        pool's call interrupted at its return."""
         if reclaimed:  # (raises only when the observer was told nothing: nothing changed)
             self._tell(self._uncached_many, reclaimed)
         it = None
-        try:  # (`_referenced` inline: one call fewer)
-            state = self.state
-            k = 0
-            try:
-                for b in reclaimed:
-                    if state[b] == CACHED:
-                        state[b] = ACTIVE
-                        k += 1
-            finally:
-                self.num_cached -= k
-            ref = self.refcount
+        try:
             it = iter(block_ids)
-            for b in it:
-                ref[b] += 1
-            self._hit_or_hold(block_ids, reclaimed, reused)
+            self._referenced(it, block_ids, reclaimed, reused)
         except BaseException:
             until_done(self._referenced, it or iter(block_ids), block_ids, reclaimed, reused)
             raise

@@ -94,10 +94,12 @@ OPS = {
                      ["release_many", "_release_loop", "Q.push_many"],
                      ["_released", "_release_loop", "Q.push_many"]),
     "acquire_many": (lambda p: p.acquire_many([0, 3, 1, 6, 0]), {"nothing", "whole"},
-                     ["acquire_many", "_reclaimable", "_reference", "_hit_or_hold"],
+                     ["acquire_many", "_reclaimable", "_reference", "_referenced",
+                      "_hit_or_hold"],
                      ["_referenced", "_hit_or_hold"]),
     "hold_many": (lambda p: p.hold_many([0, 3, 1]), {"nothing", "whole"},
-                  ["hold_many", "_reference", "_hit_or_hold"], ["_referenced", "_hit_or_hold"]),
+                  ["hold_many", "_reference", "_referenced", "_hit_or_hold"],
+                  ["_referenced", "_hit_or_hold"]),
     "evict_many": (lambda p: p.evict_many([2, 0, 1]), {"nothing", "whole"},
                    ["evict_many", "evict_many.<listcomp>", "_evicted", "Q.push_many"],
                    ["_evicted", "Q.push_many"]),
@@ -251,3 +253,53 @@ def test_the_uncut_outcomes_are_the_cpp_pools(name):
             if pool_cls is BlockPool:
                 want = got
         assert got == want, refusing
+
+
+class _CutAt(Cut):
+    """A `Cut` (c_returns_only) that fires at each hit number in `ks`, counted over every
+    frame of its code: a first interrupt in a function and a second in its own rerun."""
+
+    def __init__(self, code, ks) -> None:
+        super().__init__(code, -1, c_returns_only=True)
+        self.ks, self.fired_at = set(ks), []
+
+    def _local(self, frame, event, arg):
+        if event == "opcode" and frame.f_lasti in self.points:
+            if frame.f_lasti in self.returns:
+                ran = id(frame) in self._ran_python
+                self._ran_python.discard(id(frame))
+                if ran:
+                    return self._local
+            self.hits += 1
+            if self.hits - 1 in self.ks:
+                self.fired_at.append(self.hits - 1)
+                raise KeyboardInterrupt
+        return self._local
+
+
+@pytest.mark.parametrize("kind", ["batch", "per_block"])
+@pytest.mark.parametrize("name", ["acquire_many", "hold_many"])
+def test_a_second_interrupt_in_the_rerun_of_the_cut_completion(name, kind, monkeypatch):
+    """`_reference` runs its changes as `_referenced` (session 54 pyfix: no inline copy), so
+    a first cut lands in `_referenced` itself: a second at each point of its rerun (by
+    `until_done`) still ends the transition whole."""
+    call = OPS[name][0]
+    code = _code(BlockPool._referenced)
+    expected = _expected(name, kind)
+    n = _points(code, call, kind)
+    assert n >= 3
+    both = 0
+    for j in range(n):
+        for k in range(j + 1, j + 1 + 4 * n):
+            p, q = _pool(kind)
+            cut = _CutAt(code, (j, k))
+            with monkeypatch.context() as mp:
+                rearm(mp, Cuts(cut), [(BlockPool, "_referenced")])
+                with cut, pytest.raises(KeyboardInterrupt):
+                    call(p)
+            assert j in cut.fired_at
+            assert _outcome(name, kind, p, q, expected) == "whole"
+            if k not in cut.fired_at:
+                break
+            both += 1
+    assert both >= n
