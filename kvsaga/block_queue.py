@@ -8,6 +8,7 @@ head (oldest), `prev[sentinel]` the tail (newest). A block is linked iff
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from operator import length_hint
 
@@ -20,13 +21,28 @@ def until_done(undo, *args):
     """`undo(*args)`, restarted when an interrupt (or a signal handler's Exception) cuts it:
     every undo of this module and the pool's is idempotent (it decides by the blocks' own
     links and states what is left to do), so a rerun finishes it. After `_RESTARTS` reruns
-    the last error propagates (a deterministic failure is not retried forever)."""
+    the last error propagates (a deterministic failure is not retried forever).
+
+    A KeyboardInterrupt that cut it is raised once it is done, unless the error being
+    handled (the caller's, which it raises next) is one: a Ctrl-C that lands in the undo
+    of another error (a bad id, a signal handler's TimeoutError) is not lost (review s54
+    diffpyloops LOW-4); that error is its context."""
+    ki = None
     for _ in range(_RESTARTS):
         try:
-            return undo(*args)
+            done = undo(*args)
+        except KeyboardInterrupt as e:
+            if ki is None:
+                ki = e
         except BaseException:
-            continue
-    return undo(*args)
+            pass
+        else:
+            break
+    else:
+        done = undo(*args)
+    if ki is not None and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+        raise ki
+    return done
 
 
 class BlockQueue:

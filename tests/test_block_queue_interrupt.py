@@ -206,3 +206,30 @@ def test_an_id_outside_the_queue_is_refused_by_every_entry_point(bad, at):
             call()
         assert _state(q) == before
     _still_works(q)
+
+
+@pytest.mark.parametrize(("op", "undo", "ids"), [
+    ("push_many", "_unpush", [5, 6, 5]),
+    ("remove_many", "_unremove", [1, 2, 1]),
+])
+def test_a_ctrl_c_in_a_refusals_undo_reaches_the_caller(op, undo, ids, monkeypatch):
+    """A refusal (a block named twice) takes its partial change back under `until_done`; a
+    KeyboardInterrupt that cuts that undo is raised once it is done, not dropped for the
+    ValueError (review s54 diffpyloops LOW-4), the queue as it was."""
+    code = getattr(BlockQueue, undo).__code__
+    fired = 0
+    for k in range(8):
+        q = _queue([0, 1, 2, 3])
+        before = _state(q)
+        cut = Cut(code, k, KeyboardInterrupt, c_returns_only=True)
+        with monkeypatch.context() as mp:
+            rearm(mp, Cuts(cut), [(BlockQueue, undo)])
+            with pytest.raises((KeyboardInterrupt, ValueError)) as info:
+                getattr(q, op)(list(ids))
+        assert _state(q) == before
+        _still_works(q)
+        if not cut.fired:
+            break
+        assert isinstance(info.value, KeyboardInterrupt), k
+        fired += 1
+    assert fired >= 2

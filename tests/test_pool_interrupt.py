@@ -303,3 +303,36 @@ def test_a_second_interrupt_in_the_rerun_of_the_cut_completion(name, kind, monke
                 break
             both += 1
     assert both >= n
+
+
+@pytest.mark.parametrize("kind", ["batch", "per_block"])
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_a_ctrl_c_in_the_undo_of_another_error_reaches_the_caller(name, kind, monkeypatch):
+    """A first interrupt that is not a KeyboardInterrupt (a signal handler's TimeoutError),
+    then a KeyboardInterrupt at the first points of the undo or completion it runs: the
+    Ctrl-C reaches the caller, the TimeoutError its context, the books nothing or whole.
+    Before (review s54 diffpyloops LOW-4): `until_done` dropped it for the first error."""
+    call, _, firsts, seconds = OPS[name]
+    firsts, seconds = _fns(firsts), _fns(seconds)
+    expected = _expected(name, kind)
+    lost_before = 0
+    for fn in firsts:
+        for j in range(_points(fn, call, kind)):
+            for undo in seconds:
+                if undo is fn:
+                    continue
+                for k in range(2):
+                    p, q = _pool(kind)
+                    first = Cut(_code(fn), j, TimeoutError, c_returns_only=True)
+                    second = Cut(_code(undo), k, KeyboardInterrupt, c_returns_only=True)
+                    with monkeypatch.context() as mp:
+                        both = Cuts(first, second)
+                        rearm(mp, both, UNDOS)
+                        with both, pytest.raises((TimeoutError, KeyboardInterrupt)) as info:
+                            call(p)
+                    if second.fired:
+                        assert isinstance(info.value, KeyboardInterrupt), (fn, j, undo, k)
+                        if first.fired and isinstance(info.value.__context__, TimeoutError):
+                            lost_before += 1
+                    _outcome(name, kind, p, q, expected)
+    assert lost_before >= 2, name
