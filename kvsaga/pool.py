@@ -337,6 +337,8 @@ class BlockPool:
         """
         if self._telling:
             self._refuse("release_many")
+        if type(block_ids) is not list:  # (an array, a tuple, a generator: as the C++ pool)
+            block_ids = list(block_ids)
         if block_ids:  # (a point in here is one at its entry: nothing changed)
             try:
                 refs = (itemgetter(*block_ids)(self.refcount) if len(block_ids) > 1
@@ -415,6 +417,8 @@ class BlockPool:
         named twice, an id out of range; review s54 diffpyloops LOW-2)."""
         if self._telling:
             self._refuse("evict_many")
+        if type(block_ids) is not list:  # (an array, a tuple, a generator: as the C++ pool)
+            block_ids = list(block_ids)
         n = len(block_ids)
         if n:  # bad input refused before the tell (the C++ pool's checks)
             try:

@@ -135,3 +135,22 @@ def test_a_refused_call_then_a_good_one(op, ids):
     assert getattr(p, op)(good) == getattr(twin, op)(good)
     assert _books(p, obs, "python") == _books(twin, twin_obs, "python")
     p.check_integrity()
+
+
+@pytest.mark.parametrize("shape", ["numpy", "generator", "tuple"])
+def test_release_and_evict_take_any_sequence_of_ids_as_the_cpp_pool(shape):
+    """Review s54 diffpyfix LOW-1: the up-front checks refused a numpy array ("ambiguous
+    truth value") and a generator (an AssertionError) that the C++ pool (and the Python pool
+    before them) take; an evict_many of a numpy array also broke the Python pool's books."""
+    np = pytest.importorskip("numpy")
+    make = {"numpy": lambda ids: np.array(ids, dtype=np.int64),
+            "generator": lambda ids: (b for b in ids), "tuple": tuple}[shape]
+    books = {}
+    for name, pool_cls, queue_cls in _pools():
+        p, obs = _pool(pool_cls, queue_cls, "lru")
+        p.release_many(make([3, 4, 2]))
+        hashes = p.evict_many(make([0, 1]))
+        p.check_integrity()
+        books[name] = (_books(p, obs, name)[:8], list(hashes))
+    if "cpp" in books:
+        assert books["python"] == books["cpp"]
