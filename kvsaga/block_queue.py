@@ -67,7 +67,6 @@ class BlockQueue:
         the link lists from their end (-1 is the sentinel), the capacity is the sentinel."""
         return IndexError(f"block id {block_id} out of range [0, {self._sentinel})")
 
-
     def __iter__(self) -> Iterator[int]:
         """Oldest to newest."""
         nxt, s = self._next, self._sentinel
