@@ -191,39 +191,46 @@ def test_an_interrupt_at_each_point_leaves_nothing_or_the_whole_operation(name, 
     assert cuts >= 4
 
 
+def _cut_pairs(name: str, kind: str):
+    """Each (function of the op, a cut point in it, another of the undos and completions it
+    may run): where a first interrupt cuts, and which function a second one cuts."""
+    call, _, firsts, seconds = OPS[name]
+    seconds = _fns(seconds)
+    for fn in _fns(firsts):
+        for j in range(_points(fn, call, kind)):
+            for undo in seconds:
+                if undo is not fn:
+                    yield fn, j, undo
+
+
 @pytest.mark.parametrize("kind", ["batch", "per_block"])
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_a_second_interrupt_in_the_undo_still_leaves_nothing_or_the_whole(
         name, kind, monkeypatch):
     """The first interrupt's undo (or completion) cut again at each of its points: it is
     restarted (`until_done`) and ends as if uncut."""
-    call, _, firsts, seconds = OPS[name]
-    firsts, seconds = _fns(firsts), _fns(seconds)
+    call = OPS[name][0]
     expected = _expected(name, kind)
     seconds_cut = 0
-    for fn in firsts:
-        for j in range(_points(fn, call, kind)):
-            for undo in seconds:
-                if undo is fn:
-                    continue
-                k = 0
-                while True:
-                    p, q = _pool(kind)
-                    first = Cut(_code(fn), j, c_returns_only=True)
-                    second = Cut(_code(undo), k, c_returns_only=True)
-                    with monkeypatch.context() as mp:
-                        both = Cuts(first, second)
-                        rearm(mp, both, UNDOS)
-                        with both, pytest.raises(KeyboardInterrupt):
-                            call(p)
-                    # (the second function may run before the first point, uncut: then
-                    # its cut is the first interrupt, a single cut)
-                    assert first.fired or second.fired
-                    _outcome(name, kind, p, q, expected)
-                    if not second.fired:
-                        break
-                    seconds_cut += first.fired
-                    k += 1
+    for fn, j, undo in _cut_pairs(name, kind):
+        k = 0
+        while True:
+            p, q = _pool(kind)
+            first = Cut(_code(fn), j, c_returns_only=True)
+            second = Cut(_code(undo), k, c_returns_only=True)
+            with monkeypatch.context() as mp:
+                both = Cuts(first, second)
+                rearm(mp, both, UNDOS)
+                with both, pytest.raises(KeyboardInterrupt):
+                    call(p)
+            # (the second function may run before the first point, uncut: then its cut
+            # is the first interrupt, a single cut)
+            assert first.fired or second.fired
+            _outcome(name, kind, p, q, expected)
+            if not second.fired:
+                break
+            seconds_cut += first.fired
+            k += 1
     assert seconds_cut >= 2, name
 
 
@@ -312,27 +319,22 @@ def test_a_ctrl_c_in_the_undo_of_another_error_reaches_the_caller(name, kind, mo
     then a KeyboardInterrupt at the first points of the undo or completion it runs: the
     Ctrl-C reaches the caller, the TimeoutError its context, the books nothing or whole.
     Before (review s54 diffpyloops LOW-4): `until_done` dropped it for the first error."""
-    call, _, firsts, seconds = OPS[name]
-    firsts, seconds = _fns(firsts), _fns(seconds)
+    call = OPS[name][0]
     expected = _expected(name, kind)
     lost_before = 0
-    for fn in firsts:
-        for j in range(_points(fn, call, kind)):
-            for undo in seconds:
-                if undo is fn:
-                    continue
-                for k in range(2):
-                    p, q = _pool(kind)
-                    first = Cut(_code(fn), j, TimeoutError, c_returns_only=True)
-                    second = Cut(_code(undo), k, KeyboardInterrupt, c_returns_only=True)
-                    with monkeypatch.context() as mp:
-                        both = Cuts(first, second)
-                        rearm(mp, both, UNDOS)
-                        with both, pytest.raises((TimeoutError, KeyboardInterrupt)) as info:
-                            call(p)
-                    if second.fired:
-                        assert isinstance(info.value, KeyboardInterrupt), (fn, j, undo, k)
-                        if first.fired and isinstance(info.value.__context__, TimeoutError):
-                            lost_before += 1
-                    _outcome(name, kind, p, q, expected)
+    for fn, j, undo in _cut_pairs(name, kind):
+        for k in range(2):
+            p, q = _pool(kind)
+            first = Cut(_code(fn), j, TimeoutError, c_returns_only=True)
+            second = Cut(_code(undo), k, KeyboardInterrupt, c_returns_only=True)
+            with monkeypatch.context() as mp:
+                both = Cuts(first, second)
+                rearm(mp, both, UNDOS)
+                with both, pytest.raises((TimeoutError, KeyboardInterrupt)) as info:
+                    call(p)
+            if second.fired:
+                assert isinstance(info.value, KeyboardInterrupt), (fn, j, undo, k)
+                if first.fired and isinstance(info.value.__context__, TimeoutError):
+                    lost_before += 1
+            _outcome(name, kind, p, q, expected)
     assert lost_before >= 2, name

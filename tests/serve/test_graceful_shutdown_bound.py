@@ -81,9 +81,7 @@ def test_sigterm_exits_within_the_bound_while_a_step_hangs(tiny_dir: Path, tmp_p
     finally:
         server.stop()
     # grace 1 s + FINAL_EVENT_S 2 s (+ the drain's 0.5 s join); the old code took > 11 s
-    assert exit_s < 8.0, f"exit {exit_s:.1f} s after SIGTERM: {err}"
-    assert server.proc.returncode in (0, -signal.SIGTERM), err
-    assert "Traceback" not in err, err
+    _assert_exited_cleanly(server, exit_s, err)
     assert events[-1] == "[DONE]", events
     assert _payloads(events)[-1]["error"]["code"] == "server_shutting_down", events[-3:]
 
@@ -131,3 +129,11 @@ def test_graceful_shutdown_s_with_replicas_is_refused(tiny_dir: Path, capsys):
     assert settings_from_args(build_parser().parse_args([])).graceful_shutdown_s == 5.0
     args = build_parser().parse_args(["--graceful-shutdown-s", "12"])
     assert settings_from_args(args).graceful_shutdown_s == 12.0
+
+
+def _assert_exited_cleanly(server: ServeProcess, exit_s: float, err: str) -> None:
+    """The server exited within the 8 s bound after SIGTERM (with a margin for a loaded
+    machine), by status 0 or the re-raised signal, with no traceback."""
+    assert exit_s < 8.0, f"exit {exit_s:.1f} s after SIGTERM: {err}"
+    assert server.proc.returncode in (0, -signal.SIGTERM), err
+    assert "Traceback" not in err, err
