@@ -17,7 +17,8 @@ A CACHED block leaves that state only through `acquire_many` (a cache hit) or an
 
 from __future__ import annotations
 
-from operator import index, itemgetter
+from array import array
+from operator import index, itemgetter, length_hint
 from typing import Protocol
 
 from kvsaga._validate import check_positive_int
@@ -79,6 +80,10 @@ def all_or_nothing(items, do, undo, what) -> None:
                 e.add_note(f"undoing {what(x)} raised too: {u!r}")
                 break
         raise
+
+
+class _Refused(Exception):
+    """`_release_loop` met a negative id or a block with no reference left to drop."""
 
 
 def _block(b: int) -> str:
@@ -251,7 +256,12 @@ class BlockPool:
         if not block_ids:
             return []
         state = self.state
-        states = itemgetter(*block_ids)(state) if len(block_ids) > 1 else (state[block_ids[0]],)
+        try:  # (a negative id would alias a block from the end: refused, as the C++ pool)
+            array("Q", block_ids)  # (OverflowError for a negative id: one pass in C)
+            states = (itemgetter(*block_ids)(state) if len(block_ids) > 1
+                      else (state[block_ids[0]],))
+        except (IndexError, TypeError, OverflowError):
+            self._refuse_ids(block_ids, op)
         active = states.count(ACTIVE)
         if active == len(states):
             return []
@@ -326,38 +336,43 @@ class BlockPool:
         The observer is told last of those CACHED: when that hook raises, the release is
         whole, the observer told nothing (the manager drops those blocks unseen).
 
+        Bad input is refused with nothing changed, with the C++ pool's error: TypeError,
+        IndexError (an id outside [0, num_blocks), a negative one included), ValueError (a
+        block not ACTIVE, or named more often than it is referenced: the loop finds it, and
+        `_unrelease` takes back the blocks before it).
+
         An interrupt inside it (tests/interrupts.py's points; the C++ pool's is one call)
         leaves it as that hook's raise would: the release finished (`_released`, restartable),
         the observer told nothing. One at its very entry, before any of its code, releases
-        nothing, as does its refusal of bad input (before any change: TypeError, IndexError
-        or ValueError as the C++ pool's; a block named more often than it is referenced but
-        not with refcount 0, or a negative id, is not refused: it costs a pass): `_releasing`,
-        its first store (after those checks, with no point after them), names the last call
-        that began, for a caller to tell (the manager's `_release_table` then releases).
+        nothing, as does a refusal: `_releasing`, its first store (after the up-front
+        checks, with no point after them), names the last call that began, and a refusal
+        unnames it, for a caller to tell (`release_again`).
         """
         if self._telling:
             self._refuse("release_many")
         if type(block_ids) is not list:  # (an array, a tuple, a generator: as the C++ pool)
             block_ids = list(block_ids)
-        if block_ids:  # (a point in here is one at its entry: nothing changed)
-            try:
-                refs = (itemgetter(*block_ids)(self.refcount) if len(block_ids) > 1
-                        else (self.refcount[block_ids[0]],))
-            except (IndexError, TypeError):
-                refs = (0,)
-            if 0 in refs:
-                self._refuse_ids(block_ids, "release_many")
+        try:  # (a point in here is one at its entry: nothing changed)
+            array("Q", block_ids)  # a non-integer or a negative id (one pass in C)
+        except (TypeError, OverflowError):
+            self._refuse_ids(block_ids, "release_many")
         self._releasing = block_ids
         to_cache: list[int] = []
         to_free: list[int] = []
+        unheld: list[int] = []
         it = None
         try:
             it = iter(block_ids)
-            self._release_loop(it, keep_unhashed, to_cache, to_free)
+            self._release_loop(it, keep_unhashed, to_cache, to_free, unheld)
             if to_free:
                 self._free.push_many(to_free)
                 if self._held:
                     self._held.difference_update(to_free)
+        except _Refused:  # (bad input: nothing queued or told yet)
+            self._releasing = None
+            self._unrelease(block_ids[:len(block_ids) - length_hint(it) - 1],
+                            to_cache, to_free, unheld)
+            self._refuse_ids(block_ids, "release_many")
         except BaseException:
             until_done(self._released, it or iter(block_ids), keep_unhashed, to_cache, to_free)
             raise
@@ -365,34 +380,61 @@ class BlockPool:
             self._tell(self._cached_many, to_cache)
 
     def _release_loop(self, it, keep_unhashed: int, to_cache: list[int],
-                      to_free: list[int]) -> None:
+                      to_free: list[int], unheld: list[int] | None = None) -> None:
         """Drop a reference on each block `it` gives; one reaching zero is CACHED (counted;
-        cached as of now, or of before its hold) or FREE (for the free queue's tail: the
-        caller pushes `to_free`). Each block given is done at every interrupt point (its
-        last call ends its step), and a cut stores the count of those cached: the loop
-        continues where it was cut (`_released`)."""
+        cached as of now, or of before its hold, noted in `unheld`) or FREE (for the free
+        queue's tail: the caller pushes `to_free`). Each block given is done at every
+        interrupt point (its last call ends its step), and a cut stores the count of those
+        cached: the loop continues where it was cut (`_released`). A negative id, or a
+        block with no reference left to drop, raises `_Refused` with nothing changed for it
+        (the blocks before it released: `_unrelease`; after an interrupt, `_released`
+        skips it: the rest released)."""
         ref, state, block_hash = self.refcount, self.state, self.block_hash
         held, clock, cached_at = self._held, self.clock, self._cached_at
         k = 0
         try:
             for b in it:
-                r = ref[b] - 1
+                r = ref[b] - 1  # (IndexError past the end: `_Refused` below)
                 ref[b] = r
                 if r:
-                    continue
+                    if r > 0:
+                        continue
+                    ref[b] = 0
+                    raise _Refused
                 if block_hash[b] is not None or b == keep_unhashed:
                     state[b] = CACHED
                     k += 1
                     if held and b in held:
                         held.discard(b)  # cached as of before its hold
+                        if unheld is not None:
+                            unheld.append(b)
                     else:
                         cached_at[b] = clock
                     to_cache.append(b)
                 else:
                     state[b] = FREE
                     to_free.append(b)
+        except IndexError:
+            raise _Refused from None
         finally:
             self.num_cached += k
+
+    def _unrelease(self, done: list[int], to_cache: list[int], to_free: list[int],
+                   unheld: list[int]) -> None:
+        """Take back the blocks `done` that a refused `release_many` released before the
+        loop found a bad one (`to_cache`, `to_free`: those it made CACHED or FREE, neither
+        told nor queued; `unheld`: holds it ended): each referenced again, ACTIVE, held
+        again. (Bad input only: not restartable; a cached block's `cached_at`, meaningless
+        while it is ACTIVE, is not put back.)"""
+        ref, state = self.refcount, self.state
+        for b in done:
+            ref[b] += 1
+        for b in to_cache:
+            state[b] = ACTIVE
+        for b in to_free:
+            state[b] = ACTIVE
+        self.num_cached -= len(to_cache)
+        self._held.update(unheld)
 
     def _released(self, it, keep_unhashed: int, to_cache: list[int],
                   to_free: list[int]) -> None:
@@ -466,17 +508,15 @@ class BlockPool:
 
     def _refuse_ids(self, block_ids: list[int], op: str) -> None:
         """Raise the C++ pool's error for the first bad id of `block_ids` given to `op`
-        (`release_many` or `evict_many`), before anything changed: TypeError for a
-        non-integer, IndexError for one outside [0, num_blocks), then ValueError for a block
-        `op` does not take (release: not ACTIVE, or named more often than it is referenced;
-        evict: not CACHED, or named twice)."""
+        (`release_many`, `evict_many`, `acquire_many` or `hold_many`), before anything
+        changed: TypeError for a non-integer, IndexError for one outside [0, num_blocks)
+        (a negative one included: Python's lists would alias it from the end), then
+        ValueError for a block `op` does not take (release: not ACTIVE, or named more often
+        than it is referenced; evict: not CACHED, or named twice; acquire, hold: FREE)."""
         n = self.num_blocks
         ids = []
         for b in block_ids:
-            try:
-                i = index(b)
-            except TypeError:
-                raise TypeError(f"{op}: block id {b!r} is not an integer") from None
+            i = index(b)  # (TypeError: "'str' object cannot be interpreted as an integer")
             if not 0 <= i < n:
                 raise IndexError(f"block id {i} out of range [0, {n})")
             ids.append(i)
@@ -486,6 +526,8 @@ class BlockPool:
             if op == "evict_many":
                 why = ("evict_many takes cached blocks" if state[b] != CACHED
                        else "evict_many got it twice" if k > 1 else None)
+            elif op != "release_many":  # acquire_many, hold_many
+                why = f"{op} takes active or cached blocks" if state[b] == FREE else None
             else:
                 why = ("release_many names it more often than it is referenced"
                        if state[b] != ACTIVE or k > self.refcount[b] else None)

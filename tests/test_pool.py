@@ -174,10 +174,9 @@ def test_pool_batch_observer_gets_one_call_per_transition(core):
     pool.check_integrity()
 
 
-def test_cpp_pool_rejects_misuse_and_changes_nothing(core):
-    """What the Python twin assumes of its callers, the C++ pool checks (no memory error)."""
-    if core.name != "cpp":
-        pytest.skip("the Python pool trusts its callers")
+def test_pool_rejects_misuse_and_changes_nothing(core):
+    """Both pools check what their callers give them (the C++ pool: no memory error; the
+    Python pool: no negative refcount or id aliased from the end, session 55 pyint)."""
     pool = core.BlockPool(4)
     a = pool.allocate(2)
     before = (list(pool.refcount), list(pool.state), pool.free_ids())
@@ -187,6 +186,10 @@ def test_cpp_pool_rejects_misuse_and_changes_nothing(core):
         lambda: pool.evict_many([a[0]]),  # active
         lambda: pool.acquire_many([3]),  # free
         lambda: pool.acquire_many([4]),  # out of range
+        lambda: pool.acquire_many([-1]),  # negative (Python: would alias block 3)
+        lambda: pool.hold_many([a[0], -4]),  # negative (Python: would alias block 0)
+        lambda: pool.release_many([a[1], -3]),  # negative (Python: would alias block 1)
+        lambda: pool.release_many([a[1], a[0], a[1]]),  # twice, one reference
         lambda: pool.allocate(-1),
     ):
         with pytest.raises((ValueError, IndexError)):
