@@ -21,7 +21,7 @@ from kvsaga._validate import is_int
 from kvsaga.block_queue import BlockQueue
 from kvsaga.errors import InvalidRequest
 from kvsaga.policy.base import Action
-from kvsaga.pool import ACTIVE, CACHED, BlockPool
+from kvsaga.pool import ACTIVE, CACHED, BlockPool, release_again
 from kvsaga.prefix import PrefixIndex
 from kvsaga.session import Session, SessionState
 
@@ -101,8 +101,22 @@ class HostTier:
             for gpu_block, block_hash in copies:
                 self._copy_out(gpu_block, block_hash)
         finally:
-            self.pool.release_many(kept)
+            self._release(kept)
         self.num_kept += len(kept)
+
+    def _release(self, host_blocks: list[int]) -> None:
+        """Release host blocks (a `copy_outs` or `unpin`); on a raise, made whole: a call
+        cut at its entry is made again (`release_again`), and the blocks a call that began
+        cached untold (cut inside it) are queued in the order as its hook would have."""
+        pool = self.pool
+        try:
+            pool.release_many(host_blocks)
+        except BaseException as e:
+            if not release_again(pool, host_blocks, -1, e):
+                state, order = pool.state, self.order
+                order.push_many([b for b in dict.fromkeys(host_blocks)
+                                 if state[b] == CACHED and b not in order])
+            raise
 
     def _copy_out(self, gpu_block: int, block_hash: bytes) -> None:
         """Plan one GPU -> host copy into a free host block, or into the least recently used
@@ -142,7 +156,7 @@ class HostTier:
         pinned = self._pinned
         for hb in host_blocks:
             pinned.remove(hb)
-        self.pool.release_many(host_blocks)
+        self._release(host_blocks)
 
     def plan_load(self, host_block: int, gpu_block: int) -> None:
         """A host -> GPU copy of a pinned host block."""
@@ -371,8 +385,12 @@ class HostTierOps:
                                               [b for _, b in loads], now))
         except BaseException:  # tails first, as `_release_table`
             kept = s.tail[0] if held else -1
-            self.pool.release_many(([kept] if held else []) + (before + taken)[::-1],
-                                   keep_unhashed=kept)
+            ids = ([kept] if held else []) + (before + taken)[::-1]
+            try:
+                self.pool.release_many(ids, keep_unhashed=kept)
+            except BaseException as e:  # (cut at its entry: released now, then raised)
+                release_again(self.pool, ids, kept, e)
+                raise
             raise
         return [b if on_gpu else next(loaded) for b, on_gpu in run], held
 
@@ -469,13 +487,15 @@ class HostTierOps:
         closing = ([tail] if tail >= 0 else []) + resident[::-1]
         try:
             self.pool.release_many(closing, keep_unhashed=tail)
-        except BaseException:
+        except BaseException as e:
             # Its `blocks_cached` raised: the blocks it cached stay unseen by the policy (the
             # hold told it they left). Dropped as an eviction would (the loaded ones keep
             # their host copies, their loads planned into free blocks); before, they stayed
-            # CACHED, and a hit on them raised in the policy (review s50 diff-hooks, 2).
-            state = self.pool.state
-            self._evict_unseen([b for b in closing if state[b] == CACHED])
+            # CACHED, and a hit on them raised in the policy (review s50 diff-hooks, 2). A
+            # call cut at its entry is made again (`release_again`).
+            if not release_again(self.pool, closing, tail, e):
+                state = self.pool.state
+                self._evict_unseen([b for b in closing if state[b] == CACHED])
             raise
         return loads
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from kvsaga._validate import is_int
 from kvsaga.errors import InvalidRequest
-from kvsaga.pool import CACHED, FREE, _NullObserver
+from kvsaga.pool import CACHED, FREE, _NullObserver, release_again
 from kvsaga.session import Session, SessionState
 
 # What `begin_step` changes that `_unbegin` puts back: the manager's hit counters (GPU and
@@ -60,8 +60,14 @@ class FailedWrites:
             self._give_owners_back(owners)
         left = self._loaded_owned(s, None if old is None else old[1], left)
         tail = -1 if old is None or old[6] is None else old[6][0]
-        refs = s.block_ids if refs is None else refs
-        pool.release_many(refs[::-1], keep_unhashed=tail)  # tails first, as ever
+        refs = (s.block_ids if refs is None else refs)[::-1]  # tails first, as ever
+        cut = None
+        try:
+            pool.release_many(refs, keep_unhashed=tail)
+        except BaseException as e:  # (cut at its entry: released now, raised at the end)
+            if not release_again(pool, refs, tail, e):
+                raise  # its `blocks_cached` raised: not taken back (findings s55 pyint)
+            cut = e
         pool.reused_s = reused
         self._queried_tokens, self._hit_tokens, self._host_hit_tokens = counters
         if left is None:
@@ -70,14 +76,16 @@ class FailedWrites:
             self._left_owned[sid] = left
         if old is None:
             self.sessions.pop(sid, None)  # (not registered yet when the loads raised)
-            return
-        length, s.block_ids, s.num_computed, s.num_steps, s.paused_at, s.hint, s.tail = old
-        s.state = SessionState.PAUSED
-        end = min(keep, length)
-        del s.token_ids[end:]
-        del s.block_hashes[end // self.block_size :]
-        if end < length:
-            self._cut_paused(s, end)
+        else:
+            length, s.block_ids, s.num_computed, s.num_steps, s.paused_at, s.hint, s.tail = old
+            s.state = SessionState.PAUSED
+            end = min(keep, length)
+            del s.token_ids[end:]
+            del s.block_hashes[end // self.block_size :]
+            if end < length:
+                self._cut_paused(s, end)
+        if cut is not None:
+            raise cut
 
     def _give_owners_back(self, owners: dict[int, str]) -> None:
         """Give each block in `owners` back to its session, where it is still a live
@@ -237,12 +245,18 @@ class FailedWrites:
             del s.block_ids[keep:]
             s.num_computed = end
             cut[sid] = end
+            ids = dropped[::-1]
             try:
-                pool.release_many(dropped[::-1])
+                pool.release_many(ids)
             except BaseException as e:
-                self._evict_unseen([b for b in dropped if pool.state[b] == CACHED])
                 if error is None:
                     error = e
+                try:  # (cut at its entry: released now; a release that began: untold)
+                    told = release_again(pool, ids, -1, e)
+                except BaseException:  # none began: `RELEASE_RETRIES` + 1 cuts in a row at
+                    told = True  # its entry leave the references held (no table holds them)
+                if not told:
+                    self._evict_unseen([b for b in dropped if pool.state[b] == CACHED])
             for b in dropped:
                 if pool.state[b] == FREE:
                     owner[b] = None

@@ -13,12 +13,8 @@ from __future__ import annotations
 from kvsaga._validate import check_bool
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager_reads import ending_error
-from kvsaga.pool import CACHED
+from kvsaga.pool import CACHED, BlockPool, release_again
 from kvsaga.session import PauseHint, Session, SessionState
-
-# How often `_release_table` calls the pool's release again when a call raised before the
-# pool began (an interrupt at its entry); then the first error propagates.
-_RELEASE_RETRIES = 3
 
 
 class SessionSignals:
@@ -67,7 +63,7 @@ class SessionSignals:
             s.state = SessionState.RUNNING
             s.paused_at, s.hint = was
             raise
-        self._release_table(s, keep_tail=True)
+        self._release_table(s, keep_tail=True, was=was)
 
     def pause_hint(
         self,
@@ -140,9 +136,10 @@ class SessionSignals:
             raise ending_error(session_id)
         now = self._time(now)
         self._changes += 1
+        was = s.paused_at, s.hint
         s.state = SessionState.PAUSED
         s.paused_at = now
-        self._release_table(s, keep_tail=False)
+        self._release_table(s, keep_tail=False, was=was)
 
     def end_session(self, session_id: str, *, now: float | None = None,
                     force: bool = False) -> None:
@@ -234,7 +231,7 @@ class SessionSignals:
         del self.sessions[sid]
         self._left_owned.pop(sid, None)
 
-    def _release_table(self, s: Session, keep_tail: bool) -> None:
+    def _release_table(self, s: Session, keep_tail: bool, was: tuple | None = None) -> None:
         """Drop the step's references, tail first, so that policies see tails go first.
 
         When the pool's `blocks_cached` hook raises (the pool has released every block;
@@ -242,36 +239,38 @@ class SessionSignals:
         consistently rather than taken back: the blocks it cached are dropped as unseen
         (`_drop_released`) and the error propagates. Taking it back would need the policy
         to forget the `step_finished` (or `session_ended`) it was told before, which no
-        hook can say."""
+        hook can say. `was`: the session's (paused_at, hint) before its caller paused it
+        (one more `_changes`), put back when nothing could be released."""
         pool = self.pool
         table = s.block_ids
         partial = s.num_computed % self.block_size
         tail = table[-1] if partial and keep_tail else -1
         ids = table[::-1]
         cut = None
-        tries = 0
-        while True:
-            try:
-                pool.release_many(ids, keep_unhashed=tail)
-            except BaseException as e:  # (an interrupt at the call's return lands here too)
-                if getattr(pool, "_releasing", ids) is not ids:
-                    # The Python pool cut at its entry: nothing released, and the policy
-                    # may have been told the pause: release now (again), then raise. A call
-                    # that keeps raising before the pool began (e.g. a refusing wrapper) is
-                    # retried `_RELEASE_RETRIES` times, then its first error propagates,
-                    # the session running as it was (its table holds the references).
-                    cut = cut or e
-                    tries += 1
-                    if tries <= _RELEASE_RETRIES:
-                        continue
+        try:
+            pool.release_many(ids, keep_unhashed=tail)
+        except BaseException as e:  # (an interrupt at the call's return lands here too)
+            try:  # the Python pool cut at its entry (nothing released): released now
+                told = release_again(pool, ids, tail, e)
+            except BaseException:
+                # No call began: a refusal, `RELEASE_RETRIES` + 1 cuts at the entry, or a
+                # further interrupt before one began (all read by `_releasing`, with no call,
+                # so with no interrupt point before the stores): nothing released, the
+                # session running as it was (its table holds the references); the policy,
+                # told `step_finished` already, is told it again by a retry (no hook takes
+                # it back). A later interrupt, once a call began, has released untold.
+                if pool.__class__ is BlockPool and pool._releasing is not ids:
                     s.state = SessionState.RUNNING
-                    raise cut from None
+                    if was is not None:
+                        self._changes -= 1
+                        s.paused_at, s.hint = was
+                    raise e from None
+                told = False
+            if not told:
                 s.state = SessionState.PAUSED  # no longer holds the references: never again
                 self._drop_released(s)
-                if cut is not None:  # the first error wins (an interrupt at the entry),
-                    raise cut from e  # the hook's error its cause
-                raise
-            break
+                raise  # (the first error; a retry's hook error its cause)
+            cut = e
         s.state = SessionState.PAUSED  # (already so for finish_step and preempt)
         s.tail = None
         if tail >= 0 and pool.state[tail] == CACHED:

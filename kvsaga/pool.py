@@ -104,12 +104,8 @@ def per_block(fn, undo):
 
 
 class BlockPool:
-    """Refcounted blocks of one tier.
-
-    Args:
-        num_blocks: blocks in the tier.
-        tier: name used in errors ("gpu" or "host").
-    """
+    """Refcounted blocks of one tier. Args: num_blocks: blocks in the tier; tier: name used
+    in errors ("gpu" or "host")."""
 
     def __init__(self, num_blocks: int, tier: str = "gpu") -> None:
         check_positive_int("num_blocks", num_blocks, InvalidRequest)
@@ -334,20 +330,16 @@ class BlockPool:
         """Drop one reference on each block, in order. A block reaching zero becomes CACHED
         if it holds a hash (or is `keep_unhashed`, a paused session's partial tail), else FREE.
         The observer is told last of those CACHED: when that hook raises, the release is
-        whole, the observer told nothing (the manager drops those blocks unseen).
-
-        Bad input is refused with nothing changed, with the C++ pool's error: TypeError,
-        IndexError (an id outside [0, num_blocks), a negative one included), ValueError (a
-        block not ACTIVE, or named more often than it is referenced: the loop finds it, and
-        `_unrelease` takes back the blocks before it).
+        whole, the observer told nothing (the manager drops those blocks unseen). Bad input
+        is refused, nothing changed, with the C++ pool's error: TypeError, IndexError (a
+        negative id included), ValueError (a block named more often than it is referenced:
+        the loop finds it, `_unrelease` takes back the blocks before it).
 
         An interrupt inside it (tests/interrupts.py's points; the C++ pool's is one call)
         leaves it as that hook's raise would: the release finished (`_released`, restartable),
-        the observer told nothing. One at its very entry, before any of its code, releases
-        nothing, as does a refusal: `_releasing`, its first store (after the up-front
-        checks, with no point after them), names the last call that began, and a refusal
-        unnames it, for a caller to tell (`release_again`).
-        """
+        the observer told nothing. One at its very entry releases nothing, as a refusal:
+        `_releasing`, its first store after the up-front check (no point after it), names
+        the last call that began, a refusal unnames it: for its caller (`release_again`)."""
         if self._telling:
             self._refuse("release_many")
         if type(block_ids) is not list:  # (an array, a tuple, a generator: as the C++ pool)
@@ -382,13 +374,11 @@ class BlockPool:
     def _release_loop(self, it, keep_unhashed: int, to_cache: list[int],
                       to_free: list[int], unheld: list[int] | None = None) -> None:
         """Drop a reference on each block `it` gives; one reaching zero is CACHED (counted;
-        cached as of now, or of before its hold, noted in `unheld`) or FREE (for the free
-        queue's tail: the caller pushes `to_free`). Each block given is done at every
-        interrupt point (its last call ends its step), and a cut stores the count of those
-        cached: the loop continues where it was cut (`_released`). A negative id, or a
-        block with no reference left to drop, raises `_Refused` with nothing changed for it
-        (the blocks before it released: `_unrelease`; after an interrupt, `_released`
-        skips it: the rest released)."""
+        cached as of now, or of before its hold: `unheld`) or FREE (for the free queue's
+        tail: the caller pushes `to_free`). Each block given is done at every interrupt
+        point (its last call ends its step), and a cut stores the count of those cached: the
+        loop continues where it was cut (`_released`). A block with no reference left, or
+        past the end, raises `_Refused`, nothing changed for it (`_released` skips it)."""
         ref, state, block_hash = self.refcount, self.state, self.block_hash
         held, clock, cached_at = self._held, self.clock, self._cached_at
         k = 0
@@ -421,11 +411,10 @@ class BlockPool:
 
     def _unrelease(self, done: list[int], to_cache: list[int], to_free: list[int],
                    unheld: list[int]) -> None:
-        """Take back the blocks `done` that a refused `release_many` released before the
-        loop found a bad one (`to_cache`, `to_free`: those it made CACHED or FREE, neither
-        told nor queued; `unheld`: holds it ended): each referenced again, ACTIVE, held
-        again. (Bad input only: not restartable; a cached block's `cached_at`, meaningless
-        while it is ACTIVE, is not put back.)"""
+        """Take back what a refused `release_many` did to the blocks `done` before the bad
+        one (`to_cache`, `to_free`: made CACHED or FREE, neither told nor queued; `unheld`:
+        holds it ended). Bad input only: not restartable; `cached_at` is not put back (it
+        means nothing while a block is ACTIVE)."""
         ref, state = self.refcount, self.state
         for b in done:
             ref[b] += 1
@@ -545,6 +534,29 @@ class BlockPool:
     def check_integrity(self) -> None:
         """Verify every invariant; raise AssertionError naming the first broken one."""
         check_pool(self, self._free)
+
+
+RELEASE_RETRIES = 3  # `release_again`'s bound (a refusal, unlike an interrupt, recurs)
+
+
+def release_again(pool, block_ids: list[int], keep_unhashed: int, error) -> bool:
+    """In the handler of `pool.release_many(block_ids, keep_unhashed)` that raised `error`
+    (either core): whether the observer was told of the blocks it cached. A call that began
+    (`_releasing` names `block_ids`; a C++ call always did) released them untold: False. One
+    that never began (an interrupt at the Python pool's entry; a refusal) is made again, at
+    most `RELEASE_RETRIES` times: True once one released whole, False when one began and
+    raised (the cause of `error`); when none began, `error` propagates, nothing released."""
+    if getattr(pool, "_releasing", block_ids) is block_ids or type(block_ids) is not list:
+        return False  # (a list is the Python pool's own: another container cannot be told)
+    for _ in range(RELEASE_RETRIES):
+        try:
+            pool.release_many(block_ids, keep_unhashed=keep_unhashed)
+            return True
+        except BaseException as e:
+            if getattr(pool, "_releasing", block_ids) is block_ids:
+                error.__cause__ = error.__cause__ or e  # (the first error wins)
+                return False
+    raise error
 
 
 def count_in_state(state, block_ids: list[int], value: int) -> int:

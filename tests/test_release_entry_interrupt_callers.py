@@ -1,0 +1,189 @@
+"""An interrupt at the pure-Python pool's release entry (before any of its code: nothing
+released) at every caller that drops references: each releases again, then the interrupt
+propagates, the books as after the same call uncut (session 55 pyint; s54 pyloops
+"remaining": only the manager's `_release_table` did so).
+
+CPython checks for a pending signal at a Python function's entry (findings s54 pyloops). The
+callers took any raise of the release for "released, its `blocks_cached` hook raised" and
+left the references held by no one: `_take_back` (discard_writes, drop_transfer), `_unbegin`
+(a begin_step whose policy hook raised: the step stayed open), prefetch's closing release and
+`_take_run`'s (a load whose eviction raised), and the host tier's `copy_outs` and `unpin`.
+The host tier's pool is always the Python pool: those two are real on either core.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga import KVCacheManager
+from kvsaga.host_tier import HostTier
+from kvsaga.pool import BlockPool
+from kvsaga.session import SessionState
+from tests.interrupts import Cut
+from tests.test_manager_release_hook_raises import a_offloaded, consistent, manager
+
+
+class _EntryCut:
+    """Stands in for a pool's release_many: its first call raises KeyboardInterrupt before
+    the real one runs (an interrupt at its entry); later calls are the real one's."""
+
+    def __init__(self, pool) -> None:
+        self.pool, self.real, self.calls = pool, pool.release_many, 0
+
+    def __call__(self, *a, **k):
+        self.calls += 1
+        if self.calls == 1:
+            raise KeyboardInterrupt
+        return self.real(*a, **k)
+
+
+def _books(m: KVCacheManager):
+    p = m.pool
+    out = (list(p.refcount), list(p.state), p.free_ids(), p.num_cached,
+           sorted(m.index.items()), list(m.block_owner),
+           {sid: (s.state, list(s.block_ids), s.num_computed, s.tail, s.num_steps)
+            for sid, s in m.sessions.items()})
+    if m.host is not None:
+        h = m.host.pool
+        out += (list(h.refcount), list(h.state), h.free_ids(), list(m.host.order),
+                list(m.host._pinned))
+    return out
+
+
+def _discard_setup():
+    m, p = manager("lru", "python", num_blocks=12)
+    m.begin_step("a", list(range(8)))
+    m.allocate_slots("a", 8)
+    m.finish_step("a")
+    m.begin_step("a", list(range(17)))
+    m.allocate_slots("a", 9)
+    return m, p
+
+
+def _drop_setup():
+    m, p = a_offloaded("lru", "python")
+    m.begin_step("a", list(range(20)))  # a host hit: a load
+    m.allocate_slots("a", 8)
+    m.plan = m.take_transfers()
+    return m, p
+
+
+def _unbegin_setup():
+    m, p = manager("lru", "python", num_blocks=12)
+    m.begin_step("a", list(range(8)))
+    m.allocate_slots("a", 8)
+    m.finish_step("a")
+
+    def step_started(s, now):
+        raise RuntimeError("step_started failed")
+
+    p.step_started = step_started
+    return m, p
+
+
+def _take_run_setup():
+    m, p = a_offloaded("lru", "python")
+
+    def choose_victims(*a, **k):
+        raise RuntimeError("choose_victims failed")
+
+    p.choose_victims = choose_victims
+    return m, p
+
+
+# name: (setup, the call, the error the uncut call raises or None)
+CASES = {
+    "discard_writes": (_discard_setup, lambda m: m.discard_writes({"a": 8}), None),
+    "drop_transfer": (_drop_setup, lambda m: m.drop_transfer(m.plan), None),
+    "unbegin": (_unbegin_setup, lambda m: m.begin_step("a", list(range(12))), RuntimeError),
+    "prefetch": (lambda: a_offloaded("lru", "python"), lambda m: m.prefetch("a"), None),
+    "take_run": (_take_run_setup, lambda m: m.prefetch("a"), RuntimeError),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_release_cut_at_its_entry_releases_then_raises(name):
+    setup, call, error = CASES[name]
+    twin, _ = setup()
+    if error is None:
+        call(twin)
+    else:
+        with pytest.raises(error):
+            call(twin)
+    m, p = setup()
+    cut = _EntryCut(m.pool)
+    m.pool.release_many = cut
+    with pytest.raises(KeyboardInterrupt):
+        call(m)
+    assert cut.calls >= 2  # cut at its entry, then released
+    del m.pool.release_many
+    consistent(m, p)  # was: references held by no one ("refcount 1 but 0 running tables")
+    assert _books(m) == _books(twin)
+    if name == "unbegin":  # the step taken back (was: left open, the policy never told)
+        assert m.sessions["a"].state is SessionState.PAUSED
+
+
+def _host() -> tuple[HostTier, int, int]:
+    """A host tier with two CACHED copies (hb0 older than hb1)."""
+    h = HostTier(4)
+    ids = h.pool.allocate(2)
+    for hb, key in zip(ids, (b"x", b"y"), strict=True):
+        h.pool.block_hash[hb] = key
+        h.index.insert(key, hb)
+    h.pool.release_many(ids)
+    return h, ids[0], ids[1]
+
+
+def _host_books(h: HostTier):
+    return (list(h.pool.refcount), list(h.pool.state), h.pool.free_ids(), list(h.order),
+            list(h._pinned), h.num_kept, h.num_offloaded)
+
+
+def _copy_outs(h, hb0, hb1):
+    h.copy_outs([(7, b"z")], [hb0])  # hb0 kept (used: most recent), one copy planned
+
+
+def _unpin(h, hb0, hb1):
+    h.pin([hb0, hb1])
+    h.unpin([hb0, hb1])
+
+
+HOST = {"copy_outs": _copy_outs, "unpin": _unpin}
+
+
+@pytest.mark.parametrize("name", sorted(HOST))
+def test_a_host_release_cut_at_its_entry_releases_then_raises(name):
+    twin, *ids = _host()
+    HOST[name](twin, *ids)
+    h, *ids = _host()
+    cut = _EntryCut(h.pool)
+    h.pool.release_many = cut
+    with pytest.raises(KeyboardInterrupt):
+        HOST[name](h, *ids)
+    assert cut.calls == 2
+    del h.pool.release_many
+    h.check_integrity()  # was: "host refcounts differ from the pending plan's pins"
+    books = _host_books(h)
+    if name == "copy_outs":  # the interrupt came before num_kept was counted
+        books = books[:5] + (books[5] + 1,) + books[6:]
+    assert books == _host_books(twin)
+
+
+@pytest.mark.parametrize("name", sorted(HOST))
+def test_a_host_release_cut_inside_queues_what_it_cached(name):
+    """A cut inside the release (its loop) finishes it, the order's hook untold (the pool's
+    contract); the host tier then queues those blocks itself, as the hook would have. Before:
+    CACHED host blocks missing from the order ('len(order) == num_cached' failed), never
+    evictable again."""
+    twin, *ids = _host()
+    HOST[name](twin, *ids)
+    h, *ids = _host()
+    with Cut(BlockPool._release_loop.__code__, 0, c_returns_only=True) as cut, \
+            pytest.raises(KeyboardInterrupt):
+        HOST[name](h, *ids)
+    assert cut.fired
+    h.check_integrity()
+    books = _host_books(h)
+    if name == "copy_outs":
+        books = books[:5] + (books[5] + 1,) + books[6:]
+    assert books == _host_books(twin)
