@@ -87,6 +87,16 @@ class Pool {
   // (`held_`) and is CACHED again as of then when released.
   double clock = 0.0;
   double reused_s = 0.0;
+  // The record of the last mutator call (allocate, acquire_many, hold_many, release_many,
+  // evict_many) that completed, its observer told: `calls` counts them, `last_result` is
+  // its result (allocate's ids, evict_many's hashes; None for the others). CPython checks
+  // for a pending signal as a method call returns, so an interrupt (a signal handler's
+  // raise) that arrives during a call lands in the caller as it returns, the result lost;
+  // a caller that reads `calls` first tells "returned" (changed) from "raised inside"
+  // (nothing changed, or, for release_many, its `blocks_cached` hook raised) and recovers
+  // the result here (kvsaga/manager_evict.py `_drop`). The Python twin records the same.
+  int64_t calls = 0;
+  nb::object last_result = nb::none();
 
   int64_t num_free() const { return free_q_.size(); }
   int64_t num_active() const { return n - free_q_.size() - num_cached; }
@@ -135,6 +145,7 @@ class Pool {
       take(1, &b);
       PyList_SET_ITEM(out.ptr(), i, id_object(b));
     }
+    record(out);
     return out;
   }
 
@@ -142,6 +153,7 @@ class Pool {
     check_quiet("acquire_many");
     read_ids(ids, n, buf_);
     reference_ids<false>(buf_, "acquire_many takes active or cached blocks");
+    record(nb::none());
   }
 
   // acquire_many for a moment's hold, not a hit (a prefetch keeps a session's blocks from
@@ -151,6 +163,7 @@ class Pool {
     check_quiet("hold_many");
     read_ids(ids, n, buf_);
     reference_ids<true>(buf_, "hold_many takes active or cached blocks");
+    record(nb::none());
   }
 
   void release_many(nb::handle ids, int64_t keep_unhashed) {
@@ -158,12 +171,22 @@ class Pool {
     read_ids(ids, n, buf_);
     check_releasable(buf_.data(), buf_.size());
     release(buf_.data(), buf_.size(), keep_unhashed);
+    record(nb::none());
   }
 
   nb::list evict_many(nb::handle ids) {
     check_quiet("evict_many");
     read_ids(ids, n, buf_);
-    return evict_ids(buf_);
+    nb::list out = evict_ids(buf_);
+    record(out);
+    return out;
+  }
+
+  // The call completed: `calls`, `last_result` (the old one's release runs no Python code:
+  // a list of ints or of bytes and None).
+  void record(nb::object result) {
+    last_result = std::move(result);
+    ++calls;
   }
 
   // evict_many of ids already read, each in [0, n): their old hashes, in order. The observer
@@ -478,7 +501,7 @@ class Pool {
   template <class F>
   void for_each_ref(F&& f) {
     for (nb::object* o : {&block_hash, &observer_, &one_cached_, &one_uncached_, &many_cached_,
-                          &many_uncached_})
+                          &many_uncached_, &last_result})
       f(*o);
   }
 };

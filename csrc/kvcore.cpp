@@ -137,6 +137,8 @@ NB_MODULE(_kvcore, m) {
       .def_prop_rw("observer", &Pool::observer, &Pool::set_observer)
       .def_rw("clock", &Pool::clock)
       .def_rw("reused_s", &Pool::reused_s)
+      .def_ro("calls", &Pool::calls)
+      .def_prop_ro("last_result", [](Pool& p) { return p.last_result; })
       .def("free_ids", &Pool::free_ids, "Free blocks, oldest first.")
       .def("allocate", &Pool::allocate, "count"_a)
       .def("acquire_many", &Pool::acquire_many, "block_ids"_a)

@@ -25,6 +25,7 @@ Three ways, the same evictions each (issue 11: eviction cost):
 
 from __future__ import annotations
 
+from kvsaga.block_queue import until_done
 from kvsaga.pool import CACHED
 
 
@@ -77,11 +78,19 @@ class EvictionPath:
         else:
             # Unindexed and disowned once the pool, which tells the policy first, has freed
             # them: a raising `blocks_uncached` changes nothing (review s49 hooks, finding 2).
-            owner, index_remove = self.block_owner, self.index.remove
-            for b, h in zip(victims, self.pool.evict_many(victims), strict=True):
-                if h is not None:
-                    index_remove(h)
-                owner[b] = None
+            # An interrupt once the pool evicted (inside it after the tell, or in the loop
+            # below) finishes the unindexing before it propagates (`_forget_evicted`).
+            pool = self.pool
+            owner, index_remove, calls = self.block_owner, self.index.remove, pool.calls
+            try:
+                for b, h in zip(victims, pool.evict_many(victims), strict=True):
+                    if h is not None:
+                        index_remove(h)
+                    owner[b] = None
+            except BaseException:
+                if pool.calls != calls:
+                    until_done(self._forget_evicted, victims, pool.last_result)
+                raise
         if offload is not None:  # (copies of blocks just freed: nothing reuses them before)
             self.host.copy_outs(*offload)
         self._evicted_blocks += num_blocks
@@ -103,10 +112,29 @@ class EvictionPath:
         )
 
     def _drop(self, block_id: int) -> None:
-        """Evict one CACHED block: unindex it and return it to the free queue."""
+        """Evict one CACHED block: unindex it and return it to the free queue. An interrupt
+        once the pool evicted it (on the C++ core: as its call returned) finishes the
+        unindexing before it propagates: the prefix index never names a free block."""
         self._changes += 1
         self._note_evicted(None)  # no block taken in its place
-        (h,) = self.pool.evict_many([block_id])  # (it tells the policy first, as `_evict`)
-        if h is not None:
-            self.index.remove(h)
-        self.block_owner[block_id] = None
+        pool = self.pool
+        calls = pool.calls
+        try:
+            (h,) = pool.evict_many([block_id])  # (it tells the policy first, as `_evict`)
+            if h is not None:
+                self.index.remove(h)
+            self.block_owner[block_id] = None
+        except BaseException:
+            if pool.calls != calls:  # evicted (the hashes: the pool's record of its call)
+                until_done(self._forget_evicted, (block_id,), pool.last_result)
+            raise
+
+    def _forget_evicted(self, victims, hashes) -> None:
+        """After an eviction of `victims` (their old `hashes`) that an interrupt cut as the
+        pool's call returned or after it: each one's hash unindexed where the index still
+        names it, its owner cleared. Idempotent (`until_done` reruns it when cut)."""
+        get, remove, owner = self.index.get, self.index.remove, self.block_owner
+        for b, h in zip(victims, hashes, strict=True):
+            if h is not None and get(h) == b:
+                remove(h)
+            owner[b] = None

@@ -130,6 +130,12 @@ class BlockPool:
         self._held: set[int] = set()
         self._telling = False  # an observer hook is running: mutators refuse (`_refuse`)
         self._releasing: object = None  # the ids of the last release_many that began
+        # The last mutator call that completed, its observer told (the C++ pool's record,
+        # csrc/block_pool.h: a caller reads `calls` first to tell a call that returned, an
+        # interrupt then cutting the caller, from one that raised inside): `calls` counts
+        # them, `last_result` is its result (allocate's ids, evict_many's hashes, else None).
+        self.calls = 0
+        self.last_result: list | None = None
 
     @property
     def observer(self) -> PoolObserver:
@@ -203,6 +209,8 @@ class BlockPool:
             if ids is not None:  # (one inside pop_many took its pop back itself)
                 until_done(self._unallocate, ids, avail)
             raise
+        self.last_result = ids
+        self.calls += 1
         return ids
 
     def _unallocate(self, ids: list[int], avail: int) -> None:
@@ -286,8 +294,12 @@ class BlockPool:
             it = iter(block_ids)
             self._referenced(it, block_ids, reclaimed, reused)
         except BaseException:
+            self.last_result = None  # (completed below)
+            self.calls += 1
             until_done(self._referenced, it or iter(block_ids), block_ids, reclaimed, reused)
             raise
+        self.last_result = None
+        self.calls += 1
 
     def _referenced(self, it, block_ids: list[int], reclaimed: list[int],
                     reused: float | None) -> None:
@@ -370,6 +382,8 @@ class BlockPool:
             raise
         if to_cache:
             self._tell(self._cached_many, to_cache)
+        self.last_result = None
+        self.calls += 1
 
     def _release_loop(self, it, keep_unhashed: int, to_cache: list[int],
                       to_free: list[int], unheld: list[int] | None = None) -> None:
@@ -442,10 +456,10 @@ class BlockPool:
         The observer is told first: a raising hook leaves every block as it was (CACHED,
         hashed), as the policy, told nothing by the raise, still has them (review s49 hooks,
         finding 2). An interrupt once it was told finishes the eviction (restartable:
-        `_evicted`), then propagates: the hashes are lost to the caller, as when the C++
-        pool's call is interrupted at its return. Bad input is refused before the tell,
-        nothing changed, with the C++ pool's error (`_refuse_ids`: a block not CACHED or
-        named twice, an id out of range; review s54 diffpyloops LOW-2)."""
+        `_evicted`), then propagates, as the C++ pool's call interrupted at its return: the
+        caller finds the hashes in `last_result` (`calls` counted it). Bad input is refused
+        before the tell, nothing changed, with the C++ pool's error (`_refuse_ids`: a block
+        not CACHED or named twice, an id out of range; review s54 diffpyloops LOW-2)."""
         if self._telling:
             self._refuse("evict_many")
         if type(block_ids) is not list:  # (an array, a tuple, a generator: as the C++ pool)
@@ -460,10 +474,10 @@ class BlockPool:
             if (states.count(CACHED) != n or min(block_ids) < 0
                     or (n > 1 and len(set(block_ids)) < n)):
                 self._refuse_ids(block_ids, "evict_many")
-        self._tell(self._uncached_many, block_ids)
         state, block_hash = self.state, self.block_hash
+        hashes = [block_hash[b] for b in block_ids]  # (a cut here changes nothing)
+        self._tell(self._uncached_many, block_ids)
         try:  # (`_evicted` inline, unguarded: a cut leaves a prefix done, which it finishes)
-            hashes = [block_hash[b] for b in block_ids]
             k = 0
             try:
                 for b in block_ids:
@@ -474,8 +488,12 @@ class BlockPool:
                 self.num_cached -= k
             self._free.push_many(block_ids)
         except BaseException:
+            self.last_result = hashes  # (completed below)
+            self.calls += 1
             until_done(self._evicted, block_ids)
             raise
+        self.last_result = hashes
+        self.calls += 1
         return hashes
 
     def _evicted(self, block_ids: list[int]) -> None:
