@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kvsaga._validate import is_int
-from kvsaga.block_queue import BlockQueue
+from kvsaga.block_queue import BlockQueue, until_done
 from kvsaga.errors import InvalidRequest
 from kvsaga.policy.base import Action
 from kvsaga.pool import ACTIVE, CACHED, BlockPool, release_again
@@ -298,26 +298,58 @@ class HostTierOps:
 
         They are ACTIVE, hashed and owned by the session; `len(host_blocks)` must not
         exceed the free plus evictable GPU blocks, and their hashes must miss the GPU tier.
+        All or nothing: an interrupt once the pool allocated (on the C++ core: as its call
+        returned, the ids lost but for the pool's record, `last_result`) or in the loop
+        takes the new blocks back (`_unload`) and unpins the host blocks.
         """
-        self.host.pin(host_blocks)  # evictions below must not reuse them
-        n = len(host_blocks)
-        if n > self.pool.num_free:
+        host, pool, n = self.host, self.pool, len(host_blocks)
+        host.pin(host_blocks)  # evictions below must not reuse them (no point from here on)
+        if n > pool.num_free:
             try:
-                self._evict(n - self.pool.num_free, now)
+                self._evict(n - pool.num_free, now)
             except BaseException:  # the policy raised or named invalid victims
-                self.host.unpin(host_blocks)
+                host.unpin(host_blocks)
                 raise
-        gpu = self.pool.allocate(n)
-        owner, position, block_hash = self.block_owner, self.block_position, self.pool.block_hash
-        for k, b in enumerate(gpu):
-            p = positions[k]
-            h = s.block_hashes[p]
-            if self.index.insert(h, b):
-                block_hash[b] = h
-            owner[b] = s.session_id
-            position[b] = p
-            self.host.plan_load(host_blocks[k], b)
+        calls, planned, loaded = pool.calls, len(host._loads), host.num_loaded
+        try:
+            gpu = pool.allocate(n)
+            owner, position, block_hash = self.block_owner, self.block_position, pool.block_hash
+            for k, b in enumerate(gpu):
+                p = positions[k]
+                h = s.block_hashes[p]
+                if self.index.insert(h, b):
+                    block_hash[b] = h
+                owner[b] = s.session_id
+                position[b] = p
+                host.plan_load(host_blocks[k], b)
+        except BaseException:
+            if pool.calls != calls:  # allocated: the ids are the pool's record of the call
+                until_done(self._unload, pool.last_result,
+                           [s.block_hashes[p] for p in positions], planned, loaded)
+            host.unpin(host_blocks)
+            raise
         return gpu
+
+    def _unload(self, gpu: list[int], hashes: list[bytes], planned: int, loaded: int) -> None:
+        """Take back `_load_into_gpu`'s fresh GPU blocks `gpu` (cut by an interrupt), meant
+        for `hashes`: the loads planned since the host tier had `planned` (and counted
+        `loaded`) dropped, each block unindexed where the index names it (it may be, its
+        hash not yet set: cut as the C++ index's insert returned), unowned and released
+        (FREE: unhashed). Idempotent (`until_done`: it decides by the index and the
+        states)."""
+        host, pool = self.host, self.pool
+        del host._loads[planned:]
+        host.num_loaded = loaded
+        get, remove = self.index.get, self.index.remove
+        block_hash, owner, state = pool.block_hash, self.block_owner, pool.state
+        for b, h in zip(gpu, hashes, strict=True):
+            if get(h) == b:
+                remove(h)
+            block_hash[b] = None
+            owner[b] = None
+        live = [b for b in gpu if state[b] == ACTIVE]
+        if live:
+            pool.release_many(live)
 
     def _host_walk(self, hashes: Sequence[bytes], first: int,
                    limit: int) -> list[tuple[int, bool]]:
