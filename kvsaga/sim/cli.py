@@ -106,7 +106,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--trace", type=path_type, default=None,
                    help="replay this JSON Lines trace instead (--workload, --sessions, "
                    "--seed, --scale and --arrival-rate then do not apply: a note names those "
-                   "given; the --json config records them as null)")
+                   "set to other than their defaults; the --json config records them as "
+                   "null)")
     default_policies = list(dict.fromkeys(("lru", "saga", "ttl", "graph", DEFAULT_POLICY,
                                            "belady")))
     p.add_argument("--policy", default=",".join(default_policies),
