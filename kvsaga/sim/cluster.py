@@ -46,7 +46,7 @@ from kvsaga.sim.cluster_tenants import tenant_tct_means
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.metrics import tenant_key
 from kvsaga.sim.simulator import Simulator
-from kvsaga.sim.trace import DEFAULT_TENANT, Session
+from kvsaga.sim.trace import DEFAULT_TENANT, Session, serve_order
 from kvsaga.stats import percentile
 
 # The most GPUs a cluster simulation takes. A GPU no step reaches is never built (`Fleet`),
@@ -457,7 +457,7 @@ class ClusterSimulator:
         if self._ran:
             raise RuntimeError("a ClusterSimulator runs once; build a new one to run again")
         self._ran = True
-        for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
+        for s in serve_order(self.sessions):
             self.released(s.arrival_s, s, 0)
         active = self.gpus.active  # built GPUs; a routing may build one (`_built`)
         index = self._index = {g: i for i, g in enumerate(active)}
@@ -481,7 +481,8 @@ class ClusterSimulator:
         missing = [s.id for s in self.sessions if s.id not in self._finished]
         if missing:
             raise RuntimeError(f"{len(missing)} sessions never finished, e.g. {missing[0]!r}")
-        tct = [self._finished[s.id] - s.arrival_s for s in self.sessions]
+        sessions = serve_order(self.sessions)  # not file order: a sum's last bits
+        tct = [self._finished[s.id] - s.arrival_s for s in sessions]
         # GPUs never built ran nothing: busy 0, clock 0, no tokens (adding their zeros in
         # index order would change no sum).
         active = self.gpus.active
@@ -507,7 +508,7 @@ class ClusterSimulator:
             hit_rate=hit / queried if queried else 0.0,
             makespan_s=span,
             tasks_per_hour=len(tct) * 3600.0 / span if span > 0 else math.nan,
-            tenants=tenant_tct_means(self.sessions, tct),
+            tenants=tenant_tct_means(sessions, tct),
             report_period_s=self.report_period_s,
             num_refused=self.num_refused,
             refused_gb=self.refused_bytes / 1e9,

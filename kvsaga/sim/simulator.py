@@ -65,7 +65,7 @@ from kvsaga.sim.metrics import (
 from kvsaga.sim.oracle import TraceOracle
 from kvsaga.sim.request import SimRequest, SimTokens
 from kvsaga.sim.tokens import TokenSynthesizer
-from kvsaga.sim.trace import Session, check_prefix_groups
+from kvsaga.sim.trace import Session, check_prefix_groups, serve_order
 from kvsaga.stats import percentile
 
 # The relative tolerance of the SLO test (`SimResult.slo_attainment`).
@@ -167,7 +167,7 @@ class Simulator(DecodeRuns, StepExecutor):
         self._refused_until = -math.inf
         self._refused_at: object = None
         self._ran = False
-        for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
+        for s in serve_order(self.sessions):
             self._push_event(s.arrival_s, s, 0)
 
     def _capacity_source(self) -> str:
@@ -404,14 +404,15 @@ class Simulator(DecodeRuns, StepExecutor):
     def _result(self) -> SimResult:
         self.recorder.advance(self.now)
         c = self._counts
-        tct = [self._finished_at[s.id] - s.arrival_s for s in self.sessions]
+        sessions = serve_order(self.sessions)  # not file order: a sum's last bits
+        tct = [self._finished_at[s.id] - s.arrival_s for s in sessions]
         cfg = self.config
         # A relative tolerance of 1e-9: a session that ran exactly unloaded sums its times in
         # another order than `unloaded_tct` (1.0000000000000004x at --slo-factor 1).
         slo = sum(t <= cfg.slo_factor * unloaded_tct(s, self.cost, cfg.max_num_batched_tokens)
-                  * (1 + SLO_RTOL) for s, t in zip(self.sessions, tct, strict=True))
+                  * (1 + SLO_RTOL) for s, t in zip(sessions, tct, strict=True))
         by_tenant: dict[str, list[float]] = {}
-        for s, t in zip(self.sessions, tct, strict=True):
+        for s, t in zip(sessions, tct, strict=True):
             by_tenant.setdefault(tenant_key(s.tenant), []).append(t)
         span = self.now
         area = self.pool.num_blocks * span if span > 0 else math.inf

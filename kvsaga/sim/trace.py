@@ -345,7 +345,11 @@ class Session:
 def _expect_keys(obj: Any, *, required: set[str], optional: set[str],
                  where: str | None) -> None:
     if not isinstance(obj, Mapping):
-        raise TraceError(f"must be a JSON object, got {obj!r:.200}", field=where, value=obj)
+        # A line holding a JSON array of sessions: say what a trace is.
+        lines = " (a trace is JSON Lines: one session object a line, not a JSON array)" \
+            if where is None and isinstance(obj, list) else ""
+        raise TraceError(f"must be a JSON object{lines}, got {obj!r:.200}", field=where,
+                         value=obj)
     missing = sorted(required - obj.keys())
     if missing:
         name = missing[0] if where is None else f"{where}.{missing[0]}"
@@ -393,6 +397,13 @@ def check_prefix_groups(sessions: Iterable[Session]) -> None:
         _check_prefix_group(groups, s, f"in session {s.id!r:.200}")
 
 
+def serve_order(sessions: Iterable[Session]) -> list[Session]:
+    """The sessions by arrival, ties by id: the order the simulator queues them and sums
+    their results in, so that a trace's record order changes nothing (summed in file
+    order, a shuffled trace's `tct_mean_s` differed in its last bits)."""
+    return sorted(sessions, key=lambda s: (s.arrival_s, s.id))
+
+
 class _DuplicateKey(ValueError):
     def __init__(self, key: str) -> None:
         super().__init__(key)
@@ -408,6 +419,31 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _DuplicateKey(k)
         out[k] = v
     return out
+
+
+# What JSON counts as whitespace: a line of only these is blank. `str.strip()` would take
+# Unicode spaces (U+00A0, U+2028, \x1c) too, skipping a line that is not JSON.
+_JSON_SPACE = " \t\r\n"
+
+
+def _utf16_hint(text: str, lineno: int) -> str:
+    """What a file opening with a UTF-16 byte order mark (FF FE or FE FF, read as two
+    undecodable bytes) is: PowerShell's `>` and some Windows editors write UTF-16."""
+    if lineno == 1 and text[:2] in ("\udcff\udcfe", "\udcfe\udcff"):
+        return "; the file starts with a UTF-16 byte order mark: save it as UTF-8"
+    return ""
+
+
+def _json_error(e: json.JSONDecodeError, text: str) -> str:
+    """The message for a line that is not JSON. Where json stopped at the end of the line
+    (its position past the line's last character, which it counts as column 1 of a next
+    line), the line ended inside a value: a session written over several lines, as the
+    pretty-printed JSON that editors and `json.dump(indent=...)` make, or a cut-off line."""
+    if e.pos >= len(text.rstrip(_JSON_SPACE)):
+        return (f"not valid JSON: the line ends inside a JSON value ({e.msg}); a trace is "
+                "JSON Lines, each session one whole JSON object on one line (a session "
+                "written over several lines, as pretty-printed JSON, does not load)")
+    return f"not valid JSON ({e.msg} at column {e.colno})"
 
 
 def load_trace(path: str | Path) -> list[Session]:
@@ -435,19 +471,20 @@ def load_trace(path: str | Path) -> list[Session]:
     # by line below: a strict decode failed inside the file's read buffer, naming no line.
     with path.open(encoding="utf-8-sig", errors="surrogateescape") as f:
         for lineno, text in enumerate(f, start=1):
-            if not text.strip():
+            if not text.strip(_JSON_SPACE):
                 continue
             if not text.isascii() and (bad := _NOT_UTF8.search(text)) is not None:
                 raise TraceError(f"not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02x} at "
-                                 f"character {bad.start() + 1})", line=lineno, path=str(path))
+                                 f"character {bad.start() + 1}{_utf16_hint(text, lineno)})",
+                                 line=lineno, path=str(path))
             try:
                 obj = json.loads(text, object_pairs_hook=_unique_keys)
             except _DuplicateKey as e:
                 raise TraceError(f"duplicate JSON key {e.key!r:.200} (the last would win silently)",
                                  field=e.key, line=lineno, path=str(path)) from None
             except json.JSONDecodeError as e:
-                raise TraceError(f"not valid JSON ({e.msg} at column {e.colno})",
-                                 value=text.rstrip("\n"), line=lineno, path=str(path)) from None
+                raise TraceError(_json_error(e, text), value=text.rstrip("\n"), line=lineno,
+                                 path=str(path)) from None
             except ValueError as e:  # an integer past Python's digit limit for str -> int
                 raise TraceError(f"not a trace entry: {e}", line=lineno,
                                  path=str(path)) from None
@@ -534,5 +571,6 @@ __all__ = [
     "load_trace",
     "output_token_ids",
     "prompt_token_ids",
+    "serve_order",
     "write_trace",
 ]
