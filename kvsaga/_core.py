@@ -47,8 +47,13 @@ PYTHON = Core("python", BlockPool, BlockQueue, PrefixIndex, BlockHasher)
 
 
 def _load_cpp() -> Core:
-    """The C++ core; ImportError when it was not built."""
+    """The C++ core; ImportError when it was not built, or was built from older sources
+    (a stale kvsaga/_kvcore*.so in a checkout whose Python code needs what it lacks)."""
     from kvsaga import _kvcore
+
+    if not hasattr(_kvcore.BlockPool, "calls"):  # (the pool's call record, session 55)
+        raise ImportError("kvsaga._kvcore was built from older sources (its BlockPool has no "
+                          "`calls`): rebuild it (`python setup.py build_ext --inplace`)")
 
     class CppBlockPool(_kvcore.BlockPool):
         """kvsaga._kvcore's pool plus the Python twin's checks and names."""

@@ -516,7 +516,7 @@ class HostTierOps:
             resident += blocks
             self._prefetched_blocks += loads
         # CACHED again (hashed, or the tail kept), tails first
-        closing = ([tail] if tail >= 0 else []) + resident[::-1]
+        closing, calls = ([tail] if tail >= 0 else []) + resident[::-1], self.pool.calls
         try:
             self.pool.release_many(closing, keep_unhashed=tail)
         except BaseException as e:
@@ -525,7 +525,7 @@ class HostTierOps:
             # their host copies, their loads planned into free blocks); before, they stayed
             # CACHED, and a hit on them raised in the policy (review s50 diff-hooks, 2). A
             # call cut at its entry is made again (`release_again`).
-            if not release_again(self.pool, closing, tail, e):
+            if not release_again(self.pool, closing, tail, e, calls):
                 state = self.pool.state
                 self._evict_unseen([b for b in closing if state[b] == CACHED])
             raise

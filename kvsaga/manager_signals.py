@@ -246,12 +246,12 @@ class SessionSignals:
         partial = s.num_computed % self.block_size
         tail = table[-1] if partial and keep_tail else -1
         ids = table[::-1]
-        cut = None
+        cut, calls = None, pool.calls
         try:
             pool.release_many(ids, keep_unhashed=tail)
         except BaseException as e:  # (an interrupt at the call's return lands here too)
             try:  # the Python pool cut at its entry (nothing released): released now
-                told = release_again(pool, ids, tail, e)
+                told = release_again(pool, ids, tail, e, calls)
             except BaseException:
                 # No call began: a refusal, `RELEASE_RETRIES` + 1 cuts at the entry, or a
                 # further interrupt before one began (all read by `_releasing`, with no call,

@@ -19,88 +19,23 @@ from __future__ import annotations
 
 from array import array
 from operator import index, itemgetter, length_hint
-from typing import Protocol
 
 from kvsaga._validate import check_positive_int
 from kvsaga.block_queue import BlockQueue, until_done
 from kvsaga.errors import InvalidRequest, OutOfBlocks
+from kvsaga.pool_observer import (  # noqa: F401 (all_or_nothing: re-exported)
+    PoolObserver,
+    _NullObserver,
+    all_or_nothing,
+    per_block,
+)
 
 FREE, ACTIVE, CACHED = 0, 1, 2
 _STATE_NAMES = ("free", "active", "cached")
 
 
-class PoolObserver(Protocol):
-    """Told whenever a block enters or leaves the CACHED (evictable) state.
-
-    An observer may also define `blocks_cached(ids)` / `blocks_uncached(ids)`: the pool
-    then reports a batch transition in one call, else block by block, in the same order.
-    Blocks leave CACHED once the observer is told: `evict_many`, `acquire_many` and
-    `hold_many` tell first, their blocks still CACHED (and hashed), so that a raising hook
-    leaves every block as it was; blocks enter CACHED before it is told. A hook
-    that raises must have changed nothing (a batch hook raises before it records any
-    block); block by block, the pool makes it so: a raise at block k first undoes blocks
-    0..k-1 with the opposite hook (which puts them back where that hook puts blocks, e.g. an
-    LRU's newest end: their order may change; review s50 diff-acquire F4).
-
-    A hook may read the pool but not change it: while it runs, every pool mutator raises
-    RuntimeError ("a pool observer hook may not change the pool (...)") before changing
-    anything (review s50 diff-acquire, F1-F3: a re-entrant change left the caller's checked
-    ids and told blocks wrong).
-    """
-
-    def block_cached(self, block_id: int) -> None: ...
-
-    def block_uncached(self, block_id: int) -> None: ...
-
-
-class _NullObserver:
-    def block_cached(self, block_id: int) -> None:
-        pass
-
-    def block_uncached(self, block_id: int) -> None:
-        pass
-
-
-def all_or_nothing(items, do, undo, what) -> None:
-    """`do(x)` for each of `items` in order; when `do` raises at item k, `undo` items
-    k-1..0 (last done first) and re-raise. An undo that raises too stops the undoing and
-    adds a note naming `what(x)` to the first error. The pool's per-block fallback and the
-    adaptive policy's fan-out to its members are both this (`PoolObserver`: a raising hook
-    has told the observer nothing)."""
-    done = 0
-    try:
-        for x in items:
-            do(x)
-            done += 1
-    except BaseException as e:
-        for x in reversed(items[:done]):
-            try:
-                undo(x)
-            except Exception as u:
-                e.add_note(f"undoing {what(x)} raised too: {u!r}")
-                break
-        raise
-
-
 class _Refused(Exception):
     """`_release_loop` met a negative id or a block with no reference left to drop."""
-
-
-def _block(b: int) -> str:
-    return f"the hook for block {b}"
-
-
-def per_block(fn, undo):
-    """The per-block call of a batch transition, for an observer without the batch hook. A
-    raise at block k first undoes blocks 0..k-1 (`undo`, the opposite hook, last told
-    first), so that a raising hook has told the observer nothing, as a batch hook must
-    (`PoolObserver`; the manager's take-backs rely on it, e.g. `_drop_unseen`). An undo
-    that raises too stops the undoing and adds a note to the hook's error."""
-
-    def call(block_ids: list[int]) -> None:
-        all_or_nothing(block_ids, fn, undo, _block)
-
-    return call
 
 
 class BlockPool:
@@ -557,13 +492,19 @@ class BlockPool:
 RELEASE_RETRIES = 3  # `release_again`'s bound (a refusal, unlike an interrupt, recurs)
 
 
-def release_again(pool, block_ids: list[int], keep_unhashed: int, error) -> bool:
+def release_again(pool, block_ids: list[int], keep_unhashed: int, error,
+                  calls: int | None = None) -> bool:
     """In the handler of `pool.release_many(block_ids, keep_unhashed)` that raised `error`
-    (either core): whether the observer was told of the blocks it cached. A call that began
-    (`_releasing` names `block_ids`; a C++ call always did) released them untold: False. One
-    that never began (an interrupt at the Python pool's entry; a refusal) is made again, at
-    most `RELEASE_RETRIES` times: True once one released whole, False when one began and
-    raised (the cause of `error`); when none began, `error` propagates, nothing released."""
+    (either core): whether the observer was told of the blocks it cached. `calls`: the
+    pool's `calls` read before the call; when it has changed, the call completed, its
+    observer told, and `error` came as it returned (the C++ pool's call: CPython checks for
+    a signal as a C call returns; s55 ccut): True. A call that began (`_releasing` names
+    `block_ids`; a C++ call always did) released them untold: False. One that never began
+    (an interrupt at the Python pool's entry; a refusal) is made again, at most
+    `RELEASE_RETRIES` times: True once one released whole, False when one began and raised
+    (the cause of `error`); when none began, `error` propagates, nothing released."""
+    if calls is not None and pool.calls != calls:
+        return True
     if getattr(pool, "_releasing", block_ids) is block_ids or type(block_ids) is not list:
         return False  # (a list is the Python pool's own: another container cannot be told)
     for _ in range(RELEASE_RETRIES):

@@ -1,0 +1,136 @@
+"""An interrupt as the C++ pool's `release_many` returns is not read as its `blocks_cached`
+hook raising (s54 pyloops F6, s55 ccut).
+
+CPython checks for a pending signal as a C call returns: a signal that arrives during the
+C++ pool's release (with LRU no Python runs in it at all) is raised in the caller exactly as
+the call returned, the release whole and the policy told of the blocks it cached. Before,
+the callers' handlers took every raise for the hook's (the policy told nothing) and dropped
+those blocks unseen: freed behind the policy's back, LRU's queue still naming them ("victim
+queue names block 5, which is not cached"). Now they read the pool's `calls` first
+(`release_again`'s `calls`): a changed count is a release done and told, completed as
+without the interrupt, which then propagates. The cut is delivered exactly there: at the
+instruction after the release's call (tests/interrupts.py `Cut`, that one point). The Python
+pool's release is a Python function: its return to a Python caller is no point.
+"""
+
+from __future__ import annotations
+
+import dis
+
+import pytest
+
+from kvsaga import KVCacheManager, KVSpec
+from kvsaga._core import cpp_available
+from kvsaga.host_tier import HostTierOps
+from kvsaga.manager_signals import SessionSignals
+from tests.interrupts import Cut
+
+pytestmark = pytest.mark.skipif(not cpp_available(), reason="the C++ core is not built")
+
+
+def _after_release(code) -> int:
+    """The offset of the instruction after `code`'s (one) `release_many(...)` call."""
+    ins = [i for i in dis.get_instructions(code) if not i.opname.startswith("CACHE")]
+    loads = [k for k, i in enumerate(ins) if i.argval == "release_many"
+             and i.opname in ("LOAD_ATTR", "LOAD_METHOD")]
+    assert len(loads) == 1, loads
+    k = next(j for j in range(loads[0], len(ins)) if ins[j].opname == "CALL")
+    return ins[k + 1].offset
+
+
+def _cut_at_release(code) -> Cut:
+    """A cut at that one point (whether or not the call ran a Python hook: a signal may
+    arrive after the hook returned, before the C++ call does)."""
+    cut = Cut(code, 0)
+    cut.points = {_after_release(code)}
+    return cut
+
+
+def _check(m: KVCacheManager) -> None:
+    m.check_integrity()
+    policy = m.policy
+    if hasattr(policy, "check_integrity"):
+        policy.check_integrity()
+    else:  # LRU: its queue is the CACHED blocks (was: it named blocks freed unseen)
+        cached = [b for b in range(m.pool.num_blocks) if m.pool.state[b] == 2]
+        assert sorted(policy.victim_queue) == cached
+
+
+def _books(m: KVCacheManager):
+    p = m.pool
+    return (sorted(m.sessions), list(p.refcount), list(p.state), p.free_ids(), p.num_cached,
+            sorted(m.index.items()),
+            {sid: (s.state, list(s.block_ids), s.num_computed, s.tail)
+             for sid, s in m.sessions.items()})
+
+
+def _manager(policy: str) -> KVCacheManager:
+    """'a' runs a step over 3 full blocks and a partial one, its first two shared with 'b'."""
+    m = KVCacheManager(KVSpec(1, 1, 1, block_size=2), 16, clock=lambda: 0.0, core="cpp",
+                       policy=policy)
+    m.begin_step("a", [1, 2, 3, 4, 5, 6, 7])
+    m.allocate_slots("a", 7)
+    st = m.begin_step("b", [1, 2, 3, 4, 70, 71])
+    m.allocate_slots("b", 6 - st.num_cached_tokens)
+    return m
+
+
+CALLS = {
+    "finish_step": lambda m: m.finish_step("a"),
+    "preempt": lambda m: m.preempt("a"),
+    "end_session": lambda m: m.end_session("a"),
+}
+
+
+@pytest.mark.parametrize("policy", ["lru", "saga"])
+@pytest.mark.parametrize("op", sorted(CALLS))
+def test_release_table_cut_as_the_release_returns_completes_it(op, policy):
+    m, twin = _manager(policy), _manager(policy)
+    cut = _cut_at_release(SessionSignals._release_table.__code__)
+    with cut, pytest.raises(KeyboardInterrupt):
+        CALLS[op](m)
+    assert cut.fired
+    _check(m)
+    CALLS[op](twin)
+    assert _books(m) == _books(twin)  # was: the cached blocks dropped, the table cut
+    st = m.begin_step("c", [1, 2, 3, 4, 5, 6, 9])  # the cache still serves 'a''s blocks
+    assert st.num_cached_tokens == 6  # (was: its own third one dropped)
+    _check(m)
+
+
+BS = 4
+X = list(range(500, 513))
+
+
+def _host_manager() -> KVCacheManager:
+    """x's 3 full blocks offloaded to the host tier (GPU: y's and z's blocks), x paused."""
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 8, policy="lru", clock=lambda: 0.0,
+                       core="cpp", num_host_blocks=6)
+
+    def run(sid: str, tokens: list[int]) -> None:
+        start = m.begin_step(sid, tokens)
+        m.allocate_slots(sid, len(tokens) - start.num_cached_tokens)
+        m.finish_step(sid)
+        m.take_transfers()
+
+    run("x", X)
+    run("y", list(range(700, 713)))
+    run("z", list(range(900, 913)))
+    run("w", list(range(1100, 1113)))
+    assert len(m.host.run(list(m.sessions["x"].block_hashes), 0, 3)) >= 1
+    return m
+
+
+def test_prefetch_cut_as_its_closing_release_returns_keeps_the_loads():
+    m, twin = _host_manager(), _host_manager()
+    cut = _cut_at_release(HostTierOps.prefetch.__code__)
+    with cut, pytest.raises(KeyboardInterrupt):
+        m.prefetch("x")
+    assert cut.fired
+    _check(m)
+    loads = twin.prefetch("x")
+    assert loads >= 1
+    assert _books(m) == _books(twin)  # was: the prefetched blocks dropped unseen
+    m.take_transfers()
+    assert m.begin_step("x", X + [1]).num_cached_tokens == 12
+    _check(m)
