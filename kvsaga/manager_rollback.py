@@ -61,11 +61,11 @@ class FailedWrites:
         left = self._loaded_owned(s, None if old is None else old[1], left)
         tail = -1 if old is None or old[6] is None else old[6][0]
         refs = (s.block_ids if refs is None else refs)[::-1]  # tails first, as ever
-        cut = None
+        cut, calls = None, pool.calls
         try:
             pool.release_many(refs, keep_unhashed=tail)
         except BaseException as e:  # (cut at its entry: released now, raised at the end)
-            if not release_again(pool, refs, tail, e):
+            if not release_again(pool, refs, tail, e, calls):  # (or as the C++ call returned)
                 raise  # its `blocks_cached` raised: not taken back (findings s55 pyint)
             cut = e
         pool.reused_s = reused

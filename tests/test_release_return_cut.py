@@ -22,8 +22,10 @@ import pytest
 from kvsaga import KVCacheManager, KVSpec
 from kvsaga._core import cpp_available
 from kvsaga.host_tier import HostTierOps
+from kvsaga.manager_rollback import FailedWrites
 from kvsaga.manager_signals import SessionSignals
 from tests.interrupts import Cut
+from tests.test_manager_hook_failure import books, make, paused
 
 pytestmark = pytest.mark.skipif(not cpp_available(), reason="the C++ core is not built")
 
@@ -134,3 +136,25 @@ def test_prefetch_cut_as_its_closing_release_returns_keeps_the_loads():
     m.take_transfers()
     assert m.begin_step("x", X + [1]).num_cached_tokens == 12
     _check(m)
+
+
+def test_unbegin_cut_as_its_release_returns_still_takes_the_step_back():
+    """`begin_step`'s rollback after `step_started` raised (`_unbegin`), cut as its release of
+    the hits returned: the step taken back whole, the interrupt raised (the hook's error its
+    context). Was: read as the release's hook raising, the rollback stopped there: the
+    session left RUNNING over released blocks."""
+    m, policy = make("cpp")
+    paused(m, "other", list(range(50, 57)))
+    paused(m, "s", list(range(10)))
+    prompt = [*m.sessions["s"].token_ids, 7, 8]
+    before = books(m)
+    policy.fail = "step_started"
+    cut = _cut_at_release(FailedWrites._unbegin.__code__)
+    with cut, pytest.raises(KeyboardInterrupt) as info:
+        m.begin_step("s", prompt)
+    assert cut.fired and "step_started failed" in repr(info.value.__context__)
+    m.check_integrity()
+    assert books(m) == before
+    policy.fail = None
+    assert m.begin_step("s", prompt).num_cached_tokens == 10
+    m.check_integrity()
