@@ -90,12 +90,11 @@ class BlockPool:
 
     def _tell(self, hook, block_ids: list[int]) -> None:
         """Calls an observer hook (`_cached_many` / `_uncached_many`); the pool refuses
-        changes until it returns, however it ends. (CPython raises an interrupt where its
-        eval loop checks for one: a Python function's entry, a loop's jump back, a C call's
-        return; not a Python function's return to its Python caller. So a Python hook that
-        returned has told the observer, and the transition after the tell is whole or
-        finished by its handler; a C-implemented hook's return is a point where an
-        interrupt leaves the observer told and the pool unchanged: none is in-tree.)"""
+        changes until it returns, however it ends. (CPython raises an interrupt at a Python
+        function's entry, a loop's jump back, a C call's return; not at a Python function's
+        return to Python: a Python hook that returned has told the observer, and the
+        transition is then whole or finished by its handler. A C-implemented hook's return
+        would be a point that leaves the observer told, the pool unchanged: none in-tree.)"""
         self._telling = True
         try:
             hook(block_ids)
@@ -142,7 +141,10 @@ class BlockPool:
                 gen[b] += 1
         except BaseException:
             if ids is not None:  # (one inside pop_many took its pop back itself)
-                until_done(self._unallocate, ids, avail)
+                try:
+                    until_done(self._unallocate, ids, avail)
+                finally:  # (idempotent: a no-op unless a further interrupt cut its entry)
+                    until_done(self._unallocate, ids, avail)
             raise
         self.last_result = ids
         self.calls += 1
@@ -170,10 +172,8 @@ class BlockPool:
         The observer is told first: a raising hook changes nothing (refcounts, states, counts,
         holds, `reused_s`), as the policy, told nothing by the raise, still has them cached.
         An interrupt once it was told is raised after the whole transition (`_referenced`).
-
-        Raises:
-            ValueError: a FREE block (the C++ pool's check); nothing changes.
-        """
+        Refused, nothing changed, as by the C++ pool: a FREE block (ValueError), an id out of
+        range, negative too (IndexError), a non-integer (TypeError)."""
         if self._telling:
             self._refuse("acquire_many")
         reclaimed = self._reclaimable(block_ids, "acquire_many")
@@ -195,15 +195,18 @@ class BlockPool:
         if not block_ids:
             return []
         state = self.state
-        try:  # (a negative id would alias a block from the end: refused, as the C++ pool)
-            array("Q", block_ids)  # (OverflowError for a negative id: one pass in C)
+        try:
             states = (itemgetter(*block_ids)(state) if len(block_ids) > 1
                       else (state[block_ids[0]],))
-        except (IndexError, TypeError, OverflowError):
+        except (IndexError, TypeError):
             self._refuse_ids(block_ids, op)
         active = states.count(ACTIVE)
-        if active == len(states):
+        if active == len(states):  # (a negative id: `_referenced` refuses it, none told)
             return []
+        try:  # a negative id would alias a block from the end: refused, as the C++ pool
+            array("Q", block_ids)  # (OverflowError for a negative id: one pass in C)
+        except OverflowError:
+            self._refuse_ids(block_ids, op)
         if FREE in states:
             b = block_ids[states.index(FREE)]
             raise ValueError(f"free block {b}: {op} takes active or cached blocks")
@@ -216,22 +219,27 @@ class BlockPool:
                    reused: float | None) -> None:
         """One more reference on each block; the observer told first that `reclaimed`
         (`_reclaimable`'s) leave CACHED, which then become ACTIVE with their accounting.
-        `reused`: `reused_s` before, for a hit (None: a hold).
-
-        Interrupts: one inside the tell has told the observer nothing (the hook's own
-        raise, or a per-block hook's undone: `per_block`) and changes nothing; one after it
-        finishes the transition (`_referenced`, restartable), then propagates, as the C++
-        pool's call interrupted at its return."""
+        `reused`: `reused_s` before, for a hit (None: a hold). An interrupt inside the tell
+        has told the observer nothing (the hook's raise, or a per-block hook's undone) and
+        changes nothing; one after it finishes the transition (`_referenced`, restartable),
+        then propagates, as the C++ pool's call interrupted at its return."""
+        it = iter(block_ids)
         if reclaimed:  # (raises only when the observer was told nothing: nothing changed)
             self._tell(self._uncached_many, reclaimed)
-        it = None
         try:
-            it = iter(block_ids)
             self._referenced(it, block_ids, reclaimed, reused)
+        except _Refused:  # a negative id, all blocks ACTIVE (none told): refs taken back
+            ref = self.refcount
+            for b in block_ids[:len(block_ids) - length_hint(it) - 1]:
+                ref[b] -= 1
+            self._refuse_ids(block_ids, "hold_many" if reused is None else "acquire_many")
         except BaseException:
             self.last_result = None  # (completed below)
             self.calls += 1
-            until_done(self._referenced, it or iter(block_ids), block_ids, reclaimed, reused)
+            try:
+                until_done(self._referenced, it, block_ids, reclaimed, reused)
+            finally:  # (idempotent: a no-op unless a further interrupt cut its entry)
+                until_done(self._referenced, it, block_ids, reclaimed, reused)
             raise
         self.last_result = None
         self.calls += 1
@@ -253,6 +261,8 @@ class BlockPool:
             self.num_cached -= k
         ref = self.refcount
         for b in it:
+            if b < 0:  # (only where none is reclaimed: `_reclaimable` checked the others)
+                raise _Refused
             ref[b] += 1
         self._hit_or_hold(block_ids, reclaimed, reused)
 
@@ -295,13 +305,12 @@ class BlockPool:
             array("Q", block_ids)  # a non-integer or a negative id (one pass in C)
         except (TypeError, OverflowError):
             self._refuse_ids(block_ids, "release_many")
+        it = iter(block_ids)
         self._releasing = block_ids
         to_cache: list[int] = []
         to_free: list[int] = []
         unheld: list[int] = []
-        it = None
         try:
-            it = iter(block_ids)
             self._release_loop(it, keep_unhashed, to_cache, to_free, unheld)
             if to_free:
                 self._free.push_many(to_free)
@@ -313,7 +322,10 @@ class BlockPool:
                             to_cache, to_free, unheld)
             self._refuse_ids(block_ids, "release_many")
         except BaseException:
-            until_done(self._released, it or iter(block_ids), keep_unhashed, to_cache, to_free)
+            try:
+                until_done(self._released, it, keep_unhashed, to_cache, to_free)
+            finally:  # (idempotent: a no-op unless a further interrupt cut its entry)
+                until_done(self._released, it, keep_unhashed, to_cache, to_free)
             raise
         if to_cache:
             self._tell(self._cached_many, to_cache)
@@ -361,9 +373,8 @@ class BlockPool:
     def _unrelease(self, done: list[int], to_cache: list[int], to_free: list[int],
                    unheld: list[int]) -> None:
         """Take back what a refused `release_many` did to the blocks `done` before the bad
-        one (`to_cache`, `to_free`: made CACHED or FREE, neither told nor queued; `unheld`:
-        holds it ended). Bad input only: not restartable; `cached_at` is not put back (it
-        means nothing while a block is ACTIVE)."""
+        one (`to_cache`, `to_free`: made CACHED or FREE, untold, unqueued; `unheld`: holds it
+        ended). Not restartable (bad input); `cached_at`, meaningless if ACTIVE, stays."""
         ref, state = self.refcount, self.state
         for b in done:
             ref[b] += 1
@@ -377,8 +388,7 @@ class BlockPool:
     def _released(self, it, keep_unhashed: int, to_cache: list[int],
                   to_free: list[int]) -> None:
         """`release_many` finished after an interrupt, restartable (`until_done`): the rest
-        of its loop (`it`: the blocks not yet given), then the free queue's batch (all or
-        nothing: done once its first block is queued) and the holds (idempotent)."""
+        of its loop (`it`), the free queue's batch (all or nothing) and the holds."""
         self._release_loop(it, keep_unhashed, to_cache, to_free)
         if to_free:
             if to_free[0] not in self._free:
@@ -393,8 +403,7 @@ class BlockPool:
         finding 2). An interrupt once it was told finishes the eviction (restartable:
         `_evicted`), then propagates, as the C++ pool's call interrupted at its return: the
         caller finds the hashes in `last_result` (`calls` counted it). Bad input is refused
-        before the tell, nothing changed, with the C++ pool's error (`_refuse_ids`: a block
-        not CACHED or named twice, an id out of range; review s54 diffpyloops LOW-2)."""
+        before the tell, nothing changed, with the C++ pool's error (`_refuse_ids`)."""
         if self._telling:
             self._refuse("evict_many")
         if type(block_ids) is not list:  # (an array, a tuple, a generator: as the C++ pool)
@@ -425,7 +434,10 @@ class BlockPool:
         except BaseException:
             self.last_result = hashes  # (completed below)
             self.calls += 1
-            until_done(self._evicted, block_ids)
+            try:
+                until_done(self._evicted, block_ids)
+            finally:  # (idempotent: a no-op unless a further interrupt cut its entry)
+                until_done(self._evicted, block_ids)
             raise
         self.last_result = hashes
         self.calls += 1
