@@ -245,14 +245,14 @@ class FailedWrites:
             del s.block_ids[keep:]
             s.num_computed = end
             cut[sid] = end
-            ids = dropped[::-1]
+            ids, calls = dropped[::-1], pool.calls
             try:
                 pool.release_many(ids)
             except BaseException as e:
                 if error is None:
                     error = e
-                try:  # (cut at its entry: released now; a release that began: untold)
-                    told = release_again(pool, ids, -1, e)
+                try:  # (cut at its entry: released now; a release that began: untold,
+                    told = release_again(pool, ids, -1, e, calls)  # unless it returned)
                 except BaseException:  # none began: `RELEASE_RETRIES` + 1 cuts in a row at
                     told = True  # its entry leave the references held (no table holds them)
                 if not told:

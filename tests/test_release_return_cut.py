@@ -55,7 +55,7 @@ def _check(m: KVCacheManager) -> None:
         policy.check_integrity()
     else:  # LRU: its queue is the CACHED blocks (was: it named blocks freed unseen)
         cached = [b for b in range(m.pool.num_blocks) if m.pool.state[b] == 2]
-        assert sorted(policy.victim_queue) == cached
+        assert sorted(policy._order) == cached
 
 
 def _books(m: KVCacheManager):
@@ -158,3 +158,30 @@ def test_unbegin_cut_as_its_release_returns_still_takes_the_step_back():
     policy.fail = None
     assert m.begin_step("s", prompt).num_cached_tokens == 10
     m.check_integrity()
+
+
+def test_take_back_cut_as_a_release_returns_keeps_what_it_cached():
+    """`discard_writes` (`_take_back`): 'b' took 'a''s block that the failed pass wrote as
+    a hit, so it goes back before it, its later (hashed) block released, CACHED and told.
+    Its release (the loop's second; the first, 'a''s, caches nothing) cut as the C++ call
+    returned: what it cached stays
+    (the policy was told), the rest of the take-back done, the interrupt raised at the end.
+    Was: read as its hook raising, that block dropped unseen (LRU's queue naming it)."""
+    def scenario():
+        m, _ = make("cpp")
+        m.begin_step("a", list(range(1, 9)))
+        m.allocate_slots("a", 8)
+        st = m.begin_step("b", list(range(1, 13)))
+        assert st.num_cached_tokens == 8
+        m.allocate_slots("b", 4)
+        return m
+
+    m, twin = scenario(), scenario()
+    cut = _cut_at_release(FailedWrites._take_back.__code__)
+    cut.k = 1
+    with cut, pytest.raises(KeyboardInterrupt):
+        m.discard_writes({"a": 4})
+    assert cut.fired
+    _check(m)
+    twin.discard_writes({"a": 4})
+    assert _books(m) == _books(twin)
