@@ -61,12 +61,16 @@ class FailedWrites:
         left = self._loaded_owned(s, None if old is None else old[1], left)
         tail = -1 if old is None or old[6] is None else old[6][0]
         refs = (s.block_ids if refs is None else refs)[::-1]  # tails first, as ever
-        cut, calls = None, pool.calls
+        cut, calls, gone = None, pool.calls, ()
         try:
             pool.release_many(refs, keep_unhashed=tail)
         except BaseException as e:  # (cut at its entry: released now, raised at the end)
             if not release_again(pool, refs, tail, e, calls):  # (or as the C++ call returned)
-                raise  # its `blocks_cached` raised: not taken back (findings s55 pyint)
+                # Its `blocks_cached` raised (or a cut inside it): released, the policy told
+                # none of the blocks it cached: dropped unseen, the take-back completed
+                # (was: the session left running on a table it held no reference on).
+                gone = [b for b in dict.fromkeys(refs) if pool.state[b] == CACHED]
+                self._evict_unseen(gone)
             cut = e
         pool.reused_s = reused
         self._queried_tokens, self._hit_tokens, self._host_hit_tokens = counters
@@ -84,8 +88,22 @@ class FailedWrites:
             del s.block_hashes[end // self.block_size :]
             if end < length:
                 self._cut_paused(s, end)
+            if gone:
+                self._cut_before(s, set(gone))
         if cut is not None:
             raise cut
+
+    def _cut_before(self, s: Session, gone: set[int]) -> None:
+        """Cut paused `s`'s table before its first block in `gone` (dropped unseen by the
+        take-back: its release raised), its computed tokens and tail with it, as
+        `_drop_released` does."""
+        table = s.block_ids
+        cut = next((i for i, b in enumerate(table) if b in gone), len(table))
+        self._note_left(s, table, table[:cut])
+        s.block_ids = table[:cut]
+        s.num_computed = min(s.num_computed, cut * self.block_size)
+        if s.tail is not None and s.tail[0] in gone:
+            s.tail = None
 
     def _give_owners_back(self, owners: dict[int, str]) -> None:
         """Give each block in `owners` back to its session, where it is still a live

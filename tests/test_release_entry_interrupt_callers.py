@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 
 from kvsaga import KVCacheManager
+from kvsaga._core import cpp_available
 from kvsaga.host_tier import HostTier
 from kvsaga.pool import BlockPool
 from kvsaga.session import SessionState
@@ -187,3 +188,60 @@ def test_a_host_release_cut_inside_queues_what_it_cached(name):
     if name == "copy_outs":
         books = books[:5] + (books[5] + 1,) + books[6:]
     assert books == _host_books(twin)
+
+
+def _unbegin_raising(core: str, policy: str):
+    """Paused a (2 blocks); its resume's `step_started` raises, so `_unbegin` releases the
+    hits (a raising `blocks_cached` while `p.fail` is set)."""
+    m, p = manager(policy, core, num_blocks=12)
+    m.begin_step("a", list(range(8)))
+    m.allocate_slots("a", 8)
+    m.finish_step("a")
+    real = p.step_started
+
+    def step_started(s, now):
+        if p.fail_start:
+            raise RuntimeError("step_started failed")
+        return real(s, now)
+
+    p.step_started, p.fail_start = step_started, True
+    return m, p
+
+
+def _resumes(m: KVCacheManager, p) -> None:
+    p.fail = p.fail_start = False
+    consistent(m, p)
+    start = m.begin_step("a", list(range(12)))
+    m.allocate_slots("a", 12 - start.num_cached_tokens)
+    m.finish_step("a")
+    consistent(m, p)
+
+
+@pytest.mark.parametrize("policy", ["lru", "saga"])
+@pytest.mark.parametrize("core", ["python", *(["cpp"] if cpp_available() else [])])
+def test_a_take_back_whose_release_hook_raises_completes(core, policy):
+    """The take-back's release raising in `blocks_cached` (a second failing hook) skipped
+    the rest of `_unbegin`: the session stayed RUNNING on a table it held no reference on
+    ("block 0: refcount 0 but 1 running tables hold it"), both cores. Now the take-back
+    completes and the blocks that release cached, unseen by the policy, are dropped."""
+    m, p = _unbegin_raising(core, policy)
+    p.fail = True
+    with pytest.raises(RuntimeError, match="blocks_cached failed") as info:
+        m.begin_step("a", list(range(12)))
+    assert "step_started failed" in repr(info.value.__context__)
+    a = m.sessions["a"]
+    assert a.state is SessionState.PAUSED
+    assert a.block_ids == [] and a.num_computed == 0  # its blocks dropped unseen
+    _resumes(m, p)
+
+
+def test_a_take_back_whose_release_is_cut_inside_completes():
+    """Python core: a cut inside the take-back's release finishes it, untold (the pool's
+    contract): the same path as a raising hook."""
+    m, p = _unbegin_raising("python", "lru")
+    with Cut(BlockPool._release_loop.__code__, 0, c_returns_only=True) as cut, \
+            pytest.raises(KeyboardInterrupt):
+        m.begin_step("a", list(range(12)))
+    assert cut.fired
+    assert m.sessions["a"].state is SessionState.PAUSED
+    _resumes(m, p)
