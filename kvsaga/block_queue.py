@@ -26,7 +26,14 @@ def until_done(undo, *args):
     A KeyboardInterrupt that cut it is raised once it is done, unless the error being
     handled (the caller's, which it raises next) is one: a Ctrl-C that lands in the undo
     of another error (a bad id, a signal handler's TimeoutError) is not lost (review s54
-    diffpyloops LOW-4); that error is its context."""
+    diffpyloops LOW-4); that error is its context.
+
+    Its own entry is an interrupt point too (CPython checks at every Python function's
+    entry), where a second pending signal lands: the pool's handlers call it again in a
+    `finally` (s55 pyint). That covers one more interrupt in a row, not all: every handler
+    needs a call, and the jump back of a retry loop's `except` lies outside its `try`, so
+    no finite nesting covers every run of interrupts. This queue's own handlers call
+    `length_hint` or `until_done` unguarded: a second interrupt there is not covered."""
     ki = None
     for _ in range(_RESTARTS):
         try:

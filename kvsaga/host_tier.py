@@ -107,7 +107,9 @@ class HostTier:
     def _release(self, host_blocks: list[int]) -> None:
         """Release host blocks (a `copy_outs` or `unpin`); on a raise, made whole: a call
         cut at its entry is made again (`release_again`), and the blocks a call that began
-        cached untold (cut inside it) are queued in the order as its hook would have."""
+        cached untold (cut inside it) are queued in the order as its hook would have. Not
+        covered: `RELEASE_RETRIES` + 1 cuts in a row at its entry (`release_again` gives up,
+        nothing released: the references stay held, pinned by no plan)."""
         pool = self.pool
         try:
             pool.release_many(host_blocks)
