@@ -271,7 +271,14 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
             hits = self._hot.session_hits(s.block_ids, s.block_hashes, limit)
         else:
             hits = self.index.longest_prefix(s.block_hashes, limit)
-        self.pool.acquire_many(hits)  # before loads below can evict anything
+        pool = self.pool
+        calls = pool.calls
+        try:
+            pool.acquire_many(hits)  # before loads below can evict anything
+        except BaseException:
+            if pool.calls != calls:  # taken, then an interrupt (as the C++ call returned)
+                self._drop_hits(hits)
+            raise
         held = False
         if self.host is not None:
             loaded, held = self._load_from_host(s, hits, limit, now,
@@ -313,7 +320,13 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         usable = min(ntok, usable_end - start)
         if alive and start == num_cached and usable > 0:
             if not held:
-                self.pool.acquire_many([b])
+                calls = self.pool.calls
+                try:
+                    self.pool.acquire_many([b])
+                except BaseException:  # taken, then an interrupt: begin_step's take-back
+                    if self.pool.calls != calls:  # releases it with the hits
+                        hits.append(b)
+                    raise
             hits.append(b)
             return start + usable
         if alive:  # its content no longer extends the context

@@ -195,6 +195,24 @@ class FailedWrites:
         del s.block_ids[start // self.block_size :]
         s.num_computed = min(s.num_computed, start)
 
+    def _drop_hits(self, hits: list[int]) -> None:
+        """Let go of the references `_full_block_hits` took on `hits` once an interrupt came
+        after they were taken (as the C++ pool's call returned; the Python pool's after its
+        tell), before it propagates to `begin_step`'s take-back, which holds none of them:
+        released (CACHED again, told), or, for a release that began and raised, its cached
+        blocks dropped unseen (`_take_back`'s rule)."""
+        pool, ids = self.pool, hits[::-1]
+        calls = pool.calls
+        try:
+            pool.release_many(ids)
+        except BaseException as e:
+            try:
+                told = release_again(pool, ids, -1, e, calls)
+            except BaseException:  # none began (`RELEASE_RETRIES` + 1 cuts at its entry)
+                told = True
+            if not told:
+                self._evict_unseen([b for b in hits if pool.state[b] == CACHED])
+
     def _evict_unseen(self, gone: list[int]) -> None:
         """Unindex, free and disown the CACHED blocks `gone` without telling the policy: a
         release cached them and the pool's `blocks_cached` hook raised, so the policy never

@@ -15,6 +15,7 @@ pool's release is a Python function: its return to a Python caller is no point.
 
 from __future__ import annotations
 
+import contextlib
 import dis
 
 import pytest
@@ -30,22 +31,26 @@ from tests.test_manager_hook_failure import books, make, paused
 pytestmark = pytest.mark.skipif(not cpp_available(), reason="the C++ core is not built")
 
 
-def _after_release(code) -> int:
-    """The offset of the instruction after `code`'s (one) `release_many(...)` call."""
+def _after_release(code, name: str = "release_many") -> int:
+    """The offset of the instruction after `code`'s (one) `name(...)` call."""
     ins = [i for i in dis.get_instructions(code) if not i.opname.startswith("CACHE")]
-    loads = [k for k, i in enumerate(ins) if i.argval == "release_many"
+    loads = [k for k, i in enumerate(ins) if i.argval == name
              and i.opname in ("LOAD_ATTR", "LOAD_METHOD")]
     assert len(loads) == 1, loads
     k = next(j for j in range(loads[0], len(ins)) if ins[j].opname == "CALL")
     return ins[k + 1].offset
 
 
-def _cut_at_release(code) -> Cut:
+def _cut_at(code, name: str) -> Cut:
     """A cut at that one point (whether or not the call ran a Python hook: a signal may
     arrive after the hook returned, before the C++ call does)."""
     cut = Cut(code, 0)
-    cut.points = {_after_release(code)}
+    cut.points = {_after_release(code, name)}
     return cut
+
+
+def _cut_at_release(code) -> Cut:
+    return _cut_at(code, "release_many")
 
 
 def _check(m: KVCacheManager) -> None:
@@ -185,3 +190,39 @@ def test_take_back_cut_as_a_release_returns_keeps_what_it_cached():
     _check(m)
     twin.discard_writes({"a": 4})
     assert _books(m) == _books(twin)
+
+
+@pytest.mark.parametrize("core,where", [("cpp", "_full_block_hits"), ("cpp", "_reuse_tail"),
+                                        ("python", "_referenced")])
+def test_a_resume_cut_once_its_hits_are_taken_holds_no_reference(core, where):
+    """`begin_step` of a paused session: its hits taken (`_full_block_hits`), then an
+    interrupt as the C++ pool's acquire_many returned (the Python pool's: at each point of
+    its reference loop after the tell, which finishes and raises). Was: `begin_step`'s
+    take-back, told the hits held no reference, left them ACTIVE in no table ("refcount 1
+    but 0 running tables hold it"); now they are let go first, the books as before. The
+    same for the retained tail's (`_reuse_tail`): now among the references taken back."""
+    from kvsaga.manager import KVCacheManager as M
+    from kvsaga.pool import BlockPool
+
+    code = getattr(BlockPool if core == "python" else M, where).__code__
+    fired = k = 0
+    while True:
+        m, _ = make(core)
+        paused(m, "other", list(range(50, 57)))
+        paused(m, "s", list(range(10)))
+        prompt = [*m.sessions["s"].token_ids, 7, 8]
+        before = books(m)
+        cut = (_cut_at(code, "acquire_many") if core == "cpp"
+               else Cut(code, k, c_returns_only=True))
+        with cut, contextlib.suppress(KeyboardInterrupt):
+            m.begin_step("s", prompt)
+        m.check_integrity()
+        if cut.fired:
+            fired += 1
+            assert books(m) == before
+            assert m.begin_step("s", prompt).num_cached_tokens == 10  # a retry
+            m.check_integrity()
+        if core == "cpp" or not cut.fired:
+            break
+        k += 1
+    assert fired
