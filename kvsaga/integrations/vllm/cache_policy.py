@@ -18,7 +18,9 @@ A session's requests in flight together (vLLM's n > 1 children, concurrent steps
 step, from the first one's `touch` to the last one's finish (`_running`, by request id);
 vLLM calls the policy for a request first at its first store miss, so a child that stores
 nothing is seen at its finish only, and one first seen after its sibling ended the step (at
-its finish, or at a store of its own output) adds no step (`_late_child`). A request
+its finish, or at a store of its own output) adds no step (`_late`), nor joins or ends
+the session's next step (or, its step the session's last, the reused id's new session;
+review s55 vleft4). A request
 that read and offered no chunk (aborted before it ran: vLLM tells the tier of every
 finished request) is no step either, unless `last_step` (it still ends the session).
 docs/integrations.md (CPU offload) says what that leaves.
@@ -51,6 +53,9 @@ logger = init_logger(__name__)
 CHUNK_TOKENS = 16
 # Ended sessions remembered (their late chunks file as shared cache), most recent kept.
 ENDED_TRACKED = 4096
+# n > 1 requests remembered per session whose step ended (their late children add no
+# step: `_late`), most recent kept.
+PARENTS_KEPT = 4
 
 
 class KVSagaCachePolicy(CachePolicy):
@@ -79,10 +84,10 @@ class KVSagaCachePolicy(CachePolicy):
         # finish: one step of the session (vLLM's n > 1 children, or concurrent steps)
         self._running: dict[str, set[str]] = {}
         self._orphans: set[str] = set()  # requests in flight when their session ended
-        # session -> the n > 1 request (parent id) one of whose children ended its last step
-        # (or the session), for the ENDED_TRACKED latest (its late children add no step:
-        # `_late_child`)
-        self._step_parent: dict[str, str] = {}
+        # session -> the n > 1 requests (parent ids; PARENTS_KEPT latest) one of whose
+        # children ended a step of it: whether that child (or a later one) ended the session,
+        # for the ENDED_TRACKED latest sessions (their late children add no step: `_late`)
+        self._step_parent: dict[str, dict[str, bool]] = {}
         self._ended: dict[str, None] = {}  # ended session ids, oldest first (a bounded set)
         self.policy = make_policy(self.policy_name)
         self.ledger = BlockLedger(self.policy, self.cache_capacity, CHUNK_TOKENS, self._usage)
@@ -121,17 +126,18 @@ class KVSagaCachePolicy(CachePolicy):
         running = self._running.get(sid)
         if running is not None and rid in running:
             return  # (touched before)
-        if running is None and self._late_child(sid, rid):
+        late = self._late(sid, rid)
+        if late is not None:
             # Its sibling ended the step (or, `last_step`, the session) before its first store:
-            # it adds no step (its chunks are filed at its finish), nor starts the ended id again.
-            if sid in self._ended:
+            # it adds no step (its chunks are filed at its finish), nor joins the session's
+            # next step, nor starts the ended id again (or joins the reused id's new session).
+            if late:
                 self._orphans.add(rid)
             return
         # A step of an id whose session ended is a new session of that id.
         self._ended.pop(sid, None)
         if running is None:
             running = self._running[sid] = set()
-            self._step_parent.pop(sid, None)
             self.policy.step_started(session_for(self._sessions, info), self.clock())
         running.add(rid)
 
@@ -148,7 +154,11 @@ class KVSagaCachePolicy(CachePolicy):
         info = self._info(req_context)
         keys = order_request_keys(key_groups, req_context)
         rid = req_context.req_id
-        orphan = rid in self._orphans
+        running = None if info is None else self._running.get(info.session_id)
+        # (one that joined its step is none: `touch` lets no late child join)
+        late = (None if info is None or (running is not None and rid in running)
+                else self._late(info.session_id, rid))
+        orphan = rid in self._orphans or bool(late)  # (late: its session ended)
         self._orphans.discard(rid)
         sid = (None if info is None or orphan or info.session_id in self._ended
                else info.session_id)
@@ -160,7 +170,6 @@ class KVSagaCachePolicy(CachePolicy):
             self._file(key, new_owner, pos)
         if info is None or sid is None:
             return
-        running = self._running.get(sid)
         if running is None and not keys and not info.hint.last_step:
             # It neither read nor offered a chunk: aborted before it ran (vLLM tells the
             # tier of every finished request), or a context under one chunk, which owns
@@ -168,9 +177,8 @@ class KVSagaCachePolicy(CachePolicy):
             # abort, and the client's resend was learned as a pause of the hinted tool as
             # short as the resend gap (review s54 vleft3).
             return
-        if running is None and self._late_child(sid, rid) and (
-                sid in self._sessions or sid not in self._owned):
-            return
+        if late is not None and (sid in self._sessions or sid not in self._owned):
+            return  # (its chunks are the session's; its step ended)
         # (a late child whose session was forgotten, filing chunks under it now: a step of
         # its own, as a later step of a forgotten id, gives them a session to be kept for)
         now = self.clock()
@@ -184,7 +192,7 @@ class KVSagaCachePolicy(CachePolicy):
         # diffvleft3 LOW-1)
         if info.hint.last_step:
             self._orphans.update(self._running.pop(sid, ()))
-            self._end_step(sid, rid)  # (its request's later children are orphans: `touch`)
+            self._end_step(sid, rid, True)  # (its request's later children are orphans)
             self.policy.session_ended(session, now)
             self._ended[sid] = None
             if len(self._ended) > ENDED_TRACKED:
@@ -198,7 +206,7 @@ class KVSagaCachePolicy(CachePolicy):
             return  # others of its step still run: the step finishes with the last
         else:
             self._running.pop(sid, None)
-            self._end_step(sid, rid)
+            self._end_step(sid, rid, False)
             self.policy.step_finished(session, now, info.hint)
             self._forget_if_idle(sid)  # (its step stored nothing, or it was evicted since)
 
@@ -239,28 +247,42 @@ class KVSagaCachePolicy(CachePolicy):
             logger.warning("kvsaga: ignoring request %s's hint: %s", req_context.req_id, e)
             return None
 
-    def _end_step(self, sid: str, rid: str) -> None:
-        """Request `rid` ended session `sid`'s step (or the session): remember its n > 1
-        request, if it is a child of one, for `_late_child` (the ENDED_TRACKED latest)."""
-        self._step_parent.pop(sid, None)  # (re-inserted last: oldest first stays true)
+    def _end_step(self, sid: str, rid: str, session_ended: bool) -> None:
+        """Request `rid` ended session `sid`'s step (`session_ended`: the session): remember
+        its n > 1 request, if it is a child of one, for `_late` (PARENTS_KEPT a session,
+        ENDED_TRACKED sessions); a session's end ends the steps of those remembered too."""
         parent = _parent(rid)
+        parents = self._step_parent.pop(sid, None)  # (re-inserted last: oldest first)
+        if parents is None:
+            if parent is None:
+                return
+            parents = {}
+        if session_ended:
+            parents = dict.fromkeys(parents, True)
         if parent is not None:
-            self._step_parent[sid] = parent
-            if len(self._step_parent) > ENDED_TRACKED:
-                del self._step_parent[next(iter(self._step_parent))]
+            parents.pop(parent, None)
+            parents[parent] = session_ended
+            if len(parents) > PARENTS_KEPT:
+                del parents[next(iter(parents))]
+        self._step_parent[sid] = parents
+        if len(self._step_parent) > ENDED_TRACKED:
+            del self._step_parent[next(iter(self._step_parent))]
 
-    def _late_child(self, sid: str, rid: str) -> bool:
-        """Whether request `rid` of session `sid`, seen with no request of the session in
-        flight, is a late child: another child of its n > 1 request ended the session's
-        step (or ended the session). A child that stores no chunk of its own (vLLM offloads
-        prompts only by default, and the children share theirs) never reaches `touch`, and
-        one whose first store of its own comes after its sibling finished reaches it late;
-        either way the step ended with the first child to finish, and the later ones add no
-        step (each was a step of its own: n steps, and pauses as short as the gaps between
-        the children's finishes). Its chunks are filed under the session all the same (as
-        shared cache if the session ended)."""
+    def _late(self, sid: str, rid: str) -> bool | None:
+        """Whether request `rid` of session `sid`, not in a step of it, is a late child:
+        another child of its n > 1 request ended a step of the session (False), or that
+        step or a later one ended the session (True); None if not. A child that stores no
+        chunk of its own (vLLM offloads prompts only by default, and the children share
+        theirs) never reaches `touch`, and one whose first store of its own comes after its
+        sibling finished reaches it late, perhaps after the session's next step began (or
+        the reused id's new session); either way its step ended with the first child to
+        finish, and the later ones neither add a step (each was a step of its own: n steps,
+        and pauses as short as the gaps between the children's finishes) nor join or end
+        another (review s55 vleft4: one joined the next step, which then ended with it, or
+        ended the reused id's new session). Its chunks are filed under the session all the
+        same (as shared cache if the session ended)."""
         parent = _parent(rid)
-        return parent is not None and self._step_parent.get(sid) == parent
+        return None if parent is None else self._step_parent.get(sid, {}).get(parent)
 
     def _track(self, key: OffloadKey) -> None:
         owner, pos = self._owner.get(key, (None, 0))
