@@ -43,6 +43,10 @@ class SessionSignals:
         open); the release's `blocks_cached` (told after it) leaves the session paused, the
         policy told of the pause, and the blocks that release cached dropped (freed and
         unindexed: the policy never saw them), so its next step computes them again.
+
+        Once paused, the session's blocks that hold none of its context any more are
+        disowned (`_disown_dead`: a context the client compacted or edited), after the
+        release: while the step ran they stayed its own.
         """
         s = self._running(session_id)
         if s.ending:  # (its policy was told the end: only end_session may follow)
@@ -64,6 +68,44 @@ class SessionSignals:
             s.paused_at, s.hint = was
             raise
         self._release_table(s, keep_tail=True, was=was)
+        if session_id in self._left_owned:  # (rare: an edited context, a gap in the hits)
+            self._disown_dead(s, now)
+
+    def _disown_dead(self, s: Session, now: float) -> None:
+        """Disown the blocks that left paused session `s`'s table and hold none of its
+        context now: a block whose position is past its hashes, or whose hash is not its
+        hash there (a context the client compacted or edited: `begin_step` cut its hashes
+        at the common prefix). They become plain cache, as an ended session's blocks do:
+        the policy is told of the CACHED ones first (`blocks_disowned`, tail first), so that
+        it stops pricing them as the session's paused context while the scheduler charges
+        it only its context (review s54 mutsched2, section 2). Blocks past a gap in its hits
+        still hold its context (their hashes are its own there) and stay its own; so do its
+        blocks while a step runs (the `workflow` scheduler charges a running compacted step
+        its old context: tests/scheduler/test_compacted_running_charge.py). A later prompt
+        that repeats the old tokens still hits them by content, as shared blocks.
+
+        A raising `blocks_disowned` propagates with nothing disowned (the step is finished
+        and the session paused all the same); the next finish tries again."""
+        sid = s.session_id
+        left = self._left_owned[sid]
+        owner, position, block_hash = self.block_owner, self.block_position, self.pool.block_hash
+        hashes, n = s.block_hashes, len(s.block_hashes)
+        table = set(s.block_ids)
+        # (evicted or shared since, or back in its table: no longer a left-owned block)
+        stale = [b for b in left if owner[b] != sid or b in table]
+        left.difference_update(stale)
+        dead = [b for b in left
+                if position[b] >= n or block_hash[b] != hashes[position[b]]]
+        if dead:
+            dead.sort(key=position.__getitem__, reverse=True)  # tail first
+            state = self.pool.state
+            self.policy.blocks_disowned(s, [b for b in dead if state[b] == CACHED], now)
+            self._changes += 1
+            for b in dead:
+                owner[b] = None
+            left.difference_update(dead)
+        if not left:
+            del self._left_owned[sid]
 
     def pause_hint(
         self,

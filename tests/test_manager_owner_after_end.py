@@ -25,7 +25,8 @@ def test_an_abandoned_branch_is_disowned_at_end_session(core, policy):
     branch = m.session("a").block_ids[1:3]  # [3 4] [5 6]: the edit below abandons them
     m.begin_step("a", [1, 2, 9, 9, 9])
     m.allocate_slots("a", 3)
-    m.finish_step("a")
+    # (owned while the edited step runs; its finish would disown them itself:
+    # tests/test_manager_compacted_disown.py)
     assert all(m.pool.state[b] == CACHED and m.block_owner[b] == "a" for b in branch)
     m.end_session("a")
     assert _owned_by(m, "a") == []  # was: the branch's two blocks

@@ -511,6 +511,11 @@ class AdaptivePolicy(EvictionPolicy):
             e.policy.session_ended(session, now)
         self._on_shadows(lambda sh: sh.session_ended(session, now))
 
+    def blocks_disowned(self, session, block_ids: list[int], now: float) -> None:
+        # (each shadow disowns its own at its `step_finished`, as the manager does)
+        for e in self.experts:
+            e.policy.blocks_disowned(session, block_ids, now)
+
     def session_forgotten(self, session, now: float) -> None:
         for e in self.experts:
             e.policy.session_forgotten(session, now)

@@ -147,6 +147,13 @@ class EvictionPolicy:
     def session_ended(self, session: Session, now: float) -> None:
         """The session is gone; its full blocks stay as plain prefix cache."""
 
+    def blocks_disowned(self, session: Session, block_ids: list[int], now: float) -> None:
+        """The CACHED blocks `block_ids` (tail first) of paused `session` hold none of its
+        context any more (the client compacted or edited it) and become plain cache, as an
+        ended session's blocks do: told before `view.block_owner` drops the session (the
+        manager's `finish_step`). A policy that files blocks by owner refiles them; one
+        that raises must change nothing (the manager then keeps them owned)."""
+
     def session_forgotten(self, session: Session, now: float) -> None:
         """The integration drops a paused session it keeps no block of, not knowing whether
         the session ended (vLLM's offload cache policy, bounding its records): forget it as

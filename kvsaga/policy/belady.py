@@ -172,6 +172,13 @@ class BeladyPolicy(GroupedPolicy):
         for b, nu in zip(moved, answers, strict=True):
             self._push(b, now, nu)
 
+    def _to_dead(self, sid: str, g: list[int], moved: list[int], now: float) -> None:
+        # (as session_ended: every answer first, then the move; dead blocks sit in the heap)
+        answers = [self._ask(None, b, now) for b in moved]
+        super()._to_dead(sid, g, moved, now)
+        for b, nu in zip(moved, answers, strict=True):
+            self._push(b, now, nu)
+
     def _plain_stream(self, now: float) -> Stream:
         heap, stamp, where = self._heap, self._stamp, self._where
         taken: list[tuple[float, int, int, int, float]] = []

@@ -23,9 +23,9 @@ Invariants (checked by `check_integrity`):
   (`blocks_uncached`) or a resume's run of its own group (stale, never read: `block_cached`
   rewrites them; a block uncached one by one has its owner cleared). No per-block record
   of those runs is kept: it would cost a set update per victim.
-The one ownership change the pool does not report is `end_session` turning a session's
-blocks into plain cache: `session_ended` moves the session's group to `dead`, and the
-blocks its release caches right after are routed there too.
+The ownership changes the pool does not report, `end_session` turning a session's blocks
+into plain cache and `finish_step` disowning a compacted context's, move blocks to `dead`
+(kvsaga/policy/group_ends.py).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from kvsaga.block_queue import BlockQueue
 from kvsaga.marks import make_marks
 from kvsaga.policy.base import BlockView, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
+from kvsaga.policy.group_ends import DEAD, OWNED, PLAIN, UNTRACKED, GroupEnds
 from kvsaga.policy.search import SEARCH_FLAGS, VictimSearch
 from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 from kvsaga.session import PauseHint
@@ -48,7 +49,6 @@ from kvsaga.session import PauseHint
 if TYPE_CHECKING:
     from kvsaga.session import Session
 
-UNTRACKED, DEAD, PLAIN, OWNED = 0, 1, 2, 3
 
 def extend_sorted(g: list, items: list, key: Callable[[Any], Any]) -> None:
     """Add `items`, sorted and distinct by `key`, to the list `g` sorted by `key` (none of
@@ -95,7 +95,7 @@ class SessionView:
         self.needed_now = running or imminent
 
 
-class GroupedPolicy(VictimSearch, EvictionPolicy):
+class GroupedPolicy(GroupEnds, VictimSearch, EvictionPolicy):
     """Tracks evictable blocks per owner session; subclasses give the keys.
 
     Subclasses define `_session_base` (a session's key and when it must be recomputed),
@@ -523,20 +523,6 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             v.mark(running=False, imminent=False)
             if not v.has_paused:
                 v.paused_at, v.has_paused = now, True
-
-    def session_ended(self, session: Session, now: float) -> None:
-        self._touch(now)
-        self._learned += 1
-        sid = session.session_id
-        self.views.pop(sid, None)
-        self._index.drop(sid)  # its index entries turn stale
-        self._base.pop(sid, None)
-        self._dirty.discard(sid)
-        for b in self.groups.pop(sid, []):  # tail first
-            self.dead.push(b)
-            self._where[b] = DEAD
-            self._owner[b] = None
-        self._ending = sid
 
     def tick(self, now: float) -> None:
         self._touch(now)

@@ -188,9 +188,31 @@ class ShadowCache:
         self.policy.step_finished(_Seen(session, table), now, hint)
         if sid in self._running:
             self._release(sid, table, keep_tail=True, tokens=session.token_ids[:done])
+        if sid in self._left_owned:  # (the manager's `_disown_dead`)
+            self._disown_dead(session, table, now)
         # the positions its next step may lose: the context's full blocks that this shadow
         # held (a duplicate of an indexed block, left unhashed, was held all the same)
         self._known[sid] = min(self._computed(session) // self.block_size, len(table))
+
+    def _disown_dead(self, session, table: list[int], now: float) -> None:
+        """Disown, as the manager's `finish_step` does, the blocks that left the session's
+        `table` and hold none of its context now (past its hashes, or another hash there),
+        the policy told of the cached ones first."""
+        sid, owner, position = session.session_id, self.block_owner, self.block_position
+        left, hashes, keep = self._left_owned[sid], session.block_hashes, set(table)
+        left.difference_update([b for b in left if owner[b] != sid or b in keep])
+        n, block_hash = len(hashes), self.block_hash
+        dead = [b for b in left if position[b] >= n or block_hash[b] != hashes[position[b]]]
+        if dead:
+            dead.sort(key=position.__getitem__, reverse=True)
+            state = self._state
+            self.policy.blocks_disowned(_Seen(session, table),
+                                        [b for b in dead if state[b] == _CACHED], now)
+            for b in dead:
+                owner[b] = None
+            left.difference_update(dead)
+        if not left:
+            del self._left_owned[sid]
 
     def resume_withdrawn(self, session, now: float) -> None:
         """The session's next step was aborted before it ran. One this shadow still runs was

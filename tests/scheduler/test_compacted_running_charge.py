@@ -5,7 +5,8 @@ from the step's finish on (`WorkflowScheduler._admitted`).
 
 Why that is right, from how the tiers hold the blocks: `begin_step` references only the
 compacted prompt's blocks, but the old context's blocks (unreferenced since the last pause)
-stay owned by the session until it ends (`KVCacheManager._left_owned`), and the default
+stay owned by the session until that step finishes (`KVCacheManager._left_owned`, then
+`_disown_dead`: tests/test_manager_compacted_disown.py), and the default
 eviction policy ("graph") prices a running session's blocks as about to be used: a new
 session's allocation evicts another paused session's context, even one due back at once,
 before them. Charged only its compacted prompt, the running session let the gate admit
