@@ -43,7 +43,7 @@ class AdmissionCandidates:
         q = self._pending.get(head.tenant)
         if not q or q[0] is not head:
             return self._share_backfill(head)
-        passed = self._backfilled if head is self._backfill_head else 0
+        passed = self._backfills_past.get(head.session_id, 0)
         same = [] if passed >= self.max_backfill else list(
             itertools.islice(q, 1, 1 + self.backfill_window))
         return same + self._entitled_heads(head.tenant) + self._share_backfill(head)

@@ -199,6 +199,7 @@ class AdmissionOrder:
     def _waiting_removed(self, req: Any) -> None:
         """`req` left the queues of sessions waiting for admission."""
         self._deadlines.pop(req.session_id, None)
+        self._backfills_past.pop(req.session_id, None)  # `max_backfill`'s count of this wait
         self._deferred_waiting.discard(req.session_id)
         self._ranks_stale = True
         if req is self._first:

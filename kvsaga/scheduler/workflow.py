@@ -314,8 +314,9 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         self._resumed: deque[Any] = deque()  # steps of admitted sessions (retries first)
         self._bypassed = 0  # warm steps admitted ahead of the resumed queue's current head
         self._head: Any = None
-        self._backfill_head: Any = None  # the waiting session last backfilled ahead of
-        self._backfilled = 0  # sessions admitted ahead of it
+        # Per session waiting for admission: sessions admitted ahead of it while it was the
+        # head (`max_backfill`; dropped when it leaves the queue: `_waiting_removed`).
+        self._backfills_past: dict[str, int] = {}
         self._retries: set[int] = set()  # preempted steps (by id): they keep their place
         self._pending: dict[str | None, deque[Any]] = {}  # per tenant: sessions to admit
         self._pending_resumed = 0  # ... of them resumed steps (`DecodeStall._demoted_waiting`)
@@ -386,10 +387,12 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
 
     # -- admissions and finishes ----------------------------------------------------------
     def _admitted(self, req: Any, now: float, *, instead_of: Any = None) -> None:
-        if instead_of is not None:
-            if instead_of is not self._backfill_head:
-                self._backfill_head, self._backfilled = instead_of, 0
-            self._backfilled += 1
+        if instead_of is not None and instead_of.session_id in self._deadlines:
+            # Counted per waiting session, not for the last head passed alone: reset when
+            # another head was passed in between, a head was passed without bound (fresh
+            # seed 240, bfcl 1x 25%: 55 times; tests/scheduler/test_backfill_bound_per_session.py).
+            past = self._backfills_past
+            past[instead_of.session_id] = past.get(instead_of.session_id, 0) + 1
         if self._resumed and req is not self._head and self._head is self._resumed[0]:
             self._bypassed += 1  # a warm step went ahead of the head
         # The batch is busy: the next idle period's clock starts at its own first refusal
