@@ -116,6 +116,9 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         # Per session, blocks it may still own that left its table (an abandoned branch of
         # its context, a block past a gap in its hits): end_session disowns them too.
         self._left_owned: dict[str, set[int]] = {}
+        # Per session, the blocks `finish_step` disowned as dead (`_disown_dead`) with their
+        # hashes: a later prompt of that session that hits one again gives it back (`_reown`).
+        self._disowned: dict[str, dict[int, bytes]] = {}
         # The C++ core's hot loops work on these very containers (None: Python's loops).
         self._hot = None if self.core.ManagerCore is None else self.core.ManagerCore(
             self.pool, self.index, self.hasher, self.sessions, self.block_owner,
@@ -209,6 +212,9 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
             for b in hits:
                 if owner[b] != session_id:
                     owner[b] = None  # shared by several sessions: plain cache
+        back = self._disowned.get(session_id)  # (rare: it compacted, see `_reown`)
+        if back is not None:
+            back = self._reown(s, hits, back)
         self._note_left(s, s.block_ids, hits)
         s.block_ids = hits
         s.num_computed = num_cached
@@ -223,6 +229,8 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         try:
             self.policy.step_started(s, now)
         except BaseException:
+            if back:
+                self._unreown(session_id, back)
             self._unbegin(s, keep, before, None, owners)
             raise
         finally:

@@ -46,7 +46,10 @@ class SessionSignals:
 
         Once paused, the session's blocks that hold none of its context any more are
         disowned (`_disown_dead`: a context the client compacted or edited), after the
-        release: while the step ran they stayed its own.
+        release: while the step ran they stayed its own. A raising `blocks_disowned` (told
+        before they are disowned) propagates AFTER the step is finished and the session
+        paused, with nothing disowned (a retried `finish_step` is refused: no open step; the
+        next finish disowns them).
         """
         s = self._running(session_id)
         if s.ending:  # (its policy was told the end: only end_session may follow)
@@ -82,7 +85,8 @@ class SessionSignals:
         still hold its context (their hashes are its own there) and stay its own; so do its
         blocks while a step runs (the `workflow` scheduler charges a running compacted step
         its old context: tests/scheduler/test_compacted_running_charge.py). A later prompt
-        that repeats the old tokens still hits them by content, as shared blocks.
+        that repeats the old tokens still hits them by content, and gives them back to the
+        session when no other session holds them (`_reown`, from the record kept here).
 
         A raising `blocks_disowned` propagates with nothing disowned (the step is finished
         and the session paused all the same); the next finish tries again."""
@@ -104,8 +108,82 @@ class SessionSignals:
             for b in dead:
                 owner[b] = None
             left.difference_update(dead)
+            self._note_disowned(sid, dead)
         if not left:
             del self._left_owned[sid]
+
+    def _note_disowned(self, sid: str, dead: list[int]) -> None:
+        """Record `dead` (just disowned by session `sid`) with their hashes, for `_reown`;
+        the entries whose block holds another hash now (evicted, reused) go."""
+        block_hash = self.pool.block_hash
+        rec = self._disowned.get(sid)
+        if rec is None:
+            rec = self._disowned[sid] = {}
+        else:
+            for b in [b for b, h in rec.items() if block_hash[b] != h]:
+                del rec[b]
+        for b in dead:
+            h = block_hash[b]
+            if h is not None:
+                rec[b] = h
+        if not rec:
+            del self._disowned[sid]
+
+    def _reown(self, s: Session, hits: list[int], rec: dict[int, bytes]
+               ) -> list[tuple[int, bytes]]:
+        """Give running session `s` back the blocks of its `rec` (what `_disown_dead` took
+        from it) that its `hits` (just referenced, shared ones already disowned) hold again
+        at their position: a later prompt repeated the old context (a retry, a restored
+        checkpoint, a tree search going back to a branch). Only a block no one owns now and
+        no other session's table holds (a prefix another session hit stays plain cache, as
+        any shared block does). Set before the step's release files the block with the
+        policy, which reads its owner there, as for any block of the session's table.
+        Entries whose block holds another hash now (evicted, reused) or that another
+        session holds go; those given back leave `rec` and are returned (for `_unreown`).
+        A step that hits none of them (the usual one after a compaction) costs one C-level
+        pass over its hits."""
+        if rec.keys().isdisjoint(hits):
+            return []
+        sid, owner, position = s.session_id, self.block_owner, self.block_position
+        block_hash, n = self.pool.block_hash, len(hits)
+        back, gone = [], []
+        for b, h in rec.items():
+            if block_hash[b] != h:
+                gone.append(b)
+                continue
+            p = position[b]
+            if p >= n or hits[p] != b:
+                continue  # not hit (yet): kept for a later prompt
+            if owner[b] is None and not self._held_elsewhere(s, b, p):
+                owner[b] = sid
+                back.append((b, h))
+            else:
+                gone.append(b)
+        for b in gone:
+            del rec[b]
+        for b, _ in back:
+            del rec[b]
+        if not rec:
+            del self._disowned[sid]
+        return back
+
+    def _held_elsewhere(self, s: Session, b: int, p: int) -> bool:
+        """Whether a session other than `s` has block `b` at position `p` of its table."""
+        for t in self.sessions.values():
+            ids = t.block_ids
+            if t is not s and len(ids) > p and ids[p] == b:
+                return True
+        return False
+
+    def _unreown(self, sid: str, back: list[tuple[int, bytes]]) -> None:
+        """Take back `_reown`'s `back` (its `begin_step` is taken back): disowned again,
+        and recorded again, before the take-back releases them."""
+        owner = self.block_owner
+        rec = self._disowned.setdefault(sid, {})
+        for b, h in back:
+            if owner[b] == sid:
+                owner[b] = None
+            rec[b] = h
 
     def pause_hint(
         self,
@@ -272,6 +350,7 @@ class SessionSignals:
                     owner[b] = None
         del self.sessions[sid]
         self._left_owned.pop(sid, None)
+        self._disowned.pop(sid, None)
 
     def _release_table(self, s: Session, keep_tail: bool, was: tuple | None = None) -> None:
         """Drop the step's references, tail first, so that policies see tails go first.

@@ -108,6 +108,7 @@ class ShadowCache:
         # a block past a gap in its hits): `session_ended` disowns them, as the manager's
         # `end_session` does its `_left_owned`.
         self._left_owned: dict[str, set[int]] = {}
+        self._disowned: dict[str, dict[int, bytes]] = {}  # (the manager's, for `_reown`)
         self._block_costs = block_costs
         self.core = core
         self.policy = policy
@@ -145,6 +146,8 @@ class ShadowCache:
         charged = sum(self._block_costs(len(hits), lost)) if lost > len(hits) else 0
         # A reference each; a block shared by several sessions becomes plain cache.
         reclaimed = loops.take(hits, sid)
+        if sid in self._disowned:  # (the manager's `_reown`: it compacted, then went back)
+            self._reown(sid, hits)
         ref, state = self._ref, self._state
         tail = self._tails.pop(sid, None)
         if tail is not None:  # the partial tail kept at its pause, reused as the manager does
@@ -211,8 +214,37 @@ class ShadowCache:
             for b in dead:
                 owner[b] = None
             left.difference_update(dead)
+            rec = self._disowned.setdefault(sid, {})
+            for b in [b for b, h in rec.items() if block_hash[b] != h]:
+                del rec[b]  # (rehashed since: evicted, reused)
+            for b in dead:
+                if block_hash[b] is not None:
+                    rec[b] = block_hash[b]
         if not left:
             del self._left_owned[sid]
+
+    def _reown(self, sid: str, hits: list[int]) -> None:
+        """The manager's `_reown`: the blocks `_disown_dead` took from `sid` that its
+        `hits` hold again at their position, owned by no one and in no other session's
+        table, are its own again; the entries of blocks rehashed since or held elsewhere
+        go."""
+        rec, owner, position = self._disowned[sid], self.block_owner, self.block_position
+        if rec.keys().isdisjoint(hits):
+            return
+        block_hash, n = self.block_hash, len(hits)
+        for b, h in list(rec.items()):
+            if block_hash[b] != h:
+                del rec[b]
+                continue
+            p = position[b]
+            if p >= n or hits[p] != b:
+                continue
+            del rec[b]
+            if owner[b] is None and not any(
+                    o != sid and len(t) > p and t[p] == b for o, t in self._tables.items()):
+                owner[b] = sid
+        if not rec:
+            del self._disowned[sid]
 
     def resume_withdrawn(self, session, now: float) -> None:
         """The session's next step was aborted before it ran. One this shadow still runs was
@@ -248,6 +280,7 @@ class ShadowCache:
             for b in blocks:
                 if owner[b] == sid:
                     owner[b] = None
+        self._disowned.pop(sid, None)
         self._known.pop(sid, None)
 
     @staticmethod

@@ -6,11 +6,15 @@ relearning come up: `ops`, the manager's calls at random (`apply` of test_proper
 steps begun, allocated, finished with tool hints, preempted, ended; pause and resume hints;
 ticks; transfers) over 32 sessions sharing short prefixes, so that every victim class (dead,
 plain, paused, preempted) comes up; and `agents`, 48 sessions with contexts of their own
-that grow step by step and pause on tools (the eviction bench's shape: whole paused sessions
-leave at once). The record of a run is every `choose_victims` answer and every offload-or-discard
-choice, in order, plus the set of cached blocks after each call (which also covers a policy
-the manager evicts for without asking it, as `lru` on the C++ core); the fixture keeps a
-SHA-256 of each record, per policy and pool.
+that pause on tools (the eviction bench's shape: whole paused sessions leave at once), each
+prompt the last 36 tokens of context plus new ones: a window that slides once a context
+passes 36 tokens (then most prompts share no prefix with the last context), not a context
+that grows step by step. Both walks keep windows (`ops` slides a 28-token one over the
+computed tokens) and so disown dead blocks at `finish_step`. The record of a run is every
+`choose_victims` answer and every offload-or-discard choice, in order, plus the set of
+cached blocks after each call (which also covers a policy the manager evicts for without
+asking it, as `lru` on the C++ core); the fixture keeps a SHA-256 of each record, per
+policy and pool.
 
 A ranking changed on purpose changes its record: regenerate the fixture with
 `python -m tests.policy.victim_record --write` (from the repository root) and say so in the
