@@ -527,7 +527,9 @@ class HostTierOps:
             # their host copies, their loads planned into free blocks); before, they stayed
             # CACHED, and a hit on them raised in the policy (review s50 diff-hooks, 2). A
             # call cut at its entry is made again (`release_again`).
-            if not release_again(self.pool, closing, tail, e, calls):
+            # (`calls` moved: it returned, told; read inline, with no call before it)
+            if self.pool.calls == calls and not release_again(self.pool, closing, tail, e,
+                                                               calls):
                 state = self.pool.state
                 self._evict_unseen([b for b in closing if state[b] == CACHED])
             raise

@@ -65,7 +65,9 @@ class FailedWrites:
         try:
             pool.release_many(refs, keep_unhashed=tail)
         except BaseException as e:  # (cut at its entry: released now, raised at the end)
-            if not release_again(pool, refs, tail, e, calls):  # (or as the C++ call returned)
+            # (`calls` moved: the C++ call returned, told; decided inline, with no call
+            # before it, so a second pending signal cannot skip the take-back: s55 diffint)
+            if pool.calls == calls and not release_again(pool, refs, tail, e, calls):
                 # Its `blocks_cached` raised (or a cut inside it): released, the policy told
                 # none of the blocks it cached: dropped unseen, the take-back completed
                 # (was: the session left running on a table it held no reference on).
@@ -206,8 +208,8 @@ class FailedWrites:
         try:
             pool.release_many(ids)
         except BaseException as e:
-            try:
-                told = release_again(pool, ids, -1, e, calls)
+            try:  # (`calls` moved: returned, told; read inline, with no call before it)
+                told = pool.calls != calls or release_again(pool, ids, -1, e, calls)
             except BaseException:  # none began (`RELEASE_RETRIES` + 1 cuts at its entry)
                 told = True
             if not told:
@@ -287,8 +289,9 @@ class FailedWrites:
             except BaseException as e:
                 if error is None:
                     error = e
-                try:  # (cut at its entry: released now; a release that began: untold,
-                    told = release_again(pool, ids, -1, e, calls)  # unless it returned)
+                try:  # (cut at its entry: released now; a release that began: untold;
+                    # one that returned, `calls` moved: told, read inline with no call)
+                    told = pool.calls != calls or release_again(pool, ids, -1, e, calls)
                 except BaseException:  # none began: `RELEASE_RETRIES` + 1 cuts in a row at
                     told = True  # its entry leave the references held (no table holds them)
                 if not told:

@@ -372,7 +372,9 @@ class SessionSignals:
             pool.release_many(ids, keep_unhashed=tail)
         except BaseException as e:  # (an interrupt at the call's return lands here too)
             try:  # the Python pool cut at its entry (nothing released): released now
-                told = release_again(pool, ids, tail, e, calls)
+                # (`calls` moved: the call returned, told; decided inline, with no call, so
+                # a second pending signal cannot land before it: review s55 diffint LOW-1)
+                told = pool.calls != calls or release_again(pool, ids, tail, e, calls)
             except BaseException:
                 # No call began: a refusal, `RELEASE_RETRIES` + 1 cuts at the entry, or a
                 # further interrupt before one began (all read by `_releasing`, with no call,
