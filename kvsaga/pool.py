@@ -32,6 +32,7 @@ from kvsaga.pool_observer import (  # noqa: F401 (all_or_nothing: re-exported)
 
 FREE, ACTIVE, CACHED = 0, 1, 2
 _STATE_NAMES = ("free", "active", "cached")
+_C_LONG = 1 << 63  # ids outside [-_C_LONG, _C_LONG): the C++ pool's OverflowError
 
 
 class _Refused(Exception):
@@ -176,6 +177,8 @@ class BlockPool:
         range, negative too (IndexError), a non-integer (TypeError)."""
         if self._telling:
             self._refuse("acquire_many")
+        if block_ids.__class__ is not list:  # (a tuple, an array, a generator: as C++)
+            block_ids = list(block_ids)
         reclaimed = self._reclaimable(block_ids, "acquire_many")
         self._reference(block_ids, reclaimed, self.reused_s)
 
@@ -186,6 +189,8 @@ class BlockPool:
         whole stay and an eviction none of it. Told first, as `acquire_many`."""
         if self._telling:
             self._refuse("hold_many")
+        if block_ids.__class__ is not list:  # (a tuple, an array, a generator: as C++)
+            block_ids = list(block_ids)
         reclaimed = self._reclaimable(block_ids, "hold_many")
         self._reference(block_ids, reclaimed, None)
 
@@ -463,8 +468,9 @@ class BlockPool:
     def _refuse_ids(self, block_ids: list[int], op: str) -> None:
         """Raise the C++ pool's error for the first bad id of `block_ids` given to `op`
         (`release_many`, `evict_many`, `acquire_many` or `hold_many`), before anything
-        changed: TypeError for a non-integer, IndexError for one outside [0, num_blocks)
-        (a negative one included: Python's lists would alias it from the end), then
+        changed: TypeError for a non-integer, OverflowError for one a C long cannot hold,
+        IndexError for one outside [0, num_blocks) (a negative one included: Python's
+        lists would alias it from the end), each id in turn as the C++ pool reads them, then
         ValueError for a block `op` does not take (release: not ACTIVE, or named more often
         than it is referenced; evict: not CACHED, or named twice; acquire, hold: FREE)."""
         n = self.num_blocks
@@ -472,6 +478,8 @@ class BlockPool:
         for b in block_ids:
             i = index(b)  # (TypeError: "'str' object cannot be interpreted as an integer")
             if not 0 <= i < n:
+                if not -_C_LONG <= i < _C_LONG:  # (the C++ pool's conversion refuses it first)
+                    raise OverflowError("Python int too large to convert to C long")
                 raise IndexError(f"block id {i} out of range [0, {n})")
             ids.append(i)
         state, seen = self.state, {}
