@@ -14,21 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_docs_code_map import _read, _section
+
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
-
-
-def _read(name: str) -> str:
-    return (DOCS / name).read_text(encoding="utf-8")
-
-
-def _section(text: str, heading: str) -> str:
-    """From the line `heading` to the next heading of the same or a higher level."""
-    start = text.index(heading + "\n")
-    level = heading.split(" ")[0]
-    stop = re.compile(rf"^#{{1,{len(level)}}} ", re.M)
-    m = stop.search(text, start + len(heading) + 1)
-    return text[start: m.start() if m else len(text)]
 
 
 def _named(text: str) -> set[str]:

@@ -17,6 +17,7 @@ import contextlib
 from kvsaga import KVCacheManager, KVSpec
 from kvsaga.host_tier import HostTierOps
 from tests.interrupts import Cut
+from tests.test_host_load_hook_raises import run_step
 
 BS = 4
 X = list(range(500, 513))  # 3 full blocks and one token
@@ -26,16 +27,9 @@ def _manager(core) -> KVCacheManager:
     """x's 3 full blocks offloaded to the host tier (GPU: z's blocks)."""
     m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 4, policy="lru", clock=lambda: 0.0,
                        core=core.name, num_host_blocks=6)
-
-    def run(sid: str, tokens: list[int]) -> None:
-        start = m.begin_step(sid, tokens)
-        m.allocate_slots(sid, len(tokens) - start.num_cached_tokens)
-        m.finish_step(sid)
-        m.take_transfers()
-
-    run("x", X)
-    run("y", list(range(700, 713)))
-    run("z", list(range(900, 913)))
+    run_step(m, "x", X)
+    run_step(m, "y", list(range(700, 713)))
+    run_step(m, "z", list(range(900, 913)))
     assert len(m.host.run(list(m.sessions["x"].block_hashes), 0, 3)) == 3
     return m
 

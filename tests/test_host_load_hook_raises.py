@@ -13,20 +13,21 @@ BS = 4
 X = list(range(500, 513))  # 3 full blocks and one token
 
 
+def run_step(m: KVCacheManager, sid: str, tokens: list[int]) -> None:
+    """One whole step of `sid` over `tokens` (its hits reused), its transfers taken."""
+    start = m.begin_step(sid, tokens)
+    m.allocate_slots(sid, len(tokens) - start.num_cached_tokens)
+    m.finish_step(sid)
+    m.take_transfers()
+
+
 def test_a_load_whose_eviction_raises_keeps_both_tiers(core):
     policy = UncachedFails()
     m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 4, policy=policy, clock=lambda: 0.0,
                        core=core.name, num_host_blocks=6)
-
-    def run(sid: str, tokens: list[int]) -> None:
-        start = m.begin_step(sid, tokens)
-        m.allocate_slots(sid, len(tokens) - start.num_cached_tokens)
-        m.finish_step(sid)
-        m.take_transfers()
-
-    run("x", X)  # x's 3 full blocks on the GPU
-    run("y", list(range(700, 713)))  # x's go to the host tier (its oldest)
-    run("z", list(range(900, 913)))  # then y's
+    run_step(m, "x", X)  # x's 3 full blocks on the GPU
+    run_step(m, "y", list(range(700, 713)))  # x's go to the host tier (its oldest)
+    run_step(m, "z", list(range(900, 913)))  # then y's
     host = m.host
     x_host = host.run(list(m.sessions["x"].block_hashes), 0, 3)
     assert len(x_host) == 3  # (the scenario: x's blocks are host hits)

@@ -49,6 +49,20 @@ def _check(m) -> None:
         check()
 
 
+def refused_begin(m, sid, ids, now) -> None:
+    """`begin_step(sid, ids)` whose policy's `step_started` raises: refused, the hook put
+    back after."""
+    real = m.policy.step_started
+
+    def refuse(session, now):
+        raise RuntimeError("refused")
+
+    m.policy.step_started = refuse
+    with pytest.raises(RuntimeError, match="refused"):
+        m.begin_step(sid, ids, now=now)
+    m.policy.step_started = real
+
+
 def _compacted(core, policy, **kw):
     """a (40 tokens, 10 blocks) paused; p (16 tokens, 4 blocks) paused on a 100 s tool;
     a's next step keeps only its first 4 tokens (compacted) and finishes on a 1 s tool.
@@ -128,15 +142,7 @@ def test_a_refused_compacted_begin_then_its_retry_disowns_at_the_finish(core):
     m = _manager(core, "graph")
     _step(m, "a", _toks(0, 40), 0.0, 1.0)
     old = list(m.session("a").block_ids)
-    real = m.policy.step_started
-
-    def refuse(session, now):
-        raise RuntimeError("refused")
-
-    m.policy.step_started = refuse
-    with pytest.raises(RuntimeError, match="refused"):
-        m.begin_step("a", _toks(0, 4), now=1.0)
-    m.policy.step_started = real
+    refused_begin(m, "a", _toks(0, 4), 1.0)
     assert all(m.block_owner[b] == "a" for b in old)
     _check(m)
     _step(m, "a", _toks(0, 4), 1.0, 1.0)

@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import pytest
 
-from kvsaga import KVCacheManager, KVSpec
-
-PRICED = ["ttl", "graph", "saga", "adaptive"]  # the policies that price block ownership
-BS = 4
-
-
-def _toks(base: int, n: int) -> list[int]:
-    return list(range(base, base + n))
-
-
-def _manager(core, policy: str) -> KVCacheManager:
-    return KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 16, policy=policy,
-                          clock=lambda: 0.0, core=core.name)
+from tests.test_manager_compacted_disown import (
+    PRICED,
+    _check,
+    _manager,
+    _owned,
+    _toks,
+    refused_begin,
+)
 
 
 def _step(m, sid, ids, now, tool_s):
@@ -34,17 +29,6 @@ def _step(m, sid, ids, now, tool_s):
     m.allocate_slots(sid, len(ids) - start.num_cached_tokens, now=now)
     m.finish_step(sid, now=now, tool="t", expected_s=tool_s)
     return start
-
-
-def _owned(m, sid) -> list[int]:
-    return [b for b, o in enumerate(m.block_owner) if o == sid]
-
-
-def _check(m) -> None:
-    m.check_integrity()
-    check = getattr(m.policy, "check_integrity", None)
-    if check is not None:
-        check()
 
 
 def _reverted(core, policy):
@@ -111,15 +95,7 @@ def test_a_refused_revert_leaves_the_blocks_disowned_and_its_retry_reowns(core):
     old = list(m.session("a").block_ids)
     _step(m, "a", _toks(0, 4), 1.0, 1.0)
     recorded = dict(m._disowned["a"])
-    real = m.policy.step_started
-
-    def refuse(session, now):
-        raise RuntimeError("refused")
-
-    m.policy.step_started = refuse
-    with pytest.raises(RuntimeError, match="refused"):
-        m.begin_step("a", _toks(0, 44), now=2.0)
-    m.policy.step_started = real
+    refused_begin(m, "a", _toks(0, 44), 2.0)
     assert [m.block_owner[b] for b in old[1:]] == [None] * 9
     assert m._disowned["a"] == recorded
     _check(m)

@@ -21,10 +21,10 @@ from kvsaga import KVCacheManager, KVSpec
 from kvsaga.errors import UnknownSession
 
 
-def _manager(policy: str) -> KVCacheManager:
+def _manager(policy: str, core: str = "python") -> KVCacheManager:
     """'a' runs a step over 3 full blocks and a partial one, its first two shared with 'b'."""
     m = KVCacheManager(KVSpec(1, 1, 1, block_size=2), 16, clock=lambda: 0.0,
-                       core="python", policy=policy)
+                       core=core, policy=policy)
     m.begin_step("a", [1, 2, 3, 4, 5, 6, 7])
     m.allocate_slots("a", 7)
     st = m.begin_step("b", [1, 2, 3, 4, 70, 71])

@@ -15,7 +15,7 @@ import pytest
 
 from kvsaga.block_queue import BlockQueue
 from kvsaga.pool import BlockPool
-from tests.test_pool_bad_input import _books_55, _pool, _pools
+from tests.test_pool_bad_input import _books_55, _pool, _pools, refusals
 
 ITERABLES = {
     "generator": lambda ids: (b for b in ids),
@@ -79,17 +79,7 @@ EDGE = [  # the ends a C long holds: IndexError on both
 @pytest.mark.parametrize("op", ["release_many", "acquire_many", "hold_many", "evict_many"])
 @pytest.mark.parametrize("ids", BIG + EDGE)
 def test_ids_a_c_long_cannot_hold_are_refused_as_by_the_cpp_pool(op, ids, kind):
-    errors = {}
-    for name, pool_cls, queue_cls in _pools():
-        p, obs = _pool(pool_cls, queue_cls, kind)
-        if name == "python":
-            p._releasing = None  # (a refused call names no release that began)
-        before = _books_55(p, obs, name)
-        with pytest.raises((TypeError, OverflowError, IndexError, ValueError)) as info:
-            getattr(p, op)(list(ids))
-        assert _books_55(p, obs, name) == before, name
-        p.check_integrity()
-        errors[name] = (type(info.value), str(info.value))
+    errors = refusals(op, ids, kind, (TypeError, OverflowError, IndexError, ValueError))
     expected = OverflowError if ids in BIG else (TypeError if None in ids else IndexError)
     assert errors["python"][0] is expected  # was (BIG): IndexError "block id ... out of range"
     if "cpp" in errors:

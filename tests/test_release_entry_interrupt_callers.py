@@ -21,21 +21,8 @@ from kvsaga.host_tier import HostTier
 from kvsaga.pool import BlockPool
 from kvsaga.session import SessionState
 from tests.interrupts import Cut
+from tests.test_manager_release_entry_interrupt import _EntryCut
 from tests.test_manager_release_hook_raises import a_offloaded, consistent, manager
-
-
-class _EntryCut:
-    """Stands in for a pool's release_many: its first call raises KeyboardInterrupt before
-    the real one runs (an interrupt at its entry); later calls are the real one's."""
-
-    def __init__(self, pool) -> None:
-        self.pool, self.real, self.calls = pool, pool.release_many, 0
-
-    def __call__(self, *a, **k):
-        self.calls += 1
-        if self.calls == 1:
-            raise KeyboardInterrupt
-        return self.real(*a, **k)
 
 
 def _books(m: KVCacheManager):

@@ -26,7 +26,10 @@ from kvsaga.host_tier import HostTierOps
 from kvsaga.manager_rollback import FailedWrites
 from kvsaga.manager_signals import SessionSignals
 from tests.interrupts import Cut
+from tests.test_host_load_hook_raises import run_step
 from tests.test_manager_hook_failure import books, make, paused
+from tests.test_manager_release_entry_interrupt import CALLS
+from tests.test_manager_release_entry_interrupt import _manager as _entry_manager
 
 pytestmark = pytest.mark.skipif(not cpp_available(), reason="the C++ core is not built")
 
@@ -72,21 +75,9 @@ def _books(m: KVCacheManager):
 
 
 def _manager(policy: str) -> KVCacheManager:
-    """'a' runs a step over 3 full blocks and a partial one, its first two shared with 'b'."""
-    m = KVCacheManager(KVSpec(1, 1, 1, block_size=2), 16, clock=lambda: 0.0, core="cpp",
-                       policy=policy)
-    m.begin_step("a", [1, 2, 3, 4, 5, 6, 7])
-    m.allocate_slots("a", 7)
-    st = m.begin_step("b", [1, 2, 3, 4, 70, 71])
-    m.allocate_slots("b", 6 - st.num_cached_tokens)
-    return m
-
-
-CALLS = {
-    "finish_step": lambda m: m.finish_step("a"),
-    "preempt": lambda m: m.preempt("a"),
-    "end_session": lambda m: m.end_session("a"),
-}
+    """The entry-interrupt tests' scenario on the C++ core: 'a' runs a step over 3 full
+    blocks and a partial one, its first two shared with 'b'."""
+    return _entry_manager(policy, core="cpp")
 
 
 @pytest.mark.parametrize("policy", ["lru", "saga"])
@@ -113,17 +104,9 @@ def _host_manager() -> KVCacheManager:
     """x's 3 full blocks offloaded to the host tier (GPU: y's and z's blocks), x paused."""
     m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 8, policy="lru", clock=lambda: 0.0,
                        core="cpp", num_host_blocks=6)
-
-    def run(sid: str, tokens: list[int]) -> None:
-        start = m.begin_step(sid, tokens)
-        m.allocate_slots(sid, len(tokens) - start.num_cached_tokens)
-        m.finish_step(sid)
-        m.take_transfers()
-
-    run("x", X)
-    run("y", list(range(700, 713)))
-    run("z", list(range(900, 913)))
-    run("w", list(range(1100, 1113)))
+    for sid, tokens in [("x", X), ("y", list(range(700, 713))), ("z", list(range(900, 913))),
+                        ("w", list(range(1100, 1113)))]:
+        run_step(m, sid, tokens)
     assert len(m.host.run(list(m.sessions["x"].block_hashes), 0, 3)) >= 1
     return m
 
@@ -143,16 +126,21 @@ def test_prefetch_cut_as_its_closing_release_returns_keeps_the_loads():
     _check(m)
 
 
+def _resumable(core: str):
+    """'other' and 's' (10 tokens) paused. Returns the manager, its policy, s's next prompt
+    (its context and 2 new tokens) and the books."""
+    m, policy = make(core)
+    paused(m, "other", list(range(50, 57)))
+    paused(m, "s", list(range(10)))
+    return m, policy, [*m.sessions["s"].token_ids, 7, 8], books(m)
+
+
 def test_unbegin_cut_as_its_release_returns_still_takes_the_step_back():
     """`begin_step`'s rollback after `step_started` raised (`_unbegin`), cut as its release of
     the hits returned: the step taken back whole, the interrupt raised (the hook's error its
     context). Was: read as the release's hook raising, the rollback stopped there: the
     session left RUNNING over released blocks."""
-    m, policy = make("cpp")
-    paused(m, "other", list(range(50, 57)))
-    paused(m, "s", list(range(10)))
-    prompt = [*m.sessions["s"].token_ids, 7, 8]
-    before = books(m)
+    m, policy, prompt, before = _resumable("cpp")
     policy.fail = "step_started"
     cut = _cut_at_release(FailedWrites._unbegin.__code__)
     with cut, pytest.raises(KeyboardInterrupt) as info:
@@ -165,6 +153,28 @@ def test_unbegin_cut_as_its_release_returns_still_takes_the_step_back():
     m.check_integrity()
 
 
+def _take_back_manager() -> KVCacheManager:
+    """'a' wrote 4 blocks (8 tokens); 'b' hit its first 4 and allocated one more."""
+    m, _ = make("cpp")
+    m.begin_step("a", list(range(1, 9)))
+    m.allocate_slots("a", 8)
+    st = m.begin_step("b", list(range(1, 13)))
+    assert st.num_cached_tokens == 8
+    m.allocate_slots("b", 4)
+    return m
+
+
+def _take_back_cut(m: KVCacheManager) -> None:
+    """`discard_writes({"a": 4})` on a `_take_back_manager()` manager, cut as its second release (the
+    loop's second: 'b''s) returns: the interrupt raised, the books sound."""
+    cut = _cut_at_release(FailedWrites._take_back.__code__)
+    cut.k = 1
+    with cut, pytest.raises(KeyboardInterrupt):
+        m.discard_writes({"a": 4})
+    assert cut.fired
+    _check(m)
+
+
 def test_take_back_cut_as_a_release_returns_keeps_what_it_cached():
     """`discard_writes` (`_take_back`): 'b' took 'a''s block that the failed pass wrote as
     a hit, so it goes back before it, its later (hashed) block released, CACHED and told.
@@ -172,22 +182,8 @@ def test_take_back_cut_as_a_release_returns_keeps_what_it_cached():
     returned: what it cached stays
     (the policy was told), the rest of the take-back done, the interrupt raised at the end.
     Was: read as its hook raising, that block dropped unseen (LRU's queue naming it)."""
-    def scenario():
-        m, _ = make("cpp")
-        m.begin_step("a", list(range(1, 9)))
-        m.allocate_slots("a", 8)
-        st = m.begin_step("b", list(range(1, 13)))
-        assert st.num_cached_tokens == 8
-        m.allocate_slots("b", 4)
-        return m
-
-    m, twin = scenario(), scenario()
-    cut = _cut_at_release(FailedWrites._take_back.__code__)
-    cut.k = 1
-    with cut, pytest.raises(KeyboardInterrupt):
-        m.discard_writes({"a": 4})
-    assert cut.fired
-    _check(m)
+    m, twin = _take_back_manager(), _take_back_manager()
+    _take_back_cut(m)
     twin.discard_writes({"a": 4})
     assert _books(m) == _books(twin)
 
@@ -207,11 +203,7 @@ def test_a_resume_cut_once_its_hits_are_taken_holds_no_reference(core, where):
     code = getattr(BlockPool if core == "python" else M, where).__code__
     fired = k = 0
     while True:
-        m, _ = make(core)
-        paused(m, "other", list(range(50, 57)))
-        paused(m, "s", list(range(10)))
-        prompt = [*m.sessions["s"].token_ids, 7, 8]
-        before = books(m)
+        m, _, prompt, before = _resumable(core)
         cut = (_cut_at(code, "acquire_many") if core == "cpp"
                else Cut(code, k, c_returns_only=True))
         with cut, contextlib.suppress(KeyboardInterrupt):

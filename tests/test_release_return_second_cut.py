@@ -24,7 +24,7 @@ from kvsaga._core import cpp_available
 from kvsaga.host_tier import HostTierOps
 from kvsaga.manager_rollback import FailedWrites
 from kvsaga.manager_signals import SessionSignals
-from tests.test_manager_hook_failure import books, make, paused
+from tests.test_manager_hook_failure import books
 from tests.test_release_return_cut import (
     CALLS,
     _books,
@@ -32,6 +32,9 @@ from tests.test_release_return_cut import (
     _cut_at_release,
     _host_manager,
     _manager,
+    _resumable,
+    _take_back_cut,
+    _take_back_manager,
 )
 
 pytestmark = pytest.mark.skipif(not cpp_available(), reason="the C++ core is not built")
@@ -94,11 +97,7 @@ def test_lru_serves_evictions_after_a_second_signal_in_finish_step(monkeypatch):
 
 
 def test_unbegin_second_signal_after_the_return_cut_still_takes_the_step_back(monkeypatch):
-    m, policy = make("cpp")
-    paused(m, "other", list(range(50, 57)))
-    paused(m, "s", list(range(10)))
-    prompt = [*m.sessions["s"].token_ids, 7, 8]
-    before = books(m)
+    m, policy, prompt, before = _resumable("cpp")
     policy.fail = "step_started"
     _second_cut(monkeypatch, manager_rollback)
     cut = _cut_at_release(FailedWrites._unbegin.__code__)
@@ -117,23 +116,9 @@ def test_unbegin_second_signal_after_the_return_cut_still_takes_the_step_back(mo
 # is right after a return cut; they compare `calls` inline too now: proved not to regress.
 
 def test_take_back_second_signal_after_the_return_cut_keeps_what_it_cached(monkeypatch):
-    def scenario():
-        m, _ = make("cpp")
-        m.begin_step("a", list(range(1, 9)))
-        m.allocate_slots("a", 8)
-        st = m.begin_step("b", list(range(1, 13)))
-        assert st.num_cached_tokens == 8
-        m.allocate_slots("b", 4)
-        return m
-
-    m, twin = scenario(), scenario()
+    m, twin = _take_back_manager(), _take_back_manager()
     _second_cut(monkeypatch, manager_rollback)
-    cut = _cut_at_release(FailedWrites._take_back.__code__)
-    cut.k = 1
-    with cut, pytest.raises(KeyboardInterrupt):
-        m.discard_writes({"a": 4})
-    assert cut.fired
-    _check(m)
+    _take_back_cut(m)
     monkeypatch.undo()
     twin.discard_writes({"a": 4})
     assert _books(m) == _books(twin)

@@ -175,6 +175,19 @@ def two_paused(prompt_len=20, **kw):
     return m, s, ex, a
 
 
+def a_paused(**kw):
+    """A workflow scheduler (`wf(m, **kw)`) on a 64-token manager that admitted session a (20
+    tokens, 7 blocks with its growth) at t=0 and saw it pause on a tool.
+
+    Returns (manager, scheduler, executor)."""
+    m = manager(16)
+    s = wf(m, **kw)
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("a", toks(0, 20), max_new=1, last=False), 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    return m, s, ex
+
+
 def queued_big_small(readmitted_at: float | None = None, began_at: float | None = None, **kw):
     """A workflow scheduler whose pool holds one admitted session (a, 44 tokens), with two new
     sessions waiting: `big` (24 tokens, queued at 0) and `small` (8 tokens, at 0.1).

@@ -8,17 +8,23 @@ goals", "Why 240 bfcl 1x 25% reads 0.65x")."""
 
 from __future__ import annotations
 
-from tests.sched_helpers import ToyExecutor, ToyRequest
-from tests.scheduler.helpers import manager, toks, wf
+from tests.sched_helpers import ToyRequest
+from tests.scheduler.helpers import a_paused, toks
 
 
-def _passed_twice_setup():
-    m = manager(16)
-    s = wf(m, max_backfill=1)  # queue order ("fifo"), as the helper's default
-    ex = ToyExecutor(m)
-    s.add(ToyRequest("a", toks(0, 20), max_new=1, last=False), 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)  # a pauses, admitted: 7 blocks with its growth
-    return m, s, ex
+def big_passed_once():
+    """a paused, admitted (7 blocks with its growth) by a scheduler with `max_backfill` 1 in
+    queue order ("fifo", `wf`'s default); at t=1 big (10 blocks: 17 > 16) waits at the head
+    and s1 is admitted past it, once: big's bound. Returns (m, s, ex, big)."""
+    m, s, ex = a_paused(max_backfill=1)
+    big = ToyRequest("big", toks(100, 30), max_new=1)
+    s1 = ToyRequest("s1", toks(300, 4), max_new=1)
+    for r in (big, s1):
+        s.add(r, 1.0)
+    out = s.schedule(1.0, ex)
+    assert [r.session_id for r in out.admitted] == ["s1"]  # big passed once: its bound
+    ex.run(s, out, 1.0)
+    return m, s, ex, big
 
 
 def test_a_head_passed_max_backfill_times_is_not_passed_again_after_another_head():
@@ -26,14 +32,7 @@ def test_a_head_passed_max_backfill_times_is_not_passed_again_after_another_head
     session not admitted here (which queues ahead of the new sessions), does not fit either
     and is passed once; mid is cancelled; big is the head again, already passed once: no
     session may go ahead of it any more (the old code had restarted its count at 0)."""
-    m, s, ex = _passed_twice_setup()
-    big = ToyRequest("big", toks(100, 30), max_new=1)  # 10 blocks: 17 > 16
-    s1 = ToyRequest("s1", toks(300, 4), max_new=1)
-    for r in (big, s1):
-        s.add(r, 1.0)
-    out = s.schedule(1.0, ex)
-    assert [r.session_id for r in out.admitted] == ["s1"]  # big passed once: its bound
-    ex.run(s, out, 1.0)
+    m, s, ex, big = big_passed_once()
     assert s.waiting == [big]
     mid = ToyRequest("mid", toks(200, 36), max_new=1, resumed=True, arrival=2.0)
     s2 = ToyRequest("s2", toks(400, 4), max_new=1, arrival=2.0)
@@ -56,14 +55,7 @@ def test_a_head_passed_max_backfill_times_is_not_passed_again_after_another_head
 def test_the_count_is_per_wait_and_ends_with_it():
     """A session's count ends when it leaves the queue (admitted or cancelled): the table
     keeps nothing for sessions no longer waiting."""
-    m, s, ex = _passed_twice_setup()
-    big = ToyRequest("big", toks(100, 30), max_new=1)
-    s1 = ToyRequest("s1", toks(300, 4), max_new=1)
-    for r in (big, s1):
-        s.add(r, 1.0)
-    out = s.schedule(1.0, ex)
-    assert [r.session_id for r in out.admitted] == ["s1"]
-    ex.run(s, out, 1.0)
+    m, s, ex, big = big_passed_once()
     assert s._backfills_past == {"big": 1}
     s.finish(big, 2.0, ended=True)
     assert s._backfills_past == {}

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 from tests.sched_helpers import ToyExecutor, ToyRequest
-from tests.scheduler.helpers import manager, next_step, toks, wf
+from tests.scheduler.helpers import a_paused, manager, next_step, toks, wf
+from tests.scheduler.test_backfill_bound_per_session import big_passed_once
 from tests.scheduler.test_undo_demotion import _demoted
 
 
@@ -19,18 +20,7 @@ def test_the_backfill_bound_counts_per_waiting_session():
     """`max_backfill` bounds how many sessions go ahead of ONE waiting session: once the
     session passed that many times leaves the queue (here it is cancelled), the next head
     that does not fit may be passed again, its own count starting at 0."""
-    m = manager(16)
-    s = wf(m, max_backfill=1)
-    ex = ToyExecutor(m)
-    s.add(ToyRequest("a", toks(0, 20), max_new=1, last=False), 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)  # a pauses, admitted: 7 blocks
-    big = ToyRequest("big", toks(100, 30), max_new=1)  # 10 blocks: 17 > 16
-    s1 = ToyRequest("s1", toks(300, 4), max_new=1)
-    for r in (big, s1):
-        s.add(r, 1.0)
-    out = s.schedule(1.0, ex)
-    assert [r.session_id for r in out.admitted] == ["s1"]  # big passed once: its bound
-    ex.run(s, out, 1.0)
+    m, s, ex, big = big_passed_once()
     s.finish(big, 2.0, ended=True)  # big is cancelled while it waits
     assert s.waiting == []
     big2 = ToyRequest("big2", toks(500, 30), max_new=1)
@@ -47,11 +37,7 @@ def test_the_backfill_tries_exactly_backfill_window_sessions_behind_the_head(win
     """When the head does not fit, the `backfill_window` sessions queued right behind it
     are tried, no fewer: a small session second behind the head is reached with a window
     of 2, not with a window of 1 (the one first behind it does not fit either)."""
-    m = manager(16)
-    s = wf(m, backfill_window=window)
-    ex = ToyExecutor(m)
-    s.add(ToyRequest("a", toks(0, 20), max_new=1, last=False), 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)  # a pauses, admitted: 7 blocks
+    m, s, ex = a_paused(backfill_window=window)  # a pauses, admitted: 7 blocks
     big = ToyRequest("big", toks(100, 30), max_new=1)  # 10 blocks: 17 > 16
     mid = ToyRequest("mid", toks(200, 28), max_new=1)  # 9 blocks: 16, its growth 18 > 16
     s1 = ToyRequest("s1", toks(300, 4), max_new=1)
