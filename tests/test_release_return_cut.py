@@ -165,8 +165,8 @@ def _take_back_manager() -> KVCacheManager:
 
 
 def _take_back_cut(m: KVCacheManager) -> None:
-    """`discard_writes({"a": 4})` on a `_take_back_manager()` manager, cut as its second release (the
-    loop's second: 'b''s) returns: the interrupt raised, the books sound."""
+    """`discard_writes({"a": 4})` on a `_take_back_manager()` manager, cut as its second
+    release (the loop's second: 'b''s) returns: the interrupt raised, the books sound."""
     cut = _cut_at_release(FailedWrites._take_back.__code__)
     cut.k = 1
     with cut, pytest.raises(KeyboardInterrupt):
