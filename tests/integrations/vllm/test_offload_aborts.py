@@ -14,7 +14,7 @@ pytest.importorskip("vllm")
 from vllm.v1.request import RequestStatus  # noqa: E402
 
 from .harness import TOKEN, make_request  # noqa: E402
-from .test_offload_parallel import _prompt, _record, _Run, _sound  # noqa: E402
+from .test_offload_parallel import _clocked, _prompt, _sound  # noqa: E402
 
 HINT = {"session_id": "S", "tool": "t", "expected_s": 30}
 
@@ -22,12 +22,7 @@ HINT = {"session_id": "S", "tool": "t", "expected_s": 30}
 def _paused_at_100(sim, replay_mod, model_dir, eviction: str):
     """S's first step (a 4-block context, offloaded) finishes at t=100 (the tier policy's
     clock). Returns the run, the clock, the policy calls from then on, and S's context."""
-    r = _Run(sim, replay_mod, model_dir, eviction, True)
-    pol = r.manager._policy
-    t = [100.0]
-    pol.clock = lambda: t[0]
-    calls: list = []
-    _record(pol.policy, calls)
+    r, pol, t, calls = _clocked(sim, replay_mod, model_dir, eviction, True)
     first = _prompt(1, 4)
     r.run([make_request(first, 2, HINT)])
     assert calls == [("step_started", "S"), ("step_finished", "S")]

@@ -21,7 +21,7 @@ from kvsaga.integrations.vllm.cache_policy import PARENTS_KEPT  # noqa: E402
 
 from .harness import make_request  # noqa: E402
 from .test_cache_policy import _keys, _lifecycle, _manager, _store  # noqa: E402
-from .test_offload_parallel import TOKEN, _children, _prompt, _record, _Run, _sound  # noqa: E402
+from .test_offload_parallel import TOKEN, _children, _clocked, _prompt, _sound  # noqa: E402
 
 
 def _late_child_meets_next_step(sim, replay_mod, model_dir, last_step: bool, joins: bool):
@@ -31,12 +31,7 @@ def _late_child_meets_next_step(sim, replay_mod, model_dir, last_step: bool, joi
     q finished before it (2 tokens into a block, child 1 60 tokens, q 4). The tier policy's
     clock advances 1 s a step. Returns the run, the kvsaga policy's lifecycle calls, and
     the clock at q's finish and at child 1's."""
-    r = _Run(sim, replay_mod, model_dir, "ttl", False)
-    pol = r.manager._policy
-    t = [100.0]
-    pol.clock = lambda: t[0]
-    calls: list = []
-    _record(pol.policy, calls)
+    r, pol, t, calls = _clocked(sim, replay_mod, model_dir, "ttl", False)
     first = _prompt(1, 4)
     r.run([make_request(first, 2, {"session_id": "S", "tool": "t", "expected_s": 30})])
     del calls[:]

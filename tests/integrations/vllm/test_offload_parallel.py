@@ -110,6 +110,18 @@ def _record(policy, calls: list) -> None:
         setattr(policy, name, record)
 
 
+
+def _clocked(sim, replay_mod, model_dir, eviction: str, prompt_only: bool):
+    """A run whose tier policy's clock reads `t[0]` (100.0 to start) and whose kvsaga policy's
+    lifecycle calls land in `calls`. Returns (run, tier policy, t, calls)."""
+    r = _Run(sim, replay_mod, model_dir, eviction, prompt_only)
+    pol = r.manager._policy
+    t = [100.0]
+    pol.clock = lambda: t[0]
+    calls: list = []
+    _record(pol.policy, calls)
+    return r, pol, t, calls
+
 def _scenario(sim, replay_mod, model_dir, eviction: str, last_step: bool,
               prompt_only: bool = False):
     """Session S's first step (a 4-block context) is pushed out of the 10 GPU blocks by

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from .harness import TOKEN, make_request  # noqa: E402
-from .test_offload_parallel import _prompt, _record, _Run, _sound  # noqa: E402
+from .test_offload_parallel import _clocked, _prompt, _sound  # noqa: E402
 
 
 @pytest.mark.parametrize("sid", ["S", "F"])
@@ -22,12 +22,7 @@ def test_a_reused_ids_first_step_that_stores_nothing_is_as_a_fresh_ids(
     """Session S runs two steps, the second its `last_step`. Then `sid` (S again, or a fresh
     id F) sends S's first prompt, every chunk of which the tier holds (prompts only
     offloaded: it stores nothing), and then a step that stores a new chunk."""
-    r = _Run(sim, replay_mod, hf_model_dir, "ttl", True)
-    pol = r.manager._policy
-    t = [100.0]
-    pol.clock = lambda: t[0]
-    calls: list = []
-    _record(pol.policy, calls)
+    r, pol, t, calls = _clocked(sim, replay_mod, hf_model_dir, "ttl", True)
     first = _prompt(1, 4)
     hint = {"session_id": "S", "tool": "t", "expected_s": 30}
     r.run([make_request(first, 2, hint)])
