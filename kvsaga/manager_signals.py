@@ -13,6 +13,7 @@ from __future__ import annotations
 from kvsaga._validate import check_bool
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager_reads import ending_error
+from kvsaga.ownership import dead_blocks, disown, reown
 from kvsaga.pool import CACHED, BlockPool, release_again
 from kvsaga.session import PauseHint, Session, SessionState
 
@@ -92,42 +93,16 @@ class SessionSignals:
         and the session paused all the same); the next finish tries again."""
         sid = s.session_id
         left = self._left_owned[sid]
-        owner, position, block_hash = self.block_owner, self.block_position, self.pool.block_hash
-        hashes, n = s.block_hashes, len(s.block_hashes)
-        table = set(s.block_ids)
-        # (evicted or shared since, or back in its table: no longer a left-owned block)
-        stale = [b for b in left if owner[b] != sid or b in table]
-        left.difference_update(stale)
-        dead = [b for b in left
-                if position[b] >= n or block_hash[b] != hashes[position[b]]]
+        owner = self.block_owner
+        dead = dead_blocks(left, sid, s.block_ids, owner, self.block_position,
+                           self.pool.block_hash, s.block_hashes)
         if dead:
-            dead.sort(key=position.__getitem__, reverse=True)  # tail first
             state = self.pool.state
             self.policy.blocks_disowned(s, [b for b in dead if state[b] == CACHED], now)
             self._changes += 1
-            for b in dead:
-                owner[b] = None
-            left.difference_update(dead)
-            self._note_disowned(sid, dead)
+            disown(dead, sid, owner, left, self._disowned, self.pool.block_hash)
         if not left:
             del self._left_owned[sid]
-
-    def _note_disowned(self, sid: str, dead: list[int]) -> None:
-        """Record `dead` (just disowned by session `sid`) with their hashes, for `_reown`;
-        the entries whose block holds another hash now (evicted, reused) go."""
-        block_hash = self.pool.block_hash
-        rec = self._disowned.get(sid)
-        if rec is None:
-            rec = self._disowned[sid] = {}
-        else:
-            for b in [b for b, h in rec.items() if block_hash[b] != h]:
-                del rec[b]
-        for b in dead:
-            h = block_hash[b]
-            if h is not None:
-                rec[b] = h
-        if not rec:
-            del self._disowned[sid]
 
     def _reown(self, s: Session, hits: list[int], rec: dict[int, bytes]
                ) -> list[tuple[int, bytes]]:
@@ -138,31 +113,10 @@ class SessionSignals:
         no other session's table holds (a prefix another session hit stays plain cache, as
         any shared block does). Set before the step's release files the block with the
         policy, which reads its owner there, as for any block of the session's table.
-        Entries whose block holds another hash now (evicted, reused) or that another
-        session holds go; those given back leave `rec` and are returned (for `_unreown`).
-        A step that hits none of them (the usual one after a compaction) costs one C-level
-        pass over its hits."""
-        if rec.keys().isdisjoint(hits):
-            return []
-        sid, owner, position = s.session_id, self.block_owner, self.block_position
-        block_hash, n = self.pool.block_hash, len(hits)
-        back, gone = [], []
-        for b, h in rec.items():
-            if block_hash[b] != h:
-                gone.append(b)
-                continue
-            p = position[b]
-            if p >= n or hits[p] != b:
-                continue  # not hit (yet): kept for a later prompt
-            if owner[b] is None and not self._held_elsewhere(s, b, p):
-                owner[b] = sid
-                back.append((b, h))
-            else:
-                gone.append(b)
-        for b in gone:
-            del rec[b]
-        for b, _ in back:
-            del rec[b]
+        Returns those given back (for `_unreown`); `kvsaga.ownership.reown` has the rule."""
+        sid = s.session_id
+        back = reown(rec, sid, hits, self.block_owner, self.block_position,
+                     self.pool.block_hash, lambda b, p: self._held_elsewhere(s, b, p))
         if not rec:
             del self._disowned[sid]
         return back

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from kvsaga.ownership import dead_blocks, disown, reown
 from kvsaga.policy.base import EvictionPolicy
 from kvsaga.policy.shadow_loops import ACTIVE as _ACTIVE
 from kvsaga.policy.shadow_loops import CACHED as _CACHED
@@ -201,48 +202,24 @@ class ShadowCache:
         """Disown, as the manager's `finish_step` does, the blocks that left the session's
         `table` and hold none of its context now (past its hashes, or another hash there),
         the policy told of the cached ones first."""
-        sid, owner, position = session.session_id, self.block_owner, self.block_position
-        left, hashes, keep = self._left_owned[sid], session.block_hashes, set(table)
-        left.difference_update([b for b in left if owner[b] != sid or b in keep])
-        n, block_hash = len(hashes), self.block_hash
-        dead = [b for b in left if position[b] >= n or block_hash[b] != hashes[position[b]]]
+        sid, owner = session.session_id, self.block_owner
+        left = self._left_owned[sid]
+        dead = dead_blocks(left, sid, table, owner, self.block_position, self.block_hash,
+                           session.block_hashes)
         if dead:
-            dead.sort(key=position.__getitem__, reverse=True)
             state = self._state
             self.policy.blocks_disowned(_Seen(session, table),
                                         [b for b in dead if state[b] == _CACHED], now)
-            for b in dead:
-                owner[b] = None
-            left.difference_update(dead)
-            rec = self._disowned.setdefault(sid, {})
-            for b in [b for b, h in rec.items() if block_hash[b] != h]:
-                del rec[b]  # (rehashed since: evicted, reused)
-            for b in dead:
-                if block_hash[b] is not None:
-                    rec[b] = block_hash[b]
+            disown(dead, sid, owner, left, self._disowned, self.block_hash)
         if not left:
             del self._left_owned[sid]
 
     def _reown(self, sid: str, hits: list[int]) -> None:
-        """The manager's `_reown`: the blocks `_disown_dead` took from `sid` that its
-        `hits` hold again at their position, owned by no one and in no other session's
-        table, are its own again; the entries of blocks rehashed since or held elsewhere
-        go."""
-        rec, owner, position = self._disowned[sid], self.block_owner, self.block_position
-        if rec.keys().isdisjoint(hits):
-            return
-        block_hash, n = self.block_hash, len(hits)
-        for b, h in list(rec.items()):
-            if block_hash[b] != h:
-                del rec[b]
-                continue
-            p = position[b]
-            if p >= n or hits[p] != b:
-                continue
-            del rec[b]
-            if owner[b] is None and not any(
-                    o != sid and len(t) > p and t[p] == b for o, t in self._tables.items()):
-                owner[b] = sid
+        """The manager's `_reown` (`kvsaga.ownership.reown`), against this shadow's tables."""
+        rec, tables = self._disowned[sid], self._tables
+        reown(rec, sid, hits, self.block_owner, self.block_position, self.block_hash,
+              lambda b, p: any(o != sid and len(t) > p and t[p] == b
+                               for o, t in tables.items()))
         if not rec:
             del self._disowned[sid]
 
