@@ -121,11 +121,15 @@ class BlockPool:
         """Take `count` FREE blocks (oldest freed first); each becomes ACTIVE with refcount 1.
 
         Raises:
+            TypeError: `count` is not an integer (a float, even 2.0: the C++ pool's
+                conversion, its message); nothing changes.
             ValueError: a negative `count` (the C++ pool's check); nothing changes.
             OutOfBlocks: fewer than `count` free blocks (callers evict first); nothing changes.
         """
         if self._telling:
             self._refuse("allocate")
+        if type(count) is not int:  # (was: 1.5 -> OutOfBlocks or a raise deep in the pop)
+            count = index(count)
         if count < 0:
             raise ValueError("allocate: count must be >= 0")
         free = self._free
