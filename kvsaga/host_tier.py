@@ -14,12 +14,13 @@ hits and prefetches into fresh GPU blocks, and handing over the plan. It is a mi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kvsaga._validate import is_int
 from kvsaga.block_queue import BlockQueue, until_done
 from kvsaga.errors import InvalidRequest
+from kvsaga.host_tier_loads import HostLoads
 from kvsaga.policy.base import Action
 from kvsaga.pool import ACTIVE, CACHED, BlockPool, release_again
 from kvsaga.prefix import PrefixIndex
@@ -147,8 +148,17 @@ class HostTier:
         return found
 
     def pin(self, host_blocks: list[int]) -> None:
-        """Hold host blocks that are about to be loaded (evictions must not reuse them)."""
-        self.pool.acquire_many(host_blocks)
+        """Hold host blocks that are about to be loaded (evictions must not reuse them). An
+        interrupt once the pool took them (its reference finishes after its tell, then
+        raises: `calls` moved) leaves them pinned by the pending plan (was: referenced by
+        none, for good); the next `take_plan` lets them go."""
+        pool, calls = self.pool, self.pool.calls
+        try:
+            pool.acquire_many(host_blocks)
+        except BaseException:
+            if pool.calls != calls:
+                self._pinned.extend(host_blocks)
+            raise
         self._pinned.extend(host_blocks)
 
     def unpin(self, host_blocks: list[int]) -> None:
@@ -247,7 +257,7 @@ class HostTier:
         assert len(self.order) == pool.num_cached
 
 
-class HostTierOps:
+class HostTierOps(HostLoads):
     """The host-tier half of `KVCacheManager` (a mixin: `self` is the manager, whose
     `host` is a `HostTier` or None, and whose pool, index, owners and policy it uses)."""
 
@@ -292,171 +302,6 @@ class HostTierOps:
                 copies.append((b, block_hash[b]))
         return copies, kept
 
-    def _load_into_gpu(
-        self, s: Session, positions: list[int], host_blocks: list[int], now: float
-    ) -> list[int]:
-        """Fresh GPU blocks for the session's blocks at `positions`, loaded from
-        `host_blocks`.
-
-        They are ACTIVE, hashed and owned by the session; `len(host_blocks)` must not
-        exceed the free plus evictable GPU blocks, and their hashes must miss the GPU tier.
-        All or nothing: an interrupt once the pool allocated (on the C++ core: as its call
-        returned, the ids lost but for the pool's record, `last_result`) or in the loop
-        takes the new blocks back (`_unload`) and unpins the host blocks.
-        """
-        host, pool, n = self.host, self.pool, len(host_blocks)
-        host.pin(host_blocks)  # evictions below must not reuse them (no point from here on)
-        if n > pool.num_free:
-            try:
-                self._evict(n - pool.num_free, now)
-            except BaseException:  # the policy raised or named invalid victims
-                host.unpin(host_blocks)
-                raise
-        calls, planned, loaded = pool.calls, len(host._loads), host.num_loaded
-        try:
-            gpu = pool.allocate(n)
-            owner, position, block_hash = self.block_owner, self.block_position, pool.block_hash
-            for k, b in enumerate(gpu):
-                p = positions[k]
-                h = s.block_hashes[p]
-                if self.index.insert(h, b):
-                    block_hash[b] = h
-                owner[b] = s.session_id
-                position[b] = p
-                host.plan_load(host_blocks[k], b)
-        except BaseException:
-            if pool.calls != calls:  # allocated: the ids are the pool's record of the call
-                until_done(self._unload, pool.last_result,
-                           [s.block_hashes[p] for p in positions], planned, loaded)
-            host.unpin(host_blocks)
-            raise
-        return gpu
-
-    def _unload(self, gpu: list[int], hashes: list[bytes], planned: int, loaded: int) -> None:
-        """Take back `_load_into_gpu`'s fresh GPU blocks `gpu` (cut by an interrupt), meant
-        for `hashes`: the loads planned since the host tier had `planned` (and counted
-        `loaded`) dropped, each block unindexed where the index names it (it may be, its
-        hash not yet set: cut as the C++ index's insert returned), unowned and released
-        (FREE: unhashed). Idempotent (`until_done`: it decides by the index and the
-        states)."""
-        host, pool = self.host, self.pool
-        del host._loads[planned:]
-        host.num_loaded = loaded
-        get, remove = self.index.get, self.index.remove
-        block_hash, owner, state = pool.block_hash, self.block_owner, pool.state
-        for b, h in zip(gpu, hashes, strict=True):
-            if get(h) == b:
-                remove(h)
-            block_hash[b] = None
-            owner[b] = None
-        live = [b for b in gpu if state[b] == ACTIVE]
-        if live:
-            pool.release_many(live)
-
-    def _host_walk(self, hashes: Sequence[bytes], first: int,
-                   limit: int) -> list[tuple[int, bool]]:
-        """The cached run of `hashes[first:limit]` past a GPU miss at `first`: per block,
-        (its GPU block, True) where the prefix index holds it, else (its host block, False)
-        where the host tier does, up to the first block that neither holds. A block still
-        resident on the GPU is taken there, never loaded again (a second copy could not be
-        indexed). Changes nothing; `lookup` counts the same run."""
-        get, host_get = self.index.get, self.host.index.get
-        run: list[tuple[int, bool]] = []
-        for i in range(first, limit):
-            h = hashes[i]
-            b = get(h)
-            if b is None:
-                b = host_get(h)
-                if b is None:
-                    break
-                run.append((b, False))
-            else:
-                run.append((b, True))
-        return run
-
-    def _fit_run(self, run: list[tuple[int, bool]],
-                 max_loads: int | None = None) -> list[tuple[int, bool]]:
-        """The longest head of `run` (`_host_walk`'s) that finds room now: each load, and
-        each CACHED GPU block, takes one free or evictable GPU block; at most `max_loads`
-        loads (None: no limit)."""
-        state = self.pool.state
-        room = self.pool.num_available
-        loads = 0
-        for i, (b, on_gpu) in enumerate(run):
-            if on_gpu:
-                need = 1 if state[b] == CACHED else 0
-            else:
-                if loads == max_loads:
-                    return run[:i]
-                loads += 1
-                need = 1
-            if need > room:
-                return run[:i]
-            room -= need
-        return run
-
-    def _take_run(self, s: Session, first: int, run: list[tuple[int, bool]], now: float,
-                  tail: bool, before: list[int], hold: bool = False) -> tuple[list[int], bool]:
-        """Referenced GPU blocks for `s`'s blocks `first...` from a fitted run (`_fit_run`):
-        its GPU blocks, taken before the loads' evictions, and its host blocks loaded; and
-        whether `s`'s retained tail (alive) was referenced too (`_hold_tail`; `tail`: it
-        continues the run, or the caller holds it anyway). `hold`: the GPU blocks and the
-        tail are only held (`BlockPool.hold_many`: a prefetch's), not hits. All or nothing:
-        when the policy raises (the loads' evictions, or its pool hook as the resident blocks
-        or the tail are taken, which then takes none of them), every reference taken here,
-        and those the caller took on `before` (the blocks it holds in place), is dropped
-        first."""
-        take = self.pool.hold_many if hold else self.pool.acquire_many
-        resident = [b for b, on_gpu in run if on_gpu]
-        loads = [(first + i, b) for i, (b, on_gpu) in enumerate(run) if not on_gpu]
-        taken: list[int] = []
-        held = False
-        try:
-            take(resident)
-            taken = resident
-            held = self._hold_tail(s, tail, len(loads), take)
-            loaded = iter(self._load_into_gpu(s, [p for p, _ in loads],
-                                              [b for _, b in loads], now))
-        except BaseException:  # tails first, as `_release_table`
-            kept = s.tail[0] if held else -1
-            ids = ([kept] if held else []) + (before + taken)[::-1]
-            try:
-                self.pool.release_many(ids, keep_unhashed=kept)
-            except BaseException as e:  # (cut at its entry: released now, then raised)
-                release_again(self.pool, ids, kept, e)
-                raise
-            raise
-        return [b if on_gpu else next(loaded) for b, on_gpu in run], held
-
-    def _load_from_host(self, s: Session, hits: list[int], limit: int, now: float,
-                        tail_at: int = -1) -> tuple[list[int], bool]:
-        """Referenced GPU blocks for the cached run of `s`'s blocks past its referenced GPU
-        `hits` (up to a miss) up to `limit` (`_host_walk`: GPU blocks taken, host blocks
-        loaded; as far as there are free or evictable GPU blocks for them), and whether
-        `s`'s retained tail was referenced: when it continues the run (`tail_at`: its block
-        position, or -1) and the loads evict, it is held first, unless only its block leaves
-        room for them (more hits then: the tail's block would be a load's). When the loads
-        raise, `hits` are released too (`_take_run`)."""
-        first = len(hits)
-        run = self._fit_run(self._host_walk(s.block_hashes, first, limit))
-        if not run:
-            return [], False
-        blocks, held = self._take_run(s, first, run, now, tail_at == first + len(run), hits)
-        self._host_hit_tokens += sum(1 for _, on_gpu in run if not on_gpu) * self.block_size
-        return blocks, held
-
-    def _hold_tail(self, s: Session, continues: bool, num_loads: int,
-                   take: Callable[[list[int]], None]) -> bool:
-        """Reference `s`'s retained tail (alive: the caller checked) with `take` (the pool's
-        acquire_many or hold_many) before `num_loads` loads when it `continues` them, the
-        loads evict (the tail may be a victim), and a block stays free or evictable for the
-        tail past them. Returns whether it did."""
-        pool = self.pool
-        if not continues or num_loads <= pool.num_free or num_loads >= pool.num_available:
-            return False
-        take([s.tail[0]])
-        return True
-
     def prefetch(
         self, session_id: str, *, now: float | None = None, max_blocks: int | None = None
     ) -> int:
@@ -494,33 +339,35 @@ class HostTierOps:
         if not run or max_blocks == 0:  # (a run starts with a load)
             return 0
         # Hold the session's resident head so that making room cannot evict it (a hold, not
-        # a hit: kv_utilization credits a block's cached time only to a real hit).
+        # a hit: kv_utilization credits a block's cached time only to a real hit). From the
+        # hold on, an interrupt lets go of what is held as the closing release does (s56
+        # cuts: was leaked): `stage` 0, the hold not returned (`calls` tells whether it
+        # took); 1, the head held; 2, the run taken too, the table naming its loads left.
         resident = [get(h) for h in s.block_hashes[:first]]
-        self.pool.hold_many(resident)
-        run = self._fit_run(run, max_blocks)
-        tail, loads = -1, 0
-        if run:
-            blocks, held = self._take_run(s, first, run, now,
-                                          s.tail is not None and self._tail_alive(s), resident,
-                                          hold=True)
-            if held:
-                tail = s.tail[0]
-            # The paused table names the loaded blocks, so that end_session finds what the
-            # session owns.
-            replaced = []
-            for i, (_, on_gpu) in enumerate(run):
-                if not on_gpu:
-                    loads += 1
-                    if first + i < len(s.block_ids):
-                        replaced.append(s.block_ids[first + i])
-                        s.block_ids[first + i] = blocks[i]
-            self._note_left(s, replaced, blocks)
-            resident += blocks
-            self._prefetched_blocks += loads
-        # CACHED again (hashed, or the tail kept), tails first
-        closing, calls = ([tail] if tail >= 0 else []) + resident[::-1], self.pool.calls
+        pool, stage, calls, tail, loads, cut = self.pool, 0, self.pool.calls, -1, 0, None
+        run_ids: list[int] = []
         try:
-            self.pool.release_many(closing, keep_unhashed=tail)
+            pool.hold_many(resident)
+            stage = 1
+            run = self._fit_run(run, max_blocks)
+            if run:
+                loads = sum(1 for _, on_gpu in run if not on_gpu)
+                run_ids, held = self._take_run(s, first, run, now,
+                                               s.tail is not None and self._tail_alive(s),
+                                               hold=True)
+                tail, stage = (s.tail[0] if held else -1), 2
+                self._prefetched_blocks += loads
+                self._name_loads(s, first, run, run_ids)
+        except BaseException as e:
+            if stage == 0 and pool.calls == calls:  # (the hold raised: it took nothing)
+                raise
+            if stage == 2:
+                until_done(self._name_loads, s, first, run, run_ids)
+            cut = e
+        # CACHED again (hashed, or the tail kept), tails first
+        closing, calls = ([tail] if tail >= 0 else []) + (resident + run_ids)[::-1], pool.calls
+        try:
+            pool.release_many(closing, keep_unhashed=tail)
         except BaseException as e:
             # Its `blocks_cached` raised: the blocks it cached stay unseen by the policy (the
             # hold told it they left). Dropped as an eviction would (the loaded ones keep
@@ -528,12 +375,37 @@ class HostTierOps:
             # CACHED, and a hit on them raised in the policy (review s50 diff-hooks, 2). A
             # call cut at its entry is made again (`release_again`).
             # (`calls` moved: it returned, told; read inline, with no call before it)
-            if self.pool.calls == calls and not release_again(self.pool, closing, tail, e,
-                                                               calls):
-                state = self.pool.state
-                self._evict_unseen([b for b in closing if state[b] == CACHED])
+            again = None
+            if pool.calls == calls:
+                try:
+                    told = release_again(pool, closing, tail, e, calls)
+                except BaseException as second:  # a signal at its entry (s56 cuts): read
+                    # with no call; none began (the Python pool's, cut at its entry): held
+                    if pool.__class__ is BlockPool and pool._releasing is not closing:
+                        raise
+                    told, again = False, second  # (a hook raise, the C++ pool's: untold)
+                if not told:
+                    state = pool.state
+                    self._evict_unseen([b for b in closing if state[b] == CACHED])
+            if again is not None:
+                raise again from e
             raise
+        if cut is not None:
+            raise cut
         return loads
+
+    def _name_loads(self, s: Session, first: int, run: list[tuple[int, bool]],
+                    blocks: list[int]) -> None:
+        """Name a prefetch's loaded `blocks` in paused `s`'s table (so that `end_session`
+        finds what the session owns), noting the blocks they replace (`_note_left`).
+        Idempotent (a prefetch's handler completes it: `until_done`): the blocks replaced
+        are noted before the table changes, and an entry changed already is skipped."""
+        table = s.block_ids
+        names = [(first + i, blocks[i]) for i, (_, on_gpu) in enumerate(run)
+                 if not on_gpu and first + i < len(table) and table[first + i] != blocks[i]]
+        self._note_left(s, [table[p] for p, _ in names], blocks)
+        for p, b in names:
+            table[p] = b
 
     def take_transfers(self) -> TransferPlan:
         """Hand the pending copies to the engine, which must run them before its next forward

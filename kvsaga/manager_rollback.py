@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from kvsaga._validate import is_int
 from kvsaga.errors import InvalidRequest
-from kvsaga.pool import CACHED, FREE, _NullObserver, release_again
+from kvsaga.pool import CACHED, FREE, BlockPool, _NullObserver, release_again
 from kvsaga.session import Session, SessionState
 
 # What `begin_step` changes that `_unbegin` puts back: the manager's hit counters (GPU and
@@ -67,13 +67,23 @@ class FailedWrites:
         except BaseException as e:  # (cut at its entry: released now, raised at the end)
             # (`calls` moved: the C++ call returned, told; decided inline, with no call
             # before it, so a second pending signal cannot skip the take-back: s55 diffint)
-            if pool.calls == calls and not release_again(pool, refs, tail, e, calls):
-                # Its `blocks_cached` raised (or a cut inside it): released, the policy told
-                # none of the blocks it cached: dropped unseen, the take-back completed
-                # (was: the session left running on a table it held no reference on).
-                gone = [b for b in dict.fromkeys(refs) if pool.state[b] == CACHED]
-                self._evict_unseen(gone)
             cut = e
+            if pool.calls == calls:
+                try:
+                    told = release_again(pool, refs, tail, e, calls)
+                except BaseException as again:  # a signal at its entry (s56 cuts): read
+                    # with no call; none began (the Python pool's, cut at its entry): the
+                    # session keeps the references on its table, as before
+                    if pool.__class__ is BlockPool and pool._releasing is not refs:
+                        raise
+                    told, cut = False, again  # (a hook raise, the C++ pool's: untold)
+                if not told:
+                    # Its `blocks_cached` raised (or a cut inside it): released, the policy
+                    # told none of the blocks it cached: dropped unseen, the take-back
+                    # completed (was: the session left running on a table it held no
+                    # reference on).
+                    gone = [b for b in dict.fromkeys(refs) if pool.state[b] == CACHED]
+                    self._evict_unseen(gone)
         pool.reused_s = reused
         self._queried_tokens, self._hit_tokens, self._host_hit_tokens = counters
         if left is None:
@@ -208,12 +218,18 @@ class FailedWrites:
         try:
             pool.release_many(ids)
         except BaseException as e:
+            again = None
             try:  # (`calls` moved: returned, told; read inline, with no call before it)
                 told = pool.calls != calls or release_again(pool, ids, -1, e, calls)
-            except BaseException:  # none began (`RELEASE_RETRIES` + 1 cuts at its entry)
-                told = True
+            except BaseException as cut:  # none began (`RELEASE_RETRIES` + 1 cuts at its
+                # entry), or a signal at its entry after a release that began (its hook
+                # raised: untold; read with no call, s56 cuts; was: read as told)
+                told = pool.__class__ is BlockPool and pool._releasing is not ids
+                again = cut
             if not told:
                 self._evict_unseen([b for b in hits if pool.state[b] == CACHED])
+            if again is not None:
+                raise again from e
 
     def _evict_unseen(self, gone: list[int]) -> None:
         """Unindex, free and disown the CACHED blocks `gone` without telling the policy: a
@@ -293,7 +309,10 @@ class FailedWrites:
                     # one that returned, `calls` moved: told, read inline with no call)
                     told = pool.calls != calls or release_again(pool, ids, -1, e, calls)
                 except BaseException:  # none began: `RELEASE_RETRIES` + 1 cuts in a row at
-                    told = True  # its entry leave the references held (no table holds them)
+                    # its entry leave the references held (no table holds them); a signal at
+                    # its entry after one began (its hook raised): untold (read with no
+                    # call, s56 cuts; was: read as told)
+                    told = pool.__class__ is BlockPool and pool._releasing is not ids
                 if not told:
                     self._evict_unseen([b for b in dropped if pool.state[b] == CACHED])
             for b in dropped:
