@@ -386,7 +386,8 @@ class HostTierOps(HostLoads):
                     told, again = False, second  # (a hook raise, the C++ pool's: untold)
                 if not told:
                     state = pool.state
-                    self._evict_unseen([b for b in closing if state[b] == CACHED])
+                    again = self._evict_unseen([b for b in closing
+                                                if state[b] == CACHED]) or again
             if again is not None:
                 raise again from e
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kvsaga._validate import is_int
+from kvsaga.block_queue import until_done
 from kvsaga.errors import InvalidRequest
 from kvsaga.pool import CACHED, FREE, BlockPool, _NullObserver, release_again
 from kvsaga.session import Session, SessionState
@@ -83,7 +84,7 @@ class FailedWrites:
                     # completed (was: the session left running on a table it held no
                     # reference on).
                     gone = [b for b in dict.fromkeys(refs) if pool.state[b] == CACHED]
-                    self._evict_unseen(gone)
+                    cut = self._evict_unseen(gone) or cut
         pool.reused_s = reused
         self._queried_tokens, self._hit_tokens, self._host_hit_tokens = counters
         if left is None:
@@ -203,9 +204,11 @@ class FailedWrites:
         s, pool = self.sessions[session_id], self.pool
         gone = [b for b in s.block_ids[start // self.block_size :] if pool.state[b] == CACHED]
         self._changes += 1
-        self._evict_unseen(gone)
+        cut = self._evict_unseen(gone)
         del s.block_ids[start // self.block_size :]
         s.num_computed = min(s.num_computed, start)
+        if cut is not None:
+            raise cut
 
     def _drop_hits(self, hits: list[int]) -> None:
         """Let go of the references `_full_block_hits` took on `hits` once an interrupt came
@@ -227,30 +230,53 @@ class FailedWrites:
                 told = pool.__class__ is BlockPool and pool._releasing is not ids
                 again = cut
             if not told:
-                self._evict_unseen([b for b in hits if pool.state[b] == CACHED])
+                again = self._evict_unseen([b for b in hits if pool.state[b] == CACHED]) or again
             if again is not None:
                 raise again from e
 
-    def _evict_unseen(self, gone: list[int]) -> None:
+    def _evict_unseen(self, gone: list[int]) -> BaseException | None:
         """Unindex, free and disown the CACHED blocks `gone` without telling the policy: a
         release cached them and the pool's `blocks_cached` hook raised, so the policy never
         saw them cached (told of their eviction, LRU's queue would unlink blocks it never
-        linked). Ends the eviction journal, which does not account for this."""
+        linked). Ends the eviction journal, which does not account for this.
+
+        Always whole: an interrupt inside it finishes it first (`_forget_unseen`,
+        restartable) and is returned, not raised, for the caller (a handler with more to
+        take back) to raise once its own work is done (s56 cuts; was: cut in its unindexing
+        loop, hashed CACHED blocks left unindexed that the policy never saw, lost to reuse
+        and to eviction for good). None: nothing cut it."""
         if not gone:
-            return
-        self._note_evicted(None)
-        pool, owner, index_remove = self.pool, self.block_owner, self.index.remove
-        block_hash = pool.block_hash
-        for b in gone:
-            h = block_hash[b]
-            if h is not None:
-                index_remove(h)
-        told = pool.observer
-        pool.observer = _NullObserver()
+            return None
         try:
-            pool.evict_many(gone)
-        finally:
-            pool.observer = told
+            self._forget_unseen(gone)
+        except BaseException as e:
+            try:
+                until_done(self._forget_unseen, gone)
+            finally:  # (idempotent: a no-op unless a further interrupt cut its entry)
+                until_done(self._forget_unseen, gone)
+            return e
+        return None
+
+    def _forget_unseen(self, gone: list[int]) -> None:
+        """`_evict_unseen`'s changes, idempotent (`until_done`): each of `gone` still CACHED
+        unindexed (where the index still names it) and evicted with the policy untold; all of
+        `gone` disowned."""
+        self._note_evicted(None)
+        pool, owner, index = self.pool, self.block_owner, self.index
+        block_hash, state = pool.block_hash, pool.state
+        left = [b for b in gone if state[b] == CACHED]
+        get, remove = index.get, index.remove
+        for b in left:
+            h = block_hash[b]
+            if h is not None and get(h) == b:
+                remove(h)
+        if left:
+            told = pool.observer
+            pool.observer = _NullObserver()
+            try:
+                pool.evict_many(left)
+            finally:
+                pool.observer = told
         for b in gone:
             owner[b] = None
 
@@ -313,8 +339,10 @@ class FailedWrites:
                     # its entry after one began (its hook raised): untold (read with no
                     # call, s56 cuts; was: read as told)
                     told = pool.__class__ is BlockPool and pool._releasing is not ids
-                if not told:
-                    self._evict_unseen([b for b in dropped if pool.state[b] == CACHED])
+                if not told:  # (an interrupt that cut the drop: raised last, the first error
+                    # its context)
+                    error = self._evict_unseen([b for b in dropped
+                                                if pool.state[b] == CACHED]) or error
             for b in dropped:
                 if pool.state[b] == FREE:
                     owner[b] = None

@@ -373,8 +373,10 @@ class SessionSignals:
         if not gone:
             return
         self._changes += 1
-        self._evict_unseen(gone)  # (kvsaga/manager_rollback.py)
-        cut = table.index(gone[0])
+        late = self._evict_unseen(gone)  # (kvsaga/manager_rollback.py; an interrupt that
+        cut = table.index(gone[0])  # cut it: raised once the table is cut too)
         self._note_left(s, table, table[:cut])
         del table[cut:]
         s.num_computed = min(s.num_computed, cut * self.block_size)
+        if late is not None:
+            raise late
