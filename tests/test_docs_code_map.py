@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 CODE_DOCS = ("architecture.md", "design.md", "simulator.md", "cluster.md", "workloads.md",
-             "scheduler.md", "policies.md")
+             "scheduler.md", "policies.md", "cluster_handover.md", "integrations_benchmarks.md")
 
 
 def _read(name: str) -> str:

@@ -163,14 +163,18 @@ def connector_arm(name: str) -> tuple[str, dict[str, Any]]:
     on), `POLICY+nogate` (off: retention alone), `POLICY+noroom` (the gate without room
     admission: it defers on the predicted working sets even where vLLM has room),
     `POLICY+fifo` (the gate in vLLM's queue order: `gate_args` `admission_order` "fifo"),
-    `POLICY+ride` (deferred steps ride along: `best_effort_steps` 10, the default before)."""
+    `POLICY+ride` (deferred steps ride along: `best_effort_steps` 10, the default before).
+    POLICY is an online policy: the connector refuses an offline one (`belady`,
+    `oracle-ttl`: it needs the future), and did so only when that arm's vLLM started, after
+    the arms before it had run."""
     from kvsaga.policy import POLICIES
 
+    online = sorted(n for n, c in POLICIES.items() if not getattr(c, "needs_oracle", False))
     policy, plus, suffix = name.partition("+")
-    if policy not in POLICIES or (plus and suffix not in CONNECTOR_SUFFIXES):
+    if policy not in online or (plus and suffix not in CONNECTOR_SUFFIXES):
         raise SystemExit(f"connector arm {name!r} is not POLICY or POLICY+SUFFIX with a "
-                         f"suffix in {sorted(CONNECTOR_SUFFIXES)} and a policy in "
-                         f"{sorted(POLICIES)}")
+                         f"suffix in {sorted(CONNECTOR_SUFFIXES)} and an online policy in "
+                         f"{online}")
     return policy, (dict(CONNECTOR_SUFFIXES[suffix]) if plus else {})
 
 class Server:

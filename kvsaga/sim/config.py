@@ -102,6 +102,13 @@ class SimConfig:
             if not isinstance(self.scheduler_params, Mapping):
                 raise ValueError(f"SimConfig.scheduler_params must be a mapping, got "
                                  f"{self.scheduler_params!r}")
+            # The batch limits are fields of their own, which `Simulator` passes beside
+            # these: given here too, they failed there with a TypeError naming neither.
+            limits = sorted({"max_num_seqs", "max_num_batched_tokens"}
+                            & set(self.scheduler_params))
+            if limits:
+                raise ValueError(f"SimConfig.scheduler_params: {limits[0]!r} is a field of "
+                                 f"its own (SimConfig.{limits[0]}), not a scheduler parameter")
             # Build one over a one-block manager: bad names and values fail here, clearly.
             make_scheduler(self.scheduler, KVCacheManager(self.cost.kv_spec, 1),
                            **self.scheduler_params)
