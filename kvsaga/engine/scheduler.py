@@ -165,15 +165,33 @@ class Scheduler:
             try:
                 slots = self.manager.decode_step([r.session_id for r in pending],
                                                  [r.pending_token for r in pending], now=now)
-            except OutOfBlocks:  # nothing changed: the core preempts below
-                pass
-            else:
                 for r, slot in zip(pending, slots, strict=True):
                     r.pending_token = None
                     self._decoded[r.request_id] = (r, slot)
+            except OutOfBlocks:  # nothing changed: the core preempts below
+                pass
+            except BaseException:
+                self._decoded_anyway(pending)
+                raise
+            else:
                 return
         for r in pending:
             self.flush(r)
+
+    def _decoded_anyway(self, pending: list[Request]) -> None:
+        """After `decode_step` raised: the requests whose token it appended and gave a slot
+        all the same (an interrupt as the call returned: on the C++ core CPython raises a
+        signal as the ManagerCore call returns, the slots lost to us; or in the loop that
+        records them) are recorded as decoded, their token no longer pending, so that
+        `schedule`'s take-back discards the slot and a retry does not append the token
+        twice (s56 cuts; was: appended again, the slot counted as computed). A decoding
+        request's session has computed every token but the pending one: computed up to
+        `num_tokens`, the call gave it its slot."""
+        computed = self.manager.num_computed_tokens
+        for r in pending:
+            if r.pending_token is not None and computed(r.session_id) == r.num_tokens:
+                r.pending_token = None
+                self._decoded[r.request_id] = (r, -1)
 
     # -- the core scheduler's executor ---------------------------------------------------
     def num_new_tokens(self, req: Request) -> int:
@@ -196,8 +214,18 @@ class Scheduler:
                                                           [decoded[1]])
             return
         start = self.manager.num_computed_tokens(req.session_id)
-        slots = self.manager.allocate_slots(req.session_id, num_tokens, now=now)
-        self._chunks[req.request_id] = ScheduledChunk(req, start, num_tokens, slots)
+        try:
+            slots = self.manager.allocate_slots(req.session_id, num_tokens, now=now)
+            self._chunks[req.request_id] = ScheduledChunk(req, start, num_tokens, slots)
+        except OutOfBlocks:  # nothing changed: the core preempts or waits
+            raise
+        except BaseException:
+            # An interrupt as the call returned (on the C++ core, as the ManagerCore call
+            # returns) allocated the slots, lost to us: recorded from `start`, so that
+            # `schedule`'s take-back discards them (a no-op where none was allocated; s56
+            # cuts: was counted as computed though no pass wrote them)
+            self._chunks[req.request_id] = ScheduledChunk(req, start, num_tokens, [])
+            raise
 
     def preempt(self, req: Request, now: float) -> None:
         self.manager.preempt(req.session_id, now=now)
