@@ -179,19 +179,23 @@ class Scheduler:
             self.flush(r)
 
     def _decoded_anyway(self, pending: list[Request]) -> None:
-        """After `decode_step` raised: the requests whose token it appended and gave a slot
-        all the same (an interrupt as the call returned: on the C++ core CPython raises a
-        signal as the ManagerCore call returns, the slots lost to us; or in the loop that
-        records them) are recorded as decoded, their token no longer pending, so that
-        `schedule`'s take-back discards the slot and a retry does not append the token
-        twice (s56 cuts; was: appended again, the slot counted as computed). A decoding
-        request's session has computed every token but the pending one: computed up to
-        `num_tokens`, the call gave it its slot."""
-        computed = self.manager.num_computed_tokens
+        """After `decode_step` raised: a request whose token it appended all the same (an
+        interrupt as the call returned: on the C++ core CPython raises a signal as the
+        ManagerCore call returns, the slots lost to us; or in the loop that records them)
+        no longer has it pending, so that a retry does not append it twice, and one whose
+        token got its slot too is recorded as decoded, so that `schedule`'s take-back
+        discards the slot (s56 cuts; was: appended again, the slot counted as computed).
+        A decoding request's session holds every token but the pending one, all computed:
+        a context of `num_tokens` has the token, computed up to it, its slot."""
+        session = self.manager.session
         for r in pending:
-            if r.pending_token is not None and computed(r.session_id) == r.num_tokens:
+            if r.pending_token is None:  # (recorded by the loop)
+                continue
+            s = session(r.session_id)
+            if len(s.token_ids) == r.num_tokens:
                 r.pending_token = None
-                self._decoded[r.request_id] = (r, -1)
+                if s.num_computed == r.num_tokens:
+                    self._decoded[r.request_id] = (r, -1)
 
     # -- the core scheduler's executor ---------------------------------------------------
     def num_new_tokens(self, req: Request) -> int:

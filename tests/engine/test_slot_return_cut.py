@@ -84,3 +84,36 @@ def test_a_cut_as_the_slots_are_returned_steps_on_to_the_same_tokens(model_dir, 
     assert [r.output_ids for r in reqs] == reference  # was: other tokens, or a raise
     engine.manager.check_integrity()
     assert engine.manager.stats().num_used_blocks == 0
+
+
+def test_a_decode_step_cut_once_the_tokens_were_appended_appends_none_twice(model_dir, reference,
+                                                                            core, monkeypatch):
+    """A decode step cut after its appends, before any slot (the Python core's own loop can
+    stop there): the tokens are in the contexts, not pending any more; the next step gives
+    them their slots (was: appended a second time)."""
+    monkeypatch.setenv("KVSAGA_CORE", core.name)
+    engine = make(model_dir)
+    manager, fired = engine.manager, []
+
+    def decode_step(session_ids, token_ids, *, now=None):
+        if fired:
+            return type(manager).decode_step(manager, session_ids, token_ids, now=now)
+        fired.append(1)
+        for sid, tok in zip(session_ids, token_ids, strict=True):
+            manager.append_tokens(sid, [tok])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(manager, "decode_step", decode_step)
+    reqs = [engine.add_request(p, GREEDY) for p in PROMPTS]
+    while engine.has_unfinished():
+        try:
+            engine.step()
+        except KeyboardInterrupt:
+            manager.check_integrity()
+        for r in reqs:  # the manager's context: the request's, less a token still pending
+            if not r.finished and r.session_id in manager.sessions:
+                assert len(manager.session(r.session_id).token_ids) == (
+                    r.num_tokens - (r.pending_token is not None))  # was: one token twice
+    assert fired
+    assert [r.output_ids for r in reqs] == reference
+    manager.check_integrity()
