@@ -39,6 +39,8 @@ class SessionSignals:
             last_step: no step follows; same as `end_session` after this call.
         Raises:
             InvalidRequest: bad hint values, or the session has no open step.
+            Whatever the policy's `step_finished`, the pool's `blocks_cached` or the
+                policy's `blocks_disowned` raises (below).
 
         A raising policy hook propagates: `step_finished` changes nothing (the step stays
         open); the release's `blocks_cached` (told after it) leaves the session paused, the
@@ -76,21 +78,23 @@ class SessionSignals:
             self._disown_dead(s, now)
 
     def _disown_dead(self, s: Session, now: float) -> None:
-        """Disown the blocks that left paused session `s`'s table and hold none of its
-        context now: a block whose position is past its hashes, or whose hash is not its
-        hash there (a context the client compacted or edited: `begin_step` cut its hashes
-        at the common prefix). They become plain cache, as an ended session's blocks do:
-        the policy is told of the CACHED ones first (`blocks_disowned`, tail first), so that
-        it stops pricing them as the session's paused context while the scheduler charges
-        it only its context (review s54 mutsched2, section 2). Blocks past a gap in its hits
-        still hold its context (their hashes are its own there) and stay its own; so do its
-        blocks while a step runs (the `workflow` scheduler charges a running compacted step
-        its old context: tests/scheduler/test_compacted_running_charge.py). A later prompt
-        that repeats the old tokens still hits them by content, and gives them back to the
-        session when no other session holds them (`_reown`, from the record kept here).
+        """Disown the blocks that left paused session `s`'s table (at its `finish_step` or
+        `preempt`) and hold none of its context now: a block whose position is past its
+        hashes, or whose hash is not its hash there (a context the client compacted or
+        edited: `begin_step` cut its hashes at the common prefix). They become plain cache,
+        as an ended session's blocks do: the policy is told of the CACHED ones first
+        (`blocks_disowned`, tail first), so that it stops pricing them as the session's
+        paused context while the scheduler charges it only its context (review s54
+        mutsched2, section 2). Blocks past a gap in its hits still hold its context (their
+        hashes are its own there) and stay its own; so do its blocks while a step runs (the
+        `workflow` scheduler charges a running compacted step its old context:
+        tests/scheduler/test_compacted_running_charge.py). A later prompt that repeats the
+        old tokens still hits them by content, and gives them back to the session when no
+        other session holds them (`_reown`, from the record kept here).
 
         A raising `blocks_disowned` propagates with nothing disowned (the step is finished
-        and the session paused all the same); the next finish tries again."""
+        or preempted, and the session paused, all the same); the next finish or preempt
+        tries again."""
         sid = s.session_id
         left = self._left_owned[sid]
         owner = self.block_owner
@@ -204,6 +208,13 @@ class SessionSignals:
         Full blocks stay cached, so the retry hits whatever survives; the partial tail is
         freed, and `num_computed_tokens` drops to the full blocks' tokens (a mid-prefill
         partial block's tokens have no slots any more).
+
+        A compacted step's old context (blocks that hold none of the session's context
+        now) is disowned after the release, as at `finish_step`: the retry sends the same
+        prompt, so they are dead from here on (else priced as the session's context until
+        the retry's finish, other paused sessions' live contexts evicted first). A raising
+        `blocks_disowned` propagates after the preempt, nothing disowned; the next finish
+        or preempt disowns them.
         """
         s = self._running(session_id)
         if s.ending:
@@ -214,6 +225,8 @@ class SessionSignals:
         s.state = SessionState.PAUSED
         s.paused_at = now
         self._release_table(s, keep_tail=False, was=was)
+        if session_id in self._left_owned:  # (rare: a compacted or edited context)
+            self._disown_dead(s, now)
 
     def end_session(self, session_id: str, *, now: float | None = None,
                     force: bool = False) -> None:

@@ -512,9 +512,11 @@ class AdaptivePolicy(EvictionPolicy):
         self._on_shadows(lambda sh: sh.session_ended(session, now))
 
     def blocks_disowned(self, session, block_ids: list[int], now: float) -> None:
-        # (each shadow disowns its own at its `step_finished`, as the manager does)
+        # (each shadow disowns its own, by the manager's rule, at its `step_finished`; a
+        # preempt's, which it learns of only at the retry, here)
         for e in self.experts:
             e.policy.blocks_disowned(session, block_ids, now)
+        self._on_shadows(lambda sh: sh.blocks_disowned(session, now))
 
     def session_forgotten(self, session, now: float) -> None:
         for e in self.experts:

@@ -151,7 +151,7 @@ class EvictionPolicy:
         """The CACHED blocks `block_ids` (tail first) of paused `session` hold none of its
         context any more (the client compacted or edited it) and become plain cache, as an
         ended session's blocks do: told before `view.block_owner` drops the session (the
-        manager's `finish_step`). A policy that files blocks by owner refiles them; one
+        manager's `finish_step` or `preempt`). A policy that files blocks by owner refiles them; one
         that raises must change nothing (the manager then keeps them owned)."""
 
     def session_forgotten(self, session: Session, now: float) -> None:

@@ -133,7 +133,7 @@ class ShadowCache:
         the session's earlier context that it does not hold."""
         sid = session.session_id
         if sid in self._running:  # preempted and retried: its blocks were released
-            self._release(sid, self._tables.get(sid, []), keep_tail=False)
+            self._preempted(session, now)
         hashes, tokens, bs = session.block_hashes, session.token_ids, self.block_size
         # A step leaves its last token to compute (its logits are needed), an import
         # (`Session.importing`, `migration.plan_import`) none: it hits every full block
@@ -199,9 +199,9 @@ class ShadowCache:
         self._known[sid] = min(self._computed(session) // self.block_size, len(table))
 
     def _disown_dead(self, session, table: list[int], now: float) -> None:
-        """Disown, as the manager's `finish_step` does, the blocks that left the session's
-        `table` and hold none of its context now (past its hashes, or another hash there),
-        the policy told of the cached ones first."""
+        """Disown, as the manager's `finish_step` and `preempt` do, the blocks that left
+        the session's `table` and hold none of its context now (past its hashes, or another
+        hash there), the policy told of the cached ones first."""
         sid, owner = session.session_id, self.block_owner
         left = self._left_owned[sid]
         dead = dead_blocks(left, sid, table, owner, self.block_position, self.block_hash,
@@ -213,6 +213,15 @@ class ShadowCache:
             disown(dead, sid, owner, left, self._disowned, self.block_hash)
         if not left:
             del self._left_owned[sid]
+
+    def blocks_disowned(self, session, now: float) -> None:
+        """The manager disowned `session`'s dead blocks: at a finish, which this shadow's
+        `step_finished` mirrored already (nothing left to do), or at a preempt, which it
+        learns of only at the retry or the abort (`_preempted`): its own, by the same
+        rule, now, so that its owners follow the manager's meanwhile."""
+        sid = session.session_id
+        if sid in self._left_owned:
+            self._disown_dead(session, self._tables.get(sid, []), now)
 
     def _reown(self, sid: str, hits: list[int]) -> None:
         """The manager's `_reown` (`kvsaga.ownership.reown`), against this shadow's tables."""
@@ -229,8 +238,18 @@ class ShadowCache:
         shadow waits for the retry): its blocks go back now, as they would have then."""
         sid = session.session_id
         if sid in self._running:
-            self._release(sid, self._tables.get(sid, []), keep_tail=False)
+            self._preempted(session, now)
         self.policy.resume_withdrawn(self.seen(session), now)
+
+    def _preempted(self, session, now: float) -> None:
+        """The real cache preempted the session's step (this shadow learns it only now,
+        at the retry or the abort): release its blocks, and disown a compacted context's
+        dead blocks, as the manager's `preempt` did then."""
+        sid = session.session_id
+        table = self._tables.get(sid, [])
+        self._release(sid, table, keep_tail=False)
+        if sid in self._left_owned:
+            self._disown_dead(session, table, now)
 
     def session_ended(self, session, now: float) -> None:
         self._end(session, now, self.policy.session_ended)
