@@ -41,6 +41,7 @@ class WaitingQueues:
             if retry:
                 self._resumed.appendleft(req)
                 self._retries.add(id(req))
+                self._preempted_charge(info, req)  # (`WorkflowScheduler`)
             else:
                 self._resumed.append(req)
                 info.active = True

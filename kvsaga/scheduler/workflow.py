@@ -419,7 +419,8 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             info = self.sessions[sid] = _Admitted(req.tenant, req.workflow, req.num_tokens)
             info.shared = self._shared_tokens(sid)
         # A compacted step (its prompt shorter than the last finish's context) is charged the
-        # old context until it finishes (`finish` charges the compacted one): `begin_step`
+        # old context until it finishes or is preempted (`finish`, `_preempted_charge`
+        # charge the compacted one): `begin_step`
         # references only the compacted prompt's blocks, but the old context's stay owned
         # by the session, and the default policy ("graph") prices a running session's blocks
         # as about to be used, evicting paused contexts first; charged less, the gate admits
@@ -428,6 +429,21 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         info.active = info.on_prompt = True
         info.demote_at = math.inf
         self._set_blocks(info)
+
+    def _preempted_charge(self, info: Any, req: Any) -> None:
+        """The admitted session `info`'s running step `req` was preempted (its retry queued
+        first). A compacted step, charged its old, longer context while it ran
+        (`_admitted`), is charged its own context (prompt and tokens decoded, which the
+        retry computes again) from here on: the scheduler preempts only when the free and
+        cached blocks were short of an allocation, so the allocations before it had evicted
+        the old context's cached blocks, and the manager's `preempt` disowns those left
+        (they hold none of the session's context: kvsaga/manager_signals.py). Charged the
+        old context, the preempted step and its retry held back sessions the pool had room
+        for (tests/scheduler/test_compacted_preempt_charge.py). The charge is then as an
+        ordinary preempted step's at its re-admission (`max`: prompt and decoded tokens)."""
+        if req.num_tokens < info.context:
+            info.context = req.num_tokens
+            self._set_blocks(info)
 
     def finish(self, req: Any, now: float, *, ended: bool = False) -> bool:
         ran = super().finish(req, now, ended=ended)  # else cancelled while waiting
