@@ -84,8 +84,10 @@ class ScriptedPolicy(EvictionPolicy):
             the default `PrefillCost`, as for a policy that takes no cost model (lru).
             Ignored with `inner` (its own `cost` is read).
         inner: a fresh policy whose execution graph the scheduler reads in its place: every
-            hook but `choose_victims` and `action` reaches it too (see the module
-            docstring), and its `graph`, `cost` and trace oracle are this policy's.
+            hook but `choose_victims`, `action` and `prefetch_candidates` (no host tier
+            here) reaches it too (see the module docstring; tests/sim/
+            test_scripted_hooks.py checks each of `EvictionPolicy`'s), and its `graph`,
+            `cost` and trace oracle are this policy's.
     """
 
     name = "scripted"
@@ -167,9 +169,17 @@ class ScriptedPolicy(EvictionPolicy):
         if self.inner is not None:
             self.inner.resume_hinted(session, now)
 
+    def resume_withdrawn(self, session, now: float) -> None:
+        if self.inner is not None:
+            self.inner.resume_withdrawn(session, now)
+
     def session_ended(self, session, now: float) -> None:
         if self.inner is not None:
             self.inner.session_ended(session, now)
+
+    def blocks_disowned(self, session, block_ids: list[int], now: float) -> None:
+        if self.inner is not None:
+            self.inner.blocks_disowned(session, block_ids, now)
 
     def session_forgotten(self, session, now: float) -> None:
         if self.inner is not None:
