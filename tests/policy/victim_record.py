@@ -1,20 +1,23 @@
 """A recorded workload and the victims each policy names on it: the guard that a change made
 for speed leaves every policy's decisions as they were (tests/policy/test_victim_record.py).
 
-Two seeded walks, time moving in steps from 0 to seconds so that grid points, TTLs and
+Three seeded walks, time moving in steps from 0 to seconds so that grid points, TTLs and
 relearning come up: `ops`, the manager's calls at random (`apply` of test_properties.py:
 steps begun, allocated, finished with tool hints, preempted, ended; pause and resume hints;
 ticks; transfers) over 32 sessions sharing short prefixes, so that every victim class (dead,
-plain, paused, preempted) comes up; and `agents`, 48 sessions with contexts of their own
-that pause on tools (the eviction bench's shape: whole paused sessions leave at once), each
+plain, paused, preempted) comes up; `agents`, 48 sessions with contexts of their own that
+pause on tools (the eviction bench's shape: whole paused sessions leave at once), each
 prompt the last 36 tokens of context plus new ones: a window that slides once a context
 passes 36 tokens (then most prompts share no prefix with the last context), not a context
-that grows step by step. Both walks keep windows (`ops` slides a 28-token one over the
-computed tokens) and so disown dead blocks at `finish_step`. The record of a run is every
-`choose_victims` answer and every offload-or-discard choice, in order, plus the set of
-cached blocks after each call (which also covers a policy the manager evicts for without
-asking it, as `lru` on the C++ core); the fixture keeps a SHA-256 of each record, per
-policy and pool.
+that grows step by step; and `grow`, the same 48 sessions with contexts that do grow step
+by step (each prompt the whole context plus new tokens, so a resume hits its own paused
+context as a prefix), a session ending where its context would pass `GROW_CAP` tokens
+instead of sliding. `ops` (a 28-token window over the computed tokens) and `agents` keep
+windows, and so disown dead blocks at `finish_step` and `preempt`; `grow` never does. The
+record of a run is every `choose_victims` answer and every offload-or-discard choice, in
+order, plus the set of cached blocks after each call (which also covers a policy the
+manager evicts for without asking it, as `lru` on the C++ core); the fixture keeps a
+SHA-256 of each record, per policy and pool.
 
 A ranking changed on purpose changes its record: regenerate the fixture with
 `python -m tests.policy.victim_record --write` (from the repository root) and say so in the
@@ -67,10 +70,10 @@ def _ops_call(m, rng: random.Random, now: float) -> float:
 
 
 def _agents_call(m, rng: random.Random, now: float) -> float:
-    """A step of one of 48 sessions (a new one, or a paused one resuming): its context plus
-    new tokens of its own, allocated, finished on a tool; now and then a pause or resume
-    hint, or the session's end; a session left
-    running by a failed allocation is preempted."""
+    """A step of one of 48 sessions (a new one, or a paused one resuming): the last 36
+    tokens of its context plus new tokens of its own (a sliding window; `_grow_call`'s
+    contexts grow), allocated, finished on a tool; now and then a pause or resume hint, or
+    the session's end; a session left running by a failed allocation is preempted."""
     i = rng.randrange(48)
     sid = f"a{i}"
     s = m.sessions.get(sid)
@@ -94,7 +97,43 @@ def _agents_call(m, rng: random.Random, now: float) -> float:
     return now
 
 
-WORKLOADS = {"ops": _ops_call, "agents": _agents_call}
+GROW_CAP = 48  # tokens: a `grow` session's context ends rather than pass it
+
+
+def _grow_call(m, rng: random.Random, now: float) -> float:
+    """A step of one of 48 sessions, as `_agents_call`, but each prompt is the session's
+    whole context plus new tokens (drawn at random: no two contexts share a block), so
+    that a resume hits its own paused context as a prefix; a session whose context would
+    pass `GROW_CAP` tokens ends instead (its next step opens a new context), and nothing
+    slides."""
+    i = rng.randrange(48)
+    sid = f"g{i}"
+    s = m.sessions.get(sid)
+    r = rng.random()
+    if s is not None and s.is_running:  # its allocation found no room: it waits
+        m.preempt(sid, now=now)
+        return now
+    if s is not None and r < 0.15:
+        if r < 0.05:
+            m.resume_hint(sid, now=now)
+        elif r < 0.1:
+            m.pause_hint(sid, now=now, tool=rng.choice(TOOLS), expected_s=rng.choice([0.01, 1.0]))
+        else:
+            m.end_session(sid, now=now)
+        return now
+    ctx = list(s.token_ids) if s is not None else []
+    new = [rng.randrange(1 << 20) for _ in range(rng.randrange(2, 12))]
+    if len(ctx) + len(new) > GROW_CAP:
+        m.end_session(sid, now=now)
+        return now
+    prompt = ctx + new
+    st = m.begin_step(sid, prompt, now=now, workflow=f"w{i % 3}")
+    m.allocate_slots(sid, len(prompt) - st.num_cached_tokens, now=now)
+    m.finish_step(sid, now=now, tool=rng.choice(TOOLS), last_step=r > 0.97)
+    return now
+
+
+WORKLOADS = {"ops": _ops_call, "agents": _agents_call, "grow": _grow_call}
 
 
 def seeded_walk(m, workload: str, seed: int, calls: int, steps: tuple[float, ...] = STEPS,
