@@ -257,6 +257,19 @@ class HostTier:
         assert len(self.order) == pool.num_cached
 
 
+def _chain_last(error: BaseException, first: BaseException) -> None:
+    """Put `first` at the end of `error`'s context chain (where Python would have, had
+    `error` been raised while `first` was handled), unless the chain holds it already."""
+    seen = {id(error)}
+    while error.__context__ is not None:
+        error = error.__context__
+        if id(error) in seen or error is first:
+            return
+        seen.add(id(error))
+    if error is not first:
+        error.__context__ = first
+
+
 class HostTierOps(HostLoads):
     """The host-tier half of `KVCacheManager` (a mixin: `self` is the manager, whose
     `host` is a `HostTier` or None, and whose pool, index, owners and policy it uses)."""
@@ -369,6 +382,8 @@ class HostTierOps(HostLoads):
         try:
             pool.release_many(closing, keep_unhashed=tail)
         except BaseException as e:
+            if cut is not None:  # the first error stays in the chain (s56 cutsfix: was lost)
+                _chain_last(e, cut)
             # Its `blocks_cached` raised: the blocks it cached stay unseen by the policy (the
             # hold told it they left). Dropped as an eviction would (the loaded ones keep
             # their host copies, their loads planned into free blocks); before, they stayed

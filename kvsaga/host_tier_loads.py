@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from kvsaga.block_queue import until_done
-from kvsaga.pool import ACTIVE, CACHED, release_again
+from kvsaga.pool import ACTIVE, CACHED, BlockPool, release_again
 from kvsaga.session import Session
 
 
@@ -160,8 +160,8 @@ class HostLoads:
             return self._load_into_gpu(s, first, run, now), held
         except BaseException:  # tails first, as `_release_table`
             if calls >= 0 and pool.calls != calls:  # a take completed, then the interrupt
-                if taken:
-                    held = True
+                if taken is resident:  # (by identity: `resident` is [] for an all-host
+                    held = True  # run; s56 cutsfix: was `if taken:`, the tail leaked)
                 else:
                     taken = resident
             kept = s.tail[0] if held else -1
@@ -171,11 +171,26 @@ class HostLoads:
     def _let_go(self, ids: list[int], kept: int) -> None:
         """Release references a failed load took (`kept`: a tail among them, cached again as
         unhashed); a release cut at its entry is made again (`release_again`), then the
-        error propagates."""
+        error propagates. A release that began and raised (its `blocks_cached` hook: the
+        policy told of none) has its cached blocks dropped unseen (`_drop_hits`' rule; s56
+        cutsfix: were left CACHED unqueued, 'block N is not queued' later)."""
+        pool = self.pool
+        calls = pool.calls
         try:
-            self.pool.release_many(ids, keep_unhashed=kept)
+            pool.release_many(ids, keep_unhashed=kept)
         except BaseException as e:  # (cut at its entry: released now, then raised)
-            release_again(self.pool, ids, kept, e)
+            again = None
+            try:  # (`calls` moved: returned, told; read inline, with no call before it)
+                told = pool.calls != calls or release_again(pool, ids, kept, e, calls)
+            except BaseException as cut:  # none began, or a signal at its entry after a
+                # release that began (its hook raised: untold; read with no call)
+                told = pool.__class__ is BlockPool and pool._releasing is not ids
+                again = cut
+            if not told:
+                state = pool.state
+                again = self._evict_unseen([b for b in ids if state[b] == CACHED]) or again
+            if again is not None:
+                raise again from e
             raise
 
     def _load_from_host(self, s: Session, hits: list[int], limit: int, now: float,
