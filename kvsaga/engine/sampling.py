@@ -47,13 +47,16 @@ class SamplingParams:
             differ in the last bits between batch compositions (or cached and cold
             prefixes), so a repeat gives the same tokens except where two are near-tied.
         stop: strings that end generation (not included in the output text).
-        stop_token_ids: token ids that end generation, besides EOS.
+        stop_token_ids: token ids that end generation, besides EOS. As in vLLM, the token
+            that ends it (or EOS) stays in the output ids but its text is not in the output
+            text nor the streamed deltas, and no stop string ends in it.
         ignore_eos: keep generating past EOS.
         logprobs: None/False: none; True or 0: the chosen token's logprob; k > 0: also the
             k most likely tokens'. Logprobs are of the model's distribution before
             temperature, top-k and top-p.
-        n: completions per prompt (only 1 is supported by the sampler itself; the caller
-            fans out).
+        n: completions per prompt: only 1; more is refused (`LLM` and kvsaga-serve). For
+            n samples add the request n times, with distinct seeds if seeded (vLLM gives
+            its i-th child seed + i; one seed n times gives n identical samples).
     """
 
     max_tokens: int = 256

@@ -96,7 +96,8 @@ class StepOutput:
                 tops: tuple[list[list[int]], list[list[float]]] | None, row: int) -> _Row:
         """What recording `tok` (row `row` of the batch; `tops`: the batch's top token ids
         and logprobs, as lists) changes in `req`, worked out without changing it (but for
-        its detokenizer, which takes the token)."""
+        its detokenizer, which takes the token, unless the token ends the request by its
+        id)."""
         p = req.params
         n = len(req.output_ids) + 1  # tokens generated with this one
         top = None
@@ -106,19 +107,23 @@ class StepOutput:
                 top = list(zip(tops[0][row][:k], tops[1][row][:k], strict=True))
         else:
             lp = None
-        prev_len = len(req.text)
-        req.detokenizer.add(tok)
-        text = req.detokenizer.text  # (rewritten where the decoder rewrote emitted text)
         reason = None
         if (not p.ignore_eos and tok in self.tokenizer.eos_token_ids) or tok in p.stop_token_ids:
+            # Ended by its id (EOS or a stop token): as in vLLM, the token stays in the
+            # output ids but not in the text (nor the deltas), so no stop string ends in it.
             reason = "stop"
-        if p.stop:  # (after a stop token too: its text may complete a stop string)
-            # Search only where a stop string could newly end.
-            lo = max(0, prev_len - max(len(s) for s in p.stop))
-            hits = [i for s in p.stop if (i := text.find(s, lo)) != -1]
-            if hits:
-                text = text[: min(hits)]
-                reason = "stop"
+            text = req.detokenizer.text
+        else:
+            prev_len = len(req.text)
+            req.detokenizer.add(tok)
+            text = req.detokenizer.text  # (rewritten where the decoder rewrote emitted text)
+            if p.stop:
+                # Search only where a stop string could newly end.
+                lo = max(0, prev_len - max(len(s) for s in p.stop))
+                hits = [i for s in p.stop if (i := text.find(s, lo)) != -1]
+                if hits:
+                    text = text[: min(hits)]
+                    reason = "stop"
         if reason is None and (
             n >= p.max_tokens or len(req.prompt_ids) + n >= self.max_model_len
         ):

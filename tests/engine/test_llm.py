@@ -167,10 +167,11 @@ def test_streamed_deltas_never_show_a_stop_string(model_dir):
     assert full.text.startswith(streamed)
 
 
-def test_a_stop_token_that_completes_a_stop_string_cuts_it(model_dir):
-    """The model says "x", "a", "b", with stop=["ab"] and "b" a stop token: the stop token
-    ended the request before the stop-string search ran, so "ab" stayed in the text and in
-    the streamed deltas."""
+def test_a_stop_token_never_completes_a_stop_string(model_dir):
+    """The model says "x", "a", "b", with stop=["ab"] and "b" a stop token: as in vLLM, the
+    stop token ends the request without its text, so "ab" never appears and the "a" held
+    back (a stop string's possible beginning) is released: "xa", streamed too. (Before
+    session 56 the stop token's text was searched and the text cut to "x".)"""
     from kvsaga.engine.sampling import SamplerOutput
 
     eng = make_llm(model_dir).engine
@@ -185,7 +186,7 @@ def test_a_stop_token_that_completes_a_stop_string_cuts_it(model_dir):
     while not req.finished:
         deltas += [o.delta for o in eng.step() if o.request_id == req.request_id]
     assert req.output_ids == script and req.finish_reason == "stop"
-    assert req.text == "".join(deltas) == "x"  # before the fix: "xab", streamed too
+    assert req.text == "".join(deltas) == "xa"
     eng.manager.check_integrity()
 
 
