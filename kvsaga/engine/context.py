@@ -7,9 +7,13 @@ ids, then misses everything after the first difference. So each step remembers i
 ids, output ids and their text; the next prompt, if its text starts with that text, reuses
 those ids and tokenizes only the new suffix.
 
-An answer cut inside a multi-byte character (by max_tokens) decodes to text ending in U+FFFD,
-which the next prompt (holding the answer's text without the partial character) never
-starts with; so the context also offers its ids up to the last whole character.
+The caller may hold less text than the output ids spell: an answer cut inside a multi-byte
+character (by max_tokens) decodes to text ending in U+FFFD, which the returned text leaves
+out; a stop string is cut from the returned text with what follows it, though the tokens
+that hold it were generated; and a token that ended the step by its id (EOS, a stop token)
+is not in the text. A next prompt built from the returned text never starts with the whole
+context's text, so the context also offers its ids up to the last one whose text the
+returned text holds (`held_text`: what the caller holds, to continue raw text from).
 """
 
 from __future__ import annotations
@@ -28,16 +32,19 @@ class TokenContext:
         token_ids: prompt ids + output ids.
         text: the text `token_ids` decode to.
         prompt_len / prompt_text_len: where the prompt ends in each.
-        whole_len / whole_text_len: where the output's last whole character ends in each,
-            when the output ends inside one (else 0).
+        kept_len / kept_text_len: where the output ids whose text the returned text holds
+            end in each, when the returned text holds less than all of them (else 0).
+        tail: the returned text past those ids' (a stop string cut inside a token leaves
+            the text before it).
     """
 
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     prompt_len: int = 0
     prompt_text_len: int = 0
-    whole_len: int = 0
-    whole_text_len: int = 0
+    kept_len: int = 0
+    kept_text_len: int = 0
+    tail: str = ""
 
     @classmethod
     def of_step(
@@ -46,6 +53,9 @@ class TokenContext:
         prompt_ids: Sequence[int],
         prompt_text: str | None,
         out_ids: Sequence[int],
+        *,
+        drop_last: bool = False,
+        cut_text: str | None = None,
     ) -> TokenContext:
         """The context after a finished step.
 
@@ -53,19 +63,41 @@ class TokenContext:
             prompt_ids: the step's prompt.
             prompt_text: the text it was encoded from (None: decode `prompt_ids`).
             out_ids: the generated ids (EOS included: the cache holds it too).
+            drop_last: the last output id ended the step by its id (EOS, a stop token): the
+                returned text holds none of it.
+            cut_text: the text the step returned, when a stop string cut it.
         """
         if prompt_text is None:
             prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=False)
         out_text = tokenizer.decode(out_ids, skip_special_tokens=False)
-        whole, whole_text = _whole_characters(tokenizer, out_ids, out_text)
+        tail = ""
+        if cut_text is not None:
+            kept, kept_text, tail = _before_cut(tokenizer, prompt_ids, out_ids, cut_text)
+        elif drop_last and out_ids:
+            head = out_ids[:-1]
+            head_text = tokenizer.decode(head, skip_special_tokens=False)
+            kept, kept_text = _whole_characters(tokenizer, head, head_text)
+            if kept is None:
+                kept, kept_text = len(head), head_text
+        else:
+            kept, kept_text = _whole_characters(tokenizer, out_ids, out_text)
         return cls(
             token_ids=list(prompt_ids) + list(out_ids),
             text=prompt_text + out_text,
             prompt_len=len(prompt_ids),
             prompt_text_len=len(prompt_text),
-            whole_len=len(prompt_ids) + whole if whole else 0,
-            whole_text_len=len(prompt_text) + len(whole_text) if whole else 0,
+            kept_len=len(prompt_ids) + kept if kept is not None else 0,
+            kept_text_len=len(prompt_text) + len(kept_text) if kept is not None else 0,
+            tail=tail,
         )
+
+    @property
+    def held_text(self) -> str:
+        """The text the caller holds: the prompt's, then the returned text (special tokens
+        the kept output ids hold spelled out)."""
+        if not self.kept_len:
+            return self.text
+        return self.text[: self.kept_text_len] + self.tail
 
     def known_prefix(self, text: str) -> tuple[int, list[int]]:
         """The longest part of this context that `text` starts with.
@@ -76,7 +108,7 @@ class TokenContext:
         """
         candidates = (
             (self.text, self.token_ids),
-            (self.text[: self.whole_text_len], self.token_ids[: self.whole_len]),
+            (self.text[: self.kept_text_len], self.token_ids[: self.kept_len]),
             (self.text[: self.prompt_text_len], self.token_ids[: self.prompt_len]),
         )
         for known_text, known_ids in candidates:
@@ -92,16 +124,45 @@ _MAX_PARTIAL_TOKENS = 3
 
 def _whole_characters(
     tokenizer: Tokenizer, out_ids: Sequence[int], out_text: str
-) -> tuple[int, str]:
+) -> tuple[int | None, str]:
     """(k, text) for the longest `out_ids[:k]` whose text does not end inside a character,
-    when `out_text` does (ends in U+FFFD) and that text is a prefix of it; else (0, "")."""
+    when `out_text` does (ends in U+FFFD) and that text is a prefix of it; else (None, "")."""
     if not out_text.endswith("\ufffd"):
-        return 0, ""
+        return None, ""
     for k in range(len(out_ids) - 1, max(len(out_ids) - _MAX_PARTIAL_TOKENS, 0) - 1, -1):
         text = tokenizer.decode(out_ids[:k], skip_special_tokens=False)
         if not text.endswith("\ufffd"):
-            return (k, text) if k and out_text.startswith(text) else (0, "")
-    return 0, ""
+            return (k, text) if k and out_text.startswith(text) else (None, "")
+    return None, ""
+
+
+# The output ids `_before_cut` looks back over for the last one before a stop string: the
+# stop string's tokens and the one completing it (the text past the cut). Past that, the
+# returned text is tokenized again (from the prompt's ids on).
+_MAX_CUT_TOKENS = 64
+# Prompt ids decoded before the output's (its left context: a decoder may strip the first
+# space of a string).
+_LEFT_CONTEXT = 4
+
+
+def _before_cut(
+    tokenizer: Tokenizer, prompt_ids: Sequence[int], out_ids: Sequence[int], cut_text: str
+) -> tuple[int, str, str]:
+    """(k, text, tail): the longest `out_ids[:k]` whose text (after the prompt's, special
+    tokens skipped, as the returned text reads) is a prefix of `cut_text` and ends in a
+    whole character; their text with special tokens spelled out; the rest of `cut_text`.
+    (0, "", cut_text) when none within `_MAX_CUT_TOKENS` of the end is."""
+    left = list(prompt_ids[-_LEFT_CONTEXT:])
+    pre = tokenizer.decode(left, skip_special_tokens=True)
+    n = len(out_ids)
+    for k in range(n, max(n - _MAX_CUT_TOKENS, 0), -1):
+        text = tokenizer.decode(left + list(out_ids[:k]), skip_special_tokens=True)
+        shown = text[len(pre):]
+        if (text.startswith(pre) and cut_text.startswith(shown)
+                and not shown.endswith("\ufffd")):
+            spelled = tokenizer.decode(out_ids[:k], skip_special_tokens=False)
+            return k, spelled, cut_text[len(shown):]
+    return 0, "", cut_text
 
 
 def encode_continuing(

@@ -271,7 +271,7 @@ class LLM:
         text = _render(self.tokenizer, messages, add_generation_prompt, **template_kwargs)
         ids = encode_continuing(self.tokenizer, reversed(self._chat_contexts), text, False)
         out = self._run([(ids, {})], params, on_output)[0]
-        self._chat_contexts.append(TokenContext.of_step(self.tokenizer, ids, text, out.token_ids))
+        self._chat_contexts.append(_step_context(self, ids, text, params, out))
         return out
 
     def session(
@@ -359,12 +359,13 @@ class AgentSession:
     `chat(...)` / `generate(...)` run a step; `tool_call(name, expected_s)` says the session
     now waits on a tool (the manager keeps, offloads or drops its KV by the policy);
     the next `chat`/`generate` resumes it, hitting whatever of its context survived. Each step
-    starts from the exact token ids of the previous prompt and answer, so what survived is
-    all of it unless the policy evicted some. A session is a conversation (`chat`) or a raw
-    text (`generate`): `generate` may follow `chat`, appending to its exact ids, but `chat`
-    after a `generate` is refused (InvalidRequest), since chat re-renders the messages, which
-    do not hold the raw text. A step whose context leaves no room to answer
-    raises `ContextTooLong` (an InvalidRequest) before it runs: the session, its messages and
+    starts from the exact token ids of the previous prompt and answer (up to what the answer's
+    returned text holds: not a stop string, an EOS or a stop token that ended it), so what
+    survived is all of it unless the policy evicted some. A session is a conversation
+    (`chat`) or a raw text (`generate`): `generate` may follow `chat`, appending to its
+    context, but `chat` after a `generate` is refused (InvalidRequest), since chat re-renders
+    the messages, which do not hold the raw text. A step whose context leaves no room to
+    answer raises `ContextTooLong` (an InvalidRequest) before it runs: the session, its messages and
     its cached context stay as they were, so a shorter step can follow.
     """
 
@@ -406,7 +407,7 @@ class AgentSession:
         }
         out = self.llm._run([(ids, hints)], params, on_output)[0]
         self._pending_tool = (None, None)  # kept while a refused step leaves it unsent
-        self.context = TokenContext.of_step(self.llm.tokenizer, ids, text, out.token_ids)
+        self.context = _step_context(self.llm, ids, text, params, out)
         self.ended = last_step
         return out
 
@@ -418,12 +419,20 @@ class AgentSession:
         last_step: bool = False,
         on_output: OnOutput | None = None,
     ) -> RequestOutput:
-        """Append raw text to the context (prompt plus every earlier output) and complete.
-        Nothing is inserted between the context and `text` (a newline neither)."""
+        """Append raw text to the context and complete. The context is the text the
+        session returned: the prompts and every earlier output's text (`RequestOutput.text`),
+        so what ended a step is not in it (a stop string and the text after it, an EOS or
+        stop token: the model never sees what its caller was not shown), but the special
+        tokens a template or an output holds are, and so is the EOS that ended a `chat`
+        step (it closes the assistant's turn). Its exact token ids are reused up to there. Nothing is inserted between the context and `text` (a newline neither)."""
         check_str("text", text, InvalidRequest)
         check_unicode("text", text, InvalidRequest)
-        add = self.llm.tokenizer.encode(text, add_special_tokens=self.context is None)
-        out = self._step(self.context_ids + add, None, params, last_step, on_output)
+        tok = self.llm.tokenizer
+        if self.context is None:
+            ids = tok.encode(text, add_special_tokens=True)
+        else:
+            ids = encode_continuing(tok, [self.context], self.context.held_text + text, False)
+        out = self._step(ids, None, params, last_step, on_output)
         self._raw = True
         return out
 
@@ -478,6 +487,25 @@ class AgentSession:
         """End the session; its full blocks stay as plain prefix cache."""
         self.llm.engine.end_session(self.session_id)
         self.ended = True
+
+
+def _step_context(llm: LLM, ids: list[int], text: str | None, params: SamplingParams | None,
+                  out: RequestOutput) -> TokenContext:
+    """The context a finished step leaves (`TokenContext.of_step`), told what its returned
+    text leaves out: the last output id, if it ended the step by its id (EOS unless
+    `ignore_eos`, a stop token: as in vLLM, not in the text), or what a stop string cut.
+    A chat step's EOS (`text` given: the rendered conversation) stays: it closes the
+    assistant's turn, as the chat template renders the answer the session's messages hold."""
+    p = params or llm.default_params()
+    last = out.token_ids[-1] if out.token_ids else None
+    eos = llm.tokenizer.eos_token_ids
+    by_id = out.finish_reason == "stop" and last is not None and (
+        last in p.stop_token_ids or (not p.ignore_eos and last in eos))
+    cut = out.text if out.finish_reason == "stop" and not by_id else None
+    if by_id and text is not None and last in eos:
+        by_id = False  # (kept: the turn's end)
+    return TokenContext.of_step(llm.tokenizer, ids, text, out.token_ids, drop_last=by_id,
+                                cut_text=cut)
 
 
 def _abort_all(engine: LLMEngine, reqs: list, cause: BaseException) -> None:
