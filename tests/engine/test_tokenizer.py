@@ -26,6 +26,7 @@ TEXTS = [
     "def fib(n: int) -> int:\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
     'for (let i = 0; i < 10; i++) { console.log(`i=${i}`); } // JS\n\t{"json": [1, 2.5e-3, null]}',
     "numbers 1234567890 3.14159 -42 1,000,000 2024-11-25 0x1F",
+    "digits after whitespace:\n 7460\n\n  12\t 3 \t\t45 v1.2.3 x86_64 $1,234.50",
     "contractions: I'm, you're, it's, we'll, they'd, don't, CAN'T",
     "<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n",
     "special tokens inline <|endoftext|> and a fake <|not_special|> one",

@@ -21,6 +21,8 @@ AWKWARD = [
     "x" * 500 + "\u00e9" * 300,  # a very long word, then a long run of one 2-byte character
     "<|im_start|>user\nhi<|im_end|> <|endoftext|> <|im_start| cut",
     "don't I'LL We'Re 12345678901234",
+    # whitespace before digits (SmolLM2 splits digits off first: "\n " stays one piece)
+    ">x\n 7460\t 3\r\n\n  42 \u00a0 7 \u3000 8 ab1 2c",
 ]
 
 
