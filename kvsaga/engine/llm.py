@@ -424,7 +424,8 @@ class AgentSession:
         so what ended a step is not in it (a stop string and the text after it, an EOS or
         stop token: the model never sees what its caller was not shown), but the special
         tokens a template or an output holds are, and so is the EOS that ended a `chat`
-        step (it closes the assistant's turn). Its exact token ids are reused up to there. Nothing is inserted between the context and `text` (a newline neither)."""
+        step (it closes the assistant's turn). Its exact token ids are reused up to there.
+        Nothing is inserted between the context and `text` (a newline neither)."""
         check_str("text", text, InvalidRequest)
         check_unicode("text", text, InvalidRequest)
         tok = self.llm.tokenizer
