@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-tokens-limit", type=int_arg, default=None,
       help="largest max_tokens a request may ask for (default: the context)")
     a("--default-max-tokens", type=int_arg, default=d.default_max_tokens,
-      help="max_tokens of requests that set none")
+      help="max_tokens of requests that set none, on both endpoints (default: vLLM's: 16 "
+      "for /v1/completions; for chat the model's max_new_tokens, else the room left in the "
+      "context)")
     a("--session-idle", type=float_arg, default=d.session_idle_s,
       help="seconds after which a silent session is ended (inf: never)")
     a("--graceful-shutdown-s", type=float_arg, default=None,

@@ -40,6 +40,8 @@ MAX_SESSION_ID = MAX_NAME_CHARS  # characters, as the body's session_id field al
 # writing other requests' streams meanwhile: `python bench/tokenize_off_loop.py` prints the
 # encode times and the longest pause of a 1 ms loop ticker each way.
 TOKENIZE_OFF_LOOP_CHARS = 16_000
+# /v1/completions' max_tokens when the request sets none (vLLM's and OpenAI's legacy default).
+_COMPLETIONS_MAX_TOKENS = 16
 _WARNED_TOOL_CHOICES: set[str] = set()  # tool_choice values already logged as not enforced
 
 
@@ -84,7 +86,8 @@ class Serving:
         self.max_in_flight = engine.engine.max_num_seqs + settings.max_queue
         # The model's generation_config.json sampling values (max_tokens is set per request).
         defaults = engine.engine.config.generation.as_dict()
-        defaults.pop("max_tokens", None)
+        # The model's max_new_tokens: chat's default when the request sets none, as vLLM's.
+        self.generation_max_tokens: int | None = defaults.pop("max_tokens", None)
         self.generation_defaults = defaults
 
     # -- preparing ------------------------------------------------------------------------
@@ -106,22 +109,29 @@ class Serving:
                 param="messages" if chat else "prompt",
                 code="context_length_exceeded",
             )
+        cap = s.max_tokens_limit
         if requested is not None:
-            cap = s.max_tokens_limit
             if cap is not None and requested > cap:
                 raise APIError(400, f"{asked}={requested} exceeds this server's limit of "
                                f"{cap}", param=asked)
-            if requested > room:
+            if requested > self.max_model_len:
                 raise APIError(
                     400,
-                    f"{asked}={requested} plus the prompt's {num_prompt} tokens exceeds the "
-                    f"context of {self.max_model_len} tokens",
+                    f"{asked}={requested} exceeds this model's context of "
+                    f"{self.max_model_len} tokens",
                     param=asked,
                     code="context_length_exceeded",
                 )
-            max_tokens = requested
+            # As vLLM: more than the room left is cut to fit; the answer then ends at the
+            # context with finish_reason "length".
+            max_tokens = min(requested, room)
         else:
-            max_tokens = min(s.default_max_tokens, room, s.max_tokens_limit or room)
+            # vLLM's defaults: 16 for completions (OpenAI's legacy default); for chat the
+            # model's max_new_tokens, else the room left. --default-max-tokens overrides both.
+            default = s.default_max_tokens
+            if default is None:
+                default = (self.generation_max_tokens if chat else _COMPLETIONS_MAX_TOKENS)
+            max_tokens = min(default or room, room, cap or room)
         try:
             return SamplingParams.with_defaults(
                 self.generation_defaults,

@@ -73,8 +73,10 @@ class ServerSettings:
     """Largest request body accepted (413 beyond)."""
     max_tokens_limit: int | None = None
     """Largest `max_tokens` a request may ask for (default: the context limit)."""
-    default_max_tokens: int = 256
-    """`max_tokens` of a request that sets none (bounded by the room left in the context)."""
+    default_max_tokens: int | None = None
+    """`max_tokens` of a request that sets none, on both endpoints (bounded by the room left in
+    the context and `max_tokens_limit`). None: vLLM's defaults, 16 for /v1/completions and,
+    for chat, the model's generation_config `max_new_tokens`, else the room left."""
     session_idle_s: float = 1800.0
     """A session that sends nothing for this long is ended (its blocks become plain cache);
     inf: never."""
@@ -120,7 +122,7 @@ class ServerSettings:
              f"policy {self.policy!r} is not an online policy; choose one of "
              f"{sorted(n for n in POLICIES if n != 'belady' and not n.startswith('oracle'))}")
         for name, low in (("block_size", 1), ("max_num_seqs", 1), ("max_num_batched_tokens", 1),
-                          ("max_queue", 0), ("max_body_bytes", 1024), ("default_max_tokens", 1)):
+                          ("max_queue", 0), ("max_body_bytes", 1024)):
             count(name, low)
         count("max_graph_tokens", 0)
         need(self.graph_capture in ("lazy", "startup"),
@@ -128,7 +130,8 @@ class ServerSettings:
         need(self.max_graph_tokens <= 2048,
              f"max_graph_tokens must be at most 2048, got {self.max_graph_tokens}")
         for name, low in (("kv_memory_bytes", 1), ("host_memory_bytes", 0),
-                          ("max_model_len", 1), ("max_tokens_limit", 1)):
+                          ("max_model_len", 1), ("max_tokens_limit", 1),
+                          ("default_max_tokens", 1)):
             count(name, low, optional=True)
         need(is_number(self.session_idle_s) and self.session_idle_s > 0,  # nan fails too
              f"session_idle_s must be a number > 0 (inf: never), got {self.session_idle_s!r}")

@@ -61,14 +61,17 @@ def test_a_prompt_filling_the_context_is_refused_naming_the_prompt_field(body, p
 @pytest.mark.parametrize(("body", "asked"), [
     (_chat(), "max_tokens"), (_chat(max_completion_tokens=4), "max_completion_tokens"),
     (_text(), "max_tokens")])
-def test_max_tokens_that_exactly_fills_the_context_is_taken(body, asked):
+def test_max_tokens_is_cut_to_the_room_and_refused_only_past_the_context(body, asked):
     """Killed mutant: `requested > room` -> `>=` (a request that fits to the last token was
-    refused)."""
+    refused). Session 56 (oaifix): past the room it is cut to fit, as vLLM does; only a
+    max_tokens above the whole context is refused, naming the field sent."""
     s = _serving(max_model_len=10)
     assert s._params(body, 4, 6).max_tokens == 6
-    err = _refusal(lambda: s._params(body, 4, 7))
+    assert s._params(body, 4, 7).max_tokens == 6
+    assert s._params(body, 4, 10).max_tokens == 6
+    err = _refusal(lambda: s._params(body, 4, 11))
     assert (err.status, err.param, err.code) == (400, asked, "context_length_exceeded"), err
-    assert err.message.startswith(f"{asked}=7 ")
+    assert err.message.startswith(f"{asked}=11 ")
 
 
 # -- the server's max_tokens limit ------------------------------------------------------------
@@ -92,6 +95,16 @@ def test_an_unset_max_tokens_takes_the_smallest_of_default_room_and_limit():
     assert s._params(_text(), 10, None).max_tokens == 50
     s = _serving(max_model_len=100, max_tokens_limit=95, default_max_tokens=200)
     assert s._params(_text(), 10, None).max_tokens == 90  # the room
+    # Unset --default-max-tokens (session 56): vLLM's 16 for completions, the room for chat,
+    # each still under the limit.
+    s = _serving(max_model_len=100)
+    assert (s._params(_text(), 10, None).max_tokens, s._params(_chat(), 10, None).max_tokens) \
+        == (16, 90)
+    s = _serving(max_model_len=100, max_tokens_limit=12)
+    assert (s._params(_text(), 10, None).max_tokens, s._params(_chat(), 10, None).max_tokens) \
+        == (12, 12)
+    s = _serving(max_model_len=20)
+    assert s._params(_text(), 10, None).max_tokens == 10  # the room, under 16
 
 
 # -- the queue --------------------------------------------------------------------------------
