@@ -104,6 +104,10 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         shrink_aging: a session demoted this many times (either way) is demoted by the
             shrink only after every paused session demoted fewer times, so the same
             long-tool sessions are not demoted again and again (0: no aging).
+        shrink_exempt_s: a session whose waits to be admitted again after its demotions
+            (in this task, each from its step's queueing to its admission) sum to this many
+            seconds is not demoted by the shrink any more (`inf`: always may be; the
+            default, 20 s, is session 56's fit: `Demotions._demotion_order` says why).
         shrink_order: which paused sessions the shrink demotes first (after aging):
             "latest_back" (the default: those expected back last), "smallest" (the
             smallest working sets, losing the fewest blocks to recompute; it raised bfcl
@@ -235,6 +239,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         max_backfill: int = 16,
         idle_admit_s: float = 1.0,
         shrink_aging: int = 2,
+        shrink_exempt_s: float = 20.0,
         shrink_order: str = "latest_back",
         shrink_on: str = "working_sets",
         max_overtake: int = 16,
@@ -285,6 +290,8 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         self.max_backfill = check_int("max_backfill", max_backfill, 0)
         self.idle_admit_s = check_float("idle_admit_s", idle_admit_s, 0.0)
         self.shrink_aging = check_int("shrink_aging", shrink_aging, 0)
+        self.shrink_exempt_s = check_float("shrink_exempt_s", shrink_exempt_s, 0.0,
+                                           strict=True)
         self.shrink_order = check_choice("shrink_order", shrink_order, SHRINK_ORDERS)
         self.shrink_on = check_choice("shrink_on", shrink_on, SHRINK_ON)
         self.max_overtake = check_int("max_overtake", max_overtake, 0)
@@ -341,6 +348,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         self._deferred: set[str] = set()  # demoted here, not back
         self._overtaken: dict[str, int] = {}  # resumed steps waiting: `_insert_demoted`'s counts
         self._times_demoted: dict[str, int] = {}  # per live session (aging in `_shrink`)
+        self._waited_again: dict[str, float] = {}  # ... its waits to be admitted again, summed
         self._undoable: dict[str, tuple[_Admitted, int]] = {}  # `undo_demotion`'s records
         self.num_undone_demotions = 0
         self._init_wait_causes()
@@ -414,8 +422,9 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             waits = self.tenant_admission_wait_s
             waits[req.tenant] = touch(waits, req.tenant, float, TRACKED_TENANTS) \
                 + now - req.arrival
-            if sid in self._deferred:
+            if sid in self._deferred:  # admitted again: its wait counts (`shrink_exempt_s`)
                 self._set_deferred(sid, False, now)
+                self._waited_again[sid] = self._waited_again.get(sid, 0.0) + now - req.arrival
             info = self.sessions[sid] = _Admitted(req.tenant, req.workflow, req.num_tokens)
             info.shared = self._shared_tokens(sid)
         # A compacted step (its prompt shorter than the last finish's context) is charged the
@@ -453,6 +462,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         info = self.sessions.get(sid)
         if ended or s is None:  # over, or the manager dropped it: nothing of it stays here
             self._times_demoted.pop(sid, None)
+            self._waited_again.pop(sid, None)
             self._drop_demotion(sid)
             self._session_left(sid)
             if info is not None:
@@ -487,6 +497,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         super().forget_session(session_id, now)
         self._drop_demotion(session_id)
         self._times_demoted.pop(session_id, None)
+        self._waited_again.pop(session_id, None)
         self._session_left(session_id)
         if session_id in self.sessions:
             self._ended_blocks += self._own_blocks(self.sessions[session_id])
