@@ -232,7 +232,19 @@ class Scheduler:
             raise
 
     def preempt(self, req: Request, now: float) -> None:
-        self.manager.preempt(req.session_id, now=now)
+        try:
+            self.manager.preempt(req.session_id, now=now)
+        except BaseException:
+            # Raised after the preempt (a policy hook, a cut after the release: the session
+            # paused), the request is preempted all the same (the core requeues it), so an
+            # abort while it waits withdraws it; raised with nothing done, it still runs.
+            s = self.manager.sessions.get(req.session_id)
+            if s is None or not s.is_running:
+                self._preempted(req)
+            raise
+        self._preempted(req)
+
+    def _preempted(self, req: Request) -> None:
         self._chunks.pop(req.request_id, None)
         self._decoded.pop(req.request_id, None)  # its slot went with its blocks
         req.status = RequestStatus.WAITING

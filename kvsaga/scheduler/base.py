@@ -532,9 +532,29 @@ class Scheduler:
                 return True
             except OutOfBlocks:
                 victim = self.running.pop()
-                executor.preempt(victim, now)
+                try:
+                    executor.preempt(victim, now)
+                except BaseException:
+                    self._preempt_raised(victim, now, out)
+                    raise
                 self.num_preemptions += 1
                 out.preempted.append(victim)
                 self._enqueue(victim, now, retry=True)
                 if victim is req:
                     return False
+
+    def _preempt_raised(self, victim: Any, now: float, out: SchedulerOutput) -> None:
+        """`executor.preempt(victim)` raised (a policy hook, an interrupt): the request is
+        kept, as the manager left its session. The manager's `preempt` raises either with
+        nothing done (the session still running: refused, or cut before the release) or
+        after the preempt (paused, its table released: a raising `blocks_cached` or
+        `blocks_disowned`, a cut after the release). Still running: back at the end of
+        `running`, where it was; else preempted, and requeued as a preempt's retry. Was:
+        in neither list, never run again (review s56 diffcompact2)."""
+        s = self.manager.sessions.get(victim.session_id)
+        if s is not None and s.is_running:
+            self.running.append(victim)
+            return
+        self.num_preemptions += 1
+        out.preempted.append(victim)
+        self._enqueue(victim, now, retry=True)
