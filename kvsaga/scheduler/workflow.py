@@ -449,7 +449,9 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         (they hold none of the session's context: kvsaga/manager_signals.py). Charged the
         old context, the preempted step and its retry held back sessions the pool had room
         for (tests/scheduler/test_compacted_preempt_charge.py). The charge is then as an
-        ordinary preempted step's at its re-admission (`max`: prompt and decoded tokens)."""
+        ordinary preempted step's at its re-admission (`max`: prompt and decoded tokens),
+        under `growth_charge` "once" too (`_step_blocks`: charged as under "step", not from
+        the last finish's context), and an abort of the retry keeps it (`_unqueue`)."""
         if req.num_tokens < info.context:
             info.context = req.num_tokens
             self._set_blocks(info)

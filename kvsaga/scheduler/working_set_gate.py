@@ -548,10 +548,13 @@ class WorkingSetGate:
         that over-charge is the only room "step" keeps for paused contexts, and "once"
         fails the non-thrash check against it, so it is opt-in (RESULTS "Scheduling",
         "Count a step's predicted growth once"). A session admitted anew (no finish
-        since its admission) has no last finish to count from: prompt + growth, as before."""
+        since its admission) has no last finish to count from: prompt + growth, as before;
+        nor has a preempted compacted step's retry (charged below its last finish's context,
+        `_preempted_charge`: the blocks past it disowned), was charged that old context."""
         own = info.context - info.shared
         phase = "admitted" if info.on_prompt else "queued"
-        if (self.growth_charge != "once" or not info.on_prompt or info.last_context is None):
+        if (self.growth_charge != "once" or not info.on_prompt or info.last_context is None
+                or info.context < info.last_context):
             return self._working_set(info.workflow, own, info.steps, info.tool, phase)
         at_end = self._working_set(info.workflow, info.last_context - info.shared,
                                    info.steps, info.tool, "queued")
@@ -562,8 +565,14 @@ class WorkingSetGate:
         """The admitted session `info`'s (manager session `s`) waiting step was cancelled
         before it ran (the engine's abort of a waiting, or preempted, request: no
         `finish_step`): it is paused as at its last finish (context, unqueued charge), and
-        nothing is learned (reply, growth, step count, cycle), as no step finished."""
+        nothing is learned (reply, growth, step count, cycle), as no step finished. A
+        preempted compacted step's (its charge below the last finish's context) goes back to
+        the context the session holds, not the old one its preempt disowned (was: charged
+        the old context again, and its next step with it: review s56 diffcompact2 LOW-1)."""
         if info.last_context is not None:
+            if info.context < info.last_context:  # (`_preempted_charge` lowered it)
+                info.last_context = min(info.last_context,
+                                        max(info.context, len(s.token_ids)))
             info.context = info.last_context
         info.active = info.on_prompt = False
         if info.demote_at == math.inf:  # admitted, then preempted: its pause starts now
