@@ -20,8 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvsaga.engine.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from kvsaga.engine.request import RequestOutput
+    from kvsaga.engine.sampling import SamplingParams
 
 
 @dataclass
@@ -90,6 +95,39 @@ class TokenContext:
             kept_text_len=len(prompt_text) + len(kept_text) if kept is not None else 0,
             tail=tail,
         )
+
+    @classmethod
+    def after(
+        cls,
+        tokenizer: Tokenizer,
+        prompt_ids: Sequence[int],
+        prompt_text: str | None,
+        params: SamplingParams,
+        out: RequestOutput,
+        *,
+        keep_eos: bool,
+    ) -> TokenContext:
+        """The context a finished step leaves (`of_step`), told what its returned text
+        leaves out: the last output id, if it ended the step by its id (EOS unless
+        `ignore_eos`, a stop token: as in vLLM, not in the text), or what a stop string cut.
+
+        Args:
+            params: the step's sampling parameters (its stop token ids, `ignore_eos`).
+            out: the step's finished output.
+            keep_eos: an EOS that ended the step stays (a chat step's: it closes the
+                assistant's turn, as the chat template renders the answer the caller's
+                messages hold).
+        """
+        ids = out.token_ids
+        last = ids[-1] if ids else None
+        eos = tokenizer.eos_token_ids
+        by_id = out.finish_reason == "stop" and last is not None and (
+            last in params.stop_token_ids or (not params.ignore_eos and last in eos))
+        cut = out.text if out.finish_reason == "stop" and not by_id else None
+        if by_id and keep_eos and last in eos:
+            by_id = False  # (kept: the turn's end)
+        return cls.of_step(tokenizer, prompt_ids, prompt_text, ids, drop_last=by_id,
+                           cut_text=cut)
 
     @property
     def held_text(self) -> str:

@@ -492,21 +492,10 @@ class AgentSession:
 
 def _step_context(llm: LLM, ids: list[int], text: str | None, params: SamplingParams | None,
                   out: RequestOutput) -> TokenContext:
-    """The context a finished step leaves (`TokenContext.of_step`), told what its returned
-    text leaves out: the last output id, if it ended the step by its id (EOS unless
-    `ignore_eos`, a stop token: as in vLLM, not in the text), or what a stop string cut.
-    A chat step's EOS (`text` given: the rendered conversation) stays: it closes the
-    assistant's turn, as the chat template renders the answer the session's messages hold."""
-    p = params or llm.default_params()
-    last = out.token_ids[-1] if out.token_ids else None
-    eos = llm.tokenizer.eos_token_ids
-    by_id = out.finish_reason == "stop" and last is not None and (
-        last in p.stop_token_ids or (not p.ignore_eos and last in eos))
-    cut = out.text if out.finish_reason == "stop" and not by_id else None
-    if by_id and text is not None and last in eos:
-        by_id = False  # (kept: the turn's end)
-    return TokenContext.of_step(llm.tokenizer, ids, text, out.token_ids, drop_last=by_id,
-                                cut_text=cut)
+    """The context a finished step leaves (`TokenContext.after`). A chat step's EOS (`text`
+    given: the rendered conversation) stays: it closes the assistant's turn."""
+    return TokenContext.after(llm.tokenizer, ids, text, params or llm.default_params(), out,
+                              keep_eos=text is not None)
 
 
 def _abort_all(engine: LLMEngine, reqs: list, cause: BaseException) -> None:

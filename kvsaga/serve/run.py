@@ -40,6 +40,7 @@ from kvsaga.serve.protocol import (
 from kvsaga.serve.sessions import SessionContext, names_engine_session
 
 if TYPE_CHECKING:
+    from kvsaga.engine.sampling import SamplingParams
     from kvsaga.serve.serving import Serving
 
 log = logging.getLogger("kvsaga.serve")
@@ -49,11 +50,13 @@ class Run:
     """One submitted request: observes latencies, records the session, formats output."""
 
     def __init__(self, serving: Serving, handle: RequestHandle, ids: list[int],
-                 text: str | None, ctx: SessionContext | None, engine_sid: str | None,
-                 last_step: bool, arrival: float, chat: bool, rid: str, sid: str | None) -> None:
+                 params: SamplingParams, text: str | None, ctx: SessionContext | None,
+                 engine_sid: str | None, last_step: bool, arrival: float, chat: bool,
+                 rid: str, sid: str | None) -> None:
         self.s = serving
         self.handle = handle
         self.ids = ids
+        self.params = params
         self.text = text
         self.ctx = ctx
         self.engine_sid = engine_sid
@@ -122,7 +125,7 @@ class Run:
         finish that still came must not overwrite the context of a step sent since."""
         ctx = self.ctx
         if ctx is not None and not self.last_step and ctx.in_flight == self.rid:
-            self.s.sessions.record(ctx, self.ids, self.text, out.token_ids)
+            self.s.sessions.record(ctx, self.ids, self.text, self.params, out, self.chat)
 
     def _release(self) -> None:
         """Free the session (once: `_outputs` and `close` both call it). A last step ends

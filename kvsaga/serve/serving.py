@@ -42,6 +42,9 @@ MAX_SESSION_ID = MAX_NAME_CHARS  # characters, as the body's session_id field al
 TOKENIZE_OFF_LOOP_CHARS = 16_000
 # /v1/completions' max_tokens when the request sets none (vLLM's and OpenAI's legacy default).
 _COMPLETIONS_MAX_TOKENS = 16
+
+# What `Serving._submit` hands on: the queued request, its prompt ids, its parameters.
+_Submitted = tuple[RequestHandle, list[int], SamplingParams]
 _WARNED_TOOL_CHOICES: set[str] = set()  # tool_choice values already logged as not enforced
 
 
@@ -224,10 +227,10 @@ class Serving:
         added: list[bool] = []  # [True] once the engine took it (set on the engine thread)
         submit = self._submit(body, prompt, ctx, known is not None, engine_sid, salt, sid, rid,
                               requested, added)
-        handle, ids = await self._queue(request, submit, added, ctx, known, engine_sid, rid,
-                                        last_step)
-        run = Run(self, handle, ids, prompt.text, ctx, engine_sid, last_step, arrival, chat,
-                  rid, sid)
+        handle, ids, params = await self._queue(request, submit, added, ctx, known,
+                                                engine_sid, rid, last_step)
+        run = Run(self, handle, ids, params, prompt.text, ctx, engine_sid, last_step, arrival,
+                  chat, rid, sid)
         if isinstance(body, CompletionRequest) and body.echo:
             run.echo = prompt.text if prompt.text is not None else (
                 self.sessions.tokenizer.decode(ids, skip_special_tokens=False))
@@ -239,10 +242,10 @@ class Serving:
         return JSONResponse(await run.collect(request), headers=headers)
 
     async def _queue(self, request: Request,
-                     submitting: Coroutine[Any, Any, tuple[RequestHandle, list[int]]],
+                     submitting: Coroutine[Any, Any, _Submitted],
                      added: list[bool], ctx: SessionContext | None,
                      known: SessionContext | None, engine_sid: str | None, rid: str,
-                     last_step: bool) -> tuple[RequestHandle, list[int]]:
+                     last_step: bool) -> _Submitted:
         """Run `submitting` (`_submit`'s coroutine) as a task that a disconnect of the client
         cancels, and give the session back on every way out but the request's (`_unreserve`).
         Without the watcher, a client that left while its prompt was tokenized or its add
@@ -277,10 +280,10 @@ class Serving:
     async def _submit(self, body: _Common, prompt: Prompt, ctx: SessionContext | None,
                       resumed: bool, engine_sid: str | None, salt: str | None,
                       sid: str | None, rid: str, requested: int | None, added: list[bool]
-                      ) -> tuple[RequestHandle, list[int]]:
+                      ) -> _Submitted:
         """Tokenize, check the limits and queue the request (`complete`'s part that may
-        refuse it or wait); returns its handle and prompt ids. `added` gets True on the
-        engine thread once the engine took the request.
+        refuse it or wait); returns its handle, prompt ids and sampling parameters. `added`
+        gets True on the engine thread once the engine took the request.
 
         Raises:
             APIError: a limit or a field was violated, or the engine refused the request
@@ -320,7 +323,7 @@ class Serving:
         # it first suspends, so an end that comes later queues its end after the add, and
         # aborts the step there (`end_session`).
         try:
-            return await self.engine.submit(ids, params, **kwargs), ids
+            return await self.engine.submit(ids, params, **kwargs), ids, params
         except InvalidRequest as e:
             # Well-formed, but the engine cannot take it (e.g. token ids outside the vocab).
             msg = str(e)

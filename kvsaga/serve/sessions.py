@@ -22,10 +22,15 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvsaga.engine.context import TokenContext, encode_continuing
 from kvsaga.engine.tokenizer import Tokenizer
 from kvsaga.serve.errors import APIError
+
+if TYPE_CHECKING:
+    from kvsaga.engine.request import RequestOutput
+    from kvsaga.engine.sampling import SamplingParams
 
 
 def tenant_salt(api_key: str | None, cache_salt: str | None) -> str | None:
@@ -153,17 +158,24 @@ class SessionRegistry:
         ctx: SessionContext,
         prompt_ids: list[int],
         prompt_text: str | None,
-        out_ids: list[int],
+        params: SamplingParams,
+        out: RequestOutput,
+        chat: bool,
     ) -> None:
-        """Remember a finished step's context.
+        """Remember a finished step's context (`TokenContext.after`): up to what its
+        returned text holds, so a next prompt built from that text reuses the exact ids.
 
         Args:
             ctx: the session.
             prompt_ids: the step's prompt.
             prompt_text: the text it was encoded from (None for a token-id prompt).
-            out_ids: the generated ids (EOS included: the cache holds it too).
+            params: the step's sampling parameters.
+            out: the finished output (its ids: EOS included, the cache holds it too).
+            chat: a chat step: an EOS that ended it stays in the context (the chat
+                template closes the assistant's turn with it).
         """
-        ctx.tokens = TokenContext.of_step(self.tokenizer, prompt_ids, prompt_text, out_ids)
+        ctx.tokens = TokenContext.after(self.tokenizer, prompt_ids, prompt_text, params, out,
+                                        keep_eos=chat)
         ctx.last_used = time.monotonic()
         ctx.num_steps += 1
 

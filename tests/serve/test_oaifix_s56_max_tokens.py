@@ -138,16 +138,35 @@ def test_completions_default_to_16_tokens(server: LiveServer):
     server.wait_idle()
 
 
-def test_chat_defaults_to_the_room_left(server: LiveServer):
+@pytest.fixture(scope="module")
+def long_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a context of LONG_CTX tokens (its weights do not depend on it)."""
+    out = tmp_path_factory.mktemp("serve-tiny-long")
+    for f in tiny_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["max_position_embeddings"] = LONG_CTX
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+LONG_CTX = 320  # above the old 256-token default, so a return to it fails
+
+
+def test_chat_defaults_to_the_room_left(long_dir: Path):
     """Chat without max_tokens runs to the context (or an end of sequence), as on vLLM and
-    OpenAI; it was cut at 256 tokens. The tiny model's context of 256 hides that cut (the
-    old code passes here); the next test is the one the old default fails."""
-    out = _ok(_post(server, "/v1/chat/completions",
-                    {"model": MODEL, "messages": MSGS, "ignore_eos": True}))
-    usage = out["usage"]
-    assert usage["total_tokens"] == CTX, usage
-    assert out["choices"][0]["finish_reason"] == "length", out
-    server.wait_idle()
+    OpenAI; it was cut at 256 tokens (review s56 diffgen LOW-4: on the 256-token model the
+    old default reached the context too, so the context here is longer)."""
+    app = build_app(make_engine(long_dir), settings())
+    with LiveServer(app) as s:
+        assert s.app.state.server.serving().max_model_len == LONG_CTX
+        out = _ok(_post(s, "/v1/chat/completions",
+                        {"model": MODEL, "messages": MSGS, "ignore_eos": True}))
+        usage = out["usage"]
+        assert usage["total_tokens"] == LONG_CTX, usage
+        assert usage["completion_tokens"] > 256, usage
+        assert out["choices"][0]["finish_reason"] == "length", out
+        s.wait_idle()
 
 
 @pytest.fixture(scope="module")
