@@ -201,17 +201,15 @@ class HostLoads:
         `s`'s retained tail was referenced: when it continues the run (`tail_at`: its block
         position, or -1) and the loads evict, it is held first, unless only its block leaves
         room for them (more hits then: the tail's block would be a load's). When the loads
-        raise (or an interrupt comes here), `hits` are released too, after `_take_run`'s."""
-        try:
-            first = len(hits)
-            run = self._fit_run(self._host_walk(s.block_hashes, first, limit))
-            if not run:
-                return [], False
-            loads = sum(1 for _, on_gpu in run if not on_gpu)
-            blocks, held = self._take_run(s, first, run, now, tail_at == first + len(run))
-        except BaseException:
-            self._let_go(hits[::-1], -1)
-            raise
+        raise (or an interrupt comes here), the caller (`_full_block_hits`) releases `hits`,
+        after `_take_run`'s own (s56 cutsfix: was here, and a cut at this call's entry or in
+        `_reusable_tail` leaked them)."""
+        first = len(hits)
+        run = self._fit_run(self._host_walk(s.block_hashes, first, limit))
+        if not run:
+            return [], False
+        loads = sum(1 for _, on_gpu in run if not on_gpu)
+        blocks, held = self._take_run(s, first, run, now, tail_at == first + len(run))
         self._host_hit_tokens += loads * self.block_size
         return blocks, held
 

@@ -197,45 +197,51 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         except BaseException:  # the loads' evictions raised; their references are dropped
             self._unbegin(s, keep, before, [], owners)
             raise
-        num_cached = len(hits) * self.block_size
-        if s.tail is not None:
-            try:
-                num_cached = self._reuse_tail(s, hits, num_cached, usable_end, held)
-            except BaseException:  # the pool's hook raised on the tail's hit or drop
-                s.block_ids = hits  # the references to drop, the loads among them
-                self._unbegin(s, keep, before, None, owners)
-                raise
-        if self._hot is not None:
-            self._hot.disown_shared(hits, session_id)
-        else:
-            owner = self.block_owner
-            for b in hits:
-                if owner[b] != session_id:
-                    owner[b] = None  # shared by several sessions: plain cache
-        back = self._disowned.get(session_id)  # (rare: it compacted, see `_reown`)
-        if back is not None:
-            back = self._reown(s, hits, back)
-        self._note_left(s, s.block_ids, hits)
-        s.block_ids = hits
-        s.num_computed = num_cached
-        s.state = SessionState.RUNNING
-        s.num_steps += 1
-        s.paused_at = None
-        s.hint = None
-        self.sessions[session_id] = s
-        self._queried_tokens += len(tokens)
-        self._hit_tokens += num_cached
-        s.importing = whole
+        # From the hits on, an interrupt (or a hook's raise) takes the step back whole, as
+        # `step_started`'s raise does: the hits (a tail the loads held among them) are the
+        # session's table for `_unbegin`, a compacted record as before (s56 cutsfix; was:
+        # cut before `s.block_ids = hits`, the hits leaked; past the registration, the
+        # session left RUNNING by a begin_step that raised).
+        tail, saved = (s.tail[0] if held else -1), None
         try:
+            num_cached = len(hits) * self.block_size
+            if s.tail is not None:
+                num_cached = self._reuse_tail(s, hits, num_cached, usable_end, held)
+            if self._hot is not None:
+                self._hot.disown_shared(hits, session_id)
+            else:
+                owner = self.block_owner
+                for b in hits:
+                    if owner[b] != session_id:
+                        owner[b] = None  # shared by several sessions: plain cache
+            rec = self._disowned.get(session_id)  # (rare: it compacted, see `_reown`)
+            if rec is not None:
+                saved = self._disowned_before(rec)
+                self._reown(s, hits, rec)
+            self._note_left(s, s.block_ids, hits)
+            s.block_ids = hits
+            s.num_computed = num_cached
+            s.state = SessionState.RUNNING
+            s.num_steps += 1
+            s.paused_at = None
+            s.hint = None
+            self.sessions[session_id] = s
+            self._queried_tokens += len(tokens)
+            self._hit_tokens += num_cached
+            s.importing = whole
+            start = StepStart(len(tokens), num_cached, list(hits))
             self.policy.step_started(s, now)
-        except BaseException:
-            if back:
-                self._unreown(session_id, back)
+        except BaseException:  # (the pool's hook on the tail's hit or drop, step_started)
+            if held and hits[-1:] != [tail]:
+                hits.append(tail)  # (cut before `_reuse_tail` appended it)
+            if saved is not None:
+                self._put_disowned_back(session_id, saved)
+            s.block_ids = hits  # the references to drop, the loads among them
             self._unbegin(s, keep, before, None, owners)
             raise
         finally:
             s.importing = False
-        return StepStart(len(tokens), num_cached, list(hits))
+        return start
 
     def _open(
         self, session_id: str, token_ids: Sequence[int], salt: str | None, workflow: str
@@ -283,15 +289,15 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         calls = pool.calls
         try:
             pool.acquire_many(hits)  # before loads below can evict anything
-        except BaseException:
-            if pool.calls != calls:  # taken, then an interrupt (as the C++ call returned)
-                self._drop_hits(hits)
+            calls, held = -1, False
+            if self.host is not None:
+                loaded, held = self._load_from_host(s, hits, limit, now,
+                                                    self._reusable_tail(s, usable_end))
+                hits += loaded
+        except BaseException:  # (the loads let go of theirs)
+            if calls < 0 or pool.calls != calls:  # taken (then an interrupt as the C++
+                self._drop_hits(hits)  # call returned, or the loads raised, or a cut)
             raise
-        held = False
-        if self.host is not None:
-            loaded, held = self._load_from_host(s, hits, limit, now,
-                                                self._reusable_tail(s, usable_end))
-            hits += loaded
         return hits, held
 
     def _note_left(self, s: Session, old: list[int], new: list[int]) -> None:

@@ -117,7 +117,7 @@ class SessionSignals:
         no other session's table holds (a prefix another session hit stays plain cache, as
         any shared block does). Set before the step's release files the block with the
         policy, which reads its owner there, as for any block of the session's table.
-        Returns those given back (for `_unreown`); `kvsaga.ownership.reown` has the rule."""
+        Returns those given back; `kvsaga.ownership.reown` has the rule."""
         sid = s.session_id
         back = reown(rec, sid, hits, self.block_owner, self.block_position,
                      self.pool.block_hash, lambda b, p: self._held_elsewhere(s, b, p))
@@ -133,15 +133,21 @@ class SessionSignals:
                 return True
         return False
 
-    def _unreown(self, sid: str, back: list[tuple[int, bytes]]) -> None:
-        """Take back `_reown`'s `back` (its `begin_step` is taken back): disowned again,
-        and recorded again, before the take-back releases them."""
+    def _disowned_before(self, rec: dict[int, bytes]) -> tuple[dict[int, bytes], list]:
+        """A copy of a compacted session's record `rec` and its blocks' owners, taken before
+        `_reown` changes them, for `_put_disowned_back`."""
         owner = self.block_owner
-        rec = self._disowned.setdefault(sid, {})
-        for b, h in back:
-            if owner[b] == sid:
-                owner[b] = None
-            rec[b] = h
+        return dict(rec), [(b, owner[b]) for b in rec]
+
+    def _put_disowned_back(self, sid: str, saved: tuple[dict[int, bytes], list]) -> None:
+        """Undo `_reown` (whole, or cut anywhere in it) for a `begin_step` taken back: the
+        record and its blocks' owners as `_disowned_before` saw them, before the take-back
+        releases the blocks (the policy reads their owner there)."""
+        rec, owners = saved
+        owner = self.block_owner
+        for b, o in owners:
+            owner[b] = o
+        self._disowned[sid] = rec
 
     def pause_hint(
         self,

@@ -172,10 +172,6 @@ def test_a_cut_at_a_callee_entry_leaks_nothing(core, monkeypatch, op, name, gone
     """CPython checks for a signal at every Python function's entry (`Cut` does not model
     it): a callee cut there, once, on its first call inside the operation (`_name_loads`:
     a prefetch's only)."""
-    if op == "begin_step" and name in ("_note_left", "_tail_alive"):
-        # (called in begin_step's own frames, kvsaga/manager.py `_begin` /
-        # `_full_block_hits`, with the GPU hits taken: s56 cuts.md MED-4, not fixed here)
-        pytest.skip("a cut in begin_step's own frames: cuts.md MED-4")
     m = _mixed(core, gone)
     real = getattr(type(m), name)
     fired = []
