@@ -9,8 +9,9 @@ jump back, a Python function's entry): each step that takes references reads the
 `calls` before its call, so that its handler knows a call that completed as the interrupt
 came (the C++ pool's, raised as it returns; the Python pool's, which finishes after its tell
 and raises) and lets go of its references too; the loaded blocks' list is built inside the
-load's own handler. Not covered: the callers' frames (`begin_step`, `prefetch`) between their
-calls, and a second interrupt inside a handler.
+load's own handler; the callers' frames have their own handlers (`begin_step`'s
+`_full_block_hits` and `_begin`, s56 cutsfix; `prefetch`'s stages). Not covered: a second
+interrupt inside a handler.
 """
 
 from __future__ import annotations
