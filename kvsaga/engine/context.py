@@ -189,9 +189,53 @@ def _before_cut(
     """(k, text, tail): the longest `out_ids[:k]` whose text (after the prompt's, special
     tokens skipped, as the returned text reads) is a prefix of `cut_text` and ends in a
     whole character; their text with special tokens spelled out; the rest of `cut_text`.
-    (0, "", cut_text) when none within `_MAX_CUT_TOKENS` of the end is."""
+    (0, "", cut_text) when none within `_MAX_CUT_TOKENS` of the end is.
+
+    The candidates' texts are decoded as the text before the last `_MAX_CUT_TOKENS` ids
+    (decoded once) plus a window of those ids after `_LEFT_CONTEXT` ids of left context,
+    not each as the whole output: that was up to 64 decodes of a long answer per step. The
+    one found is checked against its whole decode; a decoder for which the window's text
+    differs (a cleanup across the window's start) falls back to whole decodes."""
     left = list(prompt_ids[-_LEFT_CONTEXT:])
     pre = tokenizer.decode(left, skip_special_tokens=True)
+    n = len(out_ids)
+    lo = max(n - _MAX_CUT_TOKENS, 0)  # candidates: k in (lo, n]
+    # The window starts at `start`, where the text before it ends in a whole character
+    # (a character's bytes split across the start would decode apart).
+    start, head = lo, ""
+    while start:
+        whole = tokenizer.decode(left + list(out_ids[:start]), skip_special_tokens=True)
+        if not whole.endswith("\ufffd"):
+            break
+        start -= 1
+        if start < lo - _MAX_PARTIAL_TOKENS:
+            return _before_cut_whole(tokenizer, left, pre, out_ids, cut_text)
+    if start:
+        if not whole.startswith(pre):
+            return _before_cut_whole(tokenizer, left, pre, out_ids, cut_text)
+        head = whole[len(pre):]
+    if not cut_text.startswith(head):
+        return 0, "", cut_text
+    ctx = (left + list(out_ids[:start]))[-_LEFT_CONTEXT:]
+    ctx_text = tokenizer.decode(ctx, skip_special_tokens=True)
+    for k in range(n, lo, -1):
+        text = tokenizer.decode(ctx + list(out_ids[start:k]), skip_special_tokens=True)
+        shown = head + text[len(ctx_text):]
+        if (text.startswith(ctx_text) and cut_text.startswith(shown)
+                and not shown.endswith("\ufffd")):
+            whole = tokenizer.decode(left + list(out_ids[:k]), skip_special_tokens=True)
+            if whole != pre + shown:
+                return _before_cut_whole(tokenizer, left, pre, out_ids, cut_text)
+            spelled = tokenizer.decode(out_ids[:k], skip_special_tokens=False)
+            return k, spelled, cut_text[len(shown):]
+    return 0, "", cut_text
+
+
+def _before_cut_whole(
+    tokenizer: Tokenizer, left: list[int], pre: str, out_ids: Sequence[int], cut_text: str
+) -> tuple[int, str, str]:
+    """`_before_cut` decoding each candidate whole (`left`: the prompt's last ids, `pre`
+    their text)."""
     n = len(out_ids)
     for k in range(n, max(n - _MAX_CUT_TOKENS, 0), -1):
         text = tokenizer.decode(left + list(out_ids[:k]), skip_special_tokens=True)
