@@ -158,16 +158,22 @@ class TokenContext:
 # A UTF-8 character is at most 4 bytes, so one cut inside it leaves at most 3 of its bytes,
 # in as many tokens.
 _MAX_PARTIAL_TOKENS = 3
+# The output ids `_whole_characters` looks back over: the returned text leaves out every
+# U+FFFD it ends in (the detokenizer holds them back), an incomplete character's or a run
+# of invalid bytes' (a model emitting stray continuation bytes). Past that many, the held
+# text keeps them.
+_MAX_HELD_BACK_TOKENS = 64
 
 
 def _whole_characters(
     tokenizer: Tokenizer, out_ids: Sequence[int], out_text: str
 ) -> tuple[int | None, str]:
-    """(k, text) for the longest `out_ids[:k]` whose text does not end inside a character,
-    when `out_text` does (ends in U+FFFD) and that text is a prefix of it; else (None, "")."""
+    """(k, text) for the longest `out_ids[:k]` whose text does not end in U+FFFD (inside a
+    character, or invalid bytes), when `out_text` does and that text is a prefix of it;
+    else (None, "")."""
     if not out_text.endswith("\ufffd"):
         return None, ""
-    for k in range(len(out_ids) - 1, max(len(out_ids) - _MAX_PARTIAL_TOKENS, 0) - 1, -1):
+    for k in range(len(out_ids) - 1, max(len(out_ids) - _MAX_HELD_BACK_TOKENS, 0) - 1, -1):
         text = tokenizer.decode(out_ids[:k], skip_special_tokens=False)
         if not text.endswith("\ufffd"):
             return (k, text) if k and out_text.startswith(text) else (None, "")
