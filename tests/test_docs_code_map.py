@@ -123,8 +123,9 @@ def test_scheduler_parameter_table_gives_the_signature_defaults():
 
     table = _table(_section(_read("scheduler.md"), "## Parameters of `WorkflowScheduler`"))
     defaults = _defaults(WorkflowScheduler.__init__, skip=("manager", "limits"))
-    # None: every tenant weighs 1
-    _check(table, defaults, {"tenant_weights": ("1 each", None)})
+    # None: every tenant weighs 1; inf: the opt-in `shrink_exempt_s` off
+    _check(table, defaults, {"tenant_weights": ("1 each", None),
+                             "shrink_exempt_s": ("inf", float("inf"))})
 
 
 @pytest.mark.parametrize("name", ["ttl", "graph", "saga", "adaptive"])

@@ -83,7 +83,9 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             again: ahead of its tenant's new sessions under `admission_order` "fifo" or
             `readmit_order` "first", sorted among them by default, as `readmit_order`
             says). Independently, whenever the admitted working sets outgrow the tiers,
-            paused sessions are demoted until they fit, those expected back last first.
+            paused sessions are demoted until they fit, those expected back last first,
+            except those the opt-in `shrink_exempt_s` leaves out (then they may stay above
+            the tiers until a step finishes, idle admission or a pause deadline).
         default_pause_s: expected pause when neither the step's hint nor an Agent Execution
             Graph (a `graph` policy's) predicts one.
         reserve_decode_tokens: decode tokens of headroom reserved per running step: a step
@@ -100,14 +102,21 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         max_backfill: how many sessions may be backfilled ahead of one waiting session.
         idle_admit_s: once the batch has been empty this long with every admitted session
             away on a tool call, the next session is admitted even if the working sets do
-            not fit (the GPU would idle; `inf`: never). Demotion then makes room.
+            not fit (the GPU would idle; `inf`: never). Demotion then makes room (the
+            shrink, of the sessions `shrink_exempt_s` does not leave out).
         shrink_aging: a session demoted this many times (either way) is demoted by the
             shrink only after every paused session demoted fewer times, so the same
             long-tool sessions are not demoted again and again (0: no aging).
         shrink_exempt_s: a session whose waits to be admitted again after its demotions
             (in this task, each from its step's queueing to its admission) sum to this many
-            seconds is not demoted by the shrink any more (`inf`: always may be; the
-            default, 20 s, is session 56's fit: `Demotions._demotion_order` says why).
+            seconds is not demoted by the shrink any more, nor in the shrink's simulations
+            (the room swap's victims, the leave forecast, the gate's churn); Agent Fair
+            Share's reclaim and the tail guard's still demote it, after every other paused
+            session, and so does its pause deadline. `inf` (the default: off): always
+            may be. Not the default: 20 s won the single-tenant fit (session 56) but
+            failed the calibrated AFS veto (mean d log ratio +0.116 against 0.0231;
+            docs/scheduling_fit_history.md, "Session 56, third lane");
+            `Demotions._demotion_order` says why it exists.
         shrink_order: which paused sessions the shrink demotes first (after aging):
             "latest_back" (the default: those expected back last), "smallest" (the
             smallest working sets, losing the fewest blocks to recompute; it raised bfcl
@@ -239,7 +248,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         max_backfill: int = 16,
         idle_admit_s: float = 1.0,
         shrink_aging: int = 2,
-        shrink_exempt_s: float = 20.0,
+        shrink_exempt_s: float = math.inf,
         shrink_order: str = "latest_back",
         shrink_on: str = "working_sets",
         max_overtake: int = 16,
@@ -424,7 +433,8 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
                 + now - req.arrival
             if sid in self._deferred:  # admitted again: its wait counts (`shrink_exempt_s`)
                 self._set_deferred(sid, False, now)
-                self._waited_again[sid] = self._waited_again.get(sid, 0.0) + now - req.arrival
+                again = self._waited_again  # clamped at 0 as the other summed waits
+                again[sid] = again.get(sid, 0.0) + max(now - req.arrival, 0.0)
             info = self.sessions[sid] = _Admitted(req.tenant, req.workflow, req.num_tokens)
             info.shared = self._shared_tokens(sid)
         # A compacted step (its prompt shorter than the last finish's context) is charged the
