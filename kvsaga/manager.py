@@ -36,7 +36,7 @@ from kvsaga._validate import MIN_TIME_S as _NT
 from kvsaga._validate import check_bool, check_positive_int, check_str, check_time, is_int
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks
-from kvsaga.host_tier import HostTier, HostTierOps
+from kvsaga.host_tier import HostTier, HostTierOps, _chain_last
 from kvsaga.manager_evict import EvictionPath
 from kvsaga.manager_journal import EvictionJournal
 from kvsaga.manager_reads import ManagerReads, ending_error
@@ -216,7 +216,8 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                         owner[b] = None  # shared by several sessions: plain cache
             rec = self._disowned.get(session_id)  # (rare: it compacted, see `_reown`)
             if rec is not None:
-                saved = self._disowned_before(rec)
+                if not rec.keys().isdisjoint(hits):  # (else `_reown` changes nothing: no copy)
+                    saved = self._disowned_before(rec)
                 self._reown(s, hits, rec)
             self._note_left(s, s.block_ids, hits)
             s.block_ids = hits
@@ -294,9 +295,11 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                 loaded, held = self._load_from_host(s, hits, limit, now,
                                                     self._reusable_tail(s, usable_end))
                 hits += loaded
-        except BaseException:  # (the loads let go of theirs)
+        except BaseException as err:  # (the loads let go of theirs)
             if calls < 0 or pool.calls != calls:  # taken (then an interrupt as the C++
-                self._drop_hits(hits)  # call returned, or the loads raised, or a cut)
+                lost = self._drop_hits(hits)  # call returned, or the loads raised, or a cut)
+                if lost is not None:
+                    _chain_last(err, lost)
             raise
         return hits, held
 

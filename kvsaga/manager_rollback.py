@@ -210,12 +210,14 @@ class FailedWrites:
         if cut is not None:
             raise cut
 
-    def _drop_hits(self, hits: list[int]) -> None:
+    def _drop_hits(self, hits: list[int]) -> BaseException | None:
         """Let go of the references `_full_block_hits` took on `hits` once an interrupt came
         after they were taken (as the C++ pool's call returned; the Python pool's after its
         tell), before it propagates to `begin_step`'s take-back, which holds none of them:
         released (CACHED again, told), or, for a release that began and raised, its cached
-        blocks dropped unseen (`_take_back`'s rule)."""
+        blocks dropped unseen (`_take_back`'s rule), tails first as every take-back frees.
+        Returns the release's own error when nothing is raised here, for the caller to
+        chain onto the error it propagates (review s56 diffbegin LOW-1: it was lost)."""
         pool, ids = self.pool, hits[::-1]
         calls = pool.calls
         try:
@@ -230,9 +232,11 @@ class FailedWrites:
                 told = pool.__class__ is BlockPool and pool._releasing is not ids
                 again = cut
             if not told:
-                again = self._evict_unseen([b for b in hits if pool.state[b] == CACHED]) or again
+                again = self._evict_unseen([b for b in ids if pool.state[b] == CACHED]) or again
             if again is not None:
                 raise again from e
+            return e
+        return None
 
     def _evict_unseen(self, gone: list[int]) -> BaseException | None:
         """Unindex, free and disown the CACHED blocks `gone` without telling the policy: a

@@ -116,3 +116,21 @@ def test_prefetch_keeps_the_first_error_when_its_closing_release_raises(core, go
     run_step(m, "x", X + [1])
     run_step(m, "z", Z)
     m.check_integrity()
+
+
+def test_the_gpu_hits_release_error_stays_in_the_chain(core):
+    """Layout 1 with 2 faulty tells: the loads' take-back release raises, then the GPU hits'
+    release (`_drop_hits`) raises too: both errors are in the chain the caller sees, and the
+    hits are freed tails first as every take-back frees (review s56 diffbegin LOW-1: the
+    second was dropped without a trace)."""
+    m, policy = _paused(core, 1)
+    policy.first_error, policy.bad_tells = RuntimeError("choose fault"), 2
+    with pytest.raises(RuntimeError) as info:
+        m.begin_step("x", X + [1])
+    chain = [str(e) for e in _chain(info.value)]
+    assert chain.count("blocks_cached fault") == 2 and "choose fault" in chain
+    assert policy.bad_tells == 0
+    assert _unqueued(m, policy) == []
+    m.check_integrity()
+    run_step(m, "x", X + [1])
+    m.check_integrity()
