@@ -22,7 +22,7 @@ from kvsaga.manager import KVCacheManager as _M
 from kvsaga.ownership import reown
 from tests.interrupts import Cut
 from tests.test_host_load_hook_raises import run_step
-from tests.test_host_take_run_cut import X, _mixed
+from tests.test_host_take_run_cut import X, _mixed, cut_first_entry
 from tests.test_manager_compacted_disown import _check, _manager, _toks
 from tests.test_manager_compacted_reown import _step
 
@@ -123,16 +123,7 @@ def test_a_cut_at_a_callee_entry_takes_the_step_back(core, monkeypatch, case, na
     if not hasattr(type(m), name):
         pytest.skip(f"no {name}")
     before = _state(m, sid)
-    real = getattr(type(m), name)
-    fired = []
-
-    def entry(*args, **kwargs):
-        if not fired:
-            fired.append(name)
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(type(m), name, entry)
+    fired = cut_first_entry(monkeypatch, type(m), name)
     with contextlib.suppress(KeyboardInterrupt):
         m.begin_step(sid, tokens)
     monkeypatch.undo()

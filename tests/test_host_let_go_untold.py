@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import pytest
 
-from kvsaga import KVCacheManager, KVSpec
-from kvsaga.policy import LRUPolicy
+from kvsaga import KVCacheManager
 from kvsaga.pool import CACHED
 from tests.test_host_load_hook_raises import run_step
+from tests.test_host_take_run_cut import Chosen, X, host_layout
 
-BS = 4
-X = list(range(500, 513))  # 3 full blocks and a tail of one token
-Y = list(range(700, 717))  # 4 full blocks and one token
 Z = list(range(900, 929))  # 7 full blocks and one token: evicts most of the GPU
 
 
-class Faulty(LRUPolicy):
+class Faulty(Chosen):
     """LRU evicting `prefer` first; once `first_error` is set, the next `choose_victims`
     raises it and the next `bad_tells` calls of `blocks_cached` raise RuntimeError."""
 
-    prefer: list[int] = []
     first_error: BaseException | None = None
     bad_tells = 0
 
@@ -45,22 +41,14 @@ class Faulty(LRUPolicy):
         if self.first_error is not None:
             error, self.first_error = self.first_error, None
             raise error
-        order = list(self._order)
-        first = [b for b in self.prefer if b in order][:num_blocks]
-        return first + [b for b in order if b not in first][: num_blocks - len(first)]
+        return super().choose_victims(num_blocks, now)
 
 
 def _paused(core, gone) -> tuple[KVCacheManager, Faulty]:
     """x paused, its block `gone` (1: a GPU hit before it; "all": its three full blocks) on
     the host tier only, its tail alive on the GPU, the GPU full: a resume loads and evicts."""
     policy = Faulty()
-    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 8, policy=policy, clock=lambda: 0.0,
-                       core=core.name, num_host_blocks=8)
-    run_step(m, "x", X)
-    ids = m.sessions["x"].block_ids
-    policy.prefer = list(ids[:3]) if gone == "all" else [ids[gone]]
-    run_step(m, "y", Y if gone != "all" else list(range(700, 725)))
-    policy.prefer = []
+    m = host_layout(core, policy, gone)
     assert m.pool.num_free == 0 and m._tail_alive(m.sessions["x"])
     return m, policy
 

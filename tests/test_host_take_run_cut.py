@@ -48,13 +48,10 @@ Y_ALL = list(range(700, 725))  # 6 full blocks and one token
 LAYOUTS = [0, 1, "all"]
 
 
-def _mixed(core, gone: int | str = 0) -> KVCacheManager:
-    """x paused: its block `gone` (0 or 1) on the host tier only, its other two full blocks
-    and its tail on the GPU (1: a resident head before the run, which a prefetch holds); the
-    GPU full (its loads must evict), y's blocks the evictable rest. "all": its three full
-    blocks on the host tier only, its tail on the GPU (the common host hit: a run with no
-    resident block, the tail held before the loads; s56 diffcuts MED-1)."""
-    policy = Chosen()
+def host_layout(core, policy: Chosen, gone: int | str) -> KVCacheManager:
+    """An 8-block GPU and 8-block host manager under `policy`: x (`X`) paused, then y run
+    with x's block `gone` (or, "all", its three full blocks) evicted first (so offloaded to
+    the host tier), y `Y_ALL` where `gone` is "all", else `Y`."""
     m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 8, policy=policy, clock=lambda: 0.0,
                        core=core.name, num_host_blocks=8)
     run_step(m, "x", X)
@@ -62,6 +59,16 @@ def _mixed(core, gone: int | str = 0) -> KVCacheManager:
     policy.prefer = list(ids[:3]) if gone == "all" else [ids[gone]]
     run_step(m, "y", Y_ALL if gone == "all" else Y)
     policy.prefer = []
+    return m
+
+
+def _mixed(core, gone: int | str = 0) -> KVCacheManager:
+    """x paused: its block `gone` (0 or 1) on the host tier only, its other two full blocks
+    and its tail on the GPU (1: a resident head before the run, which a prefetch holds); the
+    GPU full (its loads must evict), y's blocks the evictable rest. "all": its three full
+    blocks on the host tier only, its tail on the GPU (the common host hit: a run with no
+    resident block, the tail held before the loads; s56 diffcuts MED-1)."""
+    m = host_layout(core, Chosen(), gone)
     s = m.sessions["x"]
     hashes = list(s.block_hashes)
     host = range(3) if gone == "all" else [gone]
@@ -164,6 +171,23 @@ ENTRIES = ["_host_walk", "_fit_run", "_take_run", "_hold_tail", "_load_into_gpu"
            "_name_loads", "_note_left", "_tail_alive", "_evict"]
 
 
+def cut_first_entry(monkeypatch, cls, name: str) -> list[str]:
+    """Patches `cls.name` (undone by `monkeypatch`) to raise KeyboardInterrupt at its first
+    call, as a signal checked at the function's entry, and run as before after; returns the
+    list that holds `name` once the cut fired."""
+    real = getattr(cls, name)
+    fired: list[str] = []
+
+    def entry(*args, **kwargs):
+        if not fired:
+            fired.append(name)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cls, name, entry)
+    return fired
+
+
 @pytest.mark.parametrize("gone", LAYOUTS)
 @pytest.mark.parametrize(("op", "name"), [(op, name) for op in ("begin_step", "prefetch")
                                           for name in ENTRIES
@@ -173,16 +197,7 @@ def test_a_cut_at_a_callee_entry_leaks_nothing(core, monkeypatch, op, name, gone
     it): a callee cut there, once, on its first call inside the operation (`_name_loads`:
     a prefetch's only)."""
     m = _mixed(core, gone)
-    real = getattr(type(m), name)
-    fired = []
-
-    def entry(*args, **kwargs):
-        if not fired:
-            fired.append(name)
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(type(m), name, entry)
+    fired = cut_first_entry(monkeypatch, type(m), name)
     with contextlib.suppress(KeyboardInterrupt):
         if op == "begin_step":
             m.begin_step("x", X + [1])

@@ -63,6 +63,21 @@ def refused_begin(m, sid, ids, now) -> None:
     m.policy.step_started = real
 
 
+def disowned_past_kept(m, old, policy) -> None:
+    """a's old 10-block table after a step kept only its first 4 tokens: old block 0 (its
+    first block's hash) still a's own, blocks 1-9 plain cache, filed dead by a grouped
+    policy (adaptive: its first expert's)."""
+    assert [m.block_owner[b] for b in old] == ["a"] + [None] * 9
+    assert all(m.pool.state[b] == CACHED for b in old)
+    assert m._left_owned.get("a", set()) <= {old[0]}
+    grouped = getattr(m.policy, "_where", None)
+    if policy == "adaptive":
+        grouped = m.policy.experts[0].policy._where
+    if grouped is not None:
+        assert all(grouped[b] == DEAD for b in old[1:])
+    _check(m)
+
+
 def _compacted(core, policy, **kw):
     """a (40 tokens, 10 blocks) paused; p (16 tokens, 4 blocks) paused on a 100 s tool;
     a's next step keeps only its first 4 tokens (compacted) and finishes on a 1 s tool.
@@ -103,15 +118,7 @@ def test_the_finish_disowns_exactly_the_blocks_past_the_kept_context(core, polic
     m.allocate_slots("a", 4, now=1.0)
     assert all(m.block_owner[b] == "a" for b in old)  # running: still its own
     m.finish_step("a", now=1.0, tool="t", expected_s=1.0)
-    assert [m.block_owner[b] for b in old] == ["a"] + [None] * 9
-    assert all(m.pool.state[b] == CACHED for b in old)
-    assert m._left_owned.get("a", set()) <= {old[0]}
-    grouped = getattr(m.policy, "_where", None)
-    if policy == "adaptive":
-        grouped = m.policy.experts[0].policy._where
-    if grouped is not None:
-        assert all(grouped[b] == DEAD for b in old[1:])
-    _check(m)
+    disowned_past_kept(m, old, policy)
     m.end_session("a")
     assert _owned(m, "a") == []
     _check(m)
@@ -150,18 +157,25 @@ def test_a_refused_compacted_begin_then_its_retry_disowns_at_the_finish(core):
     _check(m)
 
 
+def _graph_a_paused(core):
+    """A `graph` manager with a (40 tokens, 10 blocks) paused on a 1 s tool; returns it and
+    a's table."""
+    m = _manager(core, "graph")
+    _step(m, "a", _toks(0, 40), 0.0, 1.0)
+    return m, list(m.session("a").block_ids)
+
+
+def refuse_disowning(session, block_ids, now):
+    """A policy's `blocks_disowned` that raises."""
+    raise RuntimeError("refused")
+
+
 def test_a_raising_blocks_disowned_disowns_nothing_and_the_next_finish_does(core):
     """The policy's `blocks_disowned` raising: the step is finished (a paused), nothing is
     disowned and the policy's books are as they were; the next finish disowns them."""
-    m = _manager(core, "graph")
-    _step(m, "a", _toks(0, 40), 0.0, 1.0)
-    old = list(m.session("a").block_ids)
+    m, old = _graph_a_paused(core)
     real = m.policy.blocks_disowned
-
-    def refuse(session, block_ids, now):
-        raise RuntimeError("refused")
-
-    m.policy.blocks_disowned = refuse
+    m.policy.blocks_disowned = refuse_disowning
     m.begin_step("a", _toks(0, 4), now=1.0)
     m.allocate_slots("a", 4, now=1.0)
     with pytest.raises(RuntimeError, match="refused"):

@@ -13,9 +13,17 @@ from collections import Counter
 
 import pytest
 
-from kvsaga.policy.groups import DEAD
 from kvsaga.pool import CACHED
-from tests.test_manager_compacted_disown import PRICED, _check, _manager, _owned, _toks
+from tests.test_manager_compacted_disown import (
+    PRICED,
+    _check,
+    _graph_a_paused,
+    _manager,
+    _owned,
+    _toks,
+    disowned_past_kept,
+    refuse_disowning,
+)
 from tests.test_manager_compacted_reown import _step
 
 
@@ -40,15 +48,7 @@ def test_the_preempt_disowns_the_blocks_past_the_kept_context(core, policy):
     by a grouped policy (was: owned by a until the retry's finish); old block 0 holds a's
     first block's hash and stays its own."""
     m, old = _preempted(core, policy)
-    assert [m.block_owner[b] for b in old] == ["a"] + [None] * 9
-    assert all(m.pool.state[b] == CACHED for b in old)
-    assert m._left_owned.get("a", set()) <= {old[0]}
-    grouped = getattr(m.policy, "_where", None)
-    if policy == "adaptive":
-        grouped = m.policy.experts[0].policy._where
-    if grouped is not None:
-        assert all(grouped[b] == DEAD for b in old[1:])
-    _check(m)
+    disowned_past_kept(m, old, policy)
 
 
 @pytest.mark.parametrize("policy", PRICED)
@@ -96,17 +96,11 @@ def test_a_raising_blocks_disowned_at_the_preempt_disowns_nothing_then_the_finis
     """`blocks_disowned` raising at the preempt: the step is preempted (a paused, its
     references dropped), nothing disowned, the books consistent; the retry's finish
     disowns them."""
-    m = _manager(core, "graph")
-    _step(m, "a", _toks(0, 40), 0.0, 1.0)
-    old = list(m.session("a").block_ids)
+    m, old = _graph_a_paused(core)
     real = m.policy.blocks_disowned
-
-    def refuse(session, block_ids, now):
-        raise RuntimeError("refused")
-
     m.begin_step("a", _toks(0, 4), now=1.0)
     m.allocate_slots("a", 4, now=1.0)
-    m.policy.blocks_disowned = refuse
+    m.policy.blocks_disowned = refuse_disowning
     with pytest.raises(RuntimeError, match="refused"):
         m.preempt("a", now=1.05)
     assert m.session("a").state.name == "PAUSED"
@@ -147,15 +141,22 @@ def _untold(m) -> None:
         sh.blocks_disowned = lambda session, now: None
 
 
-def test_a_shadow_untold_at_the_preempt_disowns_at_the_retry(core):
-    """A shadow learns of the preempt at the retry's `step_started`, where it releases
-    the step's blocks: it disowns the dead blocks its real cache no longer had there."""
+def _preempted_untold(core):
+    """An adaptive manager whose a (40 tokens) ran a compacted step (its first 4 tokens),
+    allocated, then preempted with its shadows left untold (`_untold`)."""
     m = _manager(core, "adaptive")
     _step(m, "a", _toks(0, 40), 0.0, 1.0)
     m.begin_step("a", _toks(0, 4), now=1.0)
     m.allocate_slots("a", 4, now=1.0)
     _untold(m)
     m.preempt("a", now=1.05)
+    return m
+
+
+def test_a_shadow_untold_at_the_preempt_disowns_at_the_retry(core):
+    """A shadow learns of the preempt at the retry's `step_started`, where it releases
+    the step's blocks: it disowns the dead blocks its real cache no longer had there."""
+    m = _preempted_untold(core)
     assert all(len(_shadow_owned(sh, "a")) == 11 for sh in m.policy._shadows)
     m.begin_step("a", _toks(0, 4), now=1.2)
     for sh in m.policy._shadows:
@@ -169,12 +170,7 @@ def test_a_shadow_untold_at_the_preempt_disowns_at_the_retry(core):
 def test_a_shadow_untold_at_the_preempt_disowns_at_the_abort(core):
     """The preempted step aborted while requeued (`resume_withdrawn`): each shadow
     releases its blocks and disowns the dead ones."""
-    m = _manager(core, "adaptive")
-    _step(m, "a", _toks(0, 40), 0.0, 1.0)
-    m.begin_step("a", _toks(0, 4), now=1.0)
-    m.allocate_slots("a", 4, now=1.0)
-    _untold(m)
-    m.preempt("a", now=1.05)
+    m = _preempted_untold(core)
     m.resume_withdrawn("a", now=1.2)
     for sh in m.policy._shadows:
         assert len(_shadow_owned(sh, "a")) <= 2, (sh.policy.name, _shadow_owned(sh, "a"))

@@ -69,6 +69,25 @@ def _ops_call(m, rng: random.Random, now: float) -> float:
     return apply(m, op, rng.randrange(32), rng.randrange(1, 15), rng.randrange(4), now)
 
 
+def _wait_or_hint(m, rng: random.Random, sid: str, s, r: float, now: float) -> bool:
+    """A session's call that makes no step (shared by `_agents_call` and `_grow_call`, in
+    the same order of draws from `rng`): one left running by a failed allocation is
+    preempted; else, with `r` under 0.15, a resume or pause hint or the session's end.
+    True where it made one of these calls."""
+    if s is not None and s.is_running:  # its allocation found no room: it waits
+        m.preempt(sid, now=now)
+        return True
+    if s is not None and r < 0.15:
+        if r < 0.05:
+            m.resume_hint(sid, now=now)
+        elif r < 0.1:
+            m.pause_hint(sid, now=now, tool=rng.choice(TOOLS), expected_s=rng.choice([0.01, 1.0]))
+        else:
+            m.end_session(sid, now=now)
+        return True
+    return False
+
+
 def _agents_call(m, rng: random.Random, now: float) -> float:
     """A step of one of 48 sessions (a new one, or a paused one resuming): the last 36
     tokens of its context plus new tokens of its own (a sliding window; `_grow_call`'s
@@ -78,16 +97,7 @@ def _agents_call(m, rng: random.Random, now: float) -> float:
     sid = f"a{i}"
     s = m.sessions.get(sid)
     r = rng.random()
-    if s is not None and s.is_running:  # its allocation found no room: it waits
-        m.preempt(sid, now=now)
-        return now
-    if s is not None and r < 0.15:
-        if r < 0.05:
-            m.resume_hint(sid, now=now)
-        elif r < 0.1:
-            m.pause_hint(sid, now=now, tool=rng.choice(TOOLS), expected_s=rng.choice([0.01, 1.0]))
-        else:
-            m.end_session(sid, now=now)
+    if _wait_or_hint(m, rng, sid, s, r, now):
         return now
     ctx = list(s.token_ids) if s is not None else []
     prompt = (ctx + [1000 * i + len(ctx) + j for j in range(rng.randrange(2, 12))])[-36:]
@@ -110,16 +120,7 @@ def _grow_call(m, rng: random.Random, now: float) -> float:
     sid = f"g{i}"
     s = m.sessions.get(sid)
     r = rng.random()
-    if s is not None and s.is_running:  # its allocation found no room: it waits
-        m.preempt(sid, now=now)
-        return now
-    if s is not None and r < 0.15:
-        if r < 0.05:
-            m.resume_hint(sid, now=now)
-        elif r < 0.1:
-            m.pause_hint(sid, now=now, tool=rng.choice(TOOLS), expected_s=rng.choice([0.01, 1.0]))
-        else:
-            m.end_session(sid, now=now)
+    if _wait_or_hint(m, rng, sid, s, r, now):
         return now
     ctx = list(s.token_ids) if s is not None else []
     new = [rng.randrange(1 << 20) for _ in range(rng.randrange(2, 12))]

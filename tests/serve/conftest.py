@@ -122,12 +122,19 @@ TOOL_TEMPLATE = (
 )
 
 
+def tiny_copy(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A copy of the tiny model's files in a new temporary folder named after `name`, for a
+    fixture to edit one of its files."""
+    out = tmp_path_factory.mktemp(name)
+    for f in tiny_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tool_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with `TOOL_TEMPLATE` as its chat template."""
-    out = tmp_path_factory.mktemp("serve-tiny-tools")
-    for f in tiny_dir.iterdir():
-        shutil.copy(f, out / f.name)
+    out = tiny_copy(tiny_dir, tmp_path_factory, "serve-tiny-tools")
     cfg = json.loads((out / "tokenizer_config.json").read_text())
     cfg["chat_template"] = TOOL_TEMPLATE
     (out / "tokenizer_config.json").write_text(json.dumps(cfg))

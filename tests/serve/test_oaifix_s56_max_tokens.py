@@ -14,7 +14,6 @@ tokens, and a sampled end of sequence would end an answer early."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ import pytest
 
 from kvsaga.serve.app import build_app
 
-from .conftest import MODEL, LiveServer, make_engine, settings
+from .conftest import MODEL, LiveServer, make_engine, settings, tiny_copy
 
 CTX = 256
 MSGS = [{"role": "user", "content": "hi"}]
@@ -141,9 +140,7 @@ def test_completions_default_to_16_tokens(server: LiveServer):
 @pytest.fixture(scope="module")
 def long_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with a context of LONG_CTX tokens (its weights do not depend on it)."""
-    out = tmp_path_factory.mktemp("serve-tiny-long")
-    for f in tiny_dir.iterdir():
-        shutil.copy(f, out / f.name)
+    out = tiny_copy(tiny_dir, tmp_path_factory, "serve-tiny-long")
     cfg = json.loads((out / "config.json").read_text())
     cfg["max_position_embeddings"] = LONG_CTX
     (out / "config.json").write_text(json.dumps(cfg))
@@ -172,9 +169,7 @@ def test_chat_defaults_to_the_room_left(long_dir: Path):
 @pytest.fixture(scope="module")
 def gen_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with max_new_tokens 7 in its generation_config.json."""
-    out = tmp_path_factory.mktemp("serve-tiny-gen")
-    for f in tiny_dir.iterdir():
-        shutil.copy(f, out / f.name)
+    out = tiny_copy(tiny_dir, tmp_path_factory, "serve-tiny-gen")
     (out / "generation_config.json").write_text(json.dumps({"max_new_tokens": 7}))
     return out
 
