@@ -20,7 +20,7 @@ def greedy(n: int) -> SamplingParams:
     return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
 
 
-def run(tiny_dir, arm):
+def run(tiny_dir, arm, n1=3):
     p = make_policy("lru")
     engine = make_engine(tiny_dir, policy=p)
     arm(engine, p)
@@ -37,7 +37,7 @@ def run(tiny_dir, arm):
         return None, outs
 
     async def main():
-        h1 = await aengine.submit(PROMPT[:20], greedy(3), request_id="r1", session_id="s1")
+        h1 = await aengine.submit(PROMPT[:20], greedy(n1), request_id="r1", session_id="s1")
         h2 = await aengine.submit(PROMPT[:30], greedy(12), request_id="r2", session_id="s2")
         got = await asyncio.gather(consume(h1), consume(h2))
         left = await aengine.call(
@@ -72,17 +72,21 @@ def test_a_hand_back_failure_fails_only_its_request(tiny_dir):
 
 
 def test_a_step_error_that_names_no_request_still_fails_every_stream(tiny_dir):
+    """The forward pass fails once, at the first step with both requests in flight (was:
+    the third step, which on a loaded machine could come before r2 was added: r1 failed
+    alone and r2 then ran to its end, session 56's CI); r1 asks for as many tokens as r2,
+    so it is still running when r2 joins."""
     def arm(engine, p):
-        real, calls = engine.runner.run, [0]
+        real, armed = engine.runner.run, [True]
 
         def run_(chunks):
-            calls[0] += 1
-            if calls[0] == 3:
+            if armed[0] and {"r1", "r2"} <= engine.requests.keys():
+                armed[0] = False
                 raise RuntimeError("forward pass failed (simulated)")
             return real(chunks)
         engine.runner.run = run_
 
-    ((err1, _), (err2, _)), (ended, _, requests) = run(tiny_dir, arm)
+    ((err1, _), (err2, _)), (ended, _, requests) = run(tiny_dir, arm, n1=12)
     assert isinstance(err1, RuntimeError) and isinstance(err2, RuntimeError)
     assert "forward pass failed" in str(err2)
     assert not ended and not requests
