@@ -26,7 +26,10 @@ arrival_s)), so it neither jumps every session nor waits behind them all; a clie
 else is vLLM's: which requests fit, chunked prefill, the preemption mechanics (a running
 request of the largest priority is preempted first, session or not); and the retention
 connector, when on, decides what stays cached. A request id vLLM already holds (a streaming
-input's next chunk) is left as vLLM handles it, unranked.
+input's next chunk) is left as vLLM handles it, unranked. A session's step whose every
+request was aborted before it ran (waiting, or preempted and requeued) is taken back from
+the ranker (`finish_requests`), as the connector's gate takes it back: the client's resend
+is that step again, not the next.
 
 With the retention connector's session gate on (its default), two more rules, each on by
 default:
@@ -68,12 +71,13 @@ Defaults from bench/vllm_scheduler_replay.py's ttl+sched fit on fit seeds 0-4
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.request import Request
+from vllm.v1.request import Request, RequestStatus
 
 from kvsaga.integrations.vllm.connector import KVSagaConnector
 from kvsaga.integrations.vllm.connector_config import SCHEDULER_ARGS, check_keys
@@ -81,6 +85,7 @@ from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import request_step_info
 from kvsaga.integrations.vllm.session_ranker import (  # noqa: F401  (WORK_KINDS: re-exported)
     WORK_KINDS,
+    Recorded,
     SessionRanker,
     scheduler_settings,
 )
@@ -88,6 +93,15 @@ from kvsaga.integrations.vllm.session_ranker import (  # noqa: F401  (WORK_KINDS
 # Priority (milliseconds of arrival) an admitted session's step is moved ahead by
 # (`admitted_first`): more than any rank spans (about 31,700 years of arrivals).
 ADMITTED_AHEAD = 10**15
+
+
+@dataclass(slots=True)
+class _Step:
+    """A session's step under way, as the ranker counted it."""
+
+    requests: list[str]  # its requests' ids, oldest first (finished ones until the next)
+    recorded: Recorded | None = None  # what the ranker learned; None once a request ran
+    withdrawn: set[str] = field(default_factory=set)  # its requests aborted unrun
 
 
 class KVSagaScheduler(Scheduler):
@@ -112,8 +126,8 @@ class KVSagaScheduler(Scheduler):
         self.admitted_first, self.gate_arrivals = flags["admitted_first"], flags["gate_arrivals"]
         # Seconds arrivals are ranked by; a replay on a simulated clock replaces it.
         self.clock: Callable[[], float] = time.monotonic
-        # session -> ids of its requests accepted and maybe unfinished (`_same_step`)
-        self._session_requests: dict[str, list[str]] = {}
+        # session -> its latest step (`_join_step`), for TRACKED sessions, oldest first
+        self._steps: dict[str, _Step] = {}
 
     def _kvsaga(self) -> KVSagaConnector | None:
         """The kvsaga connector, alone or inside vLLM's MultiConnector; None without one."""
@@ -127,20 +141,34 @@ class KVSagaScheduler(Scheduler):
         kvsaga = self._kvsaga()
         return None if kvsaga is None else kvsaga.gate
 
-    def _same_step(self, sid: str, request_id: str) -> bool:
-        """Whether a request of session `sid` accepted before is still unfinished, so the
-        new one (`request_id`) belongs to the same session step: vLLM's n > 1 children of
-        one request (each child arrives here with the same hint), or a concurrent step. The
-        ranker counts a step once: per child, a session's steps were counted n-fold and its
-        growth learned as ~0 for the children after the first."""
-        live = [r for r in self._session_requests.pop(sid, ())
-                if (q := self.requests.get(r)) is not None and not q.is_finished()]
-        same = bool(live)
-        live.append(request_id)
-        self._session_requests[sid] = live  # re-inserted last: oldest first
-        if len(self._session_requests) > SessionRanker.TRACKED:
-            del self._session_requests[next(iter(self._session_requests))]
-        return same
+    def _join_step(self, sid: str, request_id: str) -> _Step | None:
+        """Add request `request_id` of session `sid` to the session's step; returns the step
+        when the request begins one (None: an earlier request of it is unfinished: vLLM's
+        n > 1 children of one request, each arriving with the same hint, or a concurrent
+        step). The ranker counts a step once: per child, a session's steps were counted
+        n-fold and its growth learned as ~0 for the children after the first. An earlier
+        entry of `request_id` itself is a finished request whose id the client reused: it
+        was taken for this one, still unfinished (review s57 vtier: a session's step sent
+        under its previous step's id was not counted)."""
+        step = self._steps.pop(sid, None)
+        live = []
+        for r in step.requests if step is not None else ():
+            q = self.requests.get(r) if r != request_id else None
+            if q is not None and not q.is_finished():
+                live.append(r)
+            elif r not in step.withdrawn:  # finished, having run: the step ran
+                step.recorded = None
+        new = not live
+        if new:
+            step = _Step([])
+        else:
+            step.requests = live
+            step.withdrawn.clear()  # (of the ids dropped: every withdrawn one has finished)
+        step.requests.append(request_id)
+        self._steps[sid] = step  # re-inserted last: oldest first
+        if len(self._steps) > SessionRanker.TRACKED:
+            del self._steps[next(iter(self._steps))]
+        return step if new else None
 
     def add_request(self, request: Request) -> None:
         """Rank a new request (see the module docstring), then vLLM's own `add_request`; an
@@ -171,11 +199,56 @@ class KVSagaScheduler(Scheduler):
             request.priority = own
             raise
         if info is not None:
-            if not self._same_step(info.session_id, request.request_id):
-                self.ranker.record(info.session_id, info.workflow, request.num_prompt_tokens,
-                                   info.hint.last_step)
+            step = self._join_step(info.session_id, request.request_id)
+            if step is not None:
+                step.recorded = self.ranker.record(info.session_id, info.workflow,
+                                                   request.num_prompt_tokens,
+                                                   info.hint.last_step)
             kvsaga = self._kvsaga()
             if kvsaga is not None:  # a step queued: its session is not abandoned
                 kvsaga.session_active(info.session_id, kvsaga.clock())
         if admitted and self.gate_arrivals:  # (on the gate's clock: the connector's)
             gate.arrived(info.session_id, request.num_prompt_tokens, self._kvsaga().clock())
+
+    def finish_requests(self, request_ids: str | Iterable[str] | None,
+                        finished_status: RequestStatus) -> list[Request]:
+        """vLLM's own (a client's abort, most often); then a session's step whose every
+        request ended before it ran is withdrawn from the ranker (`_withdraw`). Before it
+        ran: not running and holding no computed token (waiting unallocated, or preempted
+        and requeued: vLLM dropped what it computed), as the connector's gate counts a step
+        (`SessionGate.finished`). Why: the ranker counted it at its arrival, so its resend
+        counted a second step (review s57 vtier)."""
+        if isinstance(request_ids, str):
+            request_ids = (request_ids,)
+        elif request_ids is not None:
+            request_ids = list(request_ids)  # (read twice: an iterator once only)
+        unrun = set()
+        for r in self.requests if request_ids is None else request_ids:
+            q = self.requests.get(r)
+            if (q is not None and not q.is_finished() and q.status != RequestStatus.RUNNING
+                    and not q.num_computed_tokens):
+                unrun.add(r)
+        finished = super().finish_requests(request_ids, finished_status)
+        for q in finished:
+            if q.request_id in unrun:
+                self._withdraw(q)
+        return finished
+
+    def _withdraw(self, request: Request) -> None:
+        """`request` ended before it ran: once no request of its step ran or is left to
+        run, the ranker takes the step back (`SessionRanker.withdraw`)."""
+        try:
+            info = request_step_info(request)
+        except ValueError:  # (ranked as no session)
+            return
+        step = self._steps.get(info.session_id) if info is not None else None
+        if step is None or request.request_id not in step.requests:
+            return  # (no session, or its step no longer tracked)
+        step.withdrawn.add(request.request_id)
+        others = [r for r in step.requests if r not in step.withdrawn]
+        if any(q is None or q.is_finished() for q in map(self.requests.get, others)):
+            step.recorded = None  # one of them ran and finished: the step ran
+        if others or step.recorded is None:
+            return  # (a request of it unfinished: it may run yet)
+        self.ranker.withdraw(step.recorded)
+        step.recorded = None

@@ -8,6 +8,7 @@ first by vLLM's Scheduler after the model and KV cache have loaded."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kvsaga._validate import check_one_of
@@ -30,6 +31,20 @@ def scheduler_settings(args: Mapping[str, Any]) -> tuple[dict[str, bool], Sessio
         if not isinstance(v, bool):
             raise ValueError(f"scheduler_args {name} must be true or false, got {v!r}")
     return flags, SessionRanker(**rest)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What `SessionRanker.record` learned from one step of session `sid`, for `withdraw`:
+    the session's live entry before and after (None: none; after, its last step), the
+    prompt growth observed (None: none) and the session length observed (None: none)."""
+
+    sid: str
+    workflow: str
+    before: tuple[int, int] | None
+    after: tuple[int, int] | None
+    growth: float | None
+    length: int | None
 
 
 class SessionRanker:
@@ -82,12 +97,16 @@ class SessionRanker:
         """The priority of `work` (predicted steps or token-steps) arriving `now`."""
         return round(1000 * self.aging_s * order_key(work, now, self.aging_s))
 
-    def record(self, sid: str, workflow: str, prompt_tokens: int, last_step: bool) -> None:
+    def record(self, sid: str, workflow: str, prompt_tokens: int, last_step: bool) -> Recorded:
         """Session `sid`'s step was accepted: count it and its context's growth (its
-        session's length is learned when `last_step`)."""
-        done, last_prompt = self.live.pop(sid, (0, 0))
+        session's length is learned when `last_step`). Returns what was learned, for
+        `withdraw`."""
+        before = self.live.pop(sid, None)
+        done, last_prompt = before or (0, 0)
+        observed = None
         if done:
             growth = self._growth(workflow, done, prompt_tokens, last_prompt)
+            observed = float(max(prompt_tokens - last_prompt, 0))
             n = self.seen.get(workflow, 0) + 1
             # Bounded: the TRACKED_WORKFLOWS most recently updated workflows keep their
             # growth (kvsaga/policy/bounded.py); a forgotten one starts again from the
@@ -95,9 +114,42 @@ class SessionRanker:
             touch(self.growth, workflow, lambda: growth, TRACKED_WORKFLOWS,
                   lambda wf, _: self.seen.pop(wf, None))
             self.growth[workflow], self.seen[workflow] = growth, n
+        after = None
         if last_step:
             self.lengths.observe(workflow, done + 1)
         else:
-            self.live[sid] = (done + 1, prompt_tokens)
+            after = self.live[sid] = (done + 1, prompt_tokens)
             if len(self.live) > self.TRACKED:
                 del self.live[next(iter(self.live))]
+        return Recorded(sid, workflow, before, after, observed,
+                        done + 1 if last_step else None)
+
+    def withdraw(self, rec: Recorded) -> None:
+        """The step `rec` was recorded for ran none of it (every request of it aborted
+        before it ran, `KVSagaScheduler.finish_requests`): take back what it taught. Its
+        count, unless the session's entry changed since (dropped past TRACKED, or a later
+        step recorded); its growth observation, out of the workflow's mean (a workflow
+        forgotten past TRACKED_WORKFLOWS and seen again since loses a newer one instead:
+        rare, and the mean is an estimate); the session length it observed. Why: the client's
+        resend of the step was counted again, so the session looked a step further on
+        (ranked by fewer steps left) and its length was learned a step longer per abort."""
+        if self.live.get(rec.sid) == rec.after:
+            self.live.pop(rec.sid, None)
+            if rec.before is not None:
+                self.live[rec.sid] = rec.before  # (re-inserted newest: it is live)
+                if len(self.live) > self.TRACKED:
+                    del self.live[next(iter(self.live))]
+        if rec.growth is not None and (n := self.seen.get(rec.workflow, 0)):
+            if n == 1:  # its only observation: the workflow is ranked from the prior again
+                del self.seen[rec.workflow], self.growth[rec.workflow]
+            else:  # the mean of the n - 1 others
+                g = self.growth[rec.workflow]
+                self.growth[rec.workflow] = (n * g - rec.growth) / (n - 1)
+                self.seen[rec.workflow] = n - 1
+        counts = self.lengths.counts.get(rec.workflow)
+        if rec.length is not None and counts and counts.get(rec.length):
+            counts[rec.length] -= 1
+            if not counts[rec.length]:
+                del counts[rec.length]
+            if not counts:
+                del self.lengths.counts[rec.workflow]
