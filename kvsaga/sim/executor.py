@@ -97,9 +97,31 @@ class StepExecutor:
         self._prefix_high_water[key] = max(prefix_hw, min(end, shared))
 
     def preempt(self, req: SimRequest, now: float) -> None:
-        if self.oracle is not None:
-            self.oracle.preempted(req.session.id)
-        self.manager.preempt(req.session.id, now=now)
+        """`manager.preempt`, and the step's bookkeeping. Raised after the preempt (a policy
+        hook, a cut after the release: the session paused), the scheduler requeues the
+        request as a preempt's retry (`Scheduler._preempt_raised`), so the bookkeeping is
+        done all the same; raised with nothing done, the step still runs, and the oracle
+        hears so. Was: skipped on any raise, so the retry was not `retried` (its redone
+        prefill not counted as recomputed after a preemption) and the preemption not
+        counted, against the scheduler's count (review s57 vtier)."""
+        sid = req.session.id
+        if self.oracle is not None:  # (first: the release's hooks read it)
+            self.oracle.preempted(sid)
+        try:
+            self.manager.preempt(sid, now=now)
+        except BaseException:
+            s = self.manager.sessions.get(sid)
+            if s is not None and s.is_running:
+                if self.oracle is not None:
+                    self.oracle.started(sid)
+            else:
+                self._preempted(req)
+            raise
+        self._preempted(req)
+
+    def _preempted(self, req: SimRequest) -> None:
+        """The step's blocks went back (`preempt`): what it had yet to compute is abandoned,
+        and its next attempt is a preempt's retry."""
         if req.prefilling:
             self._counts["abandoned"] += req.attempt_len - req.num_computed
         req.slots_ahead = 0
