@@ -114,6 +114,7 @@ class Request:
     num_cached_tokens: int | None = None
     num_preemptions: int = 0
     finish_reason: str | None = None
+    stop_reason: int | str | None = None  # (see `RequestOutput`)
     first_token_time: float | None = None
     detokenizer: IncrementalDetokenizer | None = None
     generator: object | None = None
@@ -244,6 +245,9 @@ class RequestOutput:
             output length; a finished request's (and `LLMEngine.final_output`'s) are lists.
         finish_reason: None while running; "stop" (EOS, stop token or string), "length"
             (max_tokens or the context limit) or "abort".
+        stop_reason: what ended a "stop": the stop string that matched, or the stop token
+            id, as vLLM reports them; None for an EOS (one of the tokenizer's
+            `eos_token_ids`, unless `ignore_eos`), any other finish, or while running.
         num_prompt_tokens / num_cached_tokens: prompt size and its prefix-cache hits.
         logprobs: logprob of each generated token, when asked for.
     """
@@ -259,6 +263,7 @@ class RequestOutput:
     logprobs: list[float] | ListPrefix | None = None
     top_logprobs: list[list[tuple[int, float]]] | ListPrefix | None = None
     new_token_ids: list[int] = field(default_factory=list)
+    stop_reason: int | str | None = None
 
     @property
     def finished(self) -> bool:

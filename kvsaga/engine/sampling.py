@@ -46,7 +46,9 @@ class SamplingParams:
             generator, whatever else shares the batch. The logits it draws from may still
             differ in the last bits between batch compositions (or cached and cold
             prefixes), so a repeat gives the same tokens except where two are near-tied.
-        stop: strings that end generation (not included in the output text).
+        stop: strings that end generation (not included in the output text). Of several
+            ending in one step's text, the first to complete cuts it (ties: the first
+            listed), as in vLLM; it is the output's `stop_reason`.
         stop_token_ids: token ids that end generation, besides EOS. As in vLLM, the token
             that ends it (or EOS) stays in the output ids but its text is not in the output
             text nor the streamed deltas, and no stop string ends in it.

@@ -356,6 +356,9 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None
+    # vLLM's: the stop string that matched, or the stop token id that ended the answer;
+    # null for an EOS or any other finish.
+    stop_reason: int | str | None = None
     logprobs: ChatLogprobs | None = None
 
 
@@ -385,6 +388,8 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: str | None = None
+    # (`ChatChoice`'s; `Run._chunk` sends it in the finishing chunk only, as vLLM does)
+    stop_reason: int | str | None = None
     logprobs: ChatLogprobs | None = None
 
 
@@ -398,6 +403,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None
+    stop_reason: int | str | None = None  # (`ChatChoice`'s; streamed: null until the end)
     logprobs: CompletionLogprobs | None = None
 
 

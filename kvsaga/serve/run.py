@@ -170,13 +170,14 @@ class Run:
             return ChatCompletion(
                 id=self.rid, created=self.created, model=self.s.model_name,
                 choices=[ChatChoice(message=AssistantMessage(content=out.text),
-                                    finish_reason=out.finish_reason, logprobs=lp)],
+                                    finish_reason=out.finish_reason,
+                                    stop_reason=out.stop_reason, logprobs=lp)],
                 usage=self._usage(out),
             ).model_dump(exclude_none=False)
         return Completion(
             id=self.rid, created=self.created, model=self.s.model_name,
             choices=[CompletionChoice(text=self.echo + out.text, finish_reason=out.finish_reason,
-                                      logprobs=lp)],
+                                      stop_reason=out.stop_reason, logprobs=lp)],
             usage=self._usage(out),
         ).model_dump()
 
@@ -196,24 +197,26 @@ class Run:
         return completion_logprobs(tok, ids, lps, top, self._lp_offsets)
 
     def _chunk(self, delta: str | None, finish: str | None, role: bool = False,
-               logprobs: Any = None) -> str:
+               logprobs: Any = None, stop_reason: int | str | None = None) -> str:
         if self.chat:
             obj: Any = ChatCompletionChunk(
                 id=self.rid, created=self.created, model=self.s.model_name,
                 choices=[ChatChunkChoice(
                     delta=ChatDelta(role="assistant" if role else None, content=delta),
-                    finish_reason=finish, logprobs=logprobs)],
+                    finish_reason=finish, stop_reason=stop_reason, logprobs=logprobs)],
             )
         else:
             obj = Completion(
                 id=self.rid, created=self.created, model=self.s.model_name,
                 choices=[CompletionChoice(text=delta or "", finish_reason=finish,
-                                          logprobs=logprobs)],
+                                          stop_reason=stop_reason, logprobs=logprobs)],
             )
         data = obj.model_dump()
         if self.chat:  # OpenAI leaves unset delta fields out
             choice = data["choices"][0]
             choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+            if finish is None:  # (vLLM's field, which its chat chunks carry at the end only)
+                del choice["stop_reason"]
         return _sse(data)
 
     async def sse(self, request: Request, include_usage: bool) -> AsyncIterator[str]:
@@ -226,7 +229,8 @@ class Run:
             async for out in self._outputs(request):
                 if out.delta or out.finished:
                     yield self._chunk(out.delta if out.delta or not self.chat else None,
-                                      out.finish_reason, logprobs=self._new_logprobs(out))
+                                      out.finish_reason, logprobs=self._new_logprobs(out),
+                                      stop_reason=out.stop_reason)
             if include_usage and self.final is not None:
                 cls = ChatCompletionChunk if self.chat else Completion
                 yield _sse(cls(id=self.rid, created=self.created, model=self.s.model_name,
