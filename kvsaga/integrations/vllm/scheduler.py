@@ -71,7 +71,7 @@ Defaults from bench/vllm_scheduler_replay.py's ttl+sched fit on fit seeds 0-4
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,12 +231,15 @@ class KVSagaScheduler(Scheduler):
         finished = super().finish_requests(request_ids, finished_status)
         for q in finished:
             if q.request_id in unrun:
-                self._withdraw(q)
+                self._withdraw(q, unrun)
         return finished
 
-    def _withdraw(self, request: Request) -> None:
+    def _withdraw(self, request: Request, unrun: Collection[str] = ()) -> None:
         """`request` ended before it ran: once no request of its step ran or is left to
-        run, the ranker takes the step back (`SessionRanker.withdraw`)."""
+        run, the ranker takes the step back (`SessionRanker.withdraw`). `unrun`: the ids of
+        the same abort call that had not run; vLLM deleted them all before this runs, so a
+        sibling among them must not read as one that ran and finished (n > 1 children are
+        aborted in one call; review s57 diffvtier)."""
         try:
             info = request_step_info(request)
         except ValueError:  # (ranked as no session)
@@ -245,7 +248,7 @@ class KVSagaScheduler(Scheduler):
         if step is None or request.request_id not in step.requests:
             return  # (no session, or its step no longer tracked)
         step.withdrawn.add(request.request_id)
-        others = [r for r in step.requests if r not in step.withdrawn]
+        others = [r for r in step.requests if r not in step.withdrawn and r not in unrun]
         if any(q is None or q.is_finished() for q in map(self.requests.get, others)):
             step.recorded = None  # one of them ran and finished: the step ran
         if others or step.recorded is None:

@@ -130,6 +130,29 @@ def test_a_step_with_a_request_that_ran_stays_counted(hf_model_dir):
     _abort(s, s_blocker)
 
 
+def test_a_step_whose_requests_are_aborted_unrun_in_one_call_is_taken_back(hf_model_dir):
+    """vLLM aborts a request with n > 1 by sending all its children in ONE finish_requests
+    call: vLLM has deleted every id of the call before the first child is withdrawn, so the
+    second child must not be read as a request that ran and finished (review s57
+    diffvtier)."""
+    s = _scheduler(hf_model_dir, 64, max_num_seqs=1)
+    a1 = _prompt(97, 2)
+    run(s, [make_request(a1, 2, HINT)])
+    after_one, seen = dict(s.ranker.live), dict(s.ranker.seen)
+    s.add_request(blocker := make_request(_prompt(2, 1), 50))
+    step(s)
+    kids = [_step2(a1), _step2(a1)]
+    for k in kids:
+        s.add_request(k)
+    step(s)
+    assert all(k.status == RequestStatus.WAITING and not k.num_computed_tokens for k in kids)
+    assert s.ranker.live["A"][0] == 2
+    s.finish_requests([k.request_id for k in kids], RequestStatus.FINISHED_ABORTED)
+    assert s.ranker.live == after_one
+    assert s.ranker.seen == seen
+    _abort(s, blocker)
+
+
 def test_a_step_sent_under_its_sessions_previous_request_id_is_counted(hf_model_dir):
     """A's step 2 arrives under step 1's request id, finished: it is a new step (it was
     taken for a request of step 1, still unfinished, and not counted)."""
