@@ -34,6 +34,7 @@ from kvsaga._core import get_core
 from kvsaga._validate import MAX_TIME_S as _T
 from kvsaga._validate import MIN_TIME_S as _NT
 from kvsaga._validate import check_bool, check_positive_int, check_str, check_time, is_int
+from kvsaga.block_queue import until_done
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.host_tier import HostTier, HostTierOps, _chain_last
@@ -46,7 +47,6 @@ from kvsaga.manager_types import (
     CacheStats,
     StepLookup,
     StepStart,
-    _check_session_id,
     _check_token_ids,
     _common_prefix_len,
 )
@@ -179,9 +179,9 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         call) are given back when the call is taken back (`_unbegin`)."""
         self._check_prompt(session_id, token_ids)
         check_str("workflow", workflow, InvalidRequest, none_ok=True)  # None: workflow-less
+        before = self._before_begin(session_id)  # (first: a cut in it sees no time)
         latest = self._latest_now
         now = self._time(now)
-        before = self._before_begin(session_id)
         try:
             s, keep = self._open(session_id, token_ids, salt, workflow)
         except BaseException:  # refused (running, another salt, a bad token): no time seen
@@ -189,13 +189,19 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
             raise
         self._changes += 1
         tokens = s.token_ids
-        # Full-block hits (GPU, then host), leaving at least the last prompt token to compute.
-        max_hit = len(tokens) - (0 if whole else 1)
-        usable_end = min(keep, max_hit)
-        try:
+        try:  # (from the context's rewrite on, a cut takes it back: s57, was at `len`, `min`)
+            # Full-block hits (GPU, then host), leaving at least the last prompt token to compute.
+            max_hit = len(tokens) - (0 if whole else 1)
+            usable_end = min(keep, max_hit)
             hits, held = self._full_block_hits(s, max_hit // self.block_size, now, usable_end)
         except BaseException:  # the loads' evictions raised; their references are dropped
-            self._unbegin(s, keep, before, [], owners)
+            began = [False]  # (a second interrupt before the take-back's release: rerun, s57)
+            try:
+                self._unbegin(s, keep, before, [], owners, began)
+            except BaseException:
+                if began[0]:
+                    raise
+                self._unbegin(s, keep, before, [], owners, began)
             raise
         # From the hits on, an interrupt (or a hook's raise) takes the step back whole, as
         # `step_started`'s raise does: the hits (a tail the loads held among them) are the
@@ -233,12 +239,13 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
             start = StepStart(len(tokens), num_cached, list(hits))
             self.policy.step_started(s, now)
         except BaseException:  # (the pool's hook on the tail's hit or drop, step_started)
-            if held and hits[-1:] != [tail]:
-                hits.append(tail)  # (cut before `_reuse_tail` appended it)
-            if saved is not None:
-                self._put_disowned_back(session_id, saved)
-            s.block_ids = hits  # the references to drop, the loads among them
-            self._unbegin(s, keep, before, None, owners)
+            began = [False]  # (as above)
+            try:
+                self._unbegin_hits(s, hits, tail, saved, keep, before, owners, began)
+            except BaseException:
+                if began[0]:
+                    raise
+                self._unbegin_hits(s, hits, tail, saved, keep, before, owners, began)
             raise
         finally:
             s.importing = False
@@ -263,14 +270,25 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                 raise InvalidRequest(f"session {session_id!r} already has an open step")
             if salt is not None and root_hash(salt) != s.root:
                 raise InvalidRequest(f"session {session_id!r} was opened with another salt")
-            # The C++ core checks and copies only the tokens past the common prefix (a resumed
-            # session's prompt repeats its whole context); -1: the checks below decide.
-            keep = -1 if self._hot is None else self._hot.reopen_context(s.token_ids, token_ids)
-            if keep < 0:
-                tokens = copy(token_ids)
-                keep = _common_prefix_len(s.token_ids, tokens)
-                s.token_ids = tokens
-            del s.block_hashes[keep // self.block_size :]
+            length, keep = len(s.token_ids), -2  # -2: rewritten as far as the hashes tell
+            try:  # (a cut once the context is rewritten: cut back to the kept tokens, s57)
+                # The C++ core checks and copies only the tokens past the common prefix (a
+                # resumed session's prompt repeats its whole context); -1: the checks decide.
+                keep = -1 if self._hot is None else self._hot.reopen_context(s.token_ids,
+                                                                             token_ids)
+                if keep < 0:
+                    tokens = copy(token_ids)
+                    keep = _common_prefix_len(s.token_ids, tokens)
+                    s.token_ids = tokens
+                del s.block_hashes[keep // self.block_size :]
+                self.hasher.extend(s.block_hashes, s.root, s.token_ids)
+            except BaseException:
+                try:
+                    self._unopen(s, keep, length)
+                except BaseException:  # (a second interrupt, at its entry too: rerun)
+                    until_done(self._unopen, s, keep, length)
+                raise
+            return s, keep
         self.hasher.extend(s.block_hashes, s.root, s.token_ids)
         return s, keep
 
@@ -350,23 +368,6 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
             self._drop(b)
         return num_cached
 
-    def _check_prompt(self, session_id: str, tokens: Sequence[int]) -> None:
-        """InvalidRequest naming what is wrong with a step's prompt: its type and length
-        (its ids are checked where they are read)."""
-        _check_session_id(session_id)
-        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
-            raise InvalidRequest(
-                f"token_ids must be a sequence of ints, got {type(tokens).__name__}")
-        if not tokens:
-            raise InvalidRequest("token_ids must not be empty")
-        if self.max_model_len is not None and len(tokens) > self.max_model_len:
-            raise InvalidRequest(
-                f"prompt of {len(tokens)} tokens exceeds max_model_len {self.max_model_len}")
-        if self.spec.num_blocks_for(len(tokens)) > self.pool.num_blocks:
-            raise InvalidRequest(
-                f"prompt of {len(tokens)} tokens needs {self.spec.num_blocks_for(len(tokens))} "
-                f"blocks; the pool has only {self.pool.num_blocks}")
-
     def append_tokens(self, session_id: str, token_ids: Sequence[int]) -> None:
         """Extend a running session's context (decode: the token just sampled)."""
         if self._hot is not None:
@@ -379,8 +380,15 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         if self.max_model_len is not None and len(s.token_ids) + len(tokens) > self.max_model_len:
             raise InvalidRequest(f"context of {len(s.token_ids) + len(tokens)} tokens exceeds "
                                  f"max_model_len {self.max_model_len}")
-        s.token_ids.extend(tokens)
-        self.hasher.extend(s.block_hashes, s.root, s.token_ids)
+        try:  # (free in 3.11; a cut once they are in: hashed whole, `_hash_all`, s57)
+            s.token_ids.extend(tokens)
+            self.hasher.extend(s.block_hashes, s.root, s.token_ids)
+        except BaseException:
+            try:
+                self._hash_all(s)
+            except BaseException:  # (a second interrupt, at its entry too: rerun)
+                until_done(self._hash_all, s)
+            raise
 
     def allocate_slots(self, session_id: str, num_tokens: int, *, now: float | None = None,
                        return_slots: bool = True) -> list[int] | None:
@@ -463,8 +471,15 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         self._make_room(need, now)
         slots: list[int] = []
         for sid, s, t in zip(session_ids, batch, tokens, strict=True):
-            s.token_ids.append(t)
-            self.hasher.extend(s.block_hashes, s.root, s.token_ids)
+            try:  # (as `_append`'s: free in 3.11)
+                s.token_ids.append(t)
+                self.hasher.extend(s.block_hashes, s.root, s.token_ids)
+            except BaseException:
+                try:
+                    self._hash_all(s)
+                except BaseException:  # (a second interrupt, at its entry too: rerun)
+                    until_done(self._hash_all, s)
+                raise
             slots += self._take_slots(s, sid, s.num_computed, s.num_computed + 1)
         return slots
 
@@ -486,22 +501,29 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         table = s.block_ids
         total_blocks = -(-end // bs)
         first = len(table)
-        if total_blocks > first:
-            table.extend(self.pool.allocate(total_blocks - first))
-            owner, position = self.block_owner, self.block_position
-            for i in range(first, total_blocks):
-                owner[table[i]] = session_id
-                position[table[i]] = i
-        slots: list[int] = []
-        pos = start if listed else end
-        while pos < end:
-            i = pos // bs
-            stop = min(end, (i + 1) * bs)
-            base = table[i] * bs - i * bs
-            slots.extend(range(base + pos, base + stop))
-            pos = stop
-        s.num_computed = end
-        self._register_full_blocks(s, start // bs, end // bs)
+        try:  # (free in 3.11; a cut once the blocks are in: the call made whole, s57)
+            if total_blocks > first:
+                table.extend(self.pool.allocate(total_blocks - first))
+                owner, position = self.block_owner, self.block_position
+                for i in range(first, total_blocks):
+                    owner[table[i]] = session_id
+                    position[table[i]] = i
+            slots: list[int] = []
+            pos = start if listed else end
+            while pos < end:
+                i = pos // bs
+                stop = min(end, (i + 1) * bs)
+                base = table[i] * bs - i * bs
+                slots.extend(range(base + pos, base + stop))
+                pos = stop
+            s.num_computed = end
+            self._register_full_blocks(s, start // bs, end // bs)
+        except BaseException:  # (else the pool's allocate took itself back: unchanged)
+            try:
+                self._took_slots(s, session_id, first, total_blocks, start, end)
+            except BaseException:  # (a second interrupt, at its entry too: rerun)
+                until_done(self._took_slots, s, session_id, first, total_blocks, start, end)
+            raise
         return slots if listed else None
 
     def _register_full_blocks(self, s: Session, first: int, last: int) -> None:

@@ -15,6 +15,7 @@ from kvsaga.manager_types import (
     _check_block_hashes,
     _check_digest,
     _check_digests,
+    _check_session_id,
     _check_token_ids,
     _common_prefix_len,
 )
@@ -91,6 +92,23 @@ class ManagerReads:
     def num_computed_tokens(self, session_id: str) -> int:
         """Tokens of the session's context that have KV slots."""
         return self._session(session_id).num_computed
+
+    def _check_prompt(self, session_id: str, tokens: Sequence[int]) -> None:
+        """InvalidRequest naming what is wrong with a step's prompt: its type and length
+        (its ids are checked where they are read)."""
+        _check_session_id(session_id)
+        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
+            raise InvalidRequest(
+                f"token_ids must be a sequence of ints, got {type(tokens).__name__}")
+        if not tokens:
+            raise InvalidRequest("token_ids must not be empty")
+        if self.max_model_len is not None and len(tokens) > self.max_model_len:
+            raise InvalidRequest(
+                f"prompt of {len(tokens)} tokens exceeds max_model_len {self.max_model_len}")
+        if self.spec.num_blocks_for(len(tokens)) > self.pool.num_blocks:
+            raise InvalidRequest(
+                f"prompt of {len(tokens)} tokens needs {self.spec.num_blocks_for(len(tokens))} "
+                f"blocks; the pool has only {self.pool.num_blocks}")
 
     def _tail_alive(self, s: Session) -> bool:
         """Whether the partial tail block retained at the session's pause still holds it."""

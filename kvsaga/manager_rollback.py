@@ -34,8 +34,21 @@ class FailedWrites:
         counters = self._queried_tokens, self._hit_tokens, self._host_hit_tokens
         return counters, self.pool.reused_s, None if left is None else set(left), old
 
+    def _unbegin_hits(self, s: Session, hits: list[int], tail: int, saved, keep: int,
+                      before: BeforeBegin, owners: dict[int, str] | None, began: list) -> None:
+        """`_unbegin` for `begin_step` once it held its hits (`tail` >= 0: the retained tail
+        the host loads referenced; `saved`: a compacted record before `_reown`, to put
+        back). Rerun from its start when cut before the release (`began`: as `_unbegin`)."""
+        if tail >= 0 and hits[-1:] != [tail]:
+            hits.append(tail)  # (cut before `_reuse_tail` appended it)
+        if saved is not None:
+            self._put_disowned_back(s.session_id, saved)
+        s.block_ids = hits  # the references to drop, the loads among them
+        self._unbegin(s, keep, before, None, owners, began)
+
     def _unbegin(self, s: Session, keep: int, before: BeforeBegin,
-                 refs: list[int] | None = None, owners: dict[int, str] | None = None) -> None:
+                 refs: list[int] | None = None, owners: dict[int, str] | None = None,
+                 began: list | None = None) -> None:
         """Take back the `begin_step` that opened `s` (its prompt kept `keep` tokens of its
         old context) after the policy's `step_started` raised, or its eviction while host
         loads made room (`refs`: the references the step still holds: None, its hits as
@@ -54,15 +67,25 @@ class FailedWrites:
         `reopen_context` changed the context in place past `keep`, and keeping a copy of
         every context for this would cost each resume a pass over its whole context (both
         cores do the same). An import's `owners` (`_begin`) get their blocks back first, before
-        the release files them with the policy (review s49 gate3, finding 4)."""
+        the release files them with the policy (review s49 gate3, finding 4). `began[0]` is
+        set as the release is made: a caller reruns a call cut before it (at its entry)."""
         counters, reused, left, old = before
-        sid, pool = s.session_id, self.pool
-        if owners:
-            self._give_owners_back(owners)
-        left = self._loaded_owned(s, None if old is None else old[1], left)
+        sid, pool, cut = s.session_id, self.pool, None
+        # A second interrupt (the first's take-back cut) anywhere past this method's entry
+        # leaves it whole: before the release and after it, the work is idempotent and rerun
+        # (`until_done`), and the session gives up its hits' table with no point between
+        # (s57; was: cut after the release, the session left RUNNING on a table it held no
+        # reference on; before it, RUNNING after a begin_step that raised).
+        try:
+            left = self._owners_back(s, old, left, owners)
+        except BaseException as e:
+            cut = e
+            left = until_done(self._owners_back, s, old, left, owners)
         tail = -1 if old is None or old[6] is None else old[6][0]
         refs = (s.block_ids if refs is None else refs)[::-1]  # tails first, as ever
-        cut, calls, gone = None, pool.calls, ()
+        calls, gone = pool.calls, ()
+        if began is not None:
+            began[0] = True  # (no point from here to the release's own handlers)
         try:
             pool.release_many(refs, keep_unhashed=tail)
         except BaseException as e:  # (cut at its entry: released now, raised at the end)
@@ -85,26 +108,100 @@ class FailedWrites:
                     # reference on).
                     gone = [b for b in dict.fromkeys(refs) if pool.state[b] == CACHED]
                     cut = self._evict_unseen(gone) or cut
-        pool.reused_s = reused
-        self._queried_tokens, self._hit_tokens, self._host_hit_tokens = counters
-        if left is None:
-            self._left_owned.pop(sid, None)
-        else:
-            self._left_owned[sid] = left
         if old is None:
             self.sessions.pop(sid, None)  # (not registered yet when the loads raised)
         else:
-            length, s.block_ids, s.num_computed, s.num_steps, s.paused_at, s.hint, s.tail = old
+            _, s.block_ids, s.num_computed, s.num_steps, s.paused_at, s.hint, s.tail = old
             s.state = SessionState.PAUSED
-            end = min(keep, length)
-            del s.token_ids[end:]
-            del s.block_hashes[end // self.block_size :]
-            if end < length:
-                self._cut_paused(s, end)
-            if gone:
-                self._cut_before(s, set(gone))
+        try:
+            self._unbegun(s, keep, before, left, gone)
+        except BaseException as e:
+            cut = e
+            until_done(self._unbegun, s, keep, before, left, gone)
         if cut is not None:
             raise cut
+
+    def _owners_back(self, s: Session, old: tuple | None, left: set[int] | None,
+                     owners: dict[int, str] | None) -> set[int] | None:
+        """`_unbegin`'s work before its release: an import's owners given back, and the
+        left-owned blocks to restore (`_loaded_owned`). Idempotent."""
+        if owners:
+            self._give_owners_back(owners)
+        return self._loaded_owned(s, None if old is None else old[1], left)
+
+    def _unbegun(self, s: Session, keep: int, before: BeforeBegin, left: set[int] | None,
+                 gone) -> None:
+        """`_unbegin`'s work after its release, the session paused on its old table (or
+        forgotten): the counters, its left-owned blocks, its context cut back to the kept
+        tokens, its table before the blocks dropped unseen. Idempotent."""
+        counters, reused, _, old = before
+        self.pool.reused_s = reused
+        self._queried_tokens, self._hit_tokens, self._host_hit_tokens = counters
+        if left is None:
+            self._left_owned.pop(s.session_id, None)
+        else:
+            self._left_owned[s.session_id] = left
+        if old is not None:
+            self._cut_context(s, keep, old[0])
+            if gone:
+                self._cut_before(s, set(gone))
+
+    def _cut_context(self, s: Session, keep: int, length: int) -> None:
+        """Cut paused `s`'s context (of `length` tokens before a begin_step that rewrote it
+        to keep `keep`) back to the tokens the two share, its hashes and retained state with
+        it (`_cut_paused`). Idempotent."""
+        end = min(keep, length)
+        del s.token_ids[end:]
+        del s.block_hashes[end // self.block_size :]
+        if end < length:
+            self._cut_paused(s, end)
+
+    def _unopen(self, s: Session, keep: int, length: int) -> None:
+        """After an interrupt in `_open`'s rewrite of paused `s`'s context (of `length`
+        tokens; `keep`: how many it kept, -1 when nothing changed yet, -2 when unknown: the
+        C++ core's `reopen_context` cut as it returned), cut the context back to the kept
+        tokens as `_unbegin` does, so no later step takes its table, computed tokens or
+        tail for the new tokens (s57; was: a rewrite inside its computed tokens left them,
+        and the resume reused K/V of the old tokens). An unknown `keep` is taken as the full
+        blocks whose hashes still match the context's: never more than it kept (the old
+        hashes are still whole there: `_open` cuts them after the call). Idempotent.
+        """
+        if keep == -1:
+            return
+        if keep == -2:
+            fresh: list[bytes] = []
+            self.hasher.extend(fresh, s.root, s.token_ids, len(s.block_hashes))
+            keep = 0
+            for old, new in zip(s.block_hashes, fresh, strict=False):
+                if old != new:
+                    break
+                keep += self.block_size
+        self._cut_context(s, keep, length)
+
+    def _hash_all(self, s: Session) -> None:
+        """Hash every full block of running `s`'s context after an interrupt cut the hashing
+        of tokens just appended (`_append`, `decode_step`): the `allocate_slots` that gives
+        them slots registers their blocks by these hashes (s57; was: IndexError there, the
+        session stuck). Idempotent: it hashes what is missing."""
+        self.hasher.extend(s.block_hashes, s.root, s.token_ids)
+
+    def _took_slots(self, s: Session, session_id: str, first: int, total: int, start: int,
+                    end: int) -> None:
+        """After an interrupt in `_take_slots` (tokens [start, end) of running `s`, its table
+        of `first` blocks to become `total`): once the pool's blocks are in the table, the
+        call made whole (their owner and position, `num_computed`, the full blocks
+        registered), as the C++ core's call that an interrupt cuts as it returns; else
+        nothing changed (the pool took its allocation back). s57; was: cut after the
+        blocks were in, a table longer than its computed tokens, or full blocks computed
+        but never registered. Idempotent."""
+        table, owner, position = s.block_ids, self.block_owner, self.block_position
+        if len(table) < total:
+            return
+        for i in range(first, total):
+            owner[table[i]] = session_id
+            position[table[i]] = i
+        s.num_computed = end
+        self._register_full_blocks(s, start // self.block_size, end // self.block_size)
 
     def _cut_before(self, s: Session, gone: set[int]) -> None:
         """Cut paused `s`'s table before its first block in `gone` (dropped unseen by the
@@ -150,14 +247,15 @@ class FailedWrites:
         tokens ran past them."""
         if s.num_computed <= end:
             return
-        bs = self.block_size
         table = s.block_ids
-        s.block_ids = table[: end // bs]
-        s.num_computed = len(s.block_ids) * bs
-        self._note_left(s, table, s.block_ids)
-        if s.tail is not None and self._tail_alive(s):
-            self._drop(s.tail[0])
-        s.tail = None
+        kept = table[: end // self.block_size]
+        self._note_left(s, table, kept)  # (first, and the tail: a cut rerun finds them, s57)
+        if s.tail is not None:
+            if self._tail_alive(s):
+                self._drop(s.tail[0])
+            s.tail = None
+        s.block_ids = kept
+        s.num_computed = len(kept) * self.block_size
 
     def discard_writes(self, starts: Mapping[str, int]) -> None:
         """Take back the slots of a forward pass that failed, so no lookup finds K/V it
