@@ -141,10 +141,20 @@ class Scheduler:
             self.core.discard([(c.request, c.num_tokens) for c in chunks])
 
     def flush(self, req: Request) -> None:
-        """Append the request's pending token to its session (one `append_tokens`)."""
-        if req.pending_token is not None:
+        """Append the request's pending token to its session (one `append_tokens`). Cut by
+        an interrupt as the call returns (the token appended all the same), the token is
+        no longer pending, so that a retry does not append it twice (`_decoded_anyway`'s
+        rule for one request; review s57 interrupts)."""
+        if req.pending_token is None:
+            return
+        try:
             self.manager.append_tokens(req.session_id, [req.pending_token])
-            req.pending_token = None
+        except BaseException:
+            s = self.manager.sessions.get(req.session_id)
+            if s is not None and len(s.token_ids) == req.num_tokens:
+                req.pending_token = None
+            raise
+        req.pending_token = None
 
     def _append_pending(self, now: float) -> None:
         """Hand the manager the tokens sampled last step.

@@ -117,3 +117,31 @@ def test_a_decode_step_cut_once_the_tokens_were_appended_appends_none_twice(mode
     assert fired
     assert [r.output_ids for r in reqs] == reference
     manager.check_integrity()
+
+
+@pytest.mark.parametrize("at", [1, 2])
+def test_a_flush_cut_as_its_token_is_appended_appends_it_once(model_dir, reference, core,
+                                                               monkeypatch, at):
+    """A step with a prefill chunk appends each pending token on its own (`flush`); an
+    interrupt as that `append_tokens` returns leaves the token appended: the retry does not
+    append it a second time (was: the session's context held the token twice;
+    review s57 interrupts)."""
+    monkeypatch.setenv("KVSAGA_CORE", core.name)
+    engine = make(model_dir)
+    calls = _cut_after(engine, "append_tokens", at)
+    reqs = [engine.add_request(p, GREEDY) for p in PROMPTS]
+    cut = False
+    while engine.has_unfinished():
+        try:
+            engine.step()
+        except KeyboardInterrupt:
+            assert not cut
+            cut = True
+            engine.manager.check_integrity()
+            for r in reqs:  # the manager's context: the request's, less a token pending
+                s = engine.manager.sessions.get(r.session_id)
+                if not r.finished and s is not None:
+                    assert len(s.token_ids) == r.num_tokens - (r.pending_token is not None)
+    assert cut and len(calls) >= at
+    assert [r.output_ids for r in reqs] == reference
+    engine.manager.check_integrity()
