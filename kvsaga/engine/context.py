@@ -112,7 +112,8 @@ class TokenContext:
         `ignore_eos`, a stop token: as in vLLM, not in the text), or what a stop string cut.
 
         Args:
-            params: the step's sampling parameters (its stop token ids, `ignore_eos`).
+            params: the step's sampling parameters (its stop token ids, `ignore_eos`,
+                `include_stop_str_in_output`).
             out: the step's finished output.
             keep_eos: an EOS that ended the step stays (a chat step's: it closes the
                 assistant's turn, as the chat template renders the answer the caller's
@@ -121,8 +122,10 @@ class TokenContext:
         ids = out.token_ids
         last = ids[-1] if ids else None
         eos = tokenizer.eos_token_ids
+        # (A stop token kept in the text, `include_stop_str_in_output`, is cut as text.)
         by_id = out.finish_reason == "stop" and last is not None and (
-            last in params.stop_token_ids or (not params.ignore_eos and last in eos))
+            (last in params.stop_token_ids and not params.include_stop_str_in_output)
+            or (not params.ignore_eos and last in eos))
         cut = out.text if out.finish_reason == "stop" and not by_id else None
         if by_id and keep_eos and last in eos:
             by_id = False  # (kept: the turn's end)

@@ -53,6 +53,9 @@ class SamplingParams:
             that ends it (or EOS) stays in the output ids but its text is not in the output
             text nor the streamed deltas, and no stop string ends in it.
         ignore_eos: keep generating past EOS.
+        include_stop_str_in_output: keep the stop string that ended the text (cut after it,
+            not before), and a stop token's text, as vLLM's option does; the text is then
+            streamed without holding back a possible stop string's beginning.
         logprobs: None/False: none; True or 0: the chosen token's logprob; k > 0: also the
             k most likely tokens'. Logprobs are of the model's distribution before
             temperature, top-k and top-p.
@@ -69,6 +72,7 @@ class SamplingParams:
     stop: str | Sequence[str] | None = None
     stop_token_ids: Sequence[int] = field(default_factory=tuple)
     ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
     logprobs: bool | int | None = None
     n: int = 1
 
@@ -105,8 +109,9 @@ class SamplingParams:
         stop_token_ids = tuple(self.stop_token_ids or ())
         if not all(is_int(t) and t >= 0 for t in stop_token_ids):
             raise bad("stop_token_ids", "must be non-negative ints")
-        if not isinstance(self.ignore_eos, bool):  # ("false" is truthy: EOS ignored)
-            raise bad("ignore_eos", "must be True or False")
+        for name in ("ignore_eos", "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):  # ("false" is truthy)
+                raise bad(name, "must be True or False")
         lp = self.logprobs
         if lp is not None and not isinstance(lp, bool) and (not is_int(lp) or lp < 0):
             raise bad("logprobs", "must be a bool, None or an int >= 0")

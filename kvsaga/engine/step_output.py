@@ -97,7 +97,7 @@ class StepOutput:
         """What recording `tok` (row `row` of the batch; `tops`: the batch's top token ids
         and logprobs, as lists) changes in `req`, worked out without changing it (but for
         its detokenizer, which takes the token, unless the token ends the request by its
-        id)."""
+        id and the stop is not kept: `include_stop_str_in_output`)."""
         p = req.params
         n = len(req.output_ids) + 1  # tokens generated with this one
         top = None
@@ -109,29 +109,31 @@ class StepOutput:
             lp = None
         reason = stop_reason = None
         eos = not p.ignore_eos and tok in self.tokenizer.eos_token_ids
+        keep = p.include_stop_str_in_output
         if eos or tok in p.stop_token_ids:
             # Ended by its id (EOS or a stop token): as in vLLM, the token stays in the
-            # output ids but not in the text (nor the deltas), so no stop string ends in it;
+            # output ids but not in the text (nor the deltas), unless the stop is kept;
             # a stop token is the stop reason, the EOS none (vLLM checks it first).
             reason = "stop"
             stop_reason = None if eos else tok
-            text = req.detokenizer.text
-        else:
+        if reason is None or keep:
             prev_len = len(req.text)
             req.detokenizer.add(tok)
             text = req.detokenizer.text  # (rewritten where the decoder rewrote emitted text)
             hit = find_stop(text, prev_len, p.stop) if p.stop else None
-            if hit is not None:
-                text = text[: hit[0]]
+            if hit is not None:  # (in a kept stop token's text too: vLLM's reason then)
+                text = text[: hit[0] + (len(hit[1]) if keep else 0)]
                 reason, stop_reason = "stop", hit[1]
+        else:
+            text = req.detokenizer.text
         if reason is None and (
             n >= p.max_tokens or len(req.prompt_ids) + n >= self.max_model_len
         ):
             reason = "length"
         # Stream only text that no stop string can still claim: hold back its longest
-        # possible beginning until the request finishes.
+        # possible beginning until the request finishes (a kept one claims none).
         end = len(text)
-        if reason is None and p.stop:
+        if reason is None and p.stop and not keep:
             end -= max(len(x) for x in p.stop) - 1
         emitted = req.num_emitted_chars
         delta = text[emitted : max(end, emitted)]

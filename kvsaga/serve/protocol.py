@@ -72,7 +72,7 @@ def _no_op(*values: Any) -> Any:
 UNHONOURED: dict[str, Any] = {
     "min_p": _no_op(0.0), "repetition_penalty": _no_op(1.0), "length_penalty": _no_op(1.0),
     "use_beam_search": _no_op(False), "min_tokens": _no_op(0),
-    "include_stop_str_in_output": _no_op(False), "skip_special_tokens": _no_op(True),
+    "skip_special_tokens": _no_op(True),
     "spaces_between_special_tokens": _no_op(True), "prompt_logprobs": _no_op(),
     "truncate_prompt_tokens": _no_op(), "allowed_token_ids": _no_op(),
     "bad_words": _no_op([]), "logits_processors": _no_op([]), "guided_json": _no_op(),
@@ -170,6 +170,7 @@ class _Common(BaseModel):
     stream: Annotated[Bool, _null_is(False)] = False
     stream_options: StreamOptions | None = None
     ignore_eos: Bool = False
+    include_stop_str_in_output: Bool = False  # vLLM's (`SamplingParams`)
     user: str | None = None
     # Sessions and tenancy (see sessions.py for the order of precedence).
     session_id: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)

@@ -146,6 +146,7 @@ class Serving:
                 stop=body.stop,
                 stop_token_ids=body.stop_token_ids,
                 ignore_eos=body.ignore_eos,
+                include_stop_str_in_output=body.include_stop_str_in_output,
                 logprobs=body.num_top_logprobs(),
             )
         except InvalidRequest as e:  # named as the request field (max_tokens: as sent)

@@ -4,7 +4,7 @@ finish_reason, stop_reason, usage), streamed and not, chat and completions. The 
 those measured in findings/s57/servestop.md: two stop strings completing in one token
 (the first to complete wins), at the same character (the first listed), in different
 tokens, a stop string spanning tokens, a stop token (its id is the stop reason, its text
-left out), an EOS (stop_reason null)."""
+left out), an EOS (stop_reason null); and with `include_stop_str_in_output`."""
 
 from __future__ import annotations
 
@@ -40,12 +40,17 @@ COMPLETION_CASES = [
     {"stop": ["s.\n", "is: 2"]},  # spanning tokens
     {"stop_token_ids": [NEWLINE]},
     {"stop": ["\n"], "stop_token_ids": [NEWLINE]},  # the token ends it by its id
+    # include_stop_str_in_output: cut after the stop string; a stop token's text kept
+    {"stop": [" answer", "swe"], "include_stop_str_in_output": True},
+    {"stop": ["ans"], "include_stop_str_in_output": True},  # (inside the token " answer")
+    {"stop_token_ids": [NEWLINE], "include_stop_str_in_output": True},
 ]
 CHAT_CASES = [
     {},  # ends with the EOS: stop_reason null
     {"stop": ["!"]},
     {"stop": [" there", "her"]},
     {"stop_token_ids": [2], "ignore_eos": True},  # the EOS id as a stop token
+    {"stop": [" there", "!"], "include_stop_str_in_output": True},
 ]
 
 
