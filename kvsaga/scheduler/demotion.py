@@ -48,7 +48,9 @@ class Demotions:
         (`_demotion_order`): when every paused candidate is such a session, nothing is
         demoted either, and the commitment stays above the limit until a finish, idle
         admission or a pause deadline (which still demotes them, as do Agent Fair Share's
-        reclaim and the tail guard's, those last: `_reclaim_share`, `_reclaim_due`).
+        reclaim and the tail guard's, those last: `_reclaim_share`, `_reclaim_due`; and,
+        under `shrink_exempt_until` "contexts", this shrink once the contexts alone
+        outgrow the limit: `_shrink_exempt`).
 
         What "outgrow" reads is `shrink_on`: "working_sets" (the default: the charged
         working sets, the active sessions' predicted growth included) or "contexts" (the
@@ -76,6 +78,34 @@ class Demotions:
                 sids = [sid for sid in sids if self._away_long(sid, now)]
             shrink(self.sessions, sids, over, demotable,
                    lambda sid: self._demote_session(sid, now))
+            if self.shrink_exempt_until == "contexts":
+                self._shrink_exempt(limit, demotable, now)
+
+    def _shrink_exempt(self, limit: float, demotable, now: float) -> None:
+        """`shrink_exempt_until` "contexts": once the admitted contexts alone (no predicted
+        growth) outgrow the tiers, the shrink demotes the sessions `shrink_exempt_s` left
+        out too, in `_demotion_order` among themselves (`demotable` as in `_shrink`),
+        until the contexts fit. The exemption spares a session a demotion for growth that
+        is only predicted; past this point the policy would evict admitted sessions'
+        blocks instead, recomputed when they come back.
+
+        Why (session 57, issue 10): the exemption at 20 s failed the calibrated AFS veto
+        through the denominators, not the shared runs: each noisy-mix heavy tenant alone
+        on half the GPU (4x load, sustained) had 10-25 of its 32 sessions exempt; the
+        shrink, left only those, kept the commitment above the tiers after 37-248 of its
+        ~500 calls (2-11 with the rule off), at noisy seed 103 25% with the contexts
+        themselves above the tiers at 159 of 181, and the run's recomputed tokens rose
+        289k -> 782k (TCT alone 59.7 -> 89.4 s; the light tenant's shared runs moved by
+        at most 0.24 s; docs/scheduling_fit_history.md, "Session 57")."""
+        waited, bound = self._waited_again, self.shrink_exempt_s
+        if not waited or self._context_blocks() <= limit:
+            return
+        sids = [sid for sid in self._demotion_order(self.sessions, exempt=False)
+                if waited.get(sid, 0.0) >= bound]
+        if self.shrink_after:
+            sids = [sid for sid in sids if self._away_long(sid, now)]
+        shrink(self.sessions, sids, lambda: self._context_blocks() > limit, demotable,
+               lambda sid: self._demote_session(sid, now))
 
     def _away_long(self, sid: str, now: float) -> bool:
         """`shrink_after`: whether the admitted session `sid`, paused, has been away at

@@ -36,6 +36,8 @@ from kvsaga.scheduler.working_set_gate import READMIT_CHARGES, WorkingSetGate, c
 
 SHRINK_ORDERS = ("latest_back", "smallest", "least_work")  # `(shrink_order=...)`
 SHRINK_ON = ("working_sets", "contexts")  # `WorkflowScheduler(shrink_on=...)`
+# `WorkflowScheduler(shrink_exempt_until=...)`
+SHRINK_EXEMPT_UNTIL = ("never", "contexts")
 
 
 class _Admitted:
@@ -117,6 +119,15 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             failed the calibrated AFS veto (mean d log ratio +0.116 against 0.0231;
             docs/scheduling_fit_history.md, "Session 56, third lane");
             `Demotions._demotion_order` says why it exists.
+        shrink_exempt_until: "never" (the default: session 56's exemption, above) or
+            "contexts": once the admitted contexts alone (no predicted growth) outgrow the
+            tiers, the shrink demotes the exempt paused sessions too, after the others,
+            until the contexts fit (the policy would evict admitted sessions' blocks
+            otherwise). Opt-in: with `shrink_exempt_s` 20 it cut the noisy mix's heavy
+            tenant's recomputation alone on half the GPU (seed 103 25%: 782k -> 250k
+            tokens) but still failed the calibrated AFS veto (mean d log ratio +0.0240
+            against 0.0231; docs/scheduling_fit_history.md, "Session 57";
+            `Demotions._shrink_exempt`).
         shrink_order: which paused sessions the shrink demotes first (after aging):
             "latest_back" (the default: those expected back last), "smallest" (the
             smallest working sets, losing the fewest blocks to recompute; it raised bfcl
@@ -249,6 +260,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         idle_admit_s: float = 1.0,
         shrink_aging: int = 2,
         shrink_exempt_s: float = math.inf,
+        shrink_exempt_until: str = "never",
         shrink_order: str = "latest_back",
         shrink_on: str = "working_sets",
         max_overtake: int = 16,
@@ -301,6 +313,8 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         self.shrink_aging = check_int("shrink_aging", shrink_aging, 0)
         self.shrink_exempt_s = check_float("shrink_exempt_s", shrink_exempt_s, 0.0,
                                            strict=True)
+        self.shrink_exempt_until = check_choice("shrink_exempt_until", shrink_exempt_until,
+                                                SHRINK_EXEMPT_UNTIL)
         self.shrink_order = check_choice("shrink_order", shrink_order, SHRINK_ORDERS)
         self.shrink_on = check_choice("shrink_on", shrink_on, SHRINK_ON)
         self.max_overtake = check_int("max_overtake", max_overtake, 0)
