@@ -47,6 +47,7 @@ from kvsaga.sim.compare import (
     tenant_share_misfit,
     with_belady_references,
 )
+from kvsaga.sim.config import MAX_GPU_BLOCKS, MAX_HOST_BLOCKS, block_cap_error
 from kvsaga.sim.cost import GIB, PRESETS
 from kvsaga.sim.simulator import SimConfig, Simulator, blocks_needed
 from kvsaga.sim.trace import Session, TraceError, load_trace
@@ -77,12 +78,6 @@ COLUMNS = (
     ("reld GB", "bytes_reloaded", "{:.2f}"),
 )
 # Below the table, so "x belady" is not read as distance from the best possible run.
-# --host-memory's cap in blocks: the simulator's host tier keeps Python lists of every block
-# (about 1.3 GB and 9 s per simulation at 4M blocks, in each worker). 8 TiB of 2 MiB blocks.
-MAX_HOST_BLOCKS = 2**22
-# --kv-memory's cap in blocks: the C++ core's limit (the Python core's per-block lists would
-# not fit in memory long before it).
-MAX_GPU_BLOCKS = 2**30
 BELADY_FOOTER = ("belady: a reference, not a lower bound (greedy on the trace's next uses; "
                  "a policy can recompute less)")
 
@@ -126,7 +121,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"GPU and model: {', '.join(sorted(PRESETS))} (default: "
                    "a100-llama3-8b)")
     p.add_argument("--kv-memory", type=size_type, default=None,
-                   help="GPU KV capacity, e.g. 20G or 512M (default: the preset's free memory)")
+                   help="GPU KV capacity, e.g. 20G or 512M (default: the preset's free "
+                   f"memory); at most {MAX_GPU_BLOCKS:,} blocks (8T with the llama3-8b "
+                   "presets' 2 MiB blocks): the simulator keeps per-block bookkeeping")
     p.add_argument("--host-memory", type=size_type, default=None,
                    help="host-tier capacity, e.g. 64G (default: none; every victim is "
                    f"discarded); at most {MAX_HOST_BLOCKS:,} blocks (8T with the llama3-8b "
@@ -304,9 +301,7 @@ def _check_cap(flag: str, size: float, most: int, preset: str) -> None:
     cost = PRESETS.get(preset)
     if cost is None or cost.num_blocks(size) <= most:
         return
-    raise ValueError(f"{flag} {size:,.0f} B is {cost.num_blocks(size):,} blocks of "
-                     f"{cost.block_bytes:,} B (preset {cost.name}): more than the simulator's "
-                     f"{most:,} ({most * cost.block_bytes / 2**40:g}T)")
+    raise block_cap_error(f"{flag} {size:,.0f} B", cost.num_blocks(size), most, cost)
 
 
 def check_distinct_runs(specs: list[str], base: SimConfig,
@@ -489,8 +484,9 @@ def default_jobs() -> int:
 def _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs,
            table: list[dict]) -> list[dict]:
     """--plot's rows: `compare` at each of `SWEEP_FACTORS` x the KV capacity that the
-    longest session and each tenant's share fit, with `kv_gib`; at 1x, copies of the
-    table's rows (`table`, the same simulations: before session 50 they ran again)."""
+    longest session and each tenant's share fit and `MAX_GPU_BLOCKS` holds, with `kv_gib`;
+    at 1x, copies of the table's rows (`table`, the same simulations: before session 50 they
+    ran again)."""
     base = _base_config(args, args.kv_memory)
     cost = base.cost
     kv_gib = base.blocks() * cost.block_bytes / GIB
@@ -500,6 +496,8 @@ def _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs,
         gib = kv_gib * factor
         if cost.num_blocks(gib * GIB) < need:
             continue  # the longest session would not fit
+        if cost.num_blocks(gib * GIB) > MAX_GPU_BLOCKS:
+            continue  # past the cap (--kv-memory itself is refused past it, before any run)
         config = _base_config(args, gib * GIB)
         if tenant_share_misfit(sessions, config) is not None:
             continue  # nor a tenant's longest on its share (its slowdown's denominator)
@@ -538,8 +536,9 @@ def cmd_cluster(args) -> int:
                              f"({', '.join(offline)}: offline references, not run with --gpus)")
         schedulers = _schedulers(args)
         _resolve_memory_flags(args)
+        base = _base_config(args, args.kv_memory)  # the sizes' errors before a trace is read
         sessions = _load(args)
-        check_capacity(args, sessions, _base_config(args, args.kv_memory))
+        check_capacity(args, sessions, base)
         # Said even under --quiet: columns a single-GPU row has are not left out unsaid.
         print("kvsaga sim: cluster rows (--gpus/--router) carry no kv_utilization or "
               "slo_attainment (one GPU's measures: run without --gpus/--router)",

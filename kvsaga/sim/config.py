@@ -13,6 +13,26 @@ from kvsaga.manager import KVCacheManager
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
 from kvsaga.sim.cost import PRESETS, StepCostModel
 
+# The most blocks one simulation holds in each tier. Every block costs host memory whatever
+# the trace, in each worker of a run: per-block lists and the core's pool (docs/simulator.md,
+# `kvsaga sim`: 289 B a GPU block on the C++ core with lru, up to 694 B with adaptive on the
+# Python core). 2**22 keeps one simulation under ~3 GB and is over 160x the presets' default
+# capacity; before session 57 the GPU tier's cap was the C++ core's 2**30 (~300-700 GB), and
+# a large --kv-memory ended in an out-of-memory kill.
+MAX_GPU_BLOCKS = 2**22
+# The host tier keeps Python lists of every block (about 1.3 GB and 9 s per simulation at
+# 4M blocks). 8 TiB of 2 MiB blocks, as the GPU tier's.
+MAX_HOST_BLOCKS = 2**22
+
+
+def block_cap_error(what: str, blocks: int, most: int, cost: StepCostModel) -> ValueError:
+    """The error for `what` (a flag or field with its value) holding `blocks` blocks of
+    `cost`'s, more than `most`: it names the count, the cap and why there is one."""
+    return ValueError(f"{what} is {blocks:,} blocks of {cost.block_bytes:,} B (preset "
+                      f"{cost.name}): more than the simulator's {most:,} "
+                      f"({most * cost.block_bytes / 2**40:g}T), whose per-block bookkeeping "
+                      f"takes host memory (docs/simulator.md)")
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -95,6 +115,7 @@ class SimConfig:
                 and math.isfinite(self.kv_memory_bytes) and self.kv_memory_bytes > 0):
             raise ValueError(f"SimConfig.kv_memory_bytes must be a finite number > 0, got "
                              f"{self.kv_memory_bytes!r}")
+        self._check_caps()
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"SimConfig.scheduler: unknown scheduler {self.scheduler!r}; "
                              f"choose one of {sorted(SCHEDULERS)}")
@@ -119,6 +140,21 @@ class SimConfig:
         if self.hints not in ("tool", "oracle", "none"):
             raise ValueError(f"SimConfig.hints must be 'tool', 'oracle' or 'none', got "
                              f"{self.hints!r}")
+
+    def _check_caps(self) -> None:
+        """ValueError naming the field whose tier holds more blocks than `MAX_GPU_BLOCKS` /
+        `MAX_HOST_BLOCKS`: said here, before any simulator allocates them."""
+        for field, blocks, most in (
+                ("num_gpu_blocks" if self.num_gpu_blocks is not None else "kv_memory_bytes",
+                 self.blocks(), MAX_GPU_BLOCKS),
+                ("num_host_blocks" if self.num_host_blocks is not None
+                 else "host_memory_bytes", self.host_blocks(), MAX_HOST_BLOCKS)):
+            if blocks > most:
+                value = getattr(self, field)
+                shown = (f"SimConfig.{field}={value:,}" if field.startswith("num_") else
+                         f"SimConfig.{field}={value:,.0f} B" if value is not None else
+                         "the preset's default KV memory")
+                raise block_cap_error(shown, blocks, most, self.cost)
 
     @property
     def cost(self) -> StepCostModel:

@@ -76,7 +76,7 @@ def test_a_write_that_fails_after_the_run_names_the_flag(tmp_path, capsys, monke
     (["--host-gib", "1e-300"], "--host-gib 1e-300 is less than one byte"),
     (["--kv-memory", "5000000T"], "--kv-memory 5,497,558,138,880,000,000 B is "
                                   "2,621,440,000,000 blocks of 2,097,152 B (preset "
-                                  "a100-llama3-8b): more than the simulator's 1,073,741,824"),
+                                  "a100-llama3-8b): more than the simulator's 4,194,304"),
 ])
 def test_sizes_out_of_range_name_the_flag_given(args, message, capsys, no_run):
     argv = [a for a in TINY if a not in ("--kv-memory", "1G")] + args
