@@ -50,7 +50,7 @@ from kvsaga.manager_types import (
     _check_token_ids,
     _common_prefix_len,
 )
-from kvsaga.policy import EvictionPolicy, make_policy
+from kvsaga.policy import EvictionPolicy, make_online_policy
 from kvsaga.policy.base import check_unbound, unbind
 from kvsaga.prefix import root_hash
 from kvsaga.session import Session, SessionState
@@ -127,7 +127,7 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         self._hit_tokens = 0
         self._evicted_blocks = 0
         self._changes = 0  # see cache_version
-        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.policy = make_online_policy(policy) if isinstance(policy, str) else policy
         try:  # a bind or observer that raises leaves a caller's instance unbound
             self.policy.bind(self)
             self.pool.observer = self.policy

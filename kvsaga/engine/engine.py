@@ -49,7 +49,7 @@ from kvsaga.engine.weights import open_checkpoint
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager import CacheStats, KVCacheManager
 from kvsaga.offload import TransferEngine
-from kvsaga.policy import DEFAULT_POLICY, POLICIES, EvictionPolicy, make_policy
+from kvsaga.policy import DEFAULT_POLICY, POLICIES, EvictionPolicy, make_policy, online_policies
 from kvsaga.policy.base import check_unbound, unbind
 from kvsaga.prefix import root_hash
 from kvsaga.scheduler import DEFAULT_SCHEDULER, check_param_names
@@ -589,7 +589,7 @@ def _check_names(policy: str | EvictionPolicy, scheduler: object,
     if isinstance(policy, str):
         cls = POLICIES.get(policy)
         if cls is None:
-            raise InvalidRequest(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
+            raise InvalidRequest(f"unknown policy {policy!r}; choose one of {online_policies()}")
         if getattr(cls, "needs_oracle", False):
             raise InvalidRequest(f"policy {policy!r} needs a FutureOracle (trace replay "
                                  f"only); pass a built EvictionPolicy instead")

@@ -69,6 +69,28 @@ def make_policy(name: str, *, cost: CostModel | None = None, **kwargs) -> Evicti
     return cls(**kwargs)
 
 
+def online_policies() -> list[str]:
+    """The names a policy is built from alone, sorted: all but the offline references
+    (`needs_oracle`), which need the future that only a trace replay knows. What a caller
+    that takes a name and no oracle (engine, server, connector, `KVCacheManager`) can run,
+    so what its errors offer (they offered `belady`, then refused it: review s57)."""
+    return sorted(n for n, c in POLICIES.items() if not getattr(c, "needs_oracle", False))
+
+
+def make_online_policy(name: str) -> EvictionPolicy:
+    """`make_policy(name)` for a caller that takes a name and no oracle. Raises ValueError
+    listing `online_policies()` for an unknown name or an offline one (whose own error asked
+    for an `oracle=` the caller does not take: a built instance is the way to run it)."""
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise ValueError(f"unknown policy {name!r}; choose one of {online_policies()}")
+    if getattr(cls, "needs_oracle", False):
+        raise ValueError(f"policy {name!r} is an offline reference: it needs a FutureOracle, "
+                         f"so pass a built instance (make_policy({name!r}, oracle=...)) or "
+                         f"choose one of {online_policies()}")
+    return make_policy(name)
+
+
 __all__ = [
     "Action",
     "AdaptivePolicy",
@@ -86,5 +108,7 @@ __all__ = [
     "PrefillCost",
     "SagaPolicy",
     "TTLPolicy",
+    "make_online_policy",
     "make_policy",
+    "online_policies",
 ]

@@ -36,7 +36,14 @@ from kvsaga.integrations.vllm.session_ranker import (
     scheduler_settings,
 )
 from kvsaga.integrations.vllm.step_cost import StepCost
-from kvsaga.policy import DEFAULT_POLICY, POLICIES, EvictionPolicy, make_policy
+from kvsaga.policy import (
+    DEFAULT_POLICY,
+    POLICIES,
+    EvictionPolicy,
+    make_online_policy,
+    make_policy,
+    online_policies,
+)
 from kvsaga.session import check_session_idle
 
 # Each key's meaning: kvsaga/integrations/vllm/connector.py's module docstring.
@@ -183,7 +190,7 @@ def check_values(extra: Mapping[str, Any]) -> None:
             raise ValueError(f"kvsaga connector: reserve_blocks must be an int >= 0, got {v!r}")
     policy = extra.get("policy", DEFAULT_POLICY)
     if not (isinstance(policy, str) and policy in POLICIES):
-        raise ValueError(f"kvsaga connector: policy must be one of {sorted(POLICIES)}, got "
+        raise ValueError(f"kvsaga connector: policy must be one of {online_policies()}, got "
                          f"{policy!r:.200}")
     for key in ("admission", "keep_demoted"):
         if key in extra and not isinstance(extra[key], bool):
@@ -208,7 +215,7 @@ def check_online(extra: Mapping[str, Any]) -> None:
     every check and failed at vLLM's start asking for an `oracle` that policy_args refuses."""
     cls = _policy_class(extra)
     if cls is not None and getattr(cls, "needs_oracle", False):
-        online = sorted(n for n, c in POLICIES.items() if not getattr(c, "needs_oracle", False))
+        online = online_policies()
         raise ValueError(f"kvsaga connector: policy {cls.name!r} is an offline reference (it "
                          f"needs a FutureOracle: the future, which only a trace replay "
                          f"knows); the "
@@ -261,7 +268,7 @@ def make_connector_policy(extra: Mapping[str, Any]) -> EvictionPolicy:
     bad value fails at vLLM's start saying which setting it was."""
     name = str(extra.get("policy", DEFAULT_POLICY))
     if name not in POLICIES:
-        return make_policy(name)  # (refused: the message lists the known names)
+        return make_online_policy(name)  # (refused: the message lists the online names)
     try:
         return make_policy(name, **dict(extra.get("policy_args", {})))
     except (TypeError, ValueError) as e:
