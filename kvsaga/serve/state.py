@@ -73,10 +73,17 @@ class ServerState:
         return self._serving
 
     def check_model(self, name: str) -> None:
-        """404 unless `name` is the served model's name (or the path it was loaded from)."""
-        if name not in (self.model_name, self.settings.model):
+        """404 unless `name` is the served model's name or the path it was loaded from: as
+        --model gave it or as the engine opened it (the default model has no --model: its
+        path was a 404 before session 57, though the README offers it)."""
+        if name not in (self.model_name, self.settings.model, self._load_path()):
             raise APIError(404, f"model {name!r} does not exist; this server serves "
                            f"{self.model_name!r}", param="model", code="model_not_found")
+
+    def _load_path(self) -> str | None:
+        """The path the engine loaded its model from, None while it loads (or failed to)."""
+        loaded = self.engine.engine
+        return None if loaded is None else str(loaded.model_path)
 
     async def sweep_idle_sessions(self) -> None:
         """End sessions idle past `session_idle_s`: the policy ranks retained blocks, but a
