@@ -202,6 +202,7 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                 if began[0]:
                     raise
                 self._unbegin(s, keep, before, [], owners, began)
+                raise  # (the second cut, the first as its context: never lost)
             raise
         # From the hits on, an interrupt (or a hook's raise) takes the step back whole, as
         # `step_started`'s raise does: the hits (a tail the loads held among them) are the
@@ -246,6 +247,7 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                 if began[0]:
                     raise
                 self._unbegin_hits(s, hits, tail, saved, keep, before, owners, began)
+                raise
             raise
         finally:
             s.importing = False
@@ -287,6 +289,7 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                     self._unopen(s, keep, length)
                 except BaseException:  # (a second interrupt, at its entry too: rerun)
                     until_done(self._unopen, s, keep, length)
+                    raise
                 raise
             return s, keep
         self.hasher.extend(s.block_hashes, s.root, s.token_ids)
@@ -388,6 +391,7 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                 self._hash_all(s)
             except BaseException:  # (a second interrupt, at its entry too: rerun)
                 until_done(self._hash_all, s)
+                raise
             raise
 
     def allocate_slots(self, session_id: str, num_tokens: int, *, now: float | None = None,
@@ -479,6 +483,7 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                     self._hash_all(s)
                 except BaseException:  # (a second interrupt, at its entry too: rerun)
                     until_done(self._hash_all, s)
+                    raise
                 raise
             slots += self._take_slots(s, sid, s.num_computed, s.num_computed + 1)
         return slots
@@ -523,6 +528,7 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                 self._took_slots(s, session_id, first, total_blocks, start, end)
             except BaseException:  # (a second interrupt, at its entry too: rerun)
                 until_done(self._took_slots, s, session_id, first, total_blocks, start, end)
+                raise
             raise
         return slots if listed else None
 

@@ -108,6 +108,8 @@ class FailedWrites:
                     # reference on).
                     gone = [b for b in dict.fromkeys(refs) if pool.state[b] == CACHED]
                     cut = self._evict_unseen(gone) or cut
+        pool.reused_s = reused  # (stores only: before the pop, whose return is a point)
+        self._queried_tokens, self._hit_tokens, self._host_hit_tokens = counters
         if old is None:
             self.sessions.pop(sid, None)  # (not registered yet when the loads raised)
         else:
