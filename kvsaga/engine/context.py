@@ -124,7 +124,8 @@ class TokenContext:
         eos = tokenizer.eos_token_ids
         # (A stop token kept in the text, `include_stop_str_in_output`, is cut as text.)
         by_id = out.finish_reason == "stop" and last is not None and (
-            (last in params.stop_token_ids and not params.include_stop_str_in_output)
+            (last in params.stop_token_ids and (not params.include_stop_str_in_output
+                                                 or last in tokenizer.special_ids()))
             or (not params.ignore_eos and last in eos))
         cut = out.text if out.finish_reason == "stop" and not by_id else None
         if by_id and keep_eos and last in eos:

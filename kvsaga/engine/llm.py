@@ -422,7 +422,9 @@ class AgentSession:
         """Append raw text to the context and complete. The context is the text the
         session returned: the prompts and every earlier output's text (`RequestOutput.text`),
         so what ended a step is not in it (a stop string and the text after it, an EOS or
-        stop token: the model never sees what its caller was not shown), but the special
+        stop token: the model never sees what its caller was not shown; with
+        `include_stop_str_in_output` the stop string or stop token's text it was shown is
+        in it, a special token's never), but the special
         tokens a template or an output holds are, and so is the EOS that ended a `chat`
         step (it closes the assistant's turn). Its exact token ids are reused up to there.
         Nothing is inserted between the context and `text` (a newline neither)."""

@@ -51,7 +51,8 @@ class SamplingParams:
             listed), as in vLLM; it is the output's `stop_reason`.
         stop_token_ids: token ids that end generation, besides EOS. As in vLLM, the token
             that ends it (or EOS) stays in the output ids but its text is not in the output
-            text nor the streamed deltas, and no stop string ends in it.
+            text nor the streamed deltas, and no stop string ends in it (with
+            `include_stop_str_in_output`, its text is kept and a stop string may end in it).
         ignore_eos: keep generating past EOS.
         include_stop_str_in_output: keep the stop string that ended the text (cut after it,
             not before), and a stop token's text, as vLLM's option does; the text is then

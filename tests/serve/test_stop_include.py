@@ -99,6 +99,22 @@ def test_the_next_step_reuses_the_kept_stop_tokens_id(scripted):
     scripted.wait_idle()
 
 
+def test_a_kept_special_stop_token_is_not_in_the_context(scripted):
+    """A special stop token (EOS under `ignore_eos`, listed in `stop_token_ids`) kept by the
+    option has no text in the answer: the context ends at the answer's text as without
+    the option, so the next prompt reuses the answer's ids (was: `held_text` "hixa</s>",
+    only the prompt's ids reused; review s57 diffservestop LOW-1)."""
+    eos = scripted.app.state.server.serving().sessions.tokenizer.eos_token_ids[0]
+    SCRIPT[:] = _ids(scripted, "xa") + [eos] + _ids(scripted, "qqqqq")
+    out = _post(scripted, _body(session_id="keep-eos", stop_token_ids=[eos], ignore_eos=True))
+    assert out["choices"][0]["text"] == "xa"
+    ctx = scripted.app.state.server.serving().sessions.get("anon/keep-eos").tokens
+    assert ctx.held_text == "hixa"
+    covered, ids = ctx.known_prefix("hixa more")
+    assert covered == len("hixa") and ids[-2:] == SCRIPT[:2]
+    scripted.wait_idle()
+
+
 def test_nothing_is_held_back_from_the_stream(tiny_dir):
     """Each step's delta is its token's text at once: no possible beginning of a stop
     string waits (it would be kept anyway). Without the option, the text waits three
