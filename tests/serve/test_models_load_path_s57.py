@@ -4,13 +4,17 @@ default model's (none given, as the `server` fixture's) was a 404 model_not_foun
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import openai
 import pytest
 
-from .conftest import MODEL, LiveServer
+from kvsaga.serve.app import build_app
+
+from .conftest import MODEL, LiveServer, make_engine, settings
 
 
 def test_the_engine_load_path_is_the_served_model(server: LiveServer):
@@ -35,3 +39,22 @@ def test_a_request_may_name_the_model_by_its_load_path(server: LiveServer):
     out = server.client().completions.create(model=path, prompt="hi", max_tokens=1)
     assert out.model == MODEL and len(out.choices) == 1
     server.wait_idle()
+
+
+def test_the_load_path_while_the_model_loads_is_503_not_404(tiny_dir: Path):
+    """Before the engine exists its load path is unknown: the answer is the name's, 503
+    `model_loading` (was: 404 `model_not_found`, a polling client told the model does not
+    exist; review s57 diffreadmefix)."""
+    release = threading.Event()
+
+    def slow_factory():
+        release.wait(60)
+        return make_engine(tiny_dir)
+
+    with LiveServer(build_app(slow_factory, settings()), wait_ready=False) as s:
+        try:
+            for model in (MODEL, str(tiny_dir)):
+                r = httpx.get(f"{s.url}/v1/models/{model}", timeout=60)
+                assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+        finally:
+            release.set()

@@ -39,8 +39,12 @@ async def models(request: Request) -> dict:
 @router.get("/v1/models/{model_id:path}")
 async def model(request: Request, model_id: str) -> dict:
     """OpenAI's retrieve (`client.models.retrieve`): the served model's card, by its name
-    or the path it was loaded from (a path may hold slashes); else 404 `model_not_found`."""
-    server_state(request).check_model(model_id)
+    or the path it was loaded from (a path may hold slashes); else 404 `model_not_found`.
+    While the model loads (or after its load failed) 503 first, as the completions routes
+    answer: its load path is unknown until then (review s57 diffreadmefix)."""
+    state = server_state(request)
+    state.serving()
+    state.check_model(model_id)
     return _card(request).model_dump()
 
 
