@@ -219,6 +219,12 @@ class Scheduler:
         prefill chunk: `fair_share.ComputeShares`)."""
         return n
 
+    def _kept_behind(self, req: Any) -> int:
+        """Tokens of this step's budget that the running prefill `req`'s chunk leaves for
+        requests queued behind it (none here: the running queue's order, vLLM's; Agent Fair
+        Share keeps one per other tenant's decode: `fair_share.ComputeShares`)."""
+        return 0
+
     def _ungrant(self, req: Any, n: int) -> None:
         """The `n` tokens `_grant` just gave the running request `req` are not computed:
         its allocation preempted it. What `_grant` billed for them is taken back (nothing
@@ -396,9 +402,12 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            want = min(executor.num_new_tokens(req), budget)
+            need = executor.num_new_tokens(req)
+            want = min(need, budget)
+            if want > 1:  # a prefill chunk leaves the room `_kept_behind` keeps
+                want = max(min(want, budget - self._kept_behind(req)), 0)
             n = self._grant(req, want)
-            if want and not n:  # its tenant's compute share is spent in this step
+            if need and not n:  # its tenant's compute share is spent in this step
                 i += 1
                 continue
             if not self._allocate(req, n, now, executor, out):

@@ -46,17 +46,19 @@ competing tenants' weights), 1) tokens besides its decodes (`favoured_allowances
 running prefill chunk or an admitted step's first chunk takes only what its tenant has
 left, a tenant with nothing left sits the step out, and its queued step does not hold back
 another tenant's. Decodes (and 1-token chunks) are never cut by the share and are charged
-first. They are not sure of a place in the step, though: running requests take the step's
-one token budget in the running queue's (admission) order, so a decode behind a running
-prefill whose chunk takes the budget left waits for a later step; the favoured tenant's
-chunk may take the whole budget (its allowance), so another tenant's decode behind it waits
-as long as that prefill lasts (an open item: docs/scheduler.md, "What bounds the open
-goals"). Catch-up with a bounded lag (start-time fair queueing's rule, less a lag): a
-tenant that enters competition, or comes back after a step without work, starts at no less
-than the least weighted service of the tenants already competing less `share_lag_tokens`
-(weighted: tokens per unit of weight, times its weight); when none of them competes any
-more (tenants that all enter at once), at no less than the virtual time less the lag: the
-least weighted service of the last two or more tenants that competed, never lowered.
+first. Running requests take the step's one token budget in the running queue's
+(admission) order, and the favoured tenant's chunk may take the whole budget (its
+allowance), so a running prefill's chunk leaves one token of the budget per decode of
+another tenant queued behind it (`_kept_behind`, session 57): before, another tenant's
+decode behind the favoured tenant's long prefill waited as long as that prefill lasted. A
+decode behind its own tenant's prefill still waits when that chunk takes the budget left,
+as with one tenant (vLLM's order). Catch-up with a bounded lag (start-time fair queueing's
+rule, less a lag): a tenant that enters competition, or comes back after a step without
+work, starts at no less than the least weighted service of the tenants already competing
+less `share_lag_tokens` (weighted: tokens per unit of weight, times its weight); when none
+of them competes any more (tenants that all enter at once), at no less than the virtual
+time less the lag: the least weighted service of the last two or more tenants that
+competed, never lowered.
 Without a floor a tenant joining a long-running server late would be favoured until it
 matched the incumbents' whole history; with no lag (0: 2842931's rule) a light agent
 tenant, which has a step without work at every tool pause, lost at each pause the credit it
@@ -240,9 +242,9 @@ class ComputeShares:
     entering competition starts at no less than the least weighted service of those already
     in it less `share_lag_tokens` (`_catch_up`). The share never cuts a decode, so a step in
     which every running request decodes, within the budget, runs them all (the simulator's
-    decode runs rely on it); a decode behind a running prefill in the running queue's order
-    still waits when that prefill's chunk takes the budget left (the favoured tenant's may
-    take the whole budget: the module docstring).
+    decode runs rely on it), and a running prefill's chunk leaves one token per decode of
+    another tenant queued behind it (`_kept_behind`); a decode behind its own tenant's
+    prefill still waits when that chunk takes the budget left (the module docstring).
     With fewer than two tenants competing, or `share_step_tokens` 0, nothing changes (one
     tenant, the common case, pays nothing for the default being on). Only chunks computed
     are billed: a step's bills of chunks whose forward pass failed (`Scheduler.discard`), of
@@ -261,6 +263,8 @@ class ComputeShares:
     # The favoured tenant's running prefills not granted yet in this step (id -> tokens):
     # what `favoured_room` keeps for them under a cap on the step's prefill.
     _fav_reserved: dict[int, int] | None = None
+    # Per running prefill (by id), the other tenants' decodes queued behind it (`_kept_behind`).
+    _behind: Mapping[int, int] = {}
     _served: dict[str | None, float]  # tokens computed per tenant in competing steps
     # The last step's bills (`_serve`), per tenant: its service before the first of them and
     # each (request, tokens) billed, in order: what `_unbill` takes back from.
@@ -311,7 +315,35 @@ class ComputeShares:
             elif n > 1 and r.tenant == fav and self.share_within_cap:
                 reserved[id(r)] = n
         self._fav_reserved = reserved
+        self._behind = self._decodes_behind(needs)
         return allow
+
+    def _decodes_behind(self, needs: Sequence[int]) -> dict[int, int]:
+        """Per running prefill (by id), the decodes (and 1-token chunks) of other tenants
+        queued behind it in the running queue, whose `needs` are this step's: the tokens
+        its chunk leaves in the budget (`_kept_behind`)."""
+        behind: dict[int, int] = {}
+        per_tenant: dict[str | None, int] = {}  # decodes seen so far, from the queue's end
+        total = 0
+        for r, n in zip(reversed(self.running), reversed(needs), strict=True):
+            if n == 1:
+                per_tenant[r.tenant] = per_tenant.get(r.tenant, 0) + 1
+                total += 1
+            elif n > 1 and total > per_tenant.get(r.tenant, 0):
+                behind[id(r)] = total - per_tenant.get(r.tenant, 0)
+        return behind
+
+    def _kept_behind(self, req) -> int:
+        """One token per decode of another tenant queued behind the running prefill `req`
+        (while tenants compete): the favoured tenant's allowance is the whole budget, so
+        its long prefill ahead of another tenant's decode took every step's budget until
+        it was done, and that decode waited as long (docs/scheduler.md, "Compute": a
+        1000-token prefill of a tenant weighted 1000 ahead of another tenant's decode,
+        budget 64, held the decode 14 steps). The prefill's own tenant's decodes behind it
+        still wait as they do with one tenant (vLLM's order)."""
+        if self._allow is None:
+            return 0
+        return self._behind.get(id(req), 0)
 
     def is_favoured(self, req) -> bool:
         """Whether `req` is a running prefill of the favoured tenant not granted yet in this
