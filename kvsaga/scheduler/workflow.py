@@ -23,7 +23,7 @@ from kvsaga.scheduler.base import (
     check_float,
     check_int,
 )
-from kvsaga.scheduler.block_room import BlockRoom
+from kvsaga.scheduler.block_room import HOST_ROOM, BlockRoom, tiers_room
 from kvsaga.scheduler.decode_stall import DECODE_PREFILL_TOKENS, DecodeStall
 from kvsaga.scheduler.demotion import UNDO_DEMOTIONS, Demotions
 from kvsaga.scheduler.fair_share import ComputeShares, FairShare, check_weights
@@ -71,7 +71,8 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
 
     Args:
         manager, max_num_seqs, max_num_batched_tokens: as `Scheduler`.
-        overcommit: admit while predicted working sets <= overcommit x (GPU + host blocks).
+        overcommit: admit while predicted working sets <= overcommit x the tiers' room
+            (the GPU's blocks and what `host_room` adds).
         horizon_steps: steps of expected growth counted in an admitted session's working
             set (fewer when the Agent Execution Graph expects the session to end sooner;
             at most `MAX_HORIZON_STEPS`, as `kvsaga.scheduler.base` says).
@@ -237,6 +238,10 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             "always" or gated ("demoted", "demoted_queue", "recompute"); None:
             "demoted_queue", or off with a cap of 0 (a gate named with the cap off is
             refused; `decode_stall` says why).
+        host_room: what the host tier adds to that room: "none" (the default), "beyond_gpu"
+            (its blocks beyond the GPU's) or "all" (every one: the rule until session 57,
+            under which a host tier made this scheduler recompute more;
+            kvsaga/scheduler/block_room.py says why).
     """
 
     name = "workflow"
@@ -288,6 +293,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         shrink_after: float = 0.0,
         decode_prefill_tokens: int = DECODE_PREFILL_TOKENS,
         decode_prefill_when: str | None = None,
+        host_room: str = HOST_ROOM,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)
@@ -339,7 +345,8 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         self._fair = FairShare(weights)
         self._init_compute_share(share_step_tokens, share_lag_tokens,  # `ComputeShares`
                                  share_within_cap)
-        self.capacity = manager.num_gpu_blocks + manager.num_host_blocks
+        self.capacity = tiers_room(manager, host_room)  # checks it (`BlockRoom`'s module)
+        self.host_room = host_room
         self.sessions: dict[str, _Admitted] = {}  # admitted sessions
         self._resumed: deque[Any] = deque()  # steps of admitted sessions (retries first)
         self._bypassed = 0  # warm steps admitted ahead of the resumed queue's current head
