@@ -94,7 +94,7 @@ def _json_object(text: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kvsaga.policy import POLICIES
+    from kvsaga.policy import online_policies
     from kvsaga.routing import REPLICA_ROUTERS
     from kvsaga.scheduler import SCHEDULERS
 
@@ -114,8 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--host", default=d.host, help="address to bind (loopback unless you mean to expose it)")
     a("--port", type=int_arg, default=d.port, help="TCP port")
     # Offline policies (Belady, oracles) read the future from a trace: not servable.
-    online = sorted(n for n in POLICIES if n != "belady" and not n.startswith("oracle"))
-    a("--policy", default=d.policy, choices=online, help="KV eviction policy")
+    a("--policy", default=d.policy, choices=online_policies(), help="KV eviction policy")
     a("--scheduler", default=d.scheduler, choices=sorted(SCHEDULERS),
       help="which requests run when: workflow (whole agent sessions admitted while their "
       "working sets fit) or fcfs (vLLM's request-level rule)")

@@ -32,7 +32,7 @@ class ServerSettings:
     port: int = 8000
     """TCP port."""
     policy: str = DEFAULT_POLICY
-    """Eviction policy of the KV cache (one of kvsaga.policy.POLICIES; default: the tune's
+    """Eviction policy of the KV cache (one of kvsaga.policy.online_policies(); default: the tune's
     pick on the fit seeds, docs/policies.md "How the default policy is chosen"; on held-out
     seeds it does not always lead, docs/policies.md "What bounds the open goals")."""
     scheduler: str = DEFAULT_SCHEDULER
@@ -104,7 +104,7 @@ class ServerSettings:
     def __post_init__(self) -> None:
         """Raises ValueError naming the first setting out of range (the CLI prints it and
         exits 2 before the model loads)."""
-        from kvsaga.policy import POLICIES
+        from kvsaga.policy import online_policies
 
         def need(ok: bool, message: str) -> None:
             if not ok:
@@ -117,10 +117,9 @@ class ServerSettings:
                  f"{value!r}")
 
         need(is_int(self.port) and 0 <= self.port < 65536, f"port {self.port} out of range")
-        need(self.policy in POLICIES and self.policy != "belady"
-             and not self.policy.startswith("oracle"),
-             f"policy {self.policy!r} is not an online policy; choose one of "
-             f"{sorted(n for n in POLICIES if n != 'belady' and not n.startswith('oracle'))}")
+        online = online_policies()
+        need(self.policy in online,
+             f"policy {self.policy!r} is not an online policy; choose one of {online}")
         for name, low in (("block_size", 1), ("max_num_seqs", 1), ("max_num_batched_tokens", 1),
                           ("max_queue", 0), ("max_body_bytes", 1024)):
             count(name, low)
