@@ -17,21 +17,11 @@ from __future__ import annotations
 
 import pytest
 
-from kvsaga import KVCacheManager, KVSpec
+from kvsaga import KVCacheManager
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager import KVCacheManager as _M
 from tests.interrupts import Cut
-
-X = list(range(1, 15))  # 3 full blocks and a tail of 2 tokens (block size 4)
-
-
-def _paused(core) -> KVCacheManager:
-    m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 10, policy="lru", clock=lambda: 0.0,
-                       core=core.name)
-    start = m.begin_step("x", X)
-    m.allocate_slots("x", len(X) - start.num_cached_tokens)
-    m.finish_step("x")
-    return m
+from tests.test_interrupt_unbegin_second import X, _paused  # (a paused 14-token session)
 
 
 def _cut_at_entry(monkeypatch, name: str) -> list[int]:
