@@ -238,8 +238,9 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             "always" or gated ("demoted", "demoted_queue", "recompute"); None:
             "demoted_queue", or off with a cap of 0 (a gate named with the cap off is
             refused; `decode_stall` says why).
-        host_room: what the host tier adds to that room: "none" (the default), "beyond_gpu"
-            (its blocks beyond the GPU's) or "all" (every one: the rule until session 57,
+        host_room: what the host tier adds to that room: "none" (GPU blocks only),
+            "beyond_gpu" (the default: its blocks beyond the GPU's) or "all" (every one: the
+            rule until session 57,
             under which a host tier made this scheduler recompute more;
             kvsaga/scheduler/block_room.py says why).
     """
