@@ -34,7 +34,9 @@ from scheduling import FIT_SEEDS, PRESET, capacity, trace  # noqa: E402
 from scheduling_fit import FIT_FAMILIES, FIT_POINTS  # noqa: E402
 
 from kvsaga.policy import DEFAULT_POLICY  # noqa: E402
+from kvsaga.scheduler.block_room import HOST_ROOMS  # noqa: E402
 from kvsaga.sim.simulator import SimConfig, Simulator  # noqa: E402
+from kvsaga.sim.workloads import WORKLOADS  # noqa: E402
 from kvsaga.workers import worker_pool  # noqa: E402
 
 
@@ -76,8 +78,11 @@ def _gmean(xs: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--host-room", default="none,all", help="comma-separated host_room rules")
-    ap.add_argument("--host", default="0.5,2", help="host tier sizes, x the GPU blocks")
+    ap.add_argument("--host-room", default=",".join(HOST_ROOMS),
+                    help="comma-separated host_room rules, of " + ", ".join(HOST_ROOMS)
+                    + " (default: %(default)s)")
+    ap.add_argument("--host", default="0.5,2",
+                    help="host tier sizes, x the GPU blocks, each > 0 (default: %(default)s)")
     ap.add_argument("--families", default=",".join(FIT_FAMILIES),
                     help="comma-separated families (default: %(default)s)")
     ap.add_argument("--workers", type=int_arg, default=1,
@@ -86,18 +91,27 @@ def main(argv: list[str] | None = None) -> int:
                     help="check that the fit's rows (no host tier) are equal under each rule")
     args = ap.parse_args(argv)
     rooms = args.host_room.split(",")
+    bad = [r for r in rooms if r not in HOST_ROOMS]
+    if bad:
+        ap.error(f"--host-room: unknown rule(s) {bad}; choose from {list(HOST_ROOMS)}")
+    families = args.families.split(",")
+    bad = [f for f in families if f not in WORKLOADS]
+    if bad:
+        ap.error(f"--families: unknown family(ies) {bad}; choose from {sorted(WORKLOADS)}")
     if args.fit_rows:
-        return _fit_rows(rooms, args.families.split(","), args.workers)
+        return _fit_rows(rooms, families, args.workers)
     try:
         hosts = [ascii_float(x) for x in args.host.split(",")]
     except ValueError:
         ap.error(f"--host takes comma-separated numbers, got {args.host!r}")
+    if not all(math.isfinite(h) and h > 0 for h in hosts):
+        ap.error(f"--host: each size must be a finite number > 0, got {args.host!r}")
     arms = [("no host", 0.0, "workflow", DEFAULT_POLICY, None)]
     arms += [(f"host_room {h}", None, "workflow", DEFAULT_POLICY, {"host_room": h})
              for h in rooms]
     arms += [("fcfs+lru", None, "fcfs", "lru", None)]
     keys, tasks = [], []
-    for family in args.families.split(","):
+    for family in families:
         for load, frac in FIT_POINTS:
             for host in hosts:
                 for seed in FIT_SEEDS:
@@ -112,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
           f"workflow with {DEFAULT_POLICY}")
     names = [a[0] for a in arms]
     worse = {(n, host): [0, 0] for n in names[1:-1] for host in hosts}
-    for family in args.families.split(","):
+    for family in families:
         for load, frac in FIT_POINTS:
             for host in hosts:
                 cells = []
@@ -128,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                         worse[n, host][0] += a["rec"] > b["rec"]
                         worse[n, host][1] += a["tct"] > b["tct"]
                 print(f"{family} {load:g}x {frac:.0%} host {host:g}x | " + " | ".join(cells))
-    cases = len(args.families.split(",")) * len(FIT_POINTS) * len(FIT_SEEDS)
+    cases = len(families) * len(FIT_POINTS) * len(FIT_SEEDS)
     for (n, host), (rec, tct) in worse.items():
         print(f"{n}, host {host:g}x: with the tier, more recomputed than without in {rec} "
               f"of {cases} cases, longer mean TCT in {tct}")
