@@ -134,6 +134,22 @@ async def _error_messages(err: APIError, scope: dict) -> AsyncIterator[dict]:
 # -- the engine replica -----------------------------------------------------------------------
 
 
+def replica_logging(level: str) -> None:
+    """Log the `kvsaga` records of this replica's process at `level` to its standard error
+    (Ray forwards it to the driver's, prefixed with the replica, and keeps it in the
+    replica's log file). A Serve replica configures no handler for them: its root stays
+    at WARNING, so the status line (`--log-stats-interval`, INFO) never appeared. Its own
+    handler, not the root's: Ray's handlers on the root are left alone. Once per process."""
+    from kvsaga.logs import StderrHandler
+
+    logger = logging.getLogger("kvsaga")
+    logger.setLevel(level.upper())
+    if not any(isinstance(h, StderrHandler) for h in logger.handlers):
+        logger.addHandler(StderrHandler(logging.Formatter(
+            "%(levelname)s %(asctime)s %(name)s: %(message)s", "%H:%M:%S")))
+        logger.propagate = False  # a root handler Ray adds would print each line twice
+
+
 def _wait_loaded(engine: Any, timeout_s: float) -> None:
     """Block until the engine's model is loaded, its load failed or the engine stopped, or
     `timeout_s` passed (`AsyncEngine.wait_ready` returns at each of those)."""
@@ -151,15 +167,19 @@ class EngineReplica(SessionHandover):
             divided among them, or they spin against each other).
         stuck_step_s: seconds one engine step may run before the replica fails its health
             check (`check_health`).
+        log_level: the level of the replica's `kvsaga` logger (`replica_logging`); None
+            leaves its logging alone.
     """
 
     def __init__(
         self, settings: ServerSettings, factory: Any = None, torch_threads: int | None = None,
-        stuck_step_s: float = STUCK_STEP_S,
+        stuck_step_s: float = STUCK_STEP_S, log_level: str | None = None,
     ) -> None:
         from kvsaga.serve.app import build_app
         from kvsaga.serve.cli import engine_factory
 
+        if log_level is not None:
+            replica_logging(log_level)
         ctx = serve.get_replica_context()
         self.replica_id = ctx.replica_id.unique_id
         self.app_name = ctx.app_name
@@ -402,6 +422,7 @@ def build_application(
     stats_period_s: float = 0.5,
     torch_threads: int | None = None,
     stuck_step_s: float = STUCK_STEP_S,
+    log_level: str | None = None,
 ):
     """The Ray Serve application: the gateway in front of `num_replicas` engine replicas.
 
@@ -420,6 +441,9 @@ def build_application(
         torch_threads: torch threads per replica, an int >= 1 (None: torch's default).
         stuck_step_s: a replica whose engine has been inside one step for longer fails Ray
             Serve's health check, and Serve replaces it (inf: never).
+        log_level: the level each replica logs its `kvsaga` records at, to its standard
+            error (`replica_logging`; `kvsaga-serve --replicas` passes its `--log-level`);
+            None leaves the replicas' logging as Ray Serve sets it (WARNING).
     """
     if not is_int(num_replicas) or num_replicas < 1:
         raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
@@ -431,6 +455,9 @@ def build_application(
     # for torch's default.
     check_positive_int("torch_threads", torch_threads, none_ok=True)
     check_number("stats_period_s", stats_period_s, lambda x: x > 0, "> 0")
+    if log_level is not None and not (isinstance(log_level, str) and isinstance(
+            logging.getLevelName(log_level.upper()), int)):
+        raise ValueError(f"log_level must be a logging level name, got {log_level!r}")
     if router not in REPLICA_ROUTERS:
         raise ValueError(f"unknown router {router!r}; choose one of {sorted(REPLICA_ROUTERS)}")
     router_kwargs = {**(settings.routing_config or {}), **(router_kwargs or {})}
@@ -446,5 +473,5 @@ def build_application(
         request_router_config=_router_config(router, router_kwargs, stats_period_s,
                                              settings.session_idle_s,
                                              router_tenant_weights(settings)),
-    ).bind(settings, factory, torch_threads, stuck_step_s)
+    ).bind(settings, factory, torch_threads, stuck_step_s, log_level)
     return KvsagaGateway.bind(engine, settings)

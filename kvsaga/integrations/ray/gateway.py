@@ -55,7 +55,10 @@ gateway_api = FastAPI(title="kvsaga-serve (Ray Serve)", docs_url=None, redoc_url
 
 
 class _Relay(Response):
-    """A response that replays a replica's ASGI messages."""
+    """A response that replays a replica's ASGI messages. A replica that dies mid-stream
+    ends an event stream as one node's server ends a cut one: an error event
+    (`replica_unavailable`) and `data: [DONE]`, so a cut answer never reads as complete
+    (the connection was cut with neither). Any other answer is cut, its length unmet."""
 
     def __init__(self, first: dict, rest: AsyncIterator) -> None:
         super().__init__()
@@ -68,9 +71,33 @@ class _Relay(Response):
             async for msg in self.rest:
                 await send(msg)
             done = True
+        except (RayActorError, ActorUnavailableError) as e:
+            if not _event_stream(self.first):
+                raise
+            log.warning("kvsaga: the replica died mid-stream (%s); the stream ends with "
+                        "an error event", type(e).__name__)
+            await send({"type": "http.response.body", "body": _cut_event(type(e).__name__),
+                        "more_body": False})
+            done = True  # nothing left to cancel: the replica is gone
         finally:
             if not done:  # the client went away: the replica's generator is cancelled, so
                 self.rest.cancel()  # its app sees the disconnect and aborts the step
+
+
+def _event_stream(first: dict) -> bool:
+    """Whether a response start message opens a server-sent event stream."""
+    kind = _header(first, "content-type")
+    return kind is not None and kind.split(";")[0].strip().lower() == "text/event-stream"
+
+
+def _cut_event(reason: str) -> bytes:
+    """The end of a stream whose replica died: an error event in OpenAI's error JSON, then
+    `data: [DONE]`, as one node's server ends a stream it cut."""
+    message = (f"the replica serving this stream died ({reason}); the answer is cut off: "
+               "retry, the session continues on another replica")
+    err = {"error": {"message": message, "type": "replica_unavailable", "param": None,
+                     "code": "replica_unavailable"}}
+    return (f"data: {json.dumps(err, separators=(',', ':'))}\n\ndata: [DONE]\n\n").encode()
 
 
 def _error(status: int, message: str, code: str, headers: dict | None = None) -> Response:
