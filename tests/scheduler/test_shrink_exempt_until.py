@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 
 from kvsaga.scheduler import WorkflowScheduler
-from tests.sched_helpers import ToyExecutor, ToyRequest
+from tests.sched_helpers import ToyRequest
 from tests.scheduler.helpers import manager, next_step, scheduler_state, toks, wf
+from tests.scheduler.test_shrink_exempt_share import _tenant_a_exempt
 
 POOL = 40  # blocks: the tiers (no host tier, overcommit 1)
 
@@ -25,24 +26,7 @@ def _exempt_then_grow(grow: int, **kw):
     (exempt as well: the shrink has no other paused session to take); X's next step grows by
     `grow` tokens and pauses on a 100 s tool, taking the working sets over the pool at its
     finish. Returns (manager, scheduler, demotions at that finish)."""
-    m = manager(POOL)
-    s = wf(m, shrink_exempt_s=20.0, **kw)
-    ex = ToyExecutor(m)
-    reqs = []
-    for i in range(3):
-        r = ToyRequest(f"A{i}", toks(10_000 * (i + 1), 28), tenant="A", max_new=1,
-                       last=False, arrival=0.1 * i)
-        s.add(r, 0.1 * i)
-        ex.run(s, s.schedule(0.1 * i, ex), 0.1 * i, tool_s=100.0)
-        reqs.append(r)
-    t = 1.0
-    for i, r in enumerate(reqs):
-        s._demote_session(r.session_id, t)
-        s.add(next_step(r, toks(90_000 + 100 * i, 1), t + 1.0), t + 1.0)
-        out = s.schedule(t + 22.0, ex)
-        assert [q.session_id for q in out.admitted] == [r.session_id]
-        ex.run(s, out, t + 22.0, tool_s=100.0)
-        t += 23.0
+    m, s, ex, t = _tenant_a_exempt(POOL, **kw)
     x = ToyRequest("X", toks(50_000, 8), tenant="A", max_new=1, last=False, arrival=t)
     s.add(x, t)
     ex.run(s, s.schedule(t, ex), t, tool_s=0.5)
